@@ -1,0 +1,75 @@
+"""The camera source interface, and the registry that picks a source by name.
+
+A source only grabs. Reconnects, stall detection and CAMERA_OK live in the grab loop
+(`plcbridge.pipeline`), which is the same for every source.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One captured image.
+
+    `seq` counts frames from the source since the daemon started (it keeps counting across
+    reconnects), `t_capture` is time.monotonic() when the grab returned, and `label` is
+    the ground truth where the source knows it (synthetic: "pass"/"fail"), else None.
+    """
+
+    image: np.ndarray  # HxWx3 uint8, BGR (OpenCV's order)
+    seq: int
+    t_capture: float
+    label: str | None = None
+
+
+class CameraError(RuntimeError):
+    """The source failed or cannot be opened; the grab loop reconnects with backoff."""
+
+
+class CameraSource(abc.ABC):
+    """One open camera. Built fresh for every (re)connect by the grab loop."""
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Open the device; raise CameraError with the reason when it cannot."""
+
+    @abc.abstractmethod
+    def grab(self) -> tuple[np.ndarray, str | None]:
+        """Block until the next image; return (BGR uint8 image, ground-truth label or None).
+
+        Raise CameraError when the source failed. Pacing (fps) is the source's job: a real
+        camera paces itself, file-backed sources sleep to their configured rate.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release the device."""
+
+
+# name -> "module:Class", imported only when chosen, so that e.g. the opencv source's
+# VideoCapture backends are not touched by a synthetic-camera test.
+REGISTRY: dict[str, str] = {
+    "synthetic": "plcbridge.adapters.camera.synthetic:SyntheticCamera",
+    "folder": "plcbridge.adapters.camera.folder:FolderCamera",
+    "opencv": "plcbridge.adapters.camera.opencv:OpenCvCamera",
+}
+
+
+def camera_class(name: str) -> type[CameraSource]:
+    try:
+        target = REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown camera source {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def open_camera(settings: Any) -> CameraSource:
+    """Build a fresh, unopened source from its config section (which has a `source` field)."""
+    return camera_class(settings.source)(settings)

@@ -1,0 +1,1 @@
+"""PLC protocol adapters, chosen by name from a registry and imported lazily (see base.py)."""

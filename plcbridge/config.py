@@ -1,0 +1,210 @@
+"""The configuration schema: one pydantic model per TOML section, unknown keys rejected.
+
+`load_config(path)` is the only way in. It reads TOML with the stdlib, applies the
+environment overrides, validates everything, and raises ConfigError naming the file, the
+field path and the reason. Nothing is half-applied: a daemon either gets a whole valid
+Config or does not start.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from plcbridge.contract import ResultCode
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StationSettings(_Strict):
+    name: str = "station-1"
+    mode: Literal["triggered", "free-run"] = "triggered"
+
+
+class _CameraCommon(_Strict):
+    stall_timeout_ms: Annotated[int, Field(ge=10, le=60_000)] = 500
+    reconnect_min_ms: Annotated[int, Field(ge=1)] = 100
+    reconnect_max_ms: Annotated[int, Field(ge=1)] = 5_000
+
+
+class SyntheticCameraSettings(_CameraCommon):
+    source: Literal["synthetic"] = "synthetic"
+    fps: Annotated[float, Field(gt=0, le=1000)] = 30.0
+    width: Annotated[int, Field(ge=32, le=4096)] = 256
+    height: Annotated[int, Field(ge=32, le=4096)] = 256
+    defect_fraction: Annotated[float, Field(ge=0, le=1)] = 0.3
+    seed: int = 0
+
+
+class FolderCameraSettings(_CameraCommon):
+    source: Literal["folder"]
+    path: Path
+    fps: Annotated[float, Field(gt=0, le=1000)] = 10.0
+    pattern: str = "*.png"
+    loop: bool = True
+
+
+class OpenCvCameraSettings(_CameraCommon):
+    source: Literal["opencv"]
+    # A device index ("0"), a video file, an RTSP URL or a GStreamer pipeline string.
+    url: str
+    backend: Literal["any", "v4l2", "ffmpeg", "gstreamer"] = "any"
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None  # asked of the device; a video file plays at this rate if set
+
+
+CameraSettings = Annotated[
+    Union[SyntheticCameraSettings, FolderCameraSettings, OpenCvCameraSettings],
+    Field(discriminator="source"),
+]
+
+
+class ModelSettings(_Strict):
+    # A manifest.json path, a directory holding one, or "builtin:demo" for the bundled model.
+    manifest: str = "builtin:demo"
+    device: Literal["cpu", "cuda"] = "cpu"
+    # 1 leaves the write loop a core on a 2-core line PC.
+    intra_op_threads: Annotated[int, Field(ge=1, le=64)] = 1
+    # A run longer than this is terminated and ends in an INFERENCE_TIMEOUT fail-safe.
+    inference_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
+
+
+class ModbusSettings(_Strict):
+    device_id: Annotated[int, Field(ge=0, le=255)] = 1
+    outputs_base: Annotated[int, Field(ge=0, le=65535)] = 0
+    inputs_base: Annotated[int, Field(ge=0, le=65535)] = 100
+    word_order: Literal["high_first", "low_first"] = "high_first"
+
+
+class PlcSettings(_Strict):
+    protocol: Literal["modbus"] = "modbus"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 5020
+    # Deadline of one PLC exchange (write outputs + read inputs); must be below the period.
+    call_timeout_ms: Annotated[float, Field(gt=0)] = 8.0
+    connect_timeout_ms: Annotated[int, Field(ge=1)] = 1_000
+    reconnect_min_ms: Annotated[int, Field(ge=1)] = 100
+    reconnect_max_ms: Annotated[int, Field(ge=1)] = 5_000
+    modbus: ModbusSettings = ModbusSettings()
+
+
+class TimingSettings(_Strict):
+    period_ms: Annotated[float, Field(ge=1, le=10_000)] = 10.0
+    # free-run: a decision whose frame is older than this is not written (STALE_RESULT).
+    max_result_age_ms: Annotated[int, Field(ge=1)] = 250
+    # triggered: a trigger with no decision after this gets a fail-safe result.
+    result_timeout_ms: Annotated[int, Field(ge=1)] = 500
+    # triggered: a result stays on the outputs until acked or for this long, then the next one.
+    result_hold_ms: Annotated[int, Field(ge=0)] = 100
+    # triggered: triggers waiting behind the one being judged; one more is TRIGGER_OVERRUN.
+    trigger_queue: Annotated[int, Field(ge=0, le=64)] = 4
+
+
+class FailsafeSettings(_Strict):
+    """What the PLC gets instead of a verdict. Data, not code: plants differ."""
+
+    result_code: Literal["FAILSAFE", "FAIL"] = "FAILSAFE"
+    score: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+    @property
+    def code(self) -> ResultCode:
+        return ResultCode[self.result_code]
+
+
+class LoggingSettings(_Strict):
+    format: Literal["json", "text"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # A repeated error event is logged at most once per this window, with a suppressed count.
+    rate_limit_s: Annotated[float, Field(ge=0)] = 5.0
+
+
+class MetricsSettings(_Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9108
+
+
+class Config(_Strict):
+    station: StationSettings = StationSettings()
+    camera: CameraSettings = SyntheticCameraSettings()
+    model: ModelSettings = ModelSettings()
+    plc: PlcSettings = PlcSettings()
+    timing: TimingSettings = TimingSettings()
+    failsafe: FailsafeSettings = FailsafeSettings()
+    logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+    @model_validator(mode="after")
+    def _deadlines_fit_the_period(self) -> "Config":
+        if self.plc.call_timeout_ms >= self.timing.period_ms:
+            raise ValueError(
+                f"plc.call_timeout_ms ({self.plc.call_timeout_ms}) must be shorter than "
+                f"timing.period_ms ({self.timing.period_ms}): a PLC call may not eat the next tick"
+            )
+        if self.timing.result_timeout_ms <= self.timing.period_ms:
+            raise ValueError("timing.result_timeout_ms must be longer than timing.period_ms")
+        return self
+
+
+# Environment overrides, applied before validation so that they are validated too.
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "PLCBRIDGE_PLC_HOST": ("plc", "host"),
+    "PLCBRIDGE_PLC_PORT": ("plc", "port"),
+    "PLCBRIDGE_METRICS_HOST": ("metrics", "host"),
+    "PLCBRIDGE_METRICS_PORT": ("metrics", "port"),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; str() names the file, each field path and why."""
+
+
+def _apply_env(raw: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    for var, path in ENV_OVERRIDES.items():
+        if var in env:
+            node = raw
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+                if not isinstance(node, dict):
+                    break
+            else:
+                node[path[-1]] = env[var]
+    return raw
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>", env: dict[str, str] | None = None) -> Config:
+    raw = _apply_env(dict(raw), dict(os.environ) if env is None else env)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            problems.append(f"  {where}: {err['msg']}")
+        raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(problems)) from None
+
+
+def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> Config:
+    """Load and validate a TOML file; None loads the embedded default (the demo station)."""
+    if path is None:
+        text = resources.files("plcbridge").joinpath("default.toml").read_text()
+        source = "<embedded default.toml>"
+    else:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"{source}: cannot read: {e.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    return parse_config(raw, source, env)

@@ -1,0 +1,250 @@
+"""The PLC signal contract: the one definition of every signal the bridge and the PLC share.
+
+Everything that talks about the PLC interface comes from here: the Modbus register map
+(`RegisterMap`), the docs (`plcbridge docs` writes `docs/plc-interface.md`), the PLC
+simulator and the tests. Change a signal here and all of them change together.
+
+Protocol adapters see only `Outputs` and `Inputs`, typed values with names; how they map
+onto registers, nodes or tags is the adapter's business, driven by the tables below.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+U16_MAX = 0xFFFF
+U32_MAX = 0xFFFFFFFF
+SCORE_SCALE = 10000  # score register = defect score x 10000
+
+
+class StatusBit(enum.IntFlag):
+    """Bits of the `status` output word."""
+
+    READY = 1 << 0  # daemon configured, model loaded, loops running
+    TRIGGER_READY = 1 << 1  # triggered mode: a new trigger would be accepted now
+    CAMERA_OK = 1 << 2  # frames are arriving within the stall limit
+    MODEL_OK = 1 << 3  # the model session is loaded and its last run succeeded
+    FAILSAFE_ACTIVE = 1 << 4  # the result fields carry the configured fail-safe output
+    RESULT_VALID = 1 << 5  # result_seq/result_code/score/part_id describe a real decision
+
+
+class ResultCode(enum.IntEnum):
+    NONE = 0  # no result yet (start-up, or triggered mode before the first trigger)
+    PASS = 1
+    FAIL = 2
+    FAILSAFE = 3  # no trustworthy verdict: treat the part as the plant's fail-safe says
+
+
+class FaultCode(enum.IntEnum):
+    NONE = 0
+    INFERENCE_TIMEOUT = 1  # the model did not answer within its budget
+    INFERENCE_ERROR = 2  # the model raised an error
+    STALE_RESULT = 3  # the newest decision is older than max_result_age_ms
+    CAMERA_FAULT = 4  # no frame within the stall limit, or the source failed
+    MODEL_NOT_READY = 5  # no model session loaded
+    TRIGGER_OVERRUN = 6  # a trigger arrived while the trigger queue was full, or was skipped
+    SHUTTING_DOWN = 7  # the daemon is stopping; this is its last write
+    BAD_FRAME = 8  # the frame is not what the model expects (shape, dtype, empty)
+
+
+FAULT_MEANING: dict[FaultCode, str] = {
+    FaultCode.NONE: "no fault",
+    FaultCode.INFERENCE_TIMEOUT: "the model did not answer within inference_timeout_ms / result_timeout_ms",
+    FaultCode.INFERENCE_ERROR: "the model session raised an error for this frame",
+    FaultCode.STALE_RESULT: "free-run: the newest decision's frame is older than max_result_age_ms",
+    FaultCode.CAMERA_FAULT: "no frame arrived within the camera stall limit, or the source failed",
+    FaultCode.MODEL_NOT_READY: "no model session is loaded",
+    FaultCode.TRIGGER_OVERRUN: "triggered: the trigger queue was full, or trigger_seq skipped a value",
+    FaultCode.SHUTTING_DOWN: "the daemon is stopping; this is its final write",
+    FaultCode.BAD_FRAME: "the frame does not match the model's input (shape, dtype, empty)",
+}
+
+SignalType = Literal["u16", "u32", "bits"]
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str
+    type: SignalType
+    meaning: str
+
+    @property
+    def words(self) -> int:
+        """How many 16-bit registers the signal takes."""
+        return 2 if self.type == "u32" else 1
+
+
+OUTPUT_SIGNALS: tuple[Signal, ...] = (
+    Signal("heartbeat", "u16", "+1 every write tick, wraps 65535 -> 0; a PLC alarms when it stops changing"),
+    Signal("status", "bits", "b0 READY, b1 TRIGGER_READY, b2 CAMERA_OK, b3 MODEL_OK, b4 FAILSAFE_ACTIVE, b5 RESULT_VALID"),
+    Signal("result_seq", "u16", "the trigger_seq (triggered) or frame sequence mod 65536 (free-run) this result answers"),
+    Signal("result_code", "u16", "0 NONE, 1 PASS, 2 FAIL, 3 FAILSAFE"),
+    Signal("score", "u16", f"defect score x {SCORE_SCALE} (0..{SCORE_SCALE})"),
+    Signal("fault_code", "u16", ", ".join(f"{int(c)} {c.name}" for c in FaultCode)),
+    Signal("latency_ms", "u16", "frame capture -> decision, milliseconds (saturates at 65535)"),
+    Signal("model_version", "u16", "model version from the model manifest"),
+    Signal("part_id", "u32", "echo of the PLC's part_id for this result (triggered); 0 in free-run"),
+)
+
+INPUT_SIGNALS: tuple[Signal, ...] = (
+    Signal("trigger_seq", "u16", "the PLC increments it by 1 to ask for one inspection"),
+    Signal("part_id", "u32", "the PLC's identity of the part under the camera; latched with the trigger"),
+    Signal("result_ack_seq", "u16", "the PLC copies result_seq here once it has taken the result"),
+)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """One write tick's values, bridge -> PLC."""
+
+    heartbeat: int = 0
+    status: int = 0
+    result_seq: int = 0
+    result_code: int = ResultCode.NONE
+    score: int = 0
+    fault_code: int = FaultCode.NONE
+    latency_ms: int = 0
+    model_version: int = 0
+    part_id: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: int(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """One tick's values read from the PLC."""
+
+    trigger_seq: int = 0
+    part_id: int = 0
+    result_ack_seq: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: int(v) for k, v in asdict(self).items()}
+
+
+assert [f.name for f in fields(Outputs)] == [s.name for s in OUTPUT_SIGNALS]
+assert [f.name for f in fields(Inputs)] == [s.name for s in INPUT_SIGNALS]
+
+
+def check_range(signal: Signal, value: int) -> int:
+    """Return value if it fits the signal's type, else raise ValueError naming the signal."""
+    top = U32_MAX if signal.type == "u32" else U16_MAX
+    if not 0 <= int(value) <= top:
+        raise ValueError(f"{signal.name}={value} is out of range 0..{top} for {signal.type}")
+    return int(value)
+
+
+def score_to_register(score: float) -> int:
+    """Defect score in [0, 1] -> u16 register; NaN or out-of-range scores are clamped to 1 (fail closed)."""
+    if not score == score:  # NaN
+        return SCORE_SCALE
+    return int(round(min(max(score, 0.0), 1.0) * SCORE_SCALE))
+
+
+WordOrder = Literal["high_first", "low_first"]
+
+
+@dataclass(frozen=True)
+class RegisterMap:
+    """The Modbus holding-register layout of the contract.
+
+    Outputs are one contiguous block from `outputs_base`, inputs one block from `inputs_base`,
+    in the order of OUTPUT_SIGNALS / INPUT_SIGNALS. A u32 takes two registers in `word_order`.
+    """
+
+    outputs_base: int = 0
+    inputs_base: int = 100
+    word_order: WordOrder = "high_first"
+
+    @property
+    def outputs_count(self) -> int:
+        return sum(s.words for s in OUTPUT_SIGNALS)
+
+    @property
+    def inputs_count(self) -> int:
+        return sum(s.words for s in INPUT_SIGNALS)
+
+    def offsets(self, signals: tuple[Signal, ...]) -> dict[str, int]:
+        out, at = {}, 0
+        for s in signals:
+            out[s.name] = at
+            at += s.words
+        return out
+
+    def _pack(self, signals: tuple[Signal, ...], values: dict[str, int]) -> list[int]:
+        regs: list[int] = []
+        for s in signals:
+            v = check_range(s, values[s.name])
+            if s.words == 2:
+                hi, lo = v >> 16, v & U16_MAX
+                regs += [hi, lo] if self.word_order == "high_first" else [lo, hi]
+            else:
+                regs.append(v)
+        return regs
+
+    def _unpack(self, signals: tuple[Signal, ...], regs: list[int]) -> dict[str, int]:
+        need = sum(s.words for s in signals)
+        if len(regs) != need:
+            raise ValueError(f"expected {need} registers, got {len(regs)}")
+        values, at = {}, 0
+        for s in signals:
+            if s.words == 2:
+                a, b = regs[at], regs[at + 1]
+                values[s.name] = (a << 16 | b) if self.word_order == "high_first" else (b << 16 | a)
+            else:
+                values[s.name] = regs[at]
+            at += s.words
+        return values
+
+    def encode_outputs(self, o: Outputs) -> list[int]:
+        return self._pack(OUTPUT_SIGNALS, o.as_dict())
+
+    def decode_outputs(self, regs: list[int]) -> Outputs:
+        return Outputs(**self._unpack(OUTPUT_SIGNALS, regs))
+
+    def encode_inputs(self, i: Inputs) -> list[int]:
+        return self._pack(INPUT_SIGNALS, i.as_dict())
+
+    def decode_inputs(self, regs: list[int]) -> Inputs:
+        return Inputs(**self._unpack(INPUT_SIGNALS, regs))
+
+
+def markdown_tables(rmap: RegisterMap | None = None) -> str:
+    """The register tables and code lists as Markdown, for docs/plc-interface.md."""
+    rmap = rmap or RegisterMap()
+    lines: list[str] = []
+
+    def table(title: str, signals: tuple[Signal, ...], base: int) -> None:
+        offs = rmap.offsets(signals)
+        lines.append(f"### {title}\n")
+        lines.append("| register | offset | signal | type | meaning |")
+        lines.append("|---|---|---|---|---|")
+        for s in signals:
+            o = offs[s.name]
+            reg = f"{base + o}" if s.words == 1 else f"{base + o}-{base + o + 1}"
+            off = f"{o}" if s.words == 1 else f"{o}-{o + 1}"
+            lines.append(f"| {reg} | {off} | `{s.name}` | {s.type} | {s.meaning} |")
+        lines.append("")
+
+    table(f"Outputs, bridge -> PLC (holding registers from outputs_base = {rmap.outputs_base})", OUTPUT_SIGNALS, rmap.outputs_base)
+    table(f"Inputs, PLC -> bridge (holding registers from inputs_base = {rmap.inputs_base})", INPUT_SIGNALS, rmap.inputs_base)
+    lines.append("### Status bits\n")
+    lines.append("| bit | mask | name |")
+    lines.append("|---|---|---|")
+    for b in StatusBit:
+        lines.append(f"| b{int(b).bit_length() - 1} | {int(b)} | {b.name} |")
+    lines.append("\n### Result codes\n")
+    lines.append("| code | name |")
+    lines.append("|---|---|")
+    for r in ResultCode:
+        lines.append(f"| {int(r)} | {r.name} |")
+    lines.append("\n### Fault codes\n")
+    lines.append("| code | name | meaning |")
+    lines.append("|---|---|---|")
+    for f in FaultCode:
+        lines.append(f"| {int(f)} | {f.name} | {FAULT_MEANING[f]} |")
+    lines.append("")
+    return "\n".join(lines)
