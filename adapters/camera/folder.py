@@ -1,0 +1,166 @@
+"""A camera that replays image files from a folder.
+
+Why it exists: to run a station on recorded images (commissioning, demos, CI) and to
+measure the model's accuracy on real images, so a file's ground-truth label is handed on
+with the image:
+
+* a file whose name (stem) starts with ``pass`` or ``fail`` as a word of its own
+  (``pass_012.png``, ``FAIL-3.png``, ``pass7.png``; not ``passive.png``) carries that label;
+* otherwise the nearest enclosing folder below ``settings.path`` named ``pass`` or ``fail``
+  gives it. `settings.pattern` is a `Path.glob` pattern, so use ``"**/*.png"`` (or
+  ``"*/*.png"``) to pick up ``pass/`` and ``fail/`` sub-folders;
+* anything else has no label (None).
+
+Files are played in sorted order of their path below the folder, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from plcbridge.adapters.camera.base import CameraError, CameraSource
+from plcbridge.config import FolderCameraSettings
+
+log = logging.getLogger("plcbridge.camera")
+
+_LABELS = ("pass", "fail")
+# "pass" / "fail" followed by anything but a letter: pass_1, pass-1, pass1, pass; not passive.
+_STEM_LABEL = re.compile(r"^(pass|fail)(?![a-z])", re.IGNORECASE)
+
+
+class Pacer:
+    """Holds a source to `fps` on absolute deadlines: slot k is at t0 + k / fps.
+
+    Absolute slots keep the mean rate exact however long each decode or sleep took (a
+    relative `sleep(1 / fps)` drifts slow by the work time). When the caller is late by one
+    or more whole slots, those slots are dropped and the frame goes out at once: the
+    consumer then sees one late frame, never a burst of catch-up frames, which a real
+    camera would never produce either. Only time slots are dropped, never images.
+    """
+
+    def __init__(
+        self,
+        fps: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.period = 1.0 / fps
+        self._clock = clock
+        self._sleep = sleep
+        self._next: float | None = None
+        self.skipped_slots = 0  # slots given up because the caller was late
+
+    def wait(self) -> None:
+        """Return at the next slot (at once for the first call, or when already late)."""
+        now = self._clock()
+        if self._next is None:
+            self._next = now
+        elif now < self._next:
+            self._sleep(self._next - now)
+        else:
+            missed = int((now - self._next) // self.period)
+            self._next += missed * self.period
+            if self._next + self.period <= now:  # float rounding in the division
+                self._next += self.period
+                missed += 1
+            self.skipped_slots += missed
+        self._next += self.period
+
+
+def label_for(path: Path, root: Path) -> str | None:
+    """Ground truth from the file name, else from a pass/fail folder below `root`."""
+    m = _STEM_LABEL.match(path.stem)
+    if m:
+        return m.group(1).lower()
+    for part in reversed(path.relative_to(root).parts[:-1]):
+        if part.lower() in _LABELS:
+            return part.lower()
+    return None
+
+
+class FolderCamera(CameraSource):
+    """Plays the images in `settings.path` matching `settings.pattern` at `settings.fps`.
+
+    An undecodable file is skipped with a warning and left out of later loops: one bad
+    file in a folder of hundreds must not take the station down (the grab loop would
+    reconnect, replay, and fail on the same file forever). Only when no file at all
+    decodes is that a CameraError.
+    """
+
+    def __init__(self, settings: FolderCameraSettings) -> None:
+        self.settings = settings
+        self._files: list[tuple[Path, str | None]] | None = None
+        self._index = 0
+        self._bad: set[Path] = set()
+        self._pacer = Pacer(settings.fps)
+
+    def open(self) -> None:
+        root = Path(self.settings.path)
+        if not root.exists():
+            raise CameraError(f"folder camera: {root} does not exist")
+        if not root.is_dir():
+            raise CameraError(f"folder camera: {root} is not a folder")
+        paths = sorted(
+            (p for p in root.glob(self.settings.pattern) if p.is_file()),
+            key=lambda p: p.relative_to(root).as_posix(),
+        )
+        if not paths:
+            raise CameraError(f"folder camera: no files matching {self.settings.pattern!r} in {root}")
+        self._files = [(p, label_for(p, root)) for p in paths]
+        self._index = 0
+        self._bad.clear()
+        self._pacer = Pacer(self.settings.fps)
+        log.info("folder camera: %d images in %s (pattern %r)", len(paths), root, self.settings.pattern)
+
+    def grab(self) -> tuple[np.ndarray, str | None]:
+        image, label = self._next_image()
+        # Decode first, then wait: the decode time is spent inside the slot, not added to it.
+        self._pacer.wait()
+        return image, label
+
+    def _next_image(self) -> tuple[np.ndarray, str | None]:
+        if self._files is None:
+            raise CameraError("folder camera: grab() before open()")
+        files = self._files
+        while True:
+            if self._index >= len(files):
+                if not self.settings.loop:
+                    raise CameraError(
+                        f"folder camera: end of folder {self.settings.path} "
+                        f"({len(files) - len(self._bad)} images played, loop = false)"
+                    )
+                self._index = 0
+            path, label = files[self._index]
+            self._index += 1
+            if path in self._bad:
+                continue
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is not None:
+                return image, label
+            self._bad.add(path)
+            log.warning(
+                "folder camera: skipping %s: cannot be read or decoded as an image (%d of %d files skipped)",
+                path,
+                len(self._bad),
+                len(files),
+            )
+            if len(self._bad) == len(files):
+                raise CameraError(
+                    f"folder camera: none of the {len(files)} files matching "
+                    f"{self.settings.pattern!r} in {self.settings.path} could be decoded"
+                )
+
+    @property
+    def skipped_files(self) -> int:
+        """How many files were found undecodable since open()."""
+        return len(self._bad)
+
+    def close(self) -> None:
+        self._files = None
