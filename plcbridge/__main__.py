@@ -1,0 +1,3 @@
+from plcbridge.cli import main
+
+raise SystemExit(main())

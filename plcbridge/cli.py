@@ -1,0 +1,119 @@
+"""`plcbridge` command line: run, check-config, demo, sim, docs.
+
+Heavy imports (numpy, onnxruntime, pymodbus) happen inside the commands, after
+`limit_native_pools()` has sized the BLAS/OpenMP pools, which read the environment once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from plcbridge.threads import limit_native_pools
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from plcbridge.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as e:
+        print(f"plcbridge: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from plcbridge.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"plcbridge: {e}", file=sys.stderr)
+        return 2
+    from plcbridge.daemon import Daemon
+    from plcbridge.logs import LogPipeline, get_logger, log_event
+
+    logs = LogPipeline(cfg.logging.format, cfg.logging.level, cfg.logging.rate_limit_s).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: log_event(get_logger("daemon"), "reload_not_supported", 30,
+                                                       reason="SIGHUP reload is not implemented yet; ignoring"))
+    try:
+        try:
+            daemon = Daemon(cfg).start()
+        except OSError as e:  # e.g. the metrics port is taken
+            log_event(get_logger("daemon"), "start_failed", 40, reason=str(e))
+            return 1
+        while not stop.wait(1.0):
+            pass
+        daemon.stop()
+        return 0
+    finally:
+        logs.stop()
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from plcbridge.demo import run_demo
+
+    return run_demo(args.seconds, args.mode, args.trigger_hz, verbose=args.verbose)
+
+
+def _cmd_docs(args: argparse.Namespace) -> int:
+    from plcbridge.docs import render_interface_doc
+
+    text = render_interface_doc(Path(args.output))
+    if args.check:
+        current = Path(args.output).read_text() if Path(args.output).exists() else ""
+        if current != text:
+            print(f"plcbridge: {args.output} is out of date; run `plcbridge docs`", file=sys.stderr)
+            return 1
+        return 0
+    Path(args.output).write_text(text)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="plcbridge", description="Camera -> ONNX Runtime -> PLC bridge, fail-safe by design")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the daemon")
+    r.add_argument("--config", type=Path, default=None, help="station TOML (default: the embedded demo station)")
+    r.set_defaults(func=_cmd_run)
+
+    c = sub.add_parser("check-config", help="validate a config file and print it resolved")
+    c.add_argument("file", type=Path)
+    c.set_defaults(func=_cmd_check_config)
+
+    d = sub.add_parser("demo", help="simulator + daemon + bundled model + synthetic camera; prints a JSON summary")
+    d.add_argument("--seconds", type=float, default=20.0)
+    d.add_argument("--mode", choices=["triggered", "free-run"], default="triggered")
+    d.add_argument("--trigger-hz", type=float, default=10.0, help="simulated line rate in triggered mode")
+    d.add_argument("--verbose", action="store_true", help="show the daemon's info logs on stderr")
+    d.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("sim", help="PLC simulator for commissioning")
+    ssub = s.add_subparsers(dest="frontend", required=True)
+    from plcbridge.simulators.cli import add_arguments, run
+
+    add_arguments(ssub.add_parser("modbus", help="Modbus TCP PLC simulator"))
+    s.set_defaults(func=run)
+
+    g = sub.add_parser("docs", help="regenerate docs/plc-interface.md from the signal contract")
+    g.add_argument("--output", default="docs/plc-interface.md")
+    g.add_argument("--check", action="store_true", help="exit 1 if the file differs from what would be written")
+    g.set_defaults(func=_cmd_docs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    limit_native_pools()
+    args = build_parser().parse_args(argv)
+    return args.func(args)

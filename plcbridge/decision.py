@@ -1,0 +1,42 @@
+"""What flows between the stages: a trigger request and a decision about one frame."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from plcbridge.contract import FaultCode, ResultCode
+
+
+@dataclass(frozen=True, eq=False)
+class Request:
+    """One PLC trigger, as the write loop saw it. Identity matters: eq=False on purpose."""
+
+    trigger_seq: int
+    part_id: int
+    t_seen: float  # time.monotonic() of the read that saw the trigger
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict on one frame, or the reason there is none (result FAILSAFE + fault)."""
+
+    result: ResultCode
+    fault: FaultCode
+    score: float
+    t_decided: float
+    model_version: int
+    frame_seq: int | None = None
+    t_capture: float | None = None
+    label: str | None = None  # the frame's ground truth where the source knows it
+    infer_ms: float | None = None
+    request: Request | None = None
+    reason: str = ""
+
+    @property
+    def is_failsafe(self) -> bool:
+        return self.result is ResultCode.FAILSAFE
+
+
+def failsafe(fault: FaultCode, now: float, reason: str, *, model_version: int = 0, request: Request | None = None,
+             frame_seq: int | None = None, t_capture: float | None = None, label: str | None = None) -> Decision:
+    return Decision(ResultCode.FAILSAFE, fault, 1.0, now, model_version, frame_seq, t_capture, label, None, request, reason)

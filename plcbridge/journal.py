@@ -1,0 +1,88 @@
+"""The decision journal: every decision logged with its identity, and counted.
+
+Journaling does not depend on the PLC: a decision is logged when it is made (free-run) or
+settled (triggered), whether or not the PLC is reachable. The counts feed the metrics and
+the demo's summary, including agreement with the synthetic camera's ground truth.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from typing import Any
+
+from plcbridge.contract import FaultCode, ResultCode
+from plcbridge.decision import Decision
+from plcbridge.logs import get_logger, log_event
+from plcbridge.metrics import Metrics
+
+log = get_logger("journal")
+
+
+class Journal:
+    def __init__(self, metrics: Metrics, station: str) -> None:
+        self.metrics = metrics
+        self.station = station
+        self._lock = threading.Lock()
+        self.results: collections.Counter[str] = collections.Counter()
+        self.failsafes: collections.Counter[str] = collections.Counter()
+        self.labelled = 0
+        self.agreed = 0
+
+    def decision(self, d: Decision) -> None:
+        """Journal one decision (called once per frame in free-run, once per trigger in triggered)."""
+        req = d.request
+        fields: dict[str, Any] = {
+            "station": self.station,
+            "result": d.result.name,
+            "score": round(d.score, 4),
+            "fault": d.fault.name,
+            "model_version": d.model_version,
+        }
+        if req is not None:
+            fields.update(trigger_seq=req.trigger_seq, part_id=req.part_id, t_trigger=round(req.t_seen, 6))
+        if d.frame_seq is not None:
+            fields["frame_seq"] = d.frame_seq
+        if d.t_capture is not None:
+            fields["t_capture"] = round(d.t_capture, 6)
+            fields["latency_ms"] = round((d.t_decided - d.t_capture) * 1000, 2)
+        if d.infer_ms is not None:
+            fields["infer_ms"] = round(d.infer_ms, 2)
+        if d.label is not None:
+            fields["truth"] = d.label
+        if d.reason:
+            fields["reason"] = d.reason
+        level = logging.WARNING if d.is_failsafe else logging.INFO
+        log_event(log, "decision", level, **fields)
+        self._count(d.result, d.fault if d.is_failsafe else None)
+        if d.label is not None and d.result in (ResultCode.PASS, ResultCode.FAIL):
+            with self._lock:
+                self.labelled += 1
+                self.agreed += (d.label == "fail") == (d.result is ResultCode.FAIL)
+
+    def failsafe_episode(self, fault: FaultCode, reason: str, **fields: Any) -> None:
+        """Free-run: the outputs switched to fail-safe (counted once per episode, not per tick)."""
+        log_event(log, "failsafe", logging.WARNING, station=self.station, fault=fault.name, reason=reason, **fields)
+        self._count(ResultCode.FAILSAFE, fault)
+
+    def _count(self, result: ResultCode, fault: FaultCode | None) -> None:
+        with self._lock:
+            self.results[result.name] += 1
+            if fault is not None:
+                self.failsafes[fault.name] += 1
+        self.metrics.decisions.labels(result.name).inc()
+        if fault is not None:
+            self.metrics.failsafes.labels(fault.name).inc()
+
+    def summary(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "results": dict(self.results),
+                "failsafes_by_fault": dict(self.failsafes),
+                "accuracy": {
+                    "labelled": self.labelled,
+                    "agreed": self.agreed,
+                    "agreement": round(self.agreed / self.labelled, 4) if self.labelled else None,
+                },
+            }

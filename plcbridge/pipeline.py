@@ -1,0 +1,219 @@
+"""The two producer stages: the camera grab loop and the inference worker.
+
+Both are plain threads that feed the write loop through mailboxes and never wait for it.
+The grab loop owns camera reconnects (a fresh source each time, bounded backoff); the
+worker owns the model session, which it builds itself so that a slow model load never
+holds up the write loop's first ticks (until it is loaded the PLC sees MODEL_NOT_READY).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from plcbridge.adapters.camera.base import CameraError, Frame, open_camera
+from plcbridge.backoff import Backoff
+from plcbridge.config import Config
+from plcbridge.contract import FaultCode, ResultCode
+from plcbridge.decision import Decision, Request, failsafe
+from plcbridge.inference.errors import BadFrame, InferenceError, InferenceTimeout, ModelError
+from plcbridge.journal import Journal
+from plcbridge.logs import get_logger, log_event
+from plcbridge.mailbox import FrameMailbox, LatestValue
+from plcbridge.metrics import Metrics
+from plcbridge.threads import lower_this_thread
+
+cam_log = get_logger("camera")
+model_log = get_logger("model")
+
+
+class GrabLoop:
+    """Grabs frames into the mailbox; reopens a fresh source with backoff after a failure."""
+
+    def __init__(self, config: Config, frames: FrameMailbox, metrics: Metrics) -> None:
+        self.settings = config.camera
+        self.frames = frames
+        self.metrics = metrics
+        self.seq = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="camera-grab", daemon=True)
+
+    def start(self) -> "GrabLoop":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def _run(self) -> None:
+        lower_this_thread()
+        s = self.settings
+        backoff = Backoff(s.reconnect_min_ms / 1000, s.reconnect_max_ms / 1000)
+        opened_before = False
+        while not self._stop.is_set():
+            source = open_camera(s)
+            try:
+                source.open()
+            except Exception as e:  # noqa: BLE001 - any open failure is retried
+                delay = backoff.next()
+                log_event(cam_log, "camera_open_failed", logging.ERROR, source=s.source, reason=str(e),
+                          retry_in_ms=round(delay * 1000), rate_key=s.source)
+                source.close()
+                self._stop.wait(delay)
+                continue
+            if opened_before:
+                self.metrics.camera_reconnects.inc()
+            log_event(cam_log, "camera_opened", logging.INFO, source=s.source, reopen=opened_before)
+            opened_before = True
+            try:
+                while not self._stop.is_set():
+                    image, label = source.grab()
+                    self.frames.put(Frame(image, self.seq, time.monotonic(), label))
+                    self.seq += 1
+                    backoff.reset()
+            except Exception as e:  # noqa: BLE001 - CameraError or a driver's own exception
+                delay = backoff.next()
+                kind = "camera_failed" if isinstance(e, CameraError) else "camera_crashed"
+                log_event(cam_log, kind, logging.ERROR, source=s.source, reason=f"{type(e).__name__}: {e}",
+                          frame_seq=self.seq, retry_in_ms=round(delay * 1000), rate_key=s.source)
+                self._stop.wait(delay)
+            finally:
+                source.close()
+
+
+class InferenceWorker:
+    """Judges frames: every new frame (free-run) or the first frame after each trigger.
+
+    Free-run decisions go to a latest-value mailbox (older ones are simply replaced, and
+    counted as drops when the worker skipped frames). Triggered decisions go to a queue
+    the write loop drains each tick: each one answers one trigger and must not be lost.
+    """
+
+    def __init__(self, config: Config, frames: FrameMailbox, journal: Journal, metrics: Metrics) -> None:
+        self.config = config
+        self.mode = config.station.mode
+        self.frames = frames
+        self.journal = journal
+        self.metrics = metrics
+        self.latest: LatestValue[Decision] = LatestValue()
+        self.requests: queue.Queue[Request] = queue.Queue(maxsize=1 + config.timing.trigger_queue)
+        self.results: queue.SimpleQueue[Decision] = queue.SimpleQueue()
+        self.model = None
+        self.model_ok = False
+        self.model_version = 0
+        self.load_error: str | None = None
+        self.phase: tuple[Request | None, str] = (None, "loading")  # read lock-free by the write loop
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+
+    def start(self) -> "InferenceWorker":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        if self.model is not None:
+            self.model.close()
+
+    def phase_of(self, req: Request) -> str | None:
+        cur, phase = self.phase
+        return phase if cur is req else None
+
+    def submit(self, req: Request) -> None:
+        """Called by the write loop; the inspection logic bounds the count, so this never blocks."""
+        try:
+            self.requests.put_nowait(req)
+        except queue.Full:  # cannot happen while TriggeredInspection bounds the queue; fail closed if it does
+            self.results.put(failsafe(FaultCode.TRIGGER_OVERRUN, time.monotonic(), "inference request queue full",
+                                      model_version=self.model_version, request=req))
+
+    def _load(self) -> bool:
+        from plcbridge.inference.session import Model  # onnxruntime import takes ~0.2 s: off the caller
+
+        m = self.config.model
+        try:
+            model = Model(m.manifest, m.device, m.intra_op_threads, m.inference_timeout_ms)
+        except ModelError as e:
+            self.load_error = str(e)
+            log_event(model_log, "model_load_failed", logging.ERROR, manifest=m.manifest, reason=str(e))
+            self.metrics.model_ok.set(0)
+            return False
+        self.model, self.model_version = model, model.version
+        self.metrics.model_info.info({"name": model.name, "version": str(model.version), "providers": ",".join(model.providers)})
+        level = logging.ERROR if model.fell_back else logging.INFO
+        log_event(model_log, "model_loaded", level, name=model.name, version=model.version, manifest=str(model.manifest_path),
+                  requested_providers=model.requested_providers, providers=model.providers,
+                  fell_back=model.fell_back, fallback_reason=model.fallback_reason)
+        self.model_ok = True
+        self.metrics.model_ok.set(1)
+        return True
+
+    def _run(self) -> None:
+        lower_this_thread()
+        if not self._load():
+            self.phase = (None, "no_model")
+            # No model: every trigger still gets its answer, at once.
+            while not self._stop.is_set():
+                try:
+                    req = self.requests.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                self.results.put(failsafe(FaultCode.MODEL_NOT_READY, time.monotonic(), f"model not loaded: {self.load_error}", request=req))
+            return
+        self.phase = (None, "idle")
+        if self.mode == "free-run":
+            self._free_run()
+        else:
+            self._triggered()
+
+    def _free_run(self) -> None:
+        last_seq = -1
+        while not self._stop.is_set():
+            frame = self.frames.wait_newer(last_seq, timeout=0.1)
+            if frame is None:
+                continue
+            if last_seq >= 0 and frame.seq > last_seq + 1:
+                self.metrics.queue_drops.labels("frames").inc(frame.seq - last_seq - 1)
+            last_seq = frame.seq
+            d = self.judge(frame, None)
+            self.latest.put(d)
+            self.journal.decision(d)
+
+    def _triggered(self) -> None:
+        timeout = self.config.timing.result_timeout_ms / 1000
+        while not self._stop.is_set():
+            try:
+                req = self.requests.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self.phase = (req, "waiting_frame")
+            frame = self.frames.first_after(req.t_seen, timeout=max(0.0, req.t_seen + timeout - time.monotonic()))
+            if frame is None:
+                d = failsafe(FaultCode.CAMERA_FAULT, time.monotonic(), "no frame captured after the trigger",
+                             model_version=self.model_version, request=req)
+            else:
+                d = self.judge(frame, req)
+            self.phase = (None, "idle")
+            self.results.put(d)
+
+    def judge(self, frame: Frame, req: Request | None) -> Decision:
+        assert self.model is not None
+        self.phase = (req, "judging")
+        t0 = time.monotonic()
+        try:
+            v = self.model.judge(frame.image)
+        except (BadFrame, InferenceTimeout, InferenceError) as e:
+            fault = {BadFrame: FaultCode.BAD_FRAME, InferenceTimeout: FaultCode.INFERENCE_TIMEOUT}.get(type(e), FaultCode.INFERENCE_ERROR)
+            log_event(model_log, "inference_failed", logging.ERROR, fault=fault.name, reason=str(e), frame_seq=frame.seq,
+                      rate_key=fault.name)
+            return failsafe(fault, time.monotonic(), str(e), model_version=self.model_version, request=req,
+                            frame_seq=frame.seq, t_capture=frame.t_capture, label=frame.label)
+        now = time.monotonic()
+        self.metrics.inference_seconds.observe(now - t0)
+        result = ResultCode.FAIL if v.label == "fail" else ResultCode.PASS
+        return Decision(result, FaultCode.NONE, v.score, now, self.model_version, frame.seq, frame.t_capture,
+                        frame.label, v.preprocess_ms + v.infer_ms, req)

@@ -1,0 +1,39 @@
+"""Keep every thread pool in the process from taking the write loop's core.
+
+On a 2-core line PC the write loop needs one core's worth of prompt scheduling. ONNX
+Runtime is sized by the config (intra_op_threads, no spinning); OpenCV is set to one
+thread where preprocessing imports it; BLAS/OpenMP pools are sized from the environment,
+which they read once when loaded - so `limit_native_pools()` must run before numpy is
+imported, which is why the CLI calls it first thing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+_POOL_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+# Producer threads run this much nicer than the write loop (raising niceness needs no privilege).
+PRODUCER_NICENESS = 5
+# How long a thread may hold the GIL before another waiting thread gets it (CPython default 5 ms).
+# Half a millisecond bounds how long pure-Python work elsewhere can delay a write tick.
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
+def limit_native_pools() -> None:
+    for var in _POOL_VARS:
+        os.environ.setdefault(var, "1")
+
+
+def tune_interpreter() -> None:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+
+
+def lower_this_thread() -> None:
+    """Make the calling thread nicer than the write loop (Linux: per-thread niceness)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PRODUCER_NICENESS)
+    except (OSError, AttributeError):
+        pass

@@ -1,0 +1,175 @@
+"""The write loop: one fixed-period thread that owns the PLC exchange.
+
+Ticks run on absolute deadlines (start + k * period). A tick that starts late is measured
+(lateness = actual - scheduled start, into a histogram and a sample ring); a tick that
+falls a whole period or more behind is skipped and counted, and the schedule moves
+forward: late ticks are never bunched together to catch up.
+
+Nothing in a tick waits on the camera, the model, the log or a connect: it reads
+mailboxes, builds the output block, makes one exchange with a deadline shorter than the
+period, and hands what it read to the inspection logic.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+from plcbridge.config import Config
+from plcbridge.contract import U16_MAX, FaultCode, Outputs, StatusBit, score_to_register
+from plcbridge.inspection import FreeRunInspection, Health, TriggeredInspection
+from plcbridge.link import PlcLink
+from plcbridge.logs import get_logger, log_event
+from plcbridge.metrics import Metrics
+
+log = get_logger("writeloop")
+
+
+class Samples:
+    """A fixed ring of float samples with percentiles: no allocation on the write loop."""
+
+    def __init__(self, size: int = 200_000) -> None:
+        self._buf = np.zeros(size)
+        self._n = 0
+
+    def add(self, v: float) -> None:
+        self._buf[self._n % len(self._buf)] = v
+        self._n += 1
+
+    def values(self) -> np.ndarray:
+        return self._buf[: min(self._n, len(self._buf))].copy()
+
+    def summary_ms(self) -> dict[str, float | int | None]:
+        v = self.values() * 1000
+        if not len(v):
+            return {"n": 0, "p50": None, "p95": None, "p99": None, "max": None}
+        p50, p95, p99 = np.percentile(v, [50, 95, 99])
+        return {"n": int(self._n), "p50": round(float(p50), 3), "p95": round(float(p95), 3),
+                "p99": round(float(p99), 3), "max": round(float(v.max()), 3)}
+
+
+class WriteLoop:
+    def __init__(self, config: Config, link: PlcLink, inspection: FreeRunInspection | TriggeredInspection,
+                 health: Callable[[float], Health], drain_decisions: Callable[[], None], metrics: Metrics) -> None:
+        self.config = config
+        self.period = config.timing.period_ms / 1000
+        self.call_deadline = config.plc.call_timeout_ms / 1000
+        self.link = link
+        self.inspection = inspection
+        self._health = health
+        self._drain = drain_decisions
+        self.metrics = metrics
+        self.lateness = Samples()
+        self.heartbeat = 0
+        self.ticks = 0
+        self.overruns = 0
+        self.last_tick: float | None = None  # monotonic time of the last tick; the watchdog's truth
+        self.status = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="write-loop", daemon=True)
+        self._last_fields = None
+        self.final_write_ok: bool | None = None
+
+    def start(self) -> "WriteLoop":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask for the final fail-safe write and wait for the loop to end."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        log_event(log, "write_loop_started", logging.INFO, period_ms=self.config.timing.period_ms,
+                  call_timeout_ms=self.config.plc.call_timeout_ms)
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            delay = next_t - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            now = time.monotonic()
+            late = now - next_t
+            self.lateness.add(late)
+            self.metrics.write_lateness_seconds.observe(late)
+            try:
+                self._tick(now)
+            except Exception:  # noqa: BLE001 - the loop must outlive any one bad tick
+                log_event(log, "tick_failed", logging.ERROR, rate_key="tick", exc_info=True)
+            next_t += self.period
+            behind = time.monotonic() - next_t
+            if behind > 0:  # skip ahead: the missed slots are counted, never run in a burst
+                missed = int(behind // self.period) + 1
+                next_t += missed * self.period
+                self.overruns += missed
+                self.metrics.write_overruns.inc(missed)
+                log_event(log, "write_overrun", logging.WARNING, missed_ticks=missed,
+                          behind_ms=round(behind * 1000, 2), rate_key="overrun")
+        self._final_write()
+
+    def _tick(self, now: float) -> None:
+        self._drain()
+        health = self._health(now)
+        fields = self.inspection.tick(now, health)
+        status = 0
+        if health.model_ok:
+            status |= StatusBit.READY
+        if self.inspection.trigger_ready(health):
+            status |= StatusBit.TRIGGER_READY
+        if health.camera_ok:
+            status |= StatusBit.CAMERA_OK
+        if health.model_ok:
+            status |= StatusBit.MODEL_OK
+        if fields.failsafe:
+            status |= StatusBit.FAILSAFE_ACTIVE
+        if fields.valid:
+            status |= StatusBit.RESULT_VALID
+        if status != self.status or fields.fault_code != getattr(self._last_fields, "fault_code", 0):
+            self._log_status(self.status, status, fields.fault_code)
+        self.status = status
+        self._last_fields = fields
+        self.metrics.ready.set(1 if status & StatusBit.READY else 0)
+        self.metrics.camera_ok.set(1 if health.camera_ok else 0)
+        outputs = Outputs(self.heartbeat, status, fields.result_seq, fields.result_code, fields.score,
+                          fields.fault_code, fields.latency_ms, fields.model_version, fields.part_id)
+        t0 = time.monotonic()
+        inputs = self.link.exchange(outputs, self.call_deadline)
+        t1 = time.monotonic()
+        if inputs is not None:
+            self.metrics.plc_exchange_seconds.observe(t1 - t0)
+            self.inspection.written(t1)
+            self.inspection.on_inputs(inputs, t1)
+        self.heartbeat = (self.heartbeat + 1) & U16_MAX
+        self.ticks += 1
+        self.last_tick = now
+
+    def _log_status(self, old: int, new: int, fault: int) -> None:
+        changed = old ^ new
+        raised = [b.name for b in StatusBit if changed & b and new & b]
+        cleared = [b.name for b in StatusBit if changed & b and not new & b]
+        level = logging.WARNING if any(n in ("CAMERA_OK", "MODEL_OK", "READY") for n in cleared) else logging.INFO
+        log_event(log, "status_changed", level, raised=raised, cleared=cleared, fault=FaultCode(fault).name)
+
+    def _final_write(self) -> None:
+        """The last block: READY cleared, fail-safe result, SHUTTING_DOWN."""
+        fs = self.config.failsafe
+        last = self._last_fields
+        status = StatusBit.FAILSAFE_ACTIVE
+        outputs = Outputs(self.heartbeat, int(status), getattr(last, "result_seq", 0), fs.code,
+                          score_to_register(fs.score), FaultCode.SHUTTING_DOWN, 0, getattr(last, "model_version", 0), 0)
+        # The connector may be mid-reconnect: give it a moment, bounded, then give up loudly.
+        end = time.monotonic() + max(0.5, 2 * self.config.plc.connect_timeout_ms / 1000)
+        while not self.link.connected and time.monotonic() < end:
+            time.sleep(self.period)
+        ok = self.link.exchange(outputs, self.call_deadline) is not None
+        self.final_write_ok = ok
+        self.status = int(status)
+        log_event(log, "final_write", logging.INFO if ok else logging.ERROR, written=ok, fault=FaultCode.SHUTTING_DOWN.name,
+                  heartbeat=self.heartbeat, reason="shutdown" if ok else f"PLC not reachable: {self.link.last_error}")
