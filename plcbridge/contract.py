@@ -25,7 +25,7 @@ class StatusBit(enum.IntFlag):
     READY = 1 << 0  # daemon configured, model loaded, loops running
     TRIGGER_READY = 1 << 1  # triggered mode: a new trigger would be accepted now
     CAMERA_OK = 1 << 2  # frames are arriving within the stall limit
-    MODEL_OK = 1 << 3  # the model session is loaded and its last run succeeded
+    MODEL_OK = 1 << 3  # a verified model session is loaded
     FAILSAFE_ACTIVE = 1 << 4  # the result fields carry the configured fail-safe output
     RESULT_VALID = 1 << 5  # result_seq/result_code/score/part_id describe a real decision
 
@@ -82,7 +82,7 @@ OUTPUT_SIGNALS: tuple[Signal, ...] = (
     Signal("result_seq", "u16", "the trigger_seq (triggered) or frame sequence mod 65536 (free-run) this result answers"),
     Signal("result_code", "u16", "0 NONE, 1 PASS, 2 FAIL, 3 FAILSAFE"),
     Signal("score", "u16", f"defect score x {SCORE_SCALE} (0..{SCORE_SCALE})"),
-    Signal("fault_code", "u16", ", ".join(f"{int(c)} {c.name}" for c in FaultCode)),
+    Signal("fault_code", "u16", "why FAILSAFE_ACTIVE is set; otherwise the current health fault, 0 when healthy (codes below)"),
     Signal("latency_ms", "u16", "frame capture -> decision, milliseconds (saturates at 65535)"),
     Signal("model_version", "u16", "model version from the model manifest"),
     Signal("part_id", "u32", "echo of the PLC's part_id for this result (triggered); 0 in free-run"),
