@@ -1,0 +1,66 @@
+"""Configuration: valid examples load; bad input is refused with file, field path and reason."""
+
+from pathlib import Path
+
+import pytest
+
+from plcbridge.cli import main
+from plcbridge.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "config").glob("*.toml")))
+def test_example_configs_validate(name):
+    cfg = load_config(ROOT / "config" / name, env={})
+    assert cfg.plc.call_timeout_ms < cfg.timing.period_ms
+
+
+def test_embedded_default_is_the_demo_station():
+    cfg = load_config(None, env={})
+    assert (cfg.camera.source, cfg.model.manifest, cfg.plc.protocol) == ("synthetic", "builtin:demo", "modbus")
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "station.toml"
+    p.write_text(text)
+    return p
+
+
+def test_unknown_key_and_bad_value_name_the_field(tmp_path):
+    p = _write(tmp_path, '[plc]\nport = 70000\nhots = "x"\n[camera]\nsource = "synthetic"\nfps = -1\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(p, env={})
+    msg = str(e.value)
+    assert str(p) in msg
+    assert "plc.port" in msg and "plc.hots" in msg and "camera.synthetic.fps" in msg
+
+
+def test_call_deadline_must_fit_the_period(tmp_path):
+    p = _write(tmp_path, "[plc]\ncall_timeout_ms = 12\n[timing]\nperiod_ms = 10\n")
+    with pytest.raises(ConfigError, match="call_timeout_ms"):
+        load_config(p, env={})
+
+
+def test_not_toml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(_write(tmp_path, "[plc\n"), env={})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.toml", env={})
+
+
+def test_environment_overrides_host_and_port_and_are_validated(tmp_path):
+    p = _write(tmp_path, '[plc]\nhost = "10.0.0.5"\n')
+    cfg = load_config(p, env={"PLCBRIDGE_PLC_HOST": "127.0.0.1", "PLCBRIDGE_PLC_PORT": "1502"})
+    assert (cfg.plc.host, cfg.plc.port) == ("127.0.0.1", 1502)
+    with pytest.raises(ConfigError, match="plc.port"):
+        load_config(p, env={"PLCBRIDGE_PLC_PORT": "not-a-port"})
+
+
+def test_check_config_command_refuses_bad_file(tmp_path, capsys):
+    p = _write(tmp_path, "[timing]\nperiod_ms = 0\n")
+    assert main(["check-config", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "timing.period_ms" in err and str(p) in err
+    assert main(["check-config", str(ROOT / "config" / "station-free-run.toml")]) == 0
+    assert '"mode": "free-run"' in capsys.readouterr().out
