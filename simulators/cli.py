@@ -1,0 +1,142 @@
+"""`plcbridge sim modbus`: run the simulated PLC on Modbus TCP until stopped.
+
+The main CLI (plcbridge/cli.py) creates the `sim modbus` sub-parser and calls
+`add_arguments(parser)` on it and `run(args)` for it. `python -m plcbridge.simulators.cli
+modbus ...` does the same standalone.
+
+Output is meant to be scripted: stdout carries exactly one `listening on HOST:PORT` line
+(flushed, so a demo can wait for it) and, at the end, the JSON summary; the live status goes
+to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from .device import DeviceFileError, load_device
+from .modbus import ModbusSimulator
+from .program import SimulatedPlc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the Modbus front-end. Defaults are None so the device file's value stands."""
+    parser.add_argument("--device", default=None, help="device TOML file, or a bundled device name (default: default)")
+    parser.add_argument("--host", default=None, help="address to listen on (device file default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="TCP port; 0 lets the OS choose (printed)")
+    parser.add_argument("--mode", choices=["triggered", "free-run"], default=None)
+    parser.add_argument("--trigger-hz", type=float, default=None, help="triggers per second (triggered mode)")
+    parser.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until SIGINT/SIGTERM)")
+    parser.add_argument("--summary-json", type=Path, default=None, help="also write the final summary to this file")
+    parser.add_argument("--quiet", action="store_true", help="no live status line on stderr")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "modbus.host": args.host,
+        "modbus.port": args.port,
+        "program.mode": args.mode,
+        "program.trigger_hz": args.trigger_hz,
+    }
+
+
+class _StatusLine:
+    """Once-a-second status: rewritten in place on a terminal, one line each in a log."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.dirty = False
+
+    def show(self, line: str) -> None:
+        if self.tty:
+            self.stream.write("\r" + line + "\x1b[K")
+            self.dirty = True
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.dirty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM or --seconds, then print the JSON summary; exit status."""
+    try:
+        settings = load_device(args.device, _overrides(args))
+    except DeviceFileError as e:
+        print(f"plcbridge sim: {e}", file=sys.stderr)
+        return 2
+    if args.seconds is not None and args.seconds <= 0:
+        print("plcbridge sim: --seconds must be > 0", file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+
+        def _on_signal(_signum: int, _frame: FrameType | None) -> None:
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _on_signal)
+
+    sim = ModbusSimulator(settings, SimulatedPlc(settings.program))
+    status = None if args.quiet else _StatusLine(sys.stderr)
+    try:
+        try:
+            sim.start()
+        except (OSError, RuntimeError) as e:  # pymodbus reports a busy port as RuntimeError
+            print(f"plcbridge sim: cannot listen on {settings.modbus.host}:{settings.modbus.port}: {e}", file=sys.stderr)
+            return 1
+        print(f"listening on {sim.host}:{sim.port}", flush=True)
+        deadline = None if args.seconds is None else time.monotonic() + args.seconds
+        while sim.running:
+            wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if wait <= 0 or stop.wait(wait):
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if status is not None:
+                status.show(sim.status_line())
+    finally:
+        sim.stop()
+        if status is not None:
+            status.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    summary = sim.summary()
+    text = json.dumps(summary, indent=2)
+    print(text, flush=True)
+    if args.summary_json is not None:
+        try:
+            args.summary_json.write_text(text + "\n")
+        except OSError as e:
+            print(f"plcbridge sim: cannot write {args.summary_json}: {e.strerror}", file=sys.stderr)
+            return 1
+    if sim.error is not None:
+        print(f"plcbridge sim: simulator stopped: {sim.error!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point mirroring `plcbridge sim ...`."""
+    parser = argparse.ArgumentParser(prog="python -m plcbridge.simulators.cli", description="PLC simulator")
+    sub = parser.add_subparsers(dest="frontend", required=True)
+    add_arguments(sub.add_parser("modbus", help="Modbus TCP PLC simulator"))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

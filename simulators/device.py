@@ -1,0 +1,133 @@
+"""The simulated device's settings, read from an editable TOML file.
+
+Commissioning engineers adapt the simulator to a station by editing data, not code (the
+pyvisa-sim idea): a device file has one section for the PLC program, which every protocol
+front-end shares, and one section per front-end. Unknown keys are rejected and every error
+names the file and the field, because a silently ignored typo in a commissioning tool proves
+the wrong thing.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from plcbridge.contract import U32_MAX, RegisterMap
+
+DEFAULT_DEVICE = "default"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProgramSettings(_Strict):
+    """What the PLC program does; protocol-agnostic."""
+
+    mode: Literal["triggered", "free-run"] = "triggered"
+    trigger_hz: Annotated[float, Field(gt=0, le=1000)] = 10.0
+    max_outstanding: Annotated[int, Field(ge=1, le=1000)] = 1
+    watchdog_ms: Annotated[int, Field(ge=1, le=600_000)] = 100
+    result_timeout_ms: Annotated[int, Field(ge=1, le=600_000)] = 1000
+    first_part_id: Annotated[int, Field(ge=0, le=U32_MAX)] = 1
+
+
+class ModbusSimSettings(_Strict):
+    """The Modbus TCP front-end: where it listens and where the contract's blocks live."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 5020
+    device_id: Annotated[int, Field(ge=0, le=255)] = 1
+    outputs_base: Annotated[int, Field(ge=0, le=65535)] = 0
+    inputs_base: Annotated[int, Field(ge=0, le=65535)] = 100
+    word_order: Literal["high_first", "low_first"] = "high_first"
+
+    @property
+    def register_map(self) -> RegisterMap:
+        return RegisterMap(self.outputs_base, self.inputs_base, self.word_order)
+
+    @model_validator(mode="after")
+    def _blocks_fit_and_do_not_overlap(self) -> "ModbusSimSettings":
+        # RegisterMap itself does not check this; an overlap would make the bridge's writes
+        # clobber the PLC's inputs, which no real PLC would allow either.
+        rmap = self.register_map
+        out = range(rmap.outputs_base, rmap.outputs_base + rmap.outputs_count)
+        inp = range(rmap.inputs_base, rmap.inputs_base + rmap.inputs_count)
+        if out.stop > 65536 or inp.stop > 65536:
+            raise ValueError("a register block runs past address 65535")
+        if out.start < inp.stop and inp.start < out.stop:
+            raise ValueError(
+                f"output block {out.start}..{out.stop - 1} overlaps input block {inp.start}..{inp.stop - 1}"
+            )
+        return self
+
+
+class DeviceSettings(_Strict):
+    program: ProgramSettings = ProgramSettings()
+    modbus: ModbusSimSettings = ModbusSimSettings()
+
+
+class DeviceFileError(ValueError):
+    """A device file that cannot be used; str() names the file, each field and why."""
+
+
+def _resolve(device: str | Path | None) -> tuple[str, str]:
+    """Return (source name, TOML text). A bare name like "default" means a bundled device."""
+    name = DEFAULT_DEVICE if device is None else str(device)
+    path = Path(name)
+    if not path.exists() and path.suffix == "" and "/" not in name:
+        bundled = resources.files("plcbridge.simulators").joinpath("devices", f"{name}.toml")
+        if bundled.is_file():
+            return f"<bundled device {name}.toml>", bundled.read_text()
+    try:
+        return str(path), path.read_text()
+    except OSError as e:
+        raise DeviceFileError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise DeviceFileError(f"cannot override {dotted}: {key} is not a table")
+        node = child
+    node[leaf] = value
+
+
+def parse_device(raw: Mapping[str, Any], source: str, overrides: Mapping[str, Any] | None = None) -> DeviceSettings:
+    """Validate raw TOML data with overrides ({"program.mode": "free-run"}) applied first,
+    so that command-line values are validated exactly like file values."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for dotted, value in overrides.items():
+        _set_dotted(data, dotted, value)
+    try:
+        return DeviceSettings.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            origin = " (set on the command line)" if where in overrides else ""
+            problems.append(f"  {where}: {err['msg']}{origin}")
+        raise DeviceFileError(f"{source}: invalid device settings\n" + "\n".join(problems)) from None
+
+
+def load_device(device: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> DeviceSettings:
+    """Load a device file (a path, or the name of a bundled device; None = "default").
+
+    `overrides` maps dotted field names to values; None values are ignored so argparse
+    defaults of None mean "keep the file's value".
+    """
+    source, text = _resolve(device)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise DeviceFileError(f"{source}: not valid TOML: {e}") from None
+    return parse_device(raw, source, overrides)

@@ -1,0 +1,268 @@
+"""Modbus TCP front-end for the simulated PLC (pymodbus 3.16 async server).
+
+pymodbus 3.16 keeps register memory inside its own SimDevice/SimCore runtime (the old
+ModbusDeviceContext/DataBlock classes are deprecated shims that are converted into it, so
+overriding their setValues is never called). The supported hook is `SimDevice(action=...)`:
+an async callback run on every access, after the address check and before the registers are
+read or written, with the live register list and the values to be written. That is exactly
+where a PLC program sees a bridge write, so:
+
+- a write inside the output block is decoded (registers as they will be after the write) and
+  passed to `program.on_outputs(..., time.monotonic())` before the response is sent;
+- every access then copies `program.inputs` into the input block, so a read always returns
+  the program's current state (an ack is visible to the bridge's very next read);
+- anything else that writes (input block, gap, coils, a block straddling the outputs) is
+  refused with ILLEGAL_ADDRESS / ILLEGAL_FUNCTION and counted as a protocol error;
+- every exception response, including those pymodbus makes by itself (address outside the
+  mapped span), is counted through the `trace_pdu` hook.
+
+A background asyncio task calls `program.tick()` about every millisecond. The program is
+single-threaded; a lock keeps `summary()` from another thread consistent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from .device import DeviceSettings
+from .program import SimulatedPlc
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.001
+_WRITE_REGISTER_FCS = frozenset({6, 16, 22, 23})
+_WRITE_BIT_FCS = frozenset({5, 15})
+
+
+class ModbusSimulator:
+    """A SimulatedPlc behind a Modbus TCP server, run on an asyncio loop in its own thread.
+
+    The thread keeps tests and the demo simple (start, talk to it with a blocking client,
+    stop) and leaves the caller's main thread free for signals.
+    """
+
+    def __init__(self, settings: DeviceSettings, program: SimulatedPlc | None = None) -> None:
+        self.settings = settings
+        self.program = program or SimulatedPlc(settings.program)
+        m = settings.modbus
+        self._rmap = m.register_map
+        self._out_lo = self._rmap.outputs_base
+        self._out_hi = self._out_lo + self._rmap.outputs_count
+        self._in_lo = self._rmap.inputs_base
+        self._in_hi = self._in_lo + self._rmap.inputs_count
+        # One contiguous span covering both blocks: writes into the gap still reach the
+        # action (and are counted) instead of being refused silently by pymodbus.
+        self._span_lo = min(self._out_lo, self._in_lo)
+        self._span_hi = max(self._out_hi, self._in_hi)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._port: int | None = None
+        self._error: BaseException | None = None
+        self._counted_exception = False
+        self._last_request: tuple[int, int] = (0, 0)  # (device_id, function code)
+
+    # ------------------------------------------------------------------ thread handle
+
+    @property
+    def host(self) -> str:
+        return self.settings.modbus.host
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        if self._port is None:
+            raise RuntimeError("simulator is not listening")
+        return self._port
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the server thread ended, if it ended by itself."""
+        return self._error
+
+    def start(self, timeout: float = 10.0) -> "ModbusSimulator":
+        """Start listening; returns once the port is bound, raises if binding failed."""
+        if self._thread is not None:
+            raise RuntimeError("simulator already started")
+        self._thread = threading.Thread(target=self._thread_main, name="plc-sim-modbus", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("Modbus simulator did not start listening in time")
+        if self._error is not None:
+            self._thread.join()
+            raise self._error
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the server and end its thread; idempotent."""
+        if self._loop is not None and self._stop is not None and self.running:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def summary(self) -> dict[str, Any]:
+        with self._lock:
+            return self.program.summary()
+
+    def status_line(self) -> str:
+        with self._lock:
+            return self.program.status_line()
+
+    def __enter__(self) -> "ModbusSimulator":
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ asyncio side
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as e:  # reported through start() / .error, never lost
+            self._error = e
+        finally:
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        m = self.settings.modbus
+        devices = [self._device(m.device_id, self._on_access)]
+        if m.device_id != 0:
+            # id 0 answers every other unit id; without it pymodbus fails such a request with
+            # an internal KeyError and a traceback in the log instead of a clear count.
+            devices.append(self._device(0, self._on_wrong_device))
+        server = ModbusTcpServer(devices, address=(m.host, m.port), trace_pdu=self._trace_pdu)
+        await server.serve_forever(background=True)
+        ticker: asyncio.Task[None] | None = None
+        try:
+            self._port = server.transport.sockets[0].getsockname()[1]
+            ticker = asyncio.create_task(self._tick_forever())
+            self._ready.set()
+            stop = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({stop, ticker}, return_when=asyncio.FIRST_COMPLETED)
+            if ticker.done():
+                stop.cancel()
+                ticker.result()  # re-raise a program bug rather than run on without a clock
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+            await server.shutdown()
+
+    def _device(self, device_id: int, action: Any) -> SimDevice:
+        span = SimData(self._span_lo, count=self._span_hi - self._span_lo, values=0, datatype=DataType.REGISTERS)
+        return SimDevice(device_id, simdata=[span], action=action)
+
+    async def _tick_forever(self) -> None:
+        while True:
+            with self._lock:
+                self.program.tick(time.monotonic())
+            await asyncio.sleep(TICK_S)
+
+    async def _on_access(
+        self,
+        func_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: Sequence[int] | Sequence[bool] | None,
+    ) -> ExcCodes | None:
+        """SimDevice action: runs before pymodbus reads or writes `registers`."""
+        t = time.monotonic()
+        with self._lock:
+            try:
+                if set_values is not None:
+                    refused = self._take_write(func_code, start_address, address, count, registers, set_values, t)
+                    if refused is not None:
+                        self._counted_exception = True
+                        return refused
+                at = self._in_lo - start_address
+                registers[at : at + self._rmap.inputs_count] = self._rmap.encode_inputs(self.program.inputs)
+            except Exception as e:  # a bad request or a program bug must not kill the server
+                log.exception("simulator failed on fc=%s address=%s count=%s", func_code, address, count)
+                self.program.protocol_error("internal_error", f"fc {func_code} @{address}+{count}: {e!r}")
+                self._counted_exception = True
+                return ExcCodes.DEVICE_FAILURE
+        return None
+
+    def _take_write(
+        self,
+        func_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        values: Sequence[int] | Sequence[bool],
+        t: float,
+    ) -> ExcCodes | None:
+        where = f"fc {func_code} at {address}..{address + count - 1}"
+        if func_code in _WRITE_BIT_FCS or func_code not in _WRITE_REGISTER_FCS:
+            self.program.protocol_error("bad_function", f"{where}: the contract has holding registers only")
+            return ExcCodes.ILLEGAL_FUNCTION
+        if address < self._out_lo or address + count > self._out_hi:
+            self.program.protocol_error(
+                "write_outside_outputs", f"{where}: the bridge may write only {self._out_lo}..{self._out_hi - 1}"
+            )
+            return ExcCodes.ILLEGAL_ADDRESS
+        # The action runs before pymodbus stores the values: decode the block as it will be.
+        lo = self._out_lo - start_address
+        block = list(registers[lo : lo + self._rmap.outputs_count])
+        block[address - self._out_lo : address - self._out_lo + count] = [int(v) for v in values]
+        self.program.on_outputs(self._rmap.decode_outputs(block), t)
+        return None
+
+    async def _on_wrong_device(
+        self,
+        func_code: int,
+        _start_address: int,
+        address: int,
+        count: int,
+        _registers: list[int],
+        _set_values: Sequence[int] | Sequence[bool] | None,
+    ) -> ExcCodes:
+        unit = self._last_request[0]
+        with self._lock:
+            self.program.protocol_error(
+                "wrong_device_id",
+                f"fc {func_code} at {address}+{count} for unit {unit}; this PLC is unit {self.settings.modbus.device_id}",
+            )
+        self._counted_exception = True
+        return ExcCodes.GATEWAY_NO_RESPONSE
+
+    def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        """Counts exception responses pymodbus produced without asking the action.
+
+        Between the action and the response there is no await that yields, so the flag set
+        by the action always belongs to the response being sent here.
+        """
+        if not sending:
+            self._last_request = (pdu.dev_id, pdu.function_code)
+        elif isinstance(pdu, ExceptionResponse):
+            if not self._counted_exception:
+                dev, fc = self._last_request
+                with self._lock:
+                    self.program.protocol_error(
+                        "modbus_exception", f"fc {fc} unit {dev}: answered with exception {pdu.exception_code}"
+                    )
+            self._counted_exception = False
+        else:
+            self._counted_exception = False
+        return pdu
