@@ -1,0 +1,159 @@
+"""The model manifest: everything the daemon must know about an ONNX model besides its weights.
+
+A model is a directory with `manifest.json` and the `.onnx` file it names. The manifest
+pins the exact file (sha256), the opset, the input/output interface, the preprocessing
+(which lives here, not in the graph, so that training and run time share one
+implementation: `plcbridge.inference.preprocess`) and how the output becomes ONE defect
+score in [0, 1]:
+
+- `output.kind = "probability"`: one value, already the defect probability (sigmoid in the graph);
+- `output.kind = "logit"`: one value, the defect logit; score = sigmoid(value);
+- `output.kind = "softmax"`: two values, class probabilities in `labels` order; score = value[1].
+
+`score >= threshold` is FAIL. `labels` must be ["pass", "fail"]: the PLC contract knows
+only PASS and FAIL, so a model with other classes is refused at load, not misread later.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from plcbridge.inference.errors import ModelError
+
+MANIFEST_NAME = "manifest.json"
+BUILTIN_PREFIX = "builtin:"
+
+TensorDtype = Literal["float32", "float16", "uint8"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    name: Annotated[str, Field(min_length=1)]
+    shape: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]
+    dtype: TensorDtype
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+class OutputSpec(TensorSpec):
+    kind: Literal["probability", "logit", "softmax"]
+
+    @model_validator(mode="after")
+    def _size_fits_kind(self) -> "OutputSpec":
+        want = 2 if self.kind == "softmax" else 1
+        if self.size != want:
+            raise ValueError(f"output kind {self.kind!r} needs {want} value(s), shape {self.shape} has {self.size}")
+        return self
+
+
+class Preprocessing(_Strict):
+    resize: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=2)]  # [w, h]
+    color: Literal["rgb", "bgr", "gray"]
+    scale: float = 1.0
+    mean: Annotated[list[float], Field(min_length=1, max_length=3)]
+    std: Annotated[list[float], Field(min_length=1, max_length=3)]
+    layout: Literal["nchw", "nhwc"]
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "gray" else 3
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> "Preprocessing":
+        for field in ("mean", "std"):
+            if len(getattr(self, field)) != self.channels:
+                raise ValueError(f"{field} needs {self.channels} value(s) for color {self.color!r}")
+        if any(s == 0 for s in self.std):
+            raise ValueError("std must not contain 0")
+        return self
+
+    def tensor_shape(self) -> list[int]:
+        w, h = self.resize
+        return [1, self.channels, h, w] if self.layout == "nchw" else [1, h, w, self.channels]
+
+
+class Manifest(_Strict):
+    name: Annotated[str, Field(min_length=1)]
+    version: Annotated[int, Field(ge=0, le=65535)]  # written to a u16 PLC register
+    file: Annotated[str, Field(min_length=1)]  # relative to the manifest's directory
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    opset: Annotated[int, Field(ge=1)]
+    input: TensorSpec
+    output: OutputSpec
+    preprocessing: Preprocessing
+    threshold: Annotated[float, Field(ge=0, le=1)]
+    labels: tuple[str, str] = ("pass", "fail")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Manifest":
+        if self.labels != ("pass", "fail"):
+            raise ValueError(f'labels must be ["pass", "fail"] (the PLC knows only those), got {list(self.labels)}')
+        if Path(self.file).is_absolute() or ".." in Path(self.file).parts:
+            raise ValueError(f"file must be a path inside the model directory, got {self.file!r}")
+        pp = self.preprocessing
+        if self.input.dtype == "uint8" and (pp.scale != 1 or any(pp.mean) or any(s != 1 for s in pp.std)):
+            raise ValueError("a uint8 input takes raw pixels: scale must be 1, mean 0 and std 1")
+        expected = pp.tensor_shape()
+        if self.input.shape != expected:
+            raise ValueError(
+                f"input.shape {self.input.shape} does not match preprocessing "
+                f"(resize {pp.resize}, {pp.color}, {pp.layout}) "
+                f"which makes {expected}"
+            )
+        return self
+
+
+def _builtin_manifest(name: str) -> Path:
+    root = resources.files("plcbridge.inference").joinpath("models", name, MANIFEST_NAME)
+    if not isinstance(root, Path):
+        # A zipped install would need extraction; this daemon is only installed from wheels/dirs.
+        raise ModelError(f"{BUILTIN_PREFIX}{name}: bundled models must be on the file system, found {root!r}")
+    return root
+
+
+def load_manifest(spec: str | Path) -> tuple[Manifest, Path]:
+    """Load and validate a manifest; return it with the resolved path of manifest.json.
+
+    `spec` is a manifest file, a directory holding `manifest.json`, or "builtin:NAME" for a
+    model bundled under plcbridge.inference/models/NAME/. The ONNX file must exist (its
+    hash is checked by the session, which reads it anyway). Any problem -> ModelError whose
+    message starts with the manifest path.
+    """
+    spec_s = str(spec)
+    if spec_s.startswith(BUILTIN_PREFIX):
+        path = _builtin_manifest(spec_s[len(BUILTIN_PREFIX) :])
+    else:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            path = path / MANIFEST_NAME
+    path = path.resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read model manifest ({spec_s!r}): {e.strerror or e}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{path}: not valid JSON: {e}") from None
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as e:
+        problems = "\n".join(
+            f"  {'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in e.errors()
+        )
+        raise ModelError(f"{path}: invalid model manifest\n{problems}") from None
+    model_file = path.parent / manifest.file
+    if not model_file.is_file():
+        raise ModelError(f"{path}: model file {manifest.file!r} not found (looked for {model_file})")
+    return manifest, path

@@ -1,0 +1,82 @@
+"""Reading an ONNX file we are willing to run: hash-checked, opset read without `onnx`.
+
+The bytes are read once, hashed, and those same bytes go to ONNX Runtime, so the file
+cannot change between the check and the load. The opset is read from the ModelProto's
+`opset_import` field with a few lines of protobuf wire-format walking: `onnx` is a test
+and training dependency only, and ONNX Runtime does not report a model's opset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from plcbridge.inference.errors import ModelError
+
+_OPSET_IMPORT = 8  # ModelProto.opset_import: repeated OperatorSetIdProto {1: domain, 2: version}
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def read_verified(path: Path, sha256: str, where: str) -> bytes:
+    """Return the file's bytes if their sha256 is `sha256`, else ModelError naming both."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"{where}: cannot read model file {path}: {e.strerror or e}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise ModelError(
+            f"{where}: sha256 mismatch for {path.name}: manifest says {sha256}, file is {actual} "
+            "(wrong file, or the manifest was not updated after retraining)"
+        )
+    return data
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated varint")
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(data: bytes):
+    """Yield (field number, wire type, value) for one protobuf message; LEN values as bytes."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire == 1:
+            value, pos = data[pos : pos + 8], pos + 8
+        elif wire == 2:
+            n, pos = _varint(data, pos)
+            value, pos = data[pos : pos + n], pos + n
+        elif wire == 5:
+            value, pos = data[pos : pos + 4], pos + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        if pos > len(data):
+            raise ValueError("truncated message")
+        yield field, wire, value
+
+
+def default_opset(data: bytes) -> int | None:
+    """The model's opset for the default ONNX domain, or None if it declares none."""
+    for field, wire, value in _fields(data):
+        if field == _OPSET_IMPORT and wire == 2:
+            domain, version = "", None
+            for f, w, v in _fields(value):
+                if f == 1 and w == 2:
+                    domain = v.decode("utf-8", "replace")
+                elif f == 2 and w == 0:
+                    version = v
+            if domain in _DEFAULT_DOMAINS:
+                return version
+    return None

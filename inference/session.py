@@ -1,0 +1,290 @@
+"""The in-process model: an ONNX Runtime session that turns one frame into one Verdict.
+
+Everything that can be checked is checked once, at build, so that a model that loads is a
+model that works: manifest, sha256 of the exact bytes loaded, opset, input/output
+interface, and a smoke run. After that `judge()` can fail in only three ways, each its own
+exception (see errors.py) because each is its own PLC fault code.
+
+Threading: `judge()` is meant to be called from ONE worker thread at a time (the daemon's
+inference worker); a concurrent call raises RuntimeError rather than queueing silently.
+A persistent watchdog thread enforces `timeout_ms` by setting `RunOptions.terminate` on
+the run in progress; ONNX Runtime checks that flag between nodes, so a run is cut short
+at the next node boundary (a single huge node still finishes first; the daemon's own
+result timeout is the outer bound).
+
+The session is tuned for a 2-core line PC that also runs a 10 ms PLC loop: intra-op
+threads as configured (default 1), inter-op 1, sequential executor, and no spin-waiting
+(ORT's default spinning burns most of a core while idle between frames).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from plcbridge.config import ModelSettings
+from plcbridge.inference.errors import BadFrame, InferenceError, InferenceTimeout, ModelError
+from plcbridge.inference.manifest import Manifest, load_manifest
+from plcbridge.inference.modelfile import default_opset, read_verified
+from plcbridge.inference.preprocess import Preprocessor
+
+__all__ = ["Model", "Verdict", "BadFrame", "InferenceError", "InferenceTimeout", "ModelError"]
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One decision: `label` is "pass" or "fail" (score >= threshold), `score` the defect
+    score in [0, 1], and the two stage times in milliseconds."""
+
+    label: str
+    score: float
+    preprocess_ms: float
+    infer_ms: float
+
+
+class _Watchdog:
+    """One thread per Model that terminates the armed run when its deadline passes.
+
+    A thread per run would cost a thread start (~100 us and a GIL hand-off) on every frame.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._cond = threading.Condition()
+        self._options: ort.RunOptions | None = None
+        self._deadline = 0.0
+        self._fired = False
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def arm(self, options: ort.RunOptions, deadline: float) -> None:
+        with self._cond:
+            self._options, self._deadline, self._fired = options, deadline, False
+            self._cond.notify()
+
+    def disarm(self) -> bool:
+        """Forget the run; return whether it was terminated."""
+        with self._cond:
+            fired, self._options = self._fired, None
+            return fired
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            if self._options is not None:  # do not let a long run hold up shutdown
+                self._options.terminate = True
+                self._fired = True
+            self._cond.notify()
+        self._thread.join(timeout=2.0)
+
+    def _loop(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                if self._options is None:
+                    self._cond.wait()
+                    continue
+                remaining = self._deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                self._options.terminate = True
+                self._fired = True
+                self._options = None
+
+
+class Model:
+    """A loaded, verified model. Build it once; call `judge()` per frame; `close()` at the end.
+
+    `spec` is a manifest path, a directory holding manifest.json, or "builtin:demo".
+    Build failures raise ModelError. With device="cuda" and no usable CUDA, the session
+    falls back to CPU: `fell_back` is True and `fallback_reason` says why (also logged as a
+    warning); the caller decides whether that is acceptable.
+    """
+
+    def __init__(
+        self,
+        spec: str | Path = "builtin:demo",
+        device: Literal["cpu", "cuda"] = "cpu",
+        intra_op_threads: int = 1,
+        timeout_ms: float = 200,
+    ) -> None:
+        if device not in ("cpu", "cuda"):
+            raise ModelError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
+        if timeout_ms <= 0:
+            raise ModelError(f"timeout_ms must be positive, got {timeout_ms}")
+        self.manifest, self.manifest_path = load_manifest(spec)
+        m, where = self.manifest, str(self.manifest_path)
+        self.name, self.version = m.name, m.version
+        self.path = self.manifest_path.parent / m.file
+        self.timeout_ms = float(timeout_ms)
+
+        data = read_verified(self.path, m.sha256, where)
+        try:
+            opset = default_opset(data)
+        except ValueError as e:
+            raise ModelError(f"{where}: {self.path.name} is not a readable ONNX model: {e}") from None
+        if opset != m.opset:
+            raise ModelError(f"{where}: manifest says opset {m.opset}, {self.path.name} declares opset {opset}")
+
+        self.requested_providers = [CUDA, CPU] if device == "cuda" else [CPU]
+        self._session, self.fallback_reason = self._create_session(data, intra_op_threads, where)
+        self.providers: list[str] = list(self._session.get_providers())
+        self.fell_back = self.providers[0] != self.requested_providers[0]
+        if self.fell_back:
+            self.fallback_reason = self.fallback_reason or f"onnxruntime chose {self.providers}"
+            log.warning(
+                "model %s v%d: asked for %s, running on %s: %s",
+                m.name, m.version, self.requested_providers, self.providers, self.fallback_reason,
+            )
+        self._check_interface(where)
+
+        self._preprocess = Preprocessor(m.preprocessing, m.input)
+        self._busy = threading.Lock()
+        self._watchdog = _Watchdog(f"ort-watchdog-{m.name}")
+        try:
+            w, h = m.preprocessing.resize
+            self._score(self._run(self._preprocess(np.full((h, w, 3), 128, np.uint8)), None))
+        except (InferenceError, InferenceTimeout) as e:
+            self.close()
+            raise ModelError(f"{where}: smoke run failed: {e}") from None
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings) -> "Model":
+        return cls(settings.manifest, settings.device, settings.intra_op_threads, settings.inference_timeout_ms)
+
+    def _create_session(self, data: bytes, threads: int, where: str) -> tuple[ort.InferenceSession, str | None]:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+
+        available = ort.get_available_providers()
+        providers = [p for p in self.requested_providers if p in available]
+        reason = None
+        if providers != self.requested_providers:
+            missing = [p for p in self.requested_providers if p not in available]
+            reason = f"{', '.join(missing)} not in this onnxruntime build (available: {', '.join(available)})"
+        try:
+            return ort.InferenceSession(data, sess_options=so, providers=providers), reason
+        except Exception as e:  # ORT raises its own pybind exception types
+            if providers == [CPU]:
+                raise ModelError(f"{where}: onnxruntime cannot load {self.path.name}: {e}") from None
+            reason = f"{providers[0]} failed to initialise: {e}"
+        try:
+            return ort.InferenceSession(data, sess_options=so, providers=[CPU]), reason
+        except Exception as e:
+            raise ModelError(f"{where}: onnxruntime cannot load {self.path.name}: {e}") from None
+
+    def _check_interface(self, where: str) -> None:
+        m = self.manifest
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelError(f"{where}: {self.path.name} has {len(inputs)} inputs {[i.name for i in inputs]}, expected 1")
+        self._check_tensor("input", m.input.name, m.input.shape, m.input.dtype, inputs[0], where)
+        outputs = {o.name: o for o in self._session.get_outputs()}
+        if m.output.name not in outputs:
+            raise ModelError(f"{where}: output {m.output.name!r} not in {self.path.name}; it has {sorted(outputs)}")
+        self._check_tensor("output", m.output.name, m.output.shape, m.output.dtype, outputs[m.output.name], where)
+
+    def _check_tensor(self, what: str, name: str, shape: list[int], dtype: str, actual, where: str) -> None:
+        actual_dtype = _ORT_DTYPES.get(actual.type, actual.type)
+        # Symbolic dims (str/None) accept any size; fixed ones must match the manifest.
+        shape_ok = len(actual.shape) == len(shape) and all(
+            not isinstance(a, int) or a == s for a, s in zip(actual.shape, shape)
+        )
+        if actual.name != name or not shape_ok or actual_dtype != dtype:
+            raise ModelError(
+                f"{where}: {what} mismatch: manifest says {name!r} {shape} {dtype}, "
+                f"{self.path.name} has {actual.name!r} {list(actual.shape)} {actual_dtype}"
+            )
+
+    def judge(self, image: np.ndarray) -> Verdict:
+        """Judge one HxWx3 uint8 BGR frame. Raises BadFrame, InferenceTimeout or InferenceError."""
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("Model.judge() called while another judge() is running; use one worker thread")
+        try:
+            t0 = time.perf_counter()
+            x = self._preprocess(image)
+            t1 = time.perf_counter()
+            out = self._run(x, self.timeout_ms / 1000.0)
+            t2 = time.perf_counter()
+            score = self._score(out)
+        finally:
+            self._busy.release()
+        label = self.manifest.labels[1] if score >= self.manifest.threshold else self.manifest.labels[0]
+        return Verdict(label, score, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0)
+
+    def _run(self, x: np.ndarray, timeout_s: float | None) -> np.ndarray:
+        session = self._session
+        if session is None:
+            raise InferenceError(f"model {self.name} is closed")
+        options = ort.RunOptions()
+        options.log_severity_level = 3  # a terminated run is reported by us, not as ORT stderr noise
+        start = time.monotonic()
+        if timeout_s is not None:
+            self._watchdog.arm(options, start + timeout_s)
+        try:
+            out = session.run([self.manifest.output.name], {self.manifest.input.name: x}, options)[0]
+        except Exception as e:
+            elapsed_ms = (time.monotonic() - start) * 1000.0
+            if self._watchdog.disarm():
+                raise InferenceTimeout(
+                    f"model {self.name}: run terminated after {elapsed_ms:.1f} ms (timeout {self.timeout_ms:g} ms)"
+                ) from None
+            raise InferenceError(f"model {self.name}: onnxruntime failed after {elapsed_ms:.1f} ms: {e}") from e
+        fired = self._watchdog.disarm()
+        elapsed_ms = (time.monotonic() - start) * 1000.0
+        if timeout_s is not None and (fired or elapsed_ms > timeout_s * 1000.0):
+            raise InferenceTimeout(f"model {self.name}: run took {elapsed_ms:.1f} ms (timeout {self.timeout_ms:g} ms)")
+        return out
+
+    def _score(self, out: np.ndarray) -> float:
+        """The output as one defect score in [0, 1]; anything else is an InferenceError,
+        so a NaN or a broken model can never come out as PASS."""
+        spec = self.manifest.output
+        v = np.asarray(out, dtype=np.float64).reshape(-1)
+        if v.size != spec.size:
+            raise InferenceError(f"model {self.name}: output has {v.size} values, manifest says {spec.shape}")
+        if not np.isfinite(v).all():
+            raise InferenceError(f"model {self.name}: output not finite: {v.tolist()}")
+        if spec.kind == "logit":
+            x = float(v[0])
+            score = 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+        else:
+            score = float(v[0] if spec.kind == "probability" else v[1])
+            if not -1e-6 <= score <= 1.0 + 1e-6:
+                raise InferenceError(f"model {self.name}: {spec.kind} output {score} outside [0, 1]")
+        return min(max(score, 0.0), 1.0)
+
+    def close(self) -> None:
+        """Stop the watchdog (terminating a run in progress) and drop the session."""
+        watchdog = getattr(self, "_watchdog", None)
+        if watchdog is not None:
+            watchdog.stop()
+        self._session = None
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r} v{self.version}, {self.path}, providers={self.providers})"
