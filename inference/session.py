@@ -203,7 +203,7 @@ class Model:
             raise ModelError(f"{where}: output {m.output.name!r} not in {self.path.name}; it has {sorted(outputs)}")
         self._check_tensor("output", m.output.name, m.output.shape, m.output.dtype, outputs[m.output.name], where)
 
-    def _check_tensor(self, what: str, name: str, shape: list[int], dtype: str, actual, where: str) -> None:
+    def _check_tensor(self, what: str, name: str, shape: list[int], dtype: str, actual: ort.NodeArg, where: str) -> None:
         actual_dtype = _ORT_DTYPES.get(actual.type, actual.type)
         # Symbolic dims (str/None) accept any size; fixed ones must match the manifest.
         shape_ok = len(actual.shape) == len(shape) and all(
