@@ -79,9 +79,9 @@ class Daemon:
         if c.metrics.enabled:
             self.http = HealthServer(self.metrics, c.metrics.host, c.metrics.port, self.live, self.ready).start()
             log_event(log, "metrics_listening", logging.INFO, url=f"http://{c.metrics.host}:{self.http.port}/metrics")
-        self.link.start()
-        self.worker.start()
+        self.worker.start()  # loads the model first: nothing that holds the GIL long runs beside the loop
         self.grab.start()
+        self.link.start()
         self.loop.start()
         return self
 

@@ -30,10 +30,13 @@ def get_logger(part: str) -> logging.Logger:
     return logging.getLogger(f"{LOGGER_NAME}.{part}")
 
 
-def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, /, **fields: Any) -> None:
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, /, *, exc_info: bool = False, **fields: Any) -> None:
     """Log one structured event. `rate_key` in fields makes it rate-limited per (event, key)."""
     if logger.isEnabledFor(level):
-        logger.log(level, event, extra={"event": event, **fields})
+        # A field named like a LogRecord attribute ("name", "msg", ...) would raise: keep it, renamed.
+        extra = {(f"{k}_" if k in _RESERVED else k): v for k, v in fields.items()}
+        extra["event"] = event
+        logger.log(level, event, exc_info=exc_info, extra=extra)
 
 
 class _EnqueueRaw(logging.handlers.QueueHandler):

@@ -2,8 +2,8 @@
 
 Both are plain threads that feed the write loop through mailboxes and never wait for it.
 The grab loop owns camera reconnects (a fresh source each time, bounded backoff); the
-worker owns the model session, which it builds itself so that a slow model load never
-holds up the write loop's first ticks (until it is loaded the PLC sees MODEL_NOT_READY).
+worker owns the model session; a model that fails to load leaves it answering every
+trigger with MODEL_NOT_READY (READY cleared) instead of taking the daemon down.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 
-from plcbridge.adapters.camera.base import CameraError, Frame, open_camera
+from plcbridge.adapters.camera.base import CameraError, CameraSource, Frame, open_camera
 from plcbridge.backoff import Backoff
 from plcbridge.config import Config
 from plcbridge.contract import FaultCode, ResultCode
@@ -37,10 +37,14 @@ class GrabLoop:
         self.frames = frames
         self.metrics = metrics
         self.seq = 0
+        self._first: CameraSource | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="camera-grab", daemon=True)
 
     def start(self) -> "GrabLoop":
+        """Construct the first source on the caller's thread (before the write loop runs:
+        a constructor may precompute, e.g. the synthetic camera's textures), open it on ours."""
+        self._first = open_camera(self.settings)
         self._thread.start()
         return self
 
@@ -54,7 +58,7 @@ class GrabLoop:
         backoff = Backoff(s.reconnect_min_ms / 1000, s.reconnect_max_ms / 1000)
         opened_before = False
         while not self._stop.is_set():
-            source = open_camera(s)
+            source, self._first = self._first or open_camera(s), None
             try:
                 source.open()
             except Exception as e:  # noqa: BLE001 - any open failure is retried
@@ -110,6 +114,12 @@ class InferenceWorker:
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
 
     def start(self) -> "InferenceWorker":
+        """Load the model here, on the caller's thread, then start judging.
+
+        Daemon.start() calls this before the write loop runs: building a session holds the
+        GIL for tens of milliseconds, which would otherwise land on the loop's first ticks.
+        """
+        self._load()
         self._thread.start()
         return self
 
@@ -132,7 +142,7 @@ class InferenceWorker:
                                       model_version=self.model_version, request=req))
 
     def _load(self) -> bool:
-        from plcbridge.inference.session import Model  # onnxruntime import takes ~0.2 s: off the caller
+        from plcbridge.inference.session import Model
 
         m = self.config.model
         try:
@@ -145,7 +155,7 @@ class InferenceWorker:
         self.model, self.model_version = model, model.version
         self.metrics.model_info.info({"name": model.name, "version": str(model.version), "providers": ",".join(model.providers)})
         level = logging.ERROR if model.fell_back else logging.INFO
-        log_event(model_log, "model_loaded", level, name=model.name, version=model.version, manifest=str(model.manifest_path),
+        log_event(model_log, "model_loaded", level, model=model.name, version=model.version, manifest=str(model.manifest_path),
                   requested_providers=model.requested_providers, providers=model.providers,
                   fell_back=model.fell_back, fallback_reason=model.fallback_reason)
         self.model_ok = True
@@ -154,7 +164,17 @@ class InferenceWorker:
 
     def _run(self) -> None:
         lower_this_thread()
-        if not self._load():
+        try:
+            self._serve()
+        except Exception:  # noqa: BLE001 - a crashed stage must be loud; the write loop fails closed
+            self.phase = (None, "crashed")
+            self.model_ok = False
+            self.metrics.model_ok.set(0)
+            log_event(model_log, "inference_stage_crashed", logging.CRITICAL, exc_info=True,
+                      reason="the inference thread died: triggers will time out with INFERENCE_TIMEOUT")
+
+    def _serve(self) -> None:
+        if self.model is None:
             self.phase = (None, "no_model")
             # No model: every trigger still gets its answer, at once.
             while not self._stop.is_set():

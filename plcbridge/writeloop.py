@@ -165,7 +165,7 @@ class WriteLoop:
         outputs = Outputs(self.heartbeat, int(status), getattr(last, "result_seq", 0), fs.code,
                           score_to_register(fs.score), FaultCode.SHUTTING_DOWN, 0, getattr(last, "model_version", 0), 0)
         # The connector may be mid-reconnect: give it a moment, bounded, then give up loudly.
-        end = time.monotonic() + max(0.5, 2 * self.config.plc.connect_timeout_ms / 1000)
+        end = time.monotonic() + min(1.0, self.config.plc.connect_timeout_ms / 1000)
         while not self.link.connected and time.monotonic() < end:
             time.sleep(self.period)
         ok = self.link.exchange(outputs, self.call_deadline) is not None

@@ -192,10 +192,12 @@ class SyntheticCamera(CameraSource):
         self._period = 1.0 / settings.fps
         self._rng: np.random.Generator | None = None
         self._next = 0.0
+        # Build the texture bank now: numpy's generators hold the GIL for tens of ms, and the
+        # daemon constructs its first source before the write loop starts (see GrabLoop.start).
+        _bank(settings.width, settings.height)
 
     def open(self) -> None:
         self._rng = np.random.default_rng(self.settings.seed)
-        _bank(self.settings.width, self.settings.height)  # build the bank now, not in grab 1
         self._next = time.monotonic()
 
     def grab(self) -> tuple[np.ndarray, str | None]:

@@ -1,0 +1,24 @@
+# The two commands of the README. Both do all of the set-up on a fresh machine: a local
+# virtual environment (.venv) with the CPU build of ONNX Runtime. For a GPU line PC install
+# the [gpu] extra instead (see README).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[cpu,test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/plcbridge demo --seconds 20
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

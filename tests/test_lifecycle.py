@@ -1,0 +1,99 @@
+"""The daemon's life: losing and regaining the PLC, SIGTERM with a final fail-safe write,
+refusing a bad config, and the metrics/health endpoint."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from conftest import running, station_config, wait_for
+
+from plcbridge.contract import FaultCode, ResultCode, StatusBit
+from plcbridge.demo import start_simulator, stop_simulator
+
+
+def test_simulator_killed_and_restarted_daemon_reconnects_and_heartbeat_resumes():
+    proc, port = start_simulator("triggered", 10.0)
+    try:
+        with running(station_config(port, "triggered", plc={"reconnect_min_ms": 50, "reconnect_max_ms": 400})) as d:
+            wait_for(lambda: d.link.connected and d.worker.model_ok, 30, "connected with the model loaded")
+            proc.kill()  # SIGKILL: no goodbye on the socket's application layer
+            proc.wait()
+            wait_for(lambda: not d.link.connected, 5, "the loss to be noticed")
+            ticks = d.loop.ticks
+            time.sleep(1.0)
+            assert d.loop.alive
+            assert d.loop.ticks - ticks >= 50, "the write loop kept its cadence while the PLC was gone"
+            proc, _ = start_simulator("triggered", 10.0, ["--port", str(port)])
+            wait_for(lambda: d.link.connected, 15, "a reconnect on a fresh client")
+            time.sleep(1.5)
+            assert d.loop.alive
+            assert d.metrics.plc_reconnects._value.get() >= 1
+        summary = stop_simulator(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # The restarted PLC saw a changing heartbeat and got answers again.
+    assert summary["writes_seen"] >= 100, summary
+    assert summary["heartbeat_longest_gap_ms"] < 1000, summary  # generous: the heartbeat kept changing
+    assert sum(summary["results"].values()) >= 3, summary
+
+
+def _daemon_cmd(config_path):
+    return [sys.executable, "-m", "plcbridge", "run", "--config", str(config_path)]
+
+
+def test_sigterm_writes_failsafe_with_ready_cleared_and_exits_0(make_sim, tmp_path):
+    sim = make_sim("triggered", trigger_hz=5)
+    cfg = tmp_path / "station.toml"
+    cfg.write_text(f'[plc]\nport = {sim.port}\n[metrics]\nenabled = false\n[logging]\nformat = "json"\n')
+    proc = subprocess.Popen(_daemon_cmd(cfg), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        plc = sim.program
+        wait_for(lambda: plc.seen and plc.seen[-1][1].status & StatusBit.READY, 30, "READY on the PLC")
+        wait_for(lambda: sum(sim.summary()["results"].values()) >= 2, 10, "answered triggers")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    last = plc.seen[-1][1]
+    assert not last.status & StatusBit.READY
+    assert last.status & StatusBit.FAILSAFE_ACTIVE
+    assert last.fault_code == FaultCode.SHUTTING_DOWN
+    assert last.result_code == ResultCode.FAILSAFE
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    names = [e["event"] for e in events]
+    assert "decision" in names and "final_write" in names
+    final = next(e for e in events if e["event"] == "final_write")
+    assert final["written"] is True
+
+
+def test_run_refuses_a_bad_config_and_starts_nothing(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[station]\nmode = "sometimes"\n')
+    r = subprocess.run(_daemon_cmd(cfg), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "station.mode" in r.stderr and str(cfg) in r.stderr
+    assert r.stdout == ""
+
+
+def test_metrics_and_health_endpoints(make_sim):
+    sim = make_sim("triggered", trigger_hz=10)
+    cfg = station_config(sim.port, "triggered", metrics={"enabled": True, "host": "127.0.0.1", "port": 0})
+    with running(cfg) as d:
+        assert d.http is not None
+        base = f"http://127.0.0.1:{d.http.port}"
+        wait_for(lambda: sum(sim.summary()["results"].values()) >= 3, 30, "answered triggers")
+        body = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        assert urllib.request.urlopen(base + "/healthz", timeout=5).status == 200
+        assert urllib.request.urlopen(base + "/readyz", timeout=5).status == 200
+    for name in ("plcbridge_write_lateness_seconds_bucket", "plcbridge_inference_seconds_count",
+                 "plcbridge_trigger_to_result_seconds_count", 'plcbridge_failsafe_total{fault="STALE_RESULT"}',
+                 "plcbridge_plc_connected 1.0", "plcbridge_model_info{"):
+        assert name in body, name
