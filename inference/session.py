@@ -32,7 +32,7 @@ import onnxruntime as ort
 
 from plcbridge.config import ModelSettings
 from plcbridge.inference.errors import BadFrame, InferenceError, InferenceTimeout, ModelError
-from plcbridge.inference.manifest import Manifest, load_manifest
+from plcbridge.inference.manifest import load_manifest
 from plcbridge.inference.modelfile import default_opset, read_verified
 from plcbridge.inference.preprocess import Preprocessor
 

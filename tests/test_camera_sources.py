@@ -16,7 +16,8 @@ import pytest
 
 from plcbridge.adapters.camera import opencv as opencv_mod
 from plcbridge.adapters.camera.base import CameraError, camera_class, open_camera
-from plcbridge.adapters.camera.folder import FolderCamera, Pacer, label_for
+from plcbridge.adapters.camera.folder import FolderCamera, label_for
+from plcbridge.adapters.camera.pacing import Pacer
 from plcbridge.adapters.camera.opencv import OpenCvCamera, parse_source, redact_url
 from plcbridge.config import FolderCameraSettings, OpenCvCameraSettings
 

@@ -16,12 +16,12 @@ the state of the `rng` it is given.
 from __future__ import annotations
 
 import functools
-import time
 
 import cv2
 import numpy as np
-
 from plcbridge.adapters.camera.base import CameraError, CameraSource
+from plcbridge.adapters.camera.pacing import Pacer
+
 from plcbridge.config import SyntheticCameraSettings
 
 DEFECT_KINDS: tuple[str, ...] = ("scratch", "spot", "crack")
@@ -189,16 +189,15 @@ class SyntheticCamera(CameraSource):
 
     def __init__(self, settings: SyntheticCameraSettings) -> None:
         self.settings = settings
-        self._period = 1.0 / settings.fps
+        self._pacer = Pacer(settings.fps)
         self._rng: np.random.Generator | None = None
-        self._next = 0.0
         # Build the texture bank now: numpy's generators hold the GIL for tens of ms, and the
         # daemon constructs its first source before the write loop starts (see GrabLoop.start).
         _bank(settings.width, settings.height)
 
     def open(self) -> None:
         self._rng = np.random.default_rng(self.settings.seed)
-        self._next = time.monotonic()
+        self._pacer = Pacer(self.settings.fps)
 
     def grab(self) -> tuple[np.ndarray, str | None]:
         rng = self._rng
@@ -206,13 +205,7 @@ class SyntheticCamera(CameraSource):
             raise CameraError("synthetic camera: grab() before open()")
         defect = bool(rng.random() < self.settings.defect_fraction)
         image = render_surface(rng, self.settings.width, self.settings.height, defect)
-        now = time.monotonic()
-        if now < self._next:
-            time.sleep(self._next - now)
-        elif now - self._next >= self._period:
-            # Late by at least one whole slot: drop the missed slots, deliver now.
-            self._next += ((now - self._next) // self._period) * self._period
-        self._next += self._period
+        self._pacer.wait()
         return image, ("fail" if defect else "pass")
 
     def close(self) -> None:
