@@ -22,9 +22,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
+from plcbridge.inference.errors import ModelError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from plcbridge.inference.errors import ModelError
+from plcbridge.config import validation_problems
 
 MANIFEST_NAME = "manifest.json"
 BUILTIN_PREFIX = "builtin:"
@@ -149,9 +150,7 @@ def load_manifest(spec: str | Path) -> tuple[Manifest, Path]:
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as e:
-        problems = "\n".join(
-            f"  {'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in e.errors()
-        )
+        problems = "\n".join(f"  {where}: {why}" for where, why in validation_problems(e))
         raise ModelError(f"{path}: invalid model manifest\n{problems}") from None
     model_file = path.parent / manifest.file
     if not model_file.is_file():

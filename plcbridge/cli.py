@@ -16,25 +16,28 @@ from pathlib import Path
 from plcbridge.threads import limit_native_pools
 
 
-def _cmd_check_config(args: argparse.Namespace) -> int:
+def _load_config_or_report(path: Path | None):
+    """The validated config, or None after printing why it is not valid (to stderr)."""
     from plcbridge.config import ConfigError, load_config
 
     try:
-        cfg = load_config(args.file)
+        return load_config(path)
     except ConfigError as e:
         print(f"plcbridge: {e}", file=sys.stderr)
+        return None
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load_config_or_report(args.file)
+    if cfg is None:
         return 2
     print(json.dumps(cfg.model_dump(mode="json"), indent=2))
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from plcbridge.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"plcbridge: {e}", file=sys.stderr)
+    cfg = _load_config_or_report(args.config)
+    if cfg is None:
         return 2
     from plcbridge.daemon import Daemon
     from plcbridge.logs import LogPipeline, get_logger, log_event

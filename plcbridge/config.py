@@ -167,6 +167,11 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; str() names the file, each field path and why."""
 
 
+def validation_problems(e: ValidationError) -> list[tuple[str, str]]:
+    """(dotted field path, reason) for each error: the form every schema error is reported in."""
+    return [(".".join(str(p) for p in err["loc"]) or "(top level)", err["msg"]) for err in e.errors()]
+
+
 def _apply_env(raw: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
     for var, path in ENV_OVERRIDES.items():
         if var in env:
@@ -185,11 +190,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", env: dict[str, s
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            problems.append(f"  {where}: {err['msg']}")
-        raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(problems)) from None
+        problems = "\n".join(f"  {where}: {why}" for where, why in validation_problems(e))
+        raise ConfigError(f"{source}: invalid configuration\n{problems}") from None
 
 
 def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> Config:

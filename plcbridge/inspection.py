@@ -207,6 +207,7 @@ class TriggeredInspection:
                     return
                 break
         # Too late: the trigger already got its fail-safe result. Journal, never write.
+        self.metrics.queue_drops.labels("late_decisions").inc()
         req = d.request
         log_event(log, "late_decision", logging.WARNING, trigger_seq=req.trigger_seq if req else None,
                   part_id=req.part_id if req else None, result=d.result.name, score=round(d.score, 4),

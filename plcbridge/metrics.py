@@ -12,7 +12,15 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
 
 from plcbridge.contract import FaultCode
 
@@ -34,6 +42,7 @@ class Metrics:
             "plcbridge_write_lateness_seconds", "Write tick start minus its scheduled start", buckets=_FAST, registry=r
         )
         self.write_overruns = Counter("plcbridge_write_overruns", "Write ticks skipped because the loop was late by a period or more", registry=r)
+        self.tick_errors = Counter("plcbridge_tick_errors", "Write ticks that raised (no block written that tick)", registry=r)
         self.plc_exchange_seconds = Histogram("plcbridge_plc_exchange_seconds", "One PLC exchange (write outputs + read inputs)", buckets=_FAST, registry=r)
         self.failsafes = Counter("plcbridge_failsafe", "Fail-safe results written, by fault", ["fault"], registry=r)
         for f in FaultCode:

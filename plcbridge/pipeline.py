@@ -18,7 +18,12 @@ from plcbridge.backoff import Backoff
 from plcbridge.config import Config
 from plcbridge.contract import FaultCode, ResultCode
 from plcbridge.decision import Decision, Request, failsafe
-from plcbridge.inference.errors import BadFrame, InferenceError, InferenceTimeout, ModelError
+from plcbridge.inference.errors import (
+    BadFrame,
+    InferenceError,
+    InferenceTimeout,
+    ModelError,
+)
 from plcbridge.journal import Journal
 from plcbridge.logs import get_logger, log_event
 from plcbridge.mailbox import FrameMailbox, LatestValue

@@ -102,7 +102,9 @@ class WriteLoop:
             try:
                 self._tick(now)
             except Exception:  # noqa: BLE001 - the loop must outlive any one bad tick
-                log_event(log, "tick_failed", logging.ERROR, rate_key="tick", exc_info=True)
+                self.metrics.tick_errors.inc()
+                log_event(log, "tick_failed", logging.ERROR, rate_key="tick", exc_info=True,
+                          reason="no block written this tick; the PLC's heartbeat watchdog sees the gap")
             next_t += self.period
             behind = time.monotonic() - next_t
             if behind > 0:  # skip ahead: the missed slots are counted, never run in a burst

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from plcbridge.config import validation_problems
 from plcbridge.contract import U32_MAX, RegisterMap
 
 DEFAULT_DEVICE = "default"
@@ -111,11 +112,10 @@ def parse_device(raw: Mapping[str, Any], source: str, overrides: Mapping[str, An
     try:
         return DeviceSettings.model_validate(data)
     except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            origin = " (set on the command line)" if where in overrides else ""
-            problems.append(f"  {where}: {err['msg']}{origin}")
+        problems = [
+            f"  {where}: {why}" + (" (set on the command line)" if where in overrides else "")
+            for where, why in validation_problems(e)
+        ]
         raise DeviceFileError(f"{source}: invalid device settings\n" + "\n".join(problems)) from None
 
 

@@ -24,7 +24,15 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
-from plcbridge.contract import U16_MAX, U32_MAX, FaultCode, Inputs, Outputs, ResultCode, StatusBit
+from plcbridge.contract import (
+    U16_MAX,
+    U32_MAX,
+    FaultCode,
+    Inputs,
+    Outputs,
+    ResultCode,
+    StatusBit,
+)
 
 from .device import ProgramSettings
 

@@ -142,3 +142,15 @@ def test_free_run_goes_stale_then_recovers():
     for t in (1.21, 1.22, 1.23):  # one episode, counted once
         ins.tick(t, Health(camera_ok=False, model_ok=True, model_version=3))
     assert j.failsafes == {"STALE_RESULT": 1, "CAMERA_FAULT": 1}
+
+
+def test_late_decision_is_counted_and_never_written():
+    r = Rig(result_timeout_ms=50)
+    r.trigger_seq = 1
+    r.step()
+    for _ in range(8):
+        r.step()
+    r.answer(r.submitted[0], ResultCode.PASS)
+    assert r.metrics.queue_drops.labels("late_decisions")._value.get() == 1
+    f = r.step()
+    assert f.failsafe and f.fault_code == FaultCode.INFERENCE_TIMEOUT

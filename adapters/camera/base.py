@@ -7,11 +7,11 @@ A source only grabs. Reconnects, stall detection and CAMERA_OK live in the grab 
 from __future__ import annotations
 
 import abc
-import importlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from plcbridge.adapters.registry import resolve
 
 
 @dataclass(frozen=True)
@@ -62,12 +62,7 @@ REGISTRY: dict[str, str] = {
 
 
 def camera_class(name: str) -> type[CameraSource]:
-    try:
-        target = REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown camera source {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
-    module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return resolve(REGISTRY, name, "camera source")
 
 
 def open_camera(settings: Any) -> CameraSource:

@@ -9,8 +9,9 @@ transaction ids, drivers whose `connected` flag lies).
 from __future__ import annotations
 
 import abc
-import importlib
 from typing import Any
+
+from plcbridge.adapters.registry import resolve
 
 from plcbridge.contract import Inputs, Outputs
 
@@ -53,9 +54,4 @@ REGISTRY: dict[str, str] = {
 
 
 def adapter_class(protocol: str) -> type[PlcAdapter]:
-    try:
-        target = REGISTRY[protocol]
-    except KeyError:
-        raise ValueError(f"unknown PLC protocol {protocol!r}; known: {', '.join(sorted(REGISTRY))}") from None
-    module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return resolve(REGISTRY, protocol, "PLC protocol")

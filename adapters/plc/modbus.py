@@ -12,10 +12,10 @@ from __future__ import annotations
 import socket
 import time
 
+from plcbridge.adapters.plc.base import PlcAdapter, PlcError
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from plcbridge.adapters.plc.base import PlcAdapter, PlcError
 from plcbridge.contract import Inputs, Outputs, RegisterMap
 
 
