@@ -75,3 +75,22 @@ def test_stopped_camera_answers_triggers_with_camera_fault(make_sim):
                  "triggers answered with CAMERA_FAULT")
     s = sim.summary()
     assert s["missing"] == 0 and s["skipped"] == 0 and s["protocol_errors"] == 0, s
+
+
+def test_slow_inference_gives_inference_timeout_failsafe_on_time(make_sim, tmp_path):
+    from onnx_models import slow_model, write_manifest
+
+    model_dir = slow_model(tmp_path / "slow")  # ~1 s a run on this machine
+    write_manifest(model_dir, "slow.onnx")
+    sim = make_sim("triggered", trigger_hz=2)
+    cfg = station_config(sim.port, "triggered", model={"manifest": str(model_dir), "inference_timeout_ms": 100},
+                         timing={"result_timeout_ms": 400})
+    with running(cfg):
+        wait_for(lambda: sum(sim.summary()["results"].values()) >= 3, 30, "three answered triggers")
+    s = sim.summary()
+    assert s["results"].get("FAILSAFE", 0) == sum(s["results"].values()), s
+    assert set(s["failsafe_faults"]) == {"INFERENCE_TIMEOUT"}, s
+    assert s["missing"] == 0 and s["protocol_errors"] == 0, s
+    # On time: the run is aborted at 100 ms; wait for a frame (<= 33 ms) and two write periods
+    # come on top. Never later than the 400 ms result timeout plus a few periods.
+    assert s["latency_ms"]["max"] < 400 + 50, s["latency_ms"]
