@@ -65,7 +65,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from plcbridge.demo import run_demo
 
-    return run_demo(args.seconds, args.mode, args.trigger_hz, verbose=args.verbose)
+    return run_demo(args.seconds, args.mode, args.trigger_hz, protocol=args.protocol, verbose=args.verbose)
 
 
 def _cmd_docs(args: argparse.Namespace) -> int:
@@ -98,15 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="simulator + daemon + bundled model + synthetic camera; prints a JSON summary")
     d.add_argument("--seconds", type=float, default=20.0)
     d.add_argument("--mode", choices=["triggered", "free-run"], default="triggered")
+    d.add_argument("--protocol", choices=["modbus", "opcua", "enip"], default="modbus")
     d.add_argument("--trigger-hz", type=float, default=10.0, help="simulated line rate in triggered mode")
     d.add_argument("--verbose", action="store_true", help="show the daemon's info logs on stderr")
     d.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("sim", help="PLC simulator for commissioning")
     ssub = s.add_subparsers(dest="frontend", required=True)
-    from plcbridge.simulators.cli import add_arguments, run
+    from plcbridge.simulators.cli import FRONTENDS, add_arguments, run
 
-    add_arguments(ssub.add_parser("modbus", help="Modbus TCP PLC simulator"))
+    for name in FRONTENDS:
+        add_arguments(ssub.add_parser(name, help=f"{name} PLC simulator"))
     s.set_defaults(func=run)
 
     g = sub.add_parser("docs", help="regenerate docs/plc-interface.md from the signal contract")

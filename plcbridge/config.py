@@ -84,8 +84,16 @@ class ModbusSettings(_Strict):
     word_order: Literal["high_first", "low_first"] = "high_first"
 
 
+class OpcUaSettings(_Strict):
+    """OPC UA client settings (issue 3 fills these in)."""
+
+
+class EnipSettings(_Strict):
+    """EtherNet/IP (Logix) client settings (issue 4 fills these in)."""
+
+
 class PlcSettings(_Strict):
-    protocol: Literal["modbus"] = "modbus"
+    protocol: Literal["modbus", "opcua", "enip"] = "modbus"
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 5020
     # Deadline of one PLC exchange (write outputs + read inputs); must be below the period.
@@ -94,6 +102,8 @@ class PlcSettings(_Strict):
     reconnect_min_ms: Annotated[int, Field(ge=1)] = 100
     reconnect_max_ms: Annotated[int, Field(ge=1)] = 5_000
     modbus: ModbusSettings = ModbusSettings()
+    opcua: OpcUaSettings = OpcUaSettings()
+    enip: EnipSettings = EnipSettings()
 
 
 class TimingSettings(_Strict):

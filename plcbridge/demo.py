@@ -20,9 +20,10 @@ from plcbridge.config import load_config, parse_config
 SIM_START_TIMEOUT_S = 15.0
 
 
-def start_simulator(mode: str, trigger_hz: float, extra: list[str] | None = None) -> tuple[subprocess.Popen[str], int]:
-    """Start `plcbridge sim modbus` on 127.0.0.1 with an OS-chosen port; return (process, port)."""
-    cmd = [sys.executable, "-m", "plcbridge", "sim", "modbus", "--host", "127.0.0.1", "--port", "0",
+def start_simulator(mode: str, trigger_hz: float, extra: list[str] | None = None,
+                    protocol: str = "modbus") -> tuple[subprocess.Popen[str], int]:
+    """Start `plcbridge sim PROTOCOL` on 127.0.0.1 with an OS-chosen port; return (process, port)."""
+    cmd = [sys.executable, "-m", "plcbridge", "sim", protocol, "--host", "127.0.0.1", "--port", "0",
            "--mode", mode, "--trigger-hz", str(trigger_hz), "--quiet", *(extra or [])]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -45,24 +46,25 @@ def stop_simulator(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return json.loads(out[start:]) if start >= 0 else {"error": f"no summary (exit code {proc.returncode})"}
 
 
-def demo_config(mode: str, port: int):
+def demo_config(mode: str, port: int, protocol: str = "modbus"):
     base = load_config(None).model_dump(mode="json")
     base["station"]["mode"] = mode
+    base["plc"]["protocol"] = protocol
     base["plc"]["port"] = port
     base["metrics"]["port"] = 0  # any free port: the demo must not collide with a running daemon
     return parse_config(base, "<demo>", env={})
 
 
-def run_demo(seconds: float, mode: str, trigger_hz: float, verbose: bool = False) -> int:
+def run_demo(seconds: float, mode: str, trigger_hz: float, protocol: str = "modbus", verbose: bool = False) -> int:
     from plcbridge.daemon import Daemon
     from plcbridge.logs import LogPipeline
 
-    print(f"plcbridge demo: {mode}, {seconds:g} s, starting the PLC simulator ...", file=sys.stderr)
-    sim, port = start_simulator(mode, trigger_hz)
+    print(f"plcbridge demo: {protocol}, {mode}, {seconds:g} s, starting the PLC simulator ...", file=sys.stderr)
+    sim, port = start_simulator(mode, trigger_hz, protocol=protocol)
     logs = LogPipeline("text", "info" if verbose else "warning", stream=sys.stderr).start()
     daemon = None
     try:
-        daemon = Daemon(demo_config(mode, port)).start()
+        daemon = Daemon(demo_config(mode, port, protocol)).start()
         t0 = time.monotonic()
         while (elapsed := time.monotonic() - t0) < seconds:
             time.sleep(min(1.0, seconds - elapsed))
@@ -77,6 +79,7 @@ def run_demo(seconds: float, mode: str, trigger_hz: float, verbose: bool = False
         logs.stop()
     s = daemon.summary()
     summary = {
+        "protocol": protocol,
         "mode": mode,
         "seconds": seconds,
         "results": s["results"],

@@ -1,8 +1,8 @@
-"""`plcbridge sim modbus`: run the simulated PLC on Modbus TCP until stopped.
+"""`plcbridge sim PROTOCOL`: run the simulated PLC behind one protocol front-end until stopped.
 
-The main CLI (plcbridge/cli.py) creates the `sim modbus` sub-parser and calls
-`add_arguments(parser)` on it and `run(args)` for it. `python -m plcbridge.simulators.cli
-modbus ...` does the same standalone.
+The main CLI (plcbridge/cli.py) creates one `sim NAME` sub-parser per entry of FRONTENDS,
+calls `add_arguments(parser)` on it and `run(args)` for it (`args.frontend` names the
+front-end). `python -m plcbridge.simulators.cli modbus ...` does the same standalone.
 
 Output is meant to be scripted: stdout carries exactly one `listening on HOST:PORT` line
 (flushed, so a demo can wait for it) and, at the end, the JSON summary; the live status goes
@@ -21,13 +21,23 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from plcbridge.adapters.registry import resolve
+
 from .device import DeviceFileError, load_device
-from .modbus import ModbusSimulator
 from .program import SimulatedPlc
+
+# Protocol front-ends of the one simulated PLC program, imported only when chosen. Each takes
+# (DeviceSettings, SimulatedPlc) and offers start(), stop(), host, port, running, error,
+# summary() and status_line(), like ModbusSimulator.
+FRONTENDS: dict[str, str] = {
+    "modbus": "plcbridge.simulators.modbus:ModbusSimulator",
+    "opcua": "plcbridge.simulators.opcua:OpcUaSimulator",
+    "enip": "plcbridge.simulators.enip:EnipSimulator",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of the Modbus front-end. Defaults are None so the device file's value stands."""
+    """Flags common to every front-end. Defaults are None so the device file's value stands."""
     parser.add_argument("--device", default=None, help="device TOML file, or a bundled device name (default: default)")
     parser.add_argument("--host", default=None, help="address to listen on (device file default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="TCP port; 0 lets the OS choose (printed)")
@@ -40,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "modbus.host": args.host,
-        "modbus.port": args.port,
+        f"{args.frontend}.host": args.host,
+        f"{args.frontend}.port": args.port,
         "program.mode": args.mode,
         "program.trigger_hz": args.trigger_hz,
     }
@@ -90,13 +100,14 @@ def run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, _on_signal)
 
-    sim = ModbusSimulator(settings, SimulatedPlc(settings.program))
+    sim = resolve(FRONTENDS, args.frontend, "simulator front-end")(settings, SimulatedPlc(settings.program))
     status = None if args.quiet else _StatusLine(sys.stderr)
     try:
         try:
             sim.start()
         except (OSError, RuntimeError) as e:  # pymodbus reports a busy port as RuntimeError
-            print(f"plcbridge sim: cannot listen on {settings.modbus.host}:{settings.modbus.port}: {e}", file=sys.stderr)
+            where = getattr(settings, args.frontend)
+            print(f"plcbridge sim {args.frontend}: cannot listen on {where.host}:{where.port}: {e}", file=sys.stderr)
             return 1
         print(f"listening on {sim.host}:{sim.port}", flush=True)
         deadline = None if args.seconds is None else time.monotonic() + args.seconds
@@ -134,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     """Standalone entry point mirroring `plcbridge sim ...`."""
     parser = argparse.ArgumentParser(prog="python -m plcbridge.simulators.cli", description="PLC simulator")
     sub = parser.add_subparsers(dest="frontend", required=True)
-    add_arguments(sub.add_parser("modbus", help="Modbus TCP PLC simulator"))
+    for name in FRONTENDS:
+        add_arguments(sub.add_parser(name, help=f"{name} PLC simulator"))
     return run(parser.parse_args(argv))
 
 

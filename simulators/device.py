@@ -68,9 +68,25 @@ class ModbusSimSettings(_Strict):
         return self
 
 
+class OpcUaSimSettings(_Strict):
+    """The OPC UA front-end (issue 3 fills this in)."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 4840
+
+
+class EnipSimSettings(_Strict):
+    """The EtherNet/IP front-end (issue 4 fills this in)."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 44818
+
+
 class DeviceSettings(_Strict):
     program: ProgramSettings = ProgramSettings()
     modbus: ModbusSimSettings = ModbusSimSettings()
+    opcua: OpcUaSimSettings = OpcUaSimSettings()
+    enip: EnipSimSettings = EnipSimSettings()
 
 
 class DeviceFileError(ValueError):

@@ -50,6 +50,8 @@ class PlcAdapter(abc.ABC):
 # protocol name -> "module:Class", imported only when chosen.
 REGISTRY: dict[str, str] = {
     "modbus": "plcbridge.adapters.plc.modbus:ModbusAdapter",
+    "opcua": "plcbridge.adapters.plc.opcua:OpcUaAdapter",
+    "enip": "plcbridge.adapters.plc.enip:EnipAdapter",
 }
 
 
