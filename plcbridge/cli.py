@@ -35,30 +35,46 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+STATUS_EVERY_S = 5.0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_config_or_report(args.config)
     if cfg is None:
         return 2
+    import time
+
     from plcbridge.daemon import Daemon
     from plcbridge.logs import LogPipeline, get_logger, log_event
+    from plcbridge.sdnotify import Notifier
 
     logs = LogPipeline(cfg.logging.format, cfg.logging.level, cfg.logging.rate_limit_s).start()
-    stop = threading.Event()
+    log = get_logger("daemon")
+    stop, hup = threading.Event(), threading.Event()
+    # Handlers only set flags: the work happens on the main thread, never in a signal handler.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: log_event(get_logger("daemon"), "reload_not_supported", 30,
-                                                       reason="SIGHUP reload is not implemented yet; ignoring"))
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
+    notifier = Notifier()
     try:
         try:
-            daemon = Daemon(cfg).start()
+            daemon = Daemon(cfg, config_path=args.config, notifier=notifier).start()
         except OSError as e:  # e.g. the metrics port is taken
-            log_event(get_logger("daemon"), "start_failed", 40, reason=str(e))
+            log_event(log, "start_failed", 40, reason=str(e))
             return 1
-        while not stop.wait(1.0):
-            pass
+        next_status = time.monotonic() + STATUS_EVERY_S
+        while not stop.wait(0.2):
+            if hup.is_set():
+                hup.clear()
+                log_event(log, "reload_requested", 20, signal="SIGHUP", config=str(args.config or "<embedded default>"))
+                daemon.reload()
+            if time.monotonic() >= next_status:
+                notifier.status(daemon.status_line())
+                next_status = time.monotonic() + STATUS_EVERY_S
         daemon.stop()
         return 0
     finally:
+        notifier.close()
         logs.stop()
 
 

@@ -75,6 +75,15 @@ class ModelSettings(_Strict):
     intra_op_threads: Annotated[int, Field(ge=1, le=64)] = 1
     # A run longer than this is terminated and ends in an INFERENCE_TIMEOUT fail-safe.
     inference_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
+    # p99 (preprocess + run) a model must meet on this machine before a reload swaps it in;
+    # default: half of inference_timeout_ms, so a model that passes rarely times out.
+    latency_budget_ms: Annotated[float, Field(gt=0)] | None = None
+    # How many timed runs that check takes.
+    latency_check_runs: Annotated[int, Field(ge=5, le=10_000)] = 50
+
+    @property
+    def p99_budget_ms(self) -> float:
+        return self.latency_budget_ms if self.latency_budget_ms is not None else self.inference_timeout_ms / 2
 
 
 class ModbusSettings(_Strict):
@@ -89,7 +98,31 @@ class OpcUaSettings(_Strict):
 
 
 class EnipSettings(_Strict):
-    """EtherNet/IP (Logix) client settings (issue 4 fills these in)."""
+    """EtherNet/IP client settings for an Allen-Bradley Logix controller (pycomm3 LogixDriver).
+
+    Tag names default to the set in plcbridge/adapters/plc/enip_tags.py (PB_Heartbeat, ...);
+    a table here renames single signals. After validation both maps are complete, so
+    `check-config` prints every tag the bridge will use.
+    """
+
+    # Backplane slot of the controller: the CPU's slot in a ControlLogix chassis, 0 for a
+    # CompactLogix. The CIP route is host:port/backplane/slot.
+    slot: Annotated[int, Field(ge=0, le=255)] = 0
+    # signal name -> tag name ("PB_Status" or "Program:MainProgram.PB_Status").
+    output_tags: dict[str, str] = {}
+    input_tags: dict[str, str] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _complete_tag_names(cls, data: Any) -> Any:
+        from plcbridge.adapters.plc.enip_tags import complete_tag_names  # the one tag table
+
+        return complete_tag_names(data)
+
+    @property
+    def program_scoped(self) -> bool:
+        """True if any tag is program-scoped: only then must a connect upload program tags."""
+        return any(n.startswith("Program:") for n in (*self.output_tags.values(), *self.input_tags.values()))
 
 
 class PlcSettings(_Strict):

@@ -14,7 +14,10 @@ import queue
 import time
 from typing import Any
 
-from plcbridge.config import Config
+from pathlib import Path
+
+from plcbridge.config import Config, ConfigError, load_config
+from plcbridge.contract import StatusBit
 from plcbridge.inspection import FreeRunInspection, Health, TriggeredInspection
 from plcbridge.journal import Journal
 from plcbridge.link import PlcLink
@@ -22,15 +25,25 @@ from plcbridge.logs import get_logger, log_event
 from plcbridge.mailbox import FrameMailbox
 from plcbridge.metrics import HealthServer, Metrics
 from plcbridge.pipeline import GrabLoop, InferenceWorker
+from plcbridge.sdnotify import Notifier
 from plcbridge.threads import tune_interpreter
 from plcbridge.writeloop import WriteLoop
 
 log = get_logger("daemon")
 
 
+# Sections a SIGHUP may change in a running daemon. Any other section changing means a new
+# PLC connection, camera or schedule: that reload is refused whole, never half applied.
+HOT_SECTIONS = frozenset({"model", "failsafe", "logging"})
+
+
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: Path | None = None, notifier: Notifier | None = None) -> None:
         self.config = config
+        self.config_path = config_path
+        self.notifier = notifier or Notifier(env={})
+        self._ready_sent = False
+        self.last_reload: str | None = None
         self.metrics = Metrics()
         self.journal = Journal(self.metrics, config.station.name)
         self.frames = FrameMailbox()
@@ -43,7 +56,8 @@ class Daemon:
         else:
             self.inspection = TriggeredInspection(
                 config.timing, config.failsafe, self.worker.submit, self.worker.phase_of, self.journal, self.metrics)
-        self.loop = WriteLoop(config, self.link, self.inspection, self.health, self._drain_decisions, self.metrics)
+        self.loop = WriteLoop(config, self.link, self.inspection, self.health, self._drain_decisions, self.metrics,
+                              watchdog=self.notifier.watchdog, watchdog_interval_s=self.notifier.watchdog_interval_s)
         self.http: HealthServer | None = None
         self.started_at: float | None = None
         self._stall_s = config.camera.stall_timeout_ms / 1000
@@ -66,9 +80,81 @@ class Daemon:
         return self.loop.alive and t is not None and time.monotonic() - t < 1.0
 
     def ready(self) -> bool:
-        from plcbridge.contract import StatusBit
-
         return self.live() and bool(self.loop.status & StatusBit.READY)
+
+    def status_line(self) -> str:
+        """One human line for systemd's STATUS= (what `systemctl status` shows)."""
+        j = self.journal.summary()
+        late = self.loop.lateness.summary_ms()
+        model = f"model v{self.worker.model_version}" if self.worker.model_ok else f"NO MODEL ({self.worker.load_error})"
+        parts = [self.config.station.mode, f"PLC {'up' if self.link.connected else 'DOWN'}", model,
+                 "camera ok" if self.health(time.monotonic()).camera_ok else "CAMERA FAULT",
+                 " ".join(f"{k}={v}" for k, v in sorted(j["results"].items())) or "no results yet",
+                 f"lateness p99 {late['p99']} ms"]
+        if self.last_reload:
+            parts.append(self.last_reload)
+        return ", ".join(parts)
+
+    def _notify_ready(self) -> None:
+        """READY=1 only with a valid config, a loaded model and the loops running."""
+        if self.worker.model_ok and self.loop.alive:
+            self.notifier.ready(self.status_line())
+            self._ready_sent = True
+
+    def reload(self) -> bool:
+        """SIGHUP: reload the config and the model; all of it, or nothing. True if applied."""
+        self.notifier.reloading()
+        try:
+            ok, detail = self._reload()
+        except Exception as e:  # noqa: BLE001 - a reload must never take the daemon down
+            ok, detail = False, f"unexpected error: {type(e).__name__}: {e}"
+            log_event(log, "reload_failed", logging.ERROR, what="reload", reason=detail, exc_info=True)
+        self.metrics.reloads.labels("applied" if ok else "refused").inc()
+        self.metrics.last_reload_ok.set(1 if ok else 0)
+        self.last_reload = "last reload applied" if ok else f"LAST RELOAD REFUSED: {detail}"
+        if ok:
+            log_event(log, "reload_applied", logging.INFO, detail=detail, model_version=self.worker.model_version)
+        self._notify_ready()
+        return ok
+
+    def _refuse(self, what: str, reason: str) -> tuple[bool, str]:
+        log_event(log, "reload_failed", logging.ERROR, what=what, reason=reason,
+                  serving_model_version=self.worker.model_version)
+        return False, reason
+
+    def _reload(self) -> tuple[bool, str]:
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as e:
+            return self._refuse("config", str(e))
+        changed = sorted(name for name in Config.model_fields if getattr(new, name) != getattr(self.config, name))
+        cold = [name for name in changed if name not in HOT_SECTIONS]
+        if cold:
+            return self._refuse("config", f"section(s) {', '.join(cold)} changed; they need a restart "
+                                          "(systemctl restart plcbridge); nothing was applied")
+        # Always rebuild the model: the files behind an unchanged manifest path may be new.
+        from plcbridge.inference.errors import ModelError
+        from plcbridge.inference.session import Model
+        from plcbridge.inference.validate import validate_model
+
+        m = new.model
+        report = validate_model(m.manifest, runs=m.latency_check_runs, p99_max_ms=m.p99_budget_ms,
+                                device=m.device, intra_op_threads=m.intra_op_threads)
+        if not report.ok:
+            return self._refuse("model", f"{m.manifest}: {report.failure}")
+        try:
+            model = Model(m.manifest, m.device, m.intra_op_threads, m.inference_timeout_ms)
+        except ModelError as e:  # e.g. the file changed between the check and the build
+            return self._refuse("model", str(e))
+        if model.manifest.sha256 != report.sha256:
+            model.close()
+            return self._refuse("model", f"{m.manifest}: the model changed while it was being checked")
+        self.worker.swap_model(model)
+        self.inspection.fs = new.failsafe
+        self.loop.config = new
+        logging.getLogger("plcbridge").setLevel(new.logging.level.upper())
+        self.config = new
+        return True, f"model {model.name} v{model.version} checked (p99 {report.latency_ms.get('p99')} ms); changed: {', '.join(changed) or 'nothing'}"
 
     def start(self) -> "Daemon":
         tune_interpreter()
@@ -83,9 +169,13 @@ class Daemon:
         self.grab.start()
         self.link.start()
         self.loop.start()
+        self._notify_ready()
+        if not self._ready_sent:
+            self.notifier.status(self.status_line())
         return self
 
     def stop(self) -> None:
+        self.notifier.stopping("stopping: writing the fail-safe block")
         log_event(log, "stopping", logging.INFO, reason="stop requested")
         self.loop.stop()
         self.link.close()

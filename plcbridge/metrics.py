@@ -57,6 +57,8 @@ class Metrics:
         self.camera_ok = Gauge("plcbridge_camera_ok", "1 while frames arrive within the stall limit", registry=r)
         self.model_ok = Gauge("plcbridge_model_ok", "1 while a model session is loaded and healthy", registry=r)
         self.model_info = Info("plcbridge_model", "The model serving now", registry=r)
+        self.reloads = Counter("plcbridge_reloads", "SIGHUP reloads, by outcome", ["result"], registry=r)
+        self.last_reload_ok = Gauge("plcbridge_last_reload_ok", "1 if the last reload was applied, 0 if it was refused", registry=r)
         self.ready = Gauge("plcbridge_ready", "1 while the READY status bit is written", registry=r)
 
     def exposition(self) -> bytes:

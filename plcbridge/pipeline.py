@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from plcbridge.adapters.camera.base import CameraError, CameraSource, Frame, open_camera
 from plcbridge.backoff import Backoff
@@ -29,6 +30,9 @@ from plcbridge.logs import get_logger, log_event
 from plcbridge.mailbox import FrameMailbox, LatestValue
 from plcbridge.metrics import Metrics
 from plcbridge.threads import lower_this_thread
+
+if TYPE_CHECKING:
+    from plcbridge.inference.session import Model
 
 cam_log = get_logger("camera")
 model_log = get_logger("model")
@@ -114,6 +118,7 @@ class InferenceWorker:
         self.model_ok = False
         self.model_version = 0
         self.load_error: str | None = None
+        self._next_model: Model | None = None  # set by swap_model(), adopted by the worker thread
         self.phase: tuple[Request | None, str] = (None, "loading")  # read lock-free by the write loop
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
@@ -178,52 +183,73 @@ class InferenceWorker:
             log_event(model_log, "inference_stage_crashed", logging.CRITICAL, exc_info=True,
                       reason="the inference thread died: triggers will time out with INFERENCE_TIMEOUT")
 
-    def _serve(self) -> None:
-        if self.model is None:
-            self.phase = (None, "no_model")
-            # No model: every trigger still gets its answer, at once.
-            while not self._stop.is_set():
-                try:
-                    req = self.requests.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                self.results.put(failsafe(FaultCode.MODEL_NOT_READY, time.monotonic(), f"model not loaded: {self.load_error}", request=req))
-            return
-        self.phase = (None, "idle")
-        if self.mode == "free-run":
-            self._free_run()
-        else:
-            self._triggered()
+    def swap_model(self, model: "Model") -> None:
+        """Hand over a built, checked model; it takes over between two decisions."""
+        self._next_model = model
 
-    def _free_run(self) -> None:
+    def _adopt_next_model(self) -> None:
+        model, self._next_model = self._next_model, None
+        if model is None:
+            return
+        old, self.model = self.model, model
+        self.model_version = model.version
+        self.model_ok = True
+        self.load_error = None
+        self.metrics.model_ok.set(1)
+        self.metrics.model_info.info({"name": model.name, "version": str(model.version), "providers": ",".join(model.providers)})
+        log_event(model_log, "model_swapped", logging.INFO, model=model.name, version=model.version,
+                  previous_version=getattr(old, "version", None), manifest=str(model.manifest_path))
+        if old is not None:
+            old.close()
+
+    def _serve(self) -> None:
         last_seq = -1
         while not self._stop.is_set():
-            frame = self.frames.wait_newer(last_seq, timeout=0.1)
-            if frame is None:
-                continue
-            if last_seq >= 0 and frame.seq > last_seq + 1:
-                self.metrics.queue_drops.labels("frames").inc(frame.seq - last_seq - 1)
-            last_seq = frame.seq
-            d = self.judge(frame, None)
-            self.latest.put(d)
-            self.journal.decision(d)
-
-    def _triggered(self) -> None:
-        timeout = self.config.timing.result_timeout_ms / 1000
-        while not self._stop.is_set():
-            try:
-                req = self.requests.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            self.phase = (req, "waiting_frame")
-            frame = self.frames.first_after(req.t_seen, timeout=max(0.0, req.t_seen + timeout - time.monotonic()))
-            if frame is None:
-                d = failsafe(FaultCode.CAMERA_FAULT, time.monotonic(), "no frame captured after the trigger",
-                             model_version=self.model_version, request=req)
+            if self._next_model is not None:
+                self._adopt_next_model()
+            if self.model is None:
+                self._answer_without_model()
+            elif self.mode == "free-run":
+                last_seq = self._free_run_step(last_seq)
             else:
-                d = self.judge(frame, req)
-            self.phase = (None, "idle")
-            self.results.put(d)
+                self._triggered_step()
+
+    def _answer_without_model(self) -> None:
+        """No model: every trigger still gets its answer, at once."""
+        self.phase = (None, "no_model")
+        try:
+            req = self.requests.get(timeout=0.1)
+        except queue.Empty:
+            return
+        self.results.put(failsafe(FaultCode.MODEL_NOT_READY, time.monotonic(), f"model not loaded: {self.load_error}", request=req))
+
+    def _free_run_step(self, last_seq: int) -> int:
+        frame = self.frames.wait_newer(last_seq, timeout=0.1)
+        if frame is None:
+            return last_seq
+        if last_seq >= 0 and frame.seq > last_seq + 1:
+            self.metrics.queue_drops.labels("frames").inc(frame.seq - last_seq - 1)
+        d = self.judge(frame, None)
+        self.phase = (None, "idle")
+        self.latest.put(d)
+        self.journal.decision(d)
+        return frame.seq
+
+    def _triggered_step(self) -> None:
+        try:
+            req = self.requests.get(timeout=0.1)
+        except queue.Empty:
+            return
+        self.phase = (req, "waiting_frame")
+        timeout = self.config.timing.result_timeout_ms / 1000
+        frame = self.frames.first_after(req.t_seen, timeout=max(0.0, req.t_seen + timeout - time.monotonic()))
+        if frame is None:
+            d = failsafe(FaultCode.CAMERA_FAULT, time.monotonic(), "no frame captured after the trigger",
+                         model_version=self.model_version, request=req)
+        else:
+            d = self.judge(frame, req)
+        self.phase = (None, "idle")
+        self.results.put(d)
 
     def judge(self, frame: Frame, req: Request | None) -> Decision:
         assert self.model is not None

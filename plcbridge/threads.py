@@ -32,8 +32,16 @@ def tune_interpreter() -> None:
 
 
 def lower_this_thread() -> None:
-    """Make the calling thread nicer than the write loop (Linux: per-thread niceness)."""
+    """Put the calling (producer) thread below the write loop.
+
+    Under the real-time drop-in systemd starts the whole process SCHED_FIFO; a busy
+    inference thread must not run at that priority, so it drops back to SCHED_OTHER
+    (lowering needs no privilege). Then niceness (Linux: per thread) ranks it below the loop.
+    """
+    tid = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PRODUCER_NICENESS)
+        if os.sched_getscheduler(tid) in (os.SCHED_FIFO, os.SCHED_RR):
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+        os.setpriority(os.PRIO_PROCESS, tid, PRODUCER_NICENESS)
     except (OSError, AttributeError):
         pass

@@ -54,7 +54,8 @@ class Samples:
 
 class WriteLoop:
     def __init__(self, config: Config, link: PlcLink, inspection: FreeRunInspection | TriggeredInspection,
-                 health: Callable[[float], Health], drain_decisions: Callable[[], None], metrics: Metrics) -> None:
+                 health: Callable[[float], Health], drain_decisions: Callable[[], None], metrics: Metrics,
+                 watchdog: Callable[[], object] | None = None, watchdog_interval_s: float | None = None) -> None:
         self.config = config
         self.period = config.timing.period_ms / 1000
         self.call_deadline = config.plc.call_timeout_ms / 1000
@@ -73,6 +74,10 @@ class WriteLoop:
         self._thread = threading.Thread(target=self._run, name="write-loop", daemon=True)
         self._last_fields = None
         self.final_write_ok: bool | None = None
+        # systemd's WATCHDOG=1 is sent from this thread, so it stops when the loop stops.
+        self._watchdog = watchdog if watchdog_interval_s else None
+        self._watchdog_interval = watchdog_interval_s or 0.0
+        self._next_watchdog = 0.0
 
     def start(self) -> "WriteLoop":
         self._thread.start()
@@ -151,6 +156,9 @@ class WriteLoop:
         self.heartbeat = (self.heartbeat + 1) & U16_MAX
         self.ticks += 1
         self.last_tick = now
+        if self._watchdog is not None and now >= self._next_watchdog:
+            self._watchdog()
+            self._next_watchdog = now + self._watchdog_interval
 
     def _log_status(self, old: int, new: int, fault: int) -> None:
         changed = old ^ new
