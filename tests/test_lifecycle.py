@@ -47,15 +47,15 @@ def _daemon_cmd(config_path):
     return [sys.executable, "-m", "plcbridge", "run", "--config", str(config_path)]
 
 
-def test_sigterm_writes_failsafe_with_ready_cleared_and_exits_0(make_sim, tmp_path):
-    sim = make_sim("triggered", trigger_hz=5)
+def test_sigterm_under_load_writes_failsafe_with_ready_cleared_and_exits_0(make_sim, tmp_path):
+    sim = make_sim("triggered", trigger_hz=25, max_outstanding=3)  # triggers in flight when SIGTERM lands
     cfg = tmp_path / "station.toml"
     cfg.write_text(f'[plc]\nport = {sim.port}\n[metrics]\nenabled = false\n[logging]\nformat = "json"\n')
     proc = subprocess.Popen(_daemon_cmd(cfg), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         plc = sim.program
         wait_for(lambda: plc.seen and plc.seen[-1][1].status & StatusBit.READY, 30, "READY on the PLC")
-        wait_for(lambda: sum(sim.summary()["results"].values()) >= 2, 10, "answered triggers")
+        wait_for(lambda: sum(sim.summary()["results"].values()) >= 20, 15, "answered triggers")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=15)
     finally:
