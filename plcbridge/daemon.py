@@ -13,9 +13,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from plcbridge.config import Config, ConfigError, load_config
 from plcbridge.contract import StatusBit
