@@ -1,4 +1,4 @@
-"""`plcbridge` command line: run, check-config, demo, sim, docs.
+"""`plcbridge` command line: run, check-config, demo, sim, docs, validate-model.
 
 Heavy imports (numpy, onnxruntime, pymodbus) happen inside the commands, after
 `limit_native_pools()` has sized the BLAS/OpenMP pools, which read the environment once.
@@ -99,6 +99,51 @@ def _cmd_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ort_version_arg(text: str) -> str:
+    from plcbridge.inference.validate import parse_ort_version
+
+    try:
+        parse_ort_version(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _positive(kind: type):
+    def parse(text: str):
+        value = kind(text)  # ValueError -> argparse's "invalid ... value"
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _cmd_validate_model(args: argparse.Namespace) -> int:
+    """The JSON report goes to stdout alone (a pipeline keeps it as an artifact); progress
+    and the reason for a failure go to stderr."""
+    import time
+
+    from plcbridge.inference.validate import validate_model
+
+    last = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        nonlocal last
+        if time.monotonic() - last >= 1.0:
+            last = time.monotonic()
+            print(f"plcbridge validate-model: latency: {done}/{total} runs", file=sys.stderr, flush=True)
+
+    report = validate_model(args.path, target_ort_version=args.target_ort_version, runs=args.runs,
+                            p99_max_ms=args.p99_max_ms, device=args.device, progress=progress)
+    print(report.to_json())
+    if not report.ok:
+        print(f"plcbridge validate-model: {args.path}: FAILED {report.failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="plcbridge", description="Camera -> ONNX Runtime -> PLC bridge, fail-safe by design")
     sub = p.add_subparsers(dest="command", required=True)
@@ -131,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", default="docs/plc-interface.md")
     g.add_argument("--check", action="store_true", help="exit 1 if the file differs from what would be written")
     g.set_defaults(func=_cmd_docs)
+
+    v = sub.add_parser("validate-model", help="check a model before promotion; prints a JSON report, exit 1 if a check fails")
+    v.add_argument("path", help="manifest.json, the model directory holding it, or builtin:NAME")
+    v.add_argument("--target-ort-version", type=_ort_version_arg, default=None, metavar="X.Y",
+                   help="ONNX Runtime the model will run on, for the opset check (default: the installed one)")
+    v.add_argument("--runs", type=_positive(int), default=200, help="timed runs for the latency figures (default 200)")
+    v.add_argument("--p99-max-ms", type=_positive(float), default=None, metavar="MS",
+                   help="fail when p99 latency (preprocess + inference) is above this (default: report only)")
+    v.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    v.set_defaults(func=_cmd_validate_model)
     return p
 
 

@@ -1,0 +1,345 @@
+"""`validate_model`: the one gate a model passes before it may serve, used twice.
+
+- `plcbridge validate-model PATH` runs it in a model build pipeline, before an artifact
+  is promoted (JSON report on stdout, exit 1 with the reason when a check fails);
+- the daemon runs it on SIGHUP, before swapping a new model in.
+
+One function for both, so that "promoted" and "accepted on reload" cannot mean different
+things. The checks, in order, each named in the report:
+
+- `manifest`:  manifest.json parses and is consistent (`load_manifest`);
+- `sha256`:    the file is the one the manifest pins (`read_verified`);
+- `opset`:     the file declares the manifest's opset, and the target ONNX Runtime implements
+               it (`MAX_OPSET`; the target defaults to the installed onnxruntime);
+- `interface`: onnxruntime loads the file and its input/output names, shapes and dtypes are
+               the manifest's (`Model`'s build checks);
+- `smoke`:     one judge() of a mid-grey frame, through the real preprocessing, gives a score;
+- `range`:     black, white and noise frames too give finite outputs, in [0, 1] for
+               probability/softmax outputs (a logit only needs to be finite);
+- `latency`:   `runs` judge() calls (preprocess + inference, as the daemon runs them) give
+               p50/p95/p99/max; the check fails when p99 > `p99_max_ms`.
+
+A failed check skips the checks that need it and the report still lists every check, so a
+pipeline log shows what was and was not looked at. Problems with the model are never
+exceptions here: a ModelError becomes a failed check with its message. Only bad arguments
+(ValueError) and bugs raise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Literal
+
+import numpy as np
+from plcbridge.inference.errors import InferenceError, InferenceTimeout, ModelError
+from plcbridge.inference.manifest import load_manifest
+from plcbridge.inference.modelfile import default_opset, read_verified
+
+if TYPE_CHECKING:
+    from plcbridge.inference.session import Model
+
+CHECKS = ("manifest", "sha256", "opset", "interface", "smoke", "range", "latency")
+
+# The newest default-domain (ai.onnx) opset each ONNX Runtime minor release implements.
+# ONNX Runtime has no API for this number, so it is kept here. Sources:
+# - 1.0 .. 1.20: the version table in ONNX Runtime's docs, docs/reference/compatibility.md
+#   (https://onnxruntime.ai/docs/reference/compatibility.html);
+# - 1.21: 22, ONNX 1.17 (opset 22) was integrated "for ORT 1.21.0" (microsoft/onnxruntime#21897);
+# - 1.22: 22. ONNX 1.18 (opset 23) was integrated from a release candidate in April 2025
+#   (microsoft/onnxruntime#24449) and finally in June, "part of 1.23" (#24945); whether
+#   1.22 accepts opset 23 is not documented, and 22 is the conservative reading: a gate
+#   that is too strict fails a build, one that is too lenient fails a line;
+# - 1.23: 23, ONNX 1.18 (microsoft/onnxruntime#24945: "part of 1.23");
+# - 1.32: 28, probed on the installed 1.32.0 wheel with one-node models at opsets 17..31:
+#   it loads 28 and refuses 29 ("Current official support for domain ai.onnx is till
+#   opset 28"). tests/test_validate_model.py re-probes the installed release's entry.
+# Releases between two entries get the older entry's value, releases after the newest get
+# the newest's; the check's detail says so. Add a row when a new release is known.
+MAX_OPSET: dict[tuple[int, int], int] = {
+    (1, 0): 11, (1, 1): 11, (1, 2): 11, (1, 3): 12, (1, 4): 12, (1, 5): 12, (1, 6): 13,
+    (1, 7): 13, (1, 8): 14, (1, 9): 15, (1, 10): 15, (1, 11): 16, (1, 12): 17, (1, 13): 17,
+    (1, 14): 18, (1, 15): 19, (1, 16): 19, (1, 17): 20, (1, 18): 21, (1, 19): 21, (1, 20): 21,
+    (1, 21): 22, (1, 22): 22, (1, 23): 23,
+    (1, 32): 28,
+}
+MIN_OPSET = 7  # every ONNX Runtime release supports opset 7 and newer, none anything older
+
+DEFAULT_FRAME_SIZE = (256, 256)  # (w, h): the synthetic camera's default in config.py
+
+# X.Y, X.Y.Z, and PEP 440 suffixes as wheels report them: 1.21.0rc1, 1.21.0.dev2025, 1.21.0+cu124
+_VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?(?:(?:[.+-]|rc|a|b|dev)[0-9A-Za-z.+-]*)?$")
+
+
+def parse_ort_version(text: str) -> tuple[int, int]:
+    """(major, minor) of "1.20", "1.20.1", "1.21.0rc1" or "1.21.0+cu124"; ValueError for anything else."""
+    match = _VERSION.match(text.strip())
+    if not match:
+        raise ValueError(f"not an ONNX Runtime version: {text!r} (expected e.g. 1.20 or 1.20.1)")
+    return int(match[1]), int(match[2])
+
+
+def max_opset_for(version: tuple[int, int]) -> tuple[int | None, str]:
+    """The newest ai.onnx opset `version` implements, or None if older than the table,
+    with a note saying which table entry the number comes from."""
+    name = f"{version[0]}.{version[1]}"
+    if version in MAX_OPSET:
+        return MAX_OPSET[version], f"ONNX Runtime {name} implements opsets {MIN_OPSET}..{MAX_OPSET[version]}"
+    older = [v for v in MAX_OPSET if v < version]
+    if not older:
+        oldest = min(MAX_OPSET)
+        return None, f"ONNX Runtime {name} is older than any release known here ({oldest[0]}.{oldest[1]})"
+    known = max(older)
+    where = "newer than" if known == max(MAX_OPSET) else "not in"
+    return MAX_OPSET[known], (
+        f"ONNX Runtime {name} is {where} the table in plcbridge.inference.validate; assuming "
+        f"opsets {MIN_OPSET}..{MAX_OPSET[known]}, as in {known[0]}.{known[1]}"
+    )
+
+
+def installed_ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+@dataclass
+class Check:
+    """One named check: "passed", "failed" or "skipped" (a check it needs failed)."""
+
+    name: str
+    status: Literal["passed", "failed", "skipped"]
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "passed"
+
+
+@dataclass
+class ValidationReport:
+    """Everything validate_model found. `ok` when every check passed; `failure` is the first
+    failed check as "name: reason". `sha256` is the verified file's hash (None unless the
+    sha256 check passed), so a caller that loads the model afterwards can tell whether it
+    got the same file."""
+
+    spec: str
+    target_ort_version: str
+    installed_ort_version: str
+    device: str
+    checks: list[Check] = field(default_factory=list)
+    manifest_path: str | None = None
+    name: str | None = None
+    version: int | None = None
+    sha256: str | None = None
+    opset: int | None = None
+    max_opset: int | None = None
+    providers: list[str] = field(default_factory=list)
+    runs: int = 0  # timed runs actually made (fewer than asked when stopped early)
+    p99_max_ms: float | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)  # p50, p95, p99, max
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks) and len(self.checks) == len(CHECKS)
+
+    @property
+    def failed_check(self) -> str | None:
+        return next((c.name for c in self.checks if c.status == "failed"), None)
+
+    @property
+    def failure(self) -> str | None:
+        return next((f"{c.name}: {c.detail}" for c in self.checks if c.status == "failed"), None)
+
+    def check(self, name: str) -> Check:
+        return next(c for c in self.checks if c.name == name)
+
+    def _record(self, name: str, ok: bool, detail: str) -> bool:
+        self.checks.append(Check(name, "passed" if ok else "failed", detail))
+        return ok
+
+    def _skip_rest(self, why: str) -> "ValidationReport":
+        self.checks += [Check(n, "skipped", why) for n in CHECKS[len(self.checks) :]]
+        return self
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "failed_check": self.failed_check, "failure": self.failure, **asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def generated_frames(size: tuple[int, int] = DEFAULT_FRAME_SIZE) -> dict[str, np.ndarray]:
+    """BGR uint8 camera frames, (w, h) = size, that any model must score: the extremes a
+    camera produces (black, white: lens cap, overexposure), mid-grey and seeded noise."""
+    w, h = size
+    return {
+        "mid-grey": np.full((h, w, 3), 128, np.uint8),
+        "black": np.zeros((h, w, 3), np.uint8),
+        "white": np.full((h, w, 3), 255, np.uint8),
+        "noise": np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8),
+    }
+
+
+def _percentiles(samples_ms: list[float]) -> dict[str, float]:
+    p50, p95, p99 = np.percentile(samples_ms, [50, 95, 99])
+    return {k: round(float(v), 3) for k, v in (("p50", p50), ("p95", p95), ("p99", p99), ("max", max(samples_ms)))}
+
+
+def validate_model(
+    spec: str | Path,
+    *,
+    target_ort_version: str | None = None,
+    runs: int = 200,
+    p99_max_ms: float | None = None,
+    device: Literal["cpu", "cuda"] = "cpu",
+    intra_op_threads: int = 1,
+    timeout_ms: float = 10_000,
+    frame_size: tuple[int, int] = DEFAULT_FRAME_SIZE,
+    progress: Callable[[int, int], None] | None = None,
+) -> ValidationReport:
+    """Run every check on the model at `spec` (manifest path, model directory or
+    "builtin:NAME") and return the report; see the module docstring for the checks.
+
+    `target_ort_version`: the ONNX Runtime that will run the model (default: the installed
+    one); only the opset check uses it, the other checks run on the installed one.
+    `runs`: timed judge() calls; with `p99_max_ms` set, timing stops as soon as enough runs
+    were over budget that p99 cannot be met, so a far too slow model fails in a few runs.
+    `timeout_ms`: any single run longer than this fails its check (a hung model must not
+    hang a pipeline or a reload). `frame_size`: (w, h) of the generated camera frames;
+    preprocessing cost depends on it. `progress(done, runs)` is called after each timed run.
+    Bad arguments raise ValueError; problems with the model are failed checks.
+    """
+    if runs < 1:
+        raise ValueError(f"runs must be at least 1, got {runs}")
+    if p99_max_ms is not None and not p99_max_ms > 0:
+        raise ValueError(f"p99_max_ms must be positive, got {p99_max_ms}")
+    if min(frame_size) < 1:
+        raise ValueError(f"frame_size must be (w, h) >= 1, got {frame_size}")
+    installed = installed_ort_version()
+    target = parse_ort_version(target_ort_version or installed)
+    r = ValidationReport(str(spec), target_ort_version or installed, installed, device, p99_max_ms=p99_max_ms)
+
+    try:
+        manifest, manifest_path = load_manifest(spec)
+    except ModelError as e:
+        r._record("manifest", False, str(e))
+        return r._skip_rest("needs a valid manifest")
+    where = str(manifest_path)
+    r.manifest_path, r.name, r.version = where, manifest.name, manifest.version
+    r._record("manifest", True, f"{manifest.name} v{manifest.version}: {manifest.file}, "
+                                f"{manifest.output.kind} output, threshold {manifest.threshold:g}")
+
+    try:
+        data = read_verified(manifest_path.parent / manifest.file, manifest.sha256, where)
+    except ModelError as e:
+        r._record("sha256", False, str(e))
+        return r._skip_rest("needs the file the manifest pins")
+    r.sha256 = manifest.sha256
+    r._record("sha256", True, f"{manifest.file} ({len(data)} bytes) has the manifest's sha256")
+
+    # A file that misdeclares its opset is refused by Model too, so that stops the rest; a
+    # target too old for it does not: the remaining checks run on the installed release.
+    try:
+        opset = default_opset(data)
+    except ValueError as e:
+        r._record("opset", False, f"{where}: {manifest.file} is not a readable ONNX model: {e}")
+        return r._skip_rest("needs a readable ONNX file")
+    r.opset = opset
+    if opset != manifest.opset:
+        r._record("opset", False, f"{where}: manifest says opset {manifest.opset}, {manifest.file} declares opset {opset}")
+        return r._skip_rest("needs the file's opset to match the manifest")
+    r.max_opset, note = max_opset_for(target)
+    if r.max_opset is None:
+        r._record("opset", False, f"{note}; cannot tell whether it runs opset {opset}")
+    elif not MIN_OPSET <= opset <= r.max_opset:
+        r._record("opset", False, f"model opset {opset} is not supported by the target: {note}")
+    else:
+        r._record("opset", True, f"opset {opset}: {note}")
+
+    from plcbridge.inference.session import Model  # here, so that the CLI parses without onnxruntime
+
+    try:
+        model = Model(manifest_path, device, intra_op_threads, timeout_ms)
+    except ModelError as e:
+        # Model's build checks the interface, then judges one mid-grey frame; its message is
+        # the only seam between the two (tests/test_validate_model.py pins it with an all-NaN model).
+        if "smoke run failed" in str(e):
+            r._record("interface", True, f"onnxruntime {installed} loads it; input and output match the manifest")
+            r._record("smoke", False, str(e))
+            return r._skip_rest("needs a smoke run that gives a score")
+        r._record("interface", False, str(e))
+        return r._skip_rest("needs a model onnxruntime loads with the manifest's interface")
+    try:
+        r.providers = list(model.providers)
+        if model.manifest != manifest:  # Model re-reads both files; same manifest => same verified hash
+            r._record("interface", False, f"{where}: the model changed while it was being checked")
+            return r._skip_rest("needs the same model throughout")
+        fallback = f"; asked for {device}, running on CPU: {model.fallback_reason}" if model.fell_back else ""
+        i, o = manifest.input, manifest.output
+        r._record("interface", True, f"onnxruntime {installed} loads it on {r.providers[0]}; input {i.name!r} "
+                                     f"{i.shape} {i.dtype}, output {o.name!r} {o.shape} {o.dtype}{fallback}")
+        _judge_checks(model, r, runs, p99_max_ms, frame_size, progress)
+        return r
+    finally:
+        model.close()
+
+
+def _judge_checks(model: Model, r: ValidationReport, runs: int, p99_max_ms: float | None,
+                  frame_size: tuple[int, int], progress: Callable[[int, int], None] | None) -> None:
+    """smoke, range and latency: judge() calls on a built Model, exactly as the worker makes them."""
+    frames = generated_frames(frame_size)
+    scores: dict[str, float] = {}
+    for name, frame in frames.items():
+        try:
+            scores[name] = model.judge(frame).score
+        except (InferenceError, InferenceTimeout) as e:
+            if name == "mid-grey":
+                r._record("smoke", False, f"{name} frame {frame_size[0]}x{frame_size[1]}: {e}")
+                r._skip_rest("needs a smoke run that gives a score")
+            else:
+                r._record("range", False, f"{name} frame: {e}")
+                r._skip_rest("needs every generated frame to give a score")
+            return
+        if name == "mid-grey":
+            r._record("smoke", True, f"mid-grey frame {frame_size[0]}x{frame_size[1]} -> score {scores[name]:.4f}")
+    kind = model.manifest.output.kind
+    rule = "finite" if kind == "logit" else "finite, in [0, 1]"
+    r._record("range", True, f"{kind} output {rule} for every frame: " + ", ".join(f"{n} {s:.4f}" for n, s in scores.items()))
+
+    cycle = list(frames.values())
+    samples: list[float] = []
+    over = 0
+    # numpy's (linear) p99 is >= the k-th smallest of N samples, k = floor(0.99 (N - 1)):
+    # once N - k runs were over budget, p99 is over budget whatever the other runs give.
+    hopeless = runs - math.floor(0.99 * (runs - 1))
+    for n in range(1, runs + 1):
+        t0 = time.perf_counter()
+        try:
+            model.judge(cycle[n % len(cycle)])
+        except (InferenceError, InferenceTimeout) as e:
+            r.runs, r.latency_ms = len(samples), _percentiles(samples) if samples else {}
+            r._record("latency", False, f"timed run {n}: {e}")
+            return
+        samples.append((time.perf_counter() - t0) * 1000.0)
+        if progress is not None:
+            progress(n, runs)
+        if p99_max_ms is not None and samples[-1] > p99_max_ms:
+            over += 1
+            if over >= hopeless and n < runs:
+                r.runs, r.latency_ms = n, _percentiles(samples)
+                r._record("latency", False, f"p99 over {runs} runs cannot be <= {p99_max_ms:g} ms: {over} of the "
+                                            f"first {n} runs took longer (max {r.latency_ms['max']:g} ms); stopped early")
+                return
+    r.runs, r.latency_ms = runs, _percentiles(samples)
+    lat = r.latency_ms
+    figures = f"p50 {lat['p50']:g} / p95 {lat['p95']:g} / p99 {lat['p99']:g} / max {lat['max']:g} ms over {runs} runs"
+    if p99_max_ms is None:
+        r._record("latency", True, f"{figures}; no p99 budget given")
+    else:
+        ok = lat["p99"] <= p99_max_ms
+        r._record("latency", ok, f"{figures}; p99 {'<=' if ok else '>'} budget {p99_max_ms:g} ms")
