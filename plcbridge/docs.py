@@ -21,6 +21,7 @@ DEFAULT_PATH = Path("docs/plc-interface.md")
 # section name -> "module:function" returning Markdown; imported only when rendering.
 GENERATORS: dict[str, str] = {
     "modbus": "plcbridge.contract:markdown_tables",
+    "enip": "plcbridge.adapters.plc.enip_tags:markdown_tables",
 }
 
 _SECTION = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+)[^>]*-->)(?P<body>.*?)(<!-- END GENERATED: (?P=name) -->)", re.S)

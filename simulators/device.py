@@ -76,10 +76,30 @@ class OpcUaSimSettings(_Strict):
 
 
 class EnipSimSettings(_Strict):
-    """The EtherNet/IP front-end (issue 4 fills this in)."""
+    """The EtherNet/IP front-end: where it listens and what its controller tags are called.
+
+    Tag names default to the bridge's defaults (adapters/plc/enip_tags.py) and are renamed
+    per signal exactly like the bridge's `[plc.enip.output_tags]` / `[plc.enip.input_tags]`.
+    """
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 44818
+    output_tags: dict[str, str] = {}
+    input_tags: dict[str, str] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _complete_tag_names(cls, data: Any) -> Any:
+        from plcbridge.adapters.plc.enip_tags import complete_tag_names  # the one tag table
+
+        return complete_tag_names(data)
+
+    @model_validator(mode="after")
+    def _controller_scoped_only(self) -> "EnipSimSettings":
+        scoped = [n for n in (*self.output_tags.values(), *self.input_tags.values()) if n.startswith("Program:")]
+        if scoped:
+            raise ValueError(f"the simulator holds controller-scoped tags only, not {', '.join(scoped)}")
+        return self
 
 
 class DeviceSettings(_Strict):

@@ -1,0 +1,174 @@
+"""EtherNet/IP adapter for Allen-Bradley Logix controllers (pycomm3 1.2.16 LogixDriver).
+
+The contract is carried as controller tags (names and types: enip_tags.py). Per tick:
+one multi-tag write of every output tag, which pycomm3 sends as ONE Multiple Service Packet,
+then one multi-tag read of the input tags, also one packet.
+
+What pycomm3 1.2.16 does, and how this adapter lives with it (pinned in pyproject):
+
+- A single-tag write puts the Write Tag request into the packet twice; strict servers refuse
+  it. Only multi-tag writes are made: the contract has nine outputs, so `write()` always
+  takes its multi-request path. A Micro800 (catalog 2080-) would be sent single requests, so
+  it is refused at connect.
+- `socket_timeout=` in the constructor is ignored: the attribute is set before `open()`
+  (connect timeout), and each exchange sets the live socket's timeout to the time left in
+  its deadline. pycomm3 has no public hook for that, so this reaches `driver._sock.sock`.
+- After a failure `close()`/`open()` on the same driver is unreliable, and `connected` does
+  not drop when the link dies: nothing here is reused or trusted. Any error raises PlcError
+  and the link builds a fresh adapter, hence a fresh driver.
+- `open()` uploads the controller's tag list (one Get_Instance_Attribute_List round trip
+  per ~10 tags, plus UDT templates). Program-scoped tags are uploaded only if a configured
+  tag is one; docs/plc-interface.md says what a connect costs.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from typing import Any
+
+from plcbridge.adapters.plc.base import PlcAdapter, PlcError
+from plcbridge.adapters.plc.enip_tags import (
+    INPUT_TAGS,
+    OUTPUT_TAGS,
+    TagSpec,
+    decode_inputs,
+    encode_outputs,
+)
+from pycomm3 import LogixDriver
+
+from plcbridge.contract import Inputs, Outputs
+
+# pycomm3 logs every failed request at ERROR with a traceback, and every request at INFO;
+# the link logs its own rate-limited events, and a disabled logger costs nothing per tick.
+logging.getLogger("pycomm3").setLevel(logging.CRITICAL)
+
+# Closing sends Forward Close and Unregister Session so the controller frees the CIP
+# connection at once; on a dead link that must not hold the connector up for long.
+CLOSE_TIMEOUT_S = 0.5
+
+assert len(OUTPUT_TAGS) > 1, "a single-tag write would hit pycomm3's duplicated Write Tag request"
+
+
+class EnipAdapter(PlcAdapter):
+    def __init__(self, settings) -> None:  # settings: plcbridge.config.PlcSettings
+        super().__init__(settings)
+        e = settings.enip
+        self.path = f"{settings.host}:{settings.port}/{e.slot}"
+        self._driver: LogixDriver | None = None
+        # Configured names; replaced at connect by the controller's own spelling.
+        self._out_names: dict[str, str] = dict(e.output_tags)
+        self._in_names: dict[str, str] = dict(e.input_tags)
+        self._in_tags: list[str] = []
+
+    def describe(self) -> str:
+        return f"enip://{self.settings.host}:{self.settings.port}/slot{self.settings.enip.slot}"
+
+    def connect(self) -> None:
+        s = self.settings
+        driver = LogixDriver(self.path, init_tags=True, init_program_tags=s.enip.program_scoped)
+        driver.socket_timeout = s.connect_timeout_ms / 1000  # the constructor argument is ignored
+        self._driver = driver  # so that close() releases it whatever happens below
+        try:
+            if not driver.open():
+                raise PlcError(f"{self.describe()}: the controller refused to register a session")
+        except PlcError:
+            raise
+        except Exception as e:
+            raise PlcError(f"cannot connect to {self.describe()}: {_reason(e)}") from e
+        if driver._micro800:
+            raise PlcError(f"{self.describe()} is a Micro800 ({driver.info.get('product_name')}): pycomm3 would "
+                           "send it single-tag writes, which this bridge does not rely on; use a Logix controller")
+        self._out_names = self._check_tags(driver.tags, OUTPUT_TAGS, self._out_names)
+        self._in_names = self._check_tags(driver.tags, INPUT_TAGS, self._in_names)
+        self._in_tags = [self._in_names[t.signal.name] for t in INPUT_TAGS]
+        driver._sock.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _check_tags(self, tags: dict[str, dict[str, Any]], specs: tuple[TagSpec, ...],
+                    names: dict[str, str]) -> dict[str, str]:
+        """Every configured tag must exist with its Logix type; returns the controller's spelling.
+
+        Checked once per connect, from the tag list `open()` uploaded: a missing or mistyped
+        tag would otherwise surface as a refused write every 10 ms, or worse, as a REAL read
+        into a DINT's place. Logix names are case-insensitive, the tag list is not.
+        """
+        by_lower = {name.lower(): name for name in tags}
+        resolved: dict[str, str] = {}
+        problems: list[str] = []
+        for spec in specs:
+            want = names[spec.signal.name]
+            what = f"{spec.direction} tag {want!r} ({spec.signal.name})"
+            actual = by_lower.get(want.lower())
+            if actual is None:
+                problems.append(f"{what} does not exist in the controller; create it as {spec.type}")
+                continue
+            info = tags[actual]
+            dtype = info.get("data_type_name") or info.get("data_type")
+            if info.get("dim"):
+                dims = "][".join(str(d) for d in info.get("dimensions", [])[: info["dim"]])
+                problems.append(f"{what} is an array {dtype}[{dims}], expected a single {spec.type}")
+            elif info.get("tag_type") != "atomic" or dtype != spec.type:
+                problems.append(f"{what} is {dtype} in the controller, expected {spec.type}")
+            elif spec.direction == "output" and info.get("external_access") in ("Read Only", "None"):
+                problems.append(f"{what} has External Access {info['external_access']!r}; the bridge must write it")
+            elif info.get("external_access") == "None":
+                problems.append(f"{what} has External Access 'None'; the bridge must read it")
+            else:
+                resolved[spec.signal.name] = actual
+        if problems:
+            raise PlcError(f"{self.describe()}: " + "; ".join(problems))
+        return resolved
+
+    def exchange(self, outputs: Outputs, deadline_s: float) -> Inputs:
+        driver = self._driver
+        if driver is None or driver._sock is None:
+            raise PlcError("not connected")
+        end = time.monotonic() + deadline_s
+        try:
+            sock = driver._sock.sock
+            sock.settimeout(deadline_s)
+            for tag in driver.write(*encode_outputs(outputs, self._out_names)):
+                if tag.error:
+                    raise PlcError(f"write of output tag {tag.tag!r} refused: {tag.error}")
+            left = end - time.monotonic()
+            if left <= 0:
+                raise PlcError(f"deadline of {deadline_s * 1000:.1f} ms spent on the write")
+            sock.settimeout(left)
+            read = driver.read(*self._in_tags)
+            if time.monotonic() > end:
+                raise PlcError(f"exchange exceeded its deadline of {deadline_s * 1000:.1f} ms")
+        except PlcError:
+            raise
+        except Exception as e:
+            raise PlcError(_reason(e)) from e
+        results = read if isinstance(read, list) else [read]
+        if len(results) != len(INPUT_TAGS):
+            raise PlcError(f"read of {len(INPUT_TAGS)} input tags returned {len(results)} results")
+        raw: dict[str, int | float] = {}
+        for spec, tag in zip(INPUT_TAGS, results):
+            if tag.error or tag.value is None:
+                raise PlcError(f"read of input tag {tag.tag!r} failed: {tag.error}")
+            raw[spec.signal.name] = tag.value
+        return decode_inputs(raw)
+
+    def close(self) -> None:
+        driver, self._driver = self._driver, None
+        if driver is None:
+            return
+        try:
+            if driver._sock is not None:
+                driver._sock.sock.settimeout(CLOSE_TIMEOUT_S)
+            driver.close()
+        except Exception:  # noqa: BLE001 - closing a dead link must not raise
+            pass
+
+
+def _reason(e: BaseException) -> str:
+    """pycomm3 wraps the useful cause (refused, timed out) in a CommError: show the chain."""
+    parts, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        parts.append(f"{type(e).__name__}: {e}")
+        e = e.__cause__ or e.__context__
+    return " <- ".join(parts)

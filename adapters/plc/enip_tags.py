@@ -1,0 +1,218 @@
+"""The signal contract as Logix controller tags: names, Logix types and value encoding.
+
+The one place that says how `plcbridge.contract` maps onto EtherNet/IP tags. The adapter
+(adapters/plc/enip.py), the simulator front-end (simulators/enip.py), the config schema and
+the generated docs all import it, so they cannot disagree.
+
+Types. Logix's native integer is the 32-bit DINT; INT is *signed* 16-bit, so a u16 counter
+would read -1 at 65535 and PLC code would need conversions everywhere. So:
+
+- u16 and bits signals are DINT holding 0..65535. Values the PLC writes (trigger_seq,
+  result_ack_seq) are taken modulo 65536, so a DINT counter that simply keeps counting
+  (65535 -> 65536) wraps exactly like the u16 of the contract.
+- u32 signals (part_id) are DINT holding the same 32 bits, two's complement: part ids from
+  2^31 up read as negative numbers in the PLC. Equality, which is all the handshake needs,
+  is unaffected, and the bridge echoes the bits it read.
+- score is REAL, the defect score itself in 0.0..1.0 (not x10000), so the PLC does not have
+  to rescale it. The contract carries it as score x SCORE_SCALE; the conversion is here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from plcbridge.contract import (
+    INPUT_SIGNALS,
+    OUTPUT_SIGNALS,
+    SCORE_SCALE,
+    U16_MAX,
+    U32_MAX,
+    Inputs,
+    Outputs,
+    Signal,
+)
+
+LogixType = Literal["DINT", "REAL"]
+Direction = Literal["output", "input"]
+
+# The only per-protocol deviation from "an integer signal is a DINT": signal -> (type, meaning
+# in the docs, replacing the contract's, which describes the x10000 integer).
+_TYPE_OVERRIDES: dict[str, tuple[LogixType, str]] = {
+    "score": ("REAL", f"the defect score itself, 0.0..1.0 (the contract's integer / {SCORE_SCALE})"),
+}
+
+# Default names: bridge-written tags are PB_<Name>; PLC-written tags are PB_Plc<Name>, which
+# also keeps the two part_id signals apart. All of them sort together in the tag browser.
+OUTPUT_PREFIX = "PB_"
+INPUT_PREFIX = "PB_Plc"
+
+# A controller-scoped tag, or a program-scoped one ("Program:MainProgram.PB_Status").
+# Logix names: a letter or underscore first, at most 40 characters.
+_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,39}"
+TAG_NAME_RE = re.compile(rf"^(Program:{_NAME}\.)?{_NAME}$")
+
+_DINT_MIN, _DINT_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def logix_type(signal: Signal) -> LogixType:
+    return _TYPE_OVERRIDES[signal.name][0] if signal.name in _TYPE_OVERRIDES else "DINT"
+
+
+@dataclass(frozen=True)
+class TagSpec:
+    signal: Signal
+    direction: Direction
+    default_name: str
+
+    @property
+    def type(self) -> LogixType:
+        return logix_type(self.signal)
+
+
+OUTPUT_TAGS: tuple[TagSpec, ...] = tuple(TagSpec(s, "output", OUTPUT_PREFIX + _camel(s.name)) for s in OUTPUT_SIGNALS)
+INPUT_TAGS: tuple[TagSpec, ...] = tuple(TagSpec(s, "input", INPUT_PREFIX + _camel(s.name)) for s in INPUT_SIGNALS)
+
+
+def default_names(specs: tuple[TagSpec, ...]) -> dict[str, str]:
+    return {t.signal.name: t.default_name for t in specs}
+
+
+def resolve_names(output_tags: Mapping[str, str], input_tags: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Configured names over the defaults, checked: known signals, valid and distinct names.
+
+    Returns complete (signal -> tag name) maps for outputs and inputs; raises ValueError
+    with every problem named, for the config schemas to report against the field.
+    """
+    problems: list[str] = []
+    resolved: list[dict[str, str]] = []
+    for what, specs, given in (("output_tags", OUTPUT_TAGS, output_tags), ("input_tags", INPUT_TAGS, input_tags)):
+        names = default_names(specs)
+        for signal, name in given.items():
+            if signal not in names:
+                problems.append(f"{what}: {signal!r} is not a contract signal (known: {', '.join(names)})")
+            elif not isinstance(name, str) or not TAG_NAME_RE.match(name):
+                problems.append(f"{what}.{signal}: {name!r} is not a Logix tag name (Tag or Program:Prog.Tag)")
+            else:
+                names[signal] = name
+        resolved.append(names)
+    seen: dict[str, str] = {}
+    for what, names in (("output", resolved[0]), ("input", resolved[1])):
+        for signal, name in names.items():
+            key = name.lower()  # Logix tag names are case-insensitive
+            if key in seen:
+                problems.append(f"tag {name!r} is used for both {seen[key]} and {what} {signal}")
+            seen[key] = f"{what} {signal}"
+    if problems:
+        raise ValueError("; ".join(problems))
+    return resolved[0], resolved[1]
+
+
+def complete_tag_names(data: Any) -> Any:
+    """Before-validator body shared by the bridge's and the simulator's settings: fills in the
+    default names and checks them, so both ends of a link resolve names the same way."""
+    if not isinstance(data, dict):
+        return data
+    given = data.get("output_tags", {}), data.get("input_tags", {})
+    if not all(isinstance(g, dict) for g in given):
+        return data  # the field's own type check reports it
+    outputs, inputs = resolve_names(*given)
+    return {**data, "output_tags": outputs, "input_tags": inputs}
+
+
+# ---------------------------------------------------------------------- values
+
+
+def to_logix(signal: Signal, value: int) -> int | float:
+    """A contract value (as in Outputs/Inputs) -> the value of its Logix tag."""
+    if logix_type(signal) == "REAL":
+        return value / SCORE_SCALE
+    if signal.type == "u32" and value > _DINT_MAX:
+        return value - (1 << 32)  # same 32 bits, two's complement
+    return value
+
+
+def from_logix(signal: Signal, raw: float) -> int:
+    """A Logix tag value -> the contract value; integer signals keep their low 16/32 bits."""
+    if logix_type(signal) == "REAL":
+        f = float(raw)
+        if math.isnan(f):
+            return SCORE_SCALE  # fail closed, as contract.score_to_register does
+        return int(round(min(max(f, 0.0), 1.0) * SCORE_SCALE))
+    return int(raw) & (U32_MAX if signal.type == "u32" else U16_MAX)
+
+
+def out_of_contract(signal: Signal, raw: float) -> str | None:
+    """Why a value the bridge wrote is outside the contract, or None. The simulator counts these."""
+    if logix_type(signal) == "REAL":
+        f = float(raw)
+        return None if 0.0 <= f <= 1.0 else f"{f!r} is outside 0.0..1.0"
+    v = int(raw)
+    if signal.type == "u32":
+        return None if _DINT_MIN <= v <= _DINT_MAX else f"{v} does not fit a DINT"
+    return None if 0 <= v <= U16_MAX else f"{v} is outside 0..{U16_MAX}"
+
+
+def encode_outputs(outputs: Outputs, names: Mapping[str, str]) -> list[tuple[str, int | float]]:
+    """(tag, value) pairs for one multi-tag write, in contract order."""
+    values = outputs.as_dict()
+    return [(names[t.signal.name], to_logix(t.signal, values[t.signal.name])) for t in OUTPUT_TAGS]
+
+
+def decode_outputs(raw: Mapping[str, int | float]) -> Outputs:
+    """Outputs from {signal name: tag value} (the simulator's side)."""
+    return Outputs(**{t.signal.name: from_logix(t.signal, raw[t.signal.name]) for t in OUTPUT_TAGS})
+
+
+def encode_inputs(inputs: Inputs) -> dict[str, int | float]:
+    """{signal name: tag value} for the PLC-written tags (the simulator's side)."""
+    values = inputs.as_dict()
+    return {t.signal.name: to_logix(t.signal, values[t.signal.name]) for t in INPUT_TAGS}
+
+
+def decode_inputs(raw: Mapping[str, int | float]) -> Inputs:
+    """Inputs from {signal name: tag value}, as read by the bridge."""
+    return Inputs(**{t.signal.name: from_logix(t.signal, raw[t.signal.name]) for t in INPUT_TAGS})
+
+
+# ---------------------------------------------------------------------- docs
+
+_ENCODING = {
+    ("DINT", "u16"): "0..65535",
+    ("DINT", "bits"): "bit mask, 0..65535",
+    ("DINT", "u32"): "all 32 bits, two's complement (ids from 2^31 read negative)",
+    ("REAL", "u16"): "0.0..1.0",
+}
+
+
+def markdown_tables() -> str:
+    """The tag table for docs/plc-interface.md (`plcbridge docs`)."""
+    lines: list[str] = []
+    for title, specs, writer in (
+        ("Outputs, bridge -> PLC (the bridge writes them)", OUTPUT_TAGS, "bridge"),
+        ("Inputs, PLC -> bridge (the PLC writes them)", INPUT_TAGS, "PLC"),
+    ):
+        lines.append(f"### {title}\n")
+        lines.append("| default tag name | Logix type | signal | contract type | value in the tag | meaning |")
+        lines.append("|---|---|---|---|---|---|")
+        for t in specs:
+            enc = _ENCODING[(t.type, t.signal.type)]
+            if writer == "PLC" and t.signal.type == "u16":
+                enc += "; the bridge uses the value modulo 65536"
+            meaning = _TYPE_OVERRIDES[t.signal.name][1] if t.signal.name in _TYPE_OVERRIDES else t.signal.meaning
+            lines.append(f"| `{t.default_name}` | {t.type} | `{t.signal.name}` | {t.signal.type} | {enc} | {meaning} |")
+        lines.append("")
+    lines.append(
+        "Config keys: `[plc.enip.output_tags]` and `[plc.enip.input_tags]` map a signal to a tag name "
+        "(`Tag` or `Program:Prog.Tag`); signals left out keep the default names above. Status bits, "
+        "result codes and fault codes are those of the tables in the Modbus section."
+    )
+    lines.append("")
+    return "\n".join(lines)
