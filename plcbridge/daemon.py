@@ -208,6 +208,9 @@ class Daemon:
                 "lateness_ms": self.loop.lateness.summary_ms(),
             },
             "frames_captured": self.grab.seq,
+            # Frames the inference stage skipped (free-run) and triggers refused for a full queue.
+            "queue_drops": {q: int(self.metrics.registry.get_sample_value("plcbridge_queue_drops_total", {"queue": q}) or 0)
+                            for q in ("frames", "triggers", "late_decisions")},
             "model": {"version": self.worker.model_version, "loaded": self.worker.model_ok,
                       "providers": getattr(self.worker.model, "providers", None)},
         }

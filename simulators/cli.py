@@ -25,6 +25,7 @@ from plcbridge.adapters.registry import resolve
 
 from .device import DeviceFileError, load_device
 from .program import SimulatedPlc
+from .trace import TracingPlc
 
 # Protocol front-ends of the one simulated PLC program, imported only when chosen. Each takes
 # (DeviceSettings, SimulatedPlc) and offers start(), stop(), host, port, running, error,
@@ -46,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until SIGINT/SIGTERM)")
     parser.add_argument("--summary-json", type=Path, default=None, help="also write the final summary to this file")
     parser.add_argument("--quiet", action="store_true", help="no live status line on stderr")
+    parser.add_argument("--trace", type=Path, default=None, metavar="FILE",
+                        help="append one JSON line per new result written (result_seq, result, fault, "
+                             "CLOCK_MONOTONIC arrival time t); see simulators/trace.py")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -100,7 +104,13 @@ def run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, _on_signal)
 
-    sim = resolve(FRONTENDS, args.frontend, "simulator front-end")(settings, SimulatedPlc(settings.program))
+    trace = getattr(args, "trace", None)
+    try:
+        program = SimulatedPlc(settings.program) if trace is None else TracingPlc(settings.program, trace)
+    except OSError as e:
+        print(f"plcbridge sim: cannot open the trace file {trace}: {e.strerror}", file=sys.stderr)
+        return 2
+    sim = resolve(FRONTENDS, args.frontend, "simulator front-end")(settings, program)
     status = None if args.quiet else _StatusLine(sys.stderr)
     try:
         try:
@@ -121,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
                 status.show(sim.status_line())
     finally:
         sim.stop()
+        if isinstance(program, TracingPlc):
+            program.close()
         if status is not None:
             status.close()
         for sig, handler in previous.items():

@@ -1,0 +1,105 @@
+"""The arithmetic of `plcbridge bench`: join the daemon's decisions with the PLC's trace.
+
+Pure functions over plain data (parsed log events, trace lines, summaries), so that the
+joins and the accounting are unit-testable without starting any process.
+
+Every time here is CLOCK_MONOTONIC in seconds: `t_capture` in the daemon's `decision`
+events and `t` in the simulator's trace come from two processes but from one clock.
+Percentiles are numpy's default (linear interpolation), as the daemon's own lateness figures.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter, defaultdict
+from typing import Any, Iterable
+
+import numpy as np
+
+U16 = 0xFFFF
+VERDICTS = ("PASS", "FAIL")
+
+
+def stats_ms(values_ms: Iterable[float]) -> dict[str, Any]:
+    """count, p50, p95, p99, max and mean of millisecond values (None figures when empty)."""
+    v = np.asarray(list(values_ms), dtype=np.float64)
+    if not len(v):
+        return {"count": 0, "p50": None, "p95": None, "p99": None, "max": None, "mean": None}
+    p50, p95, p99 = np.percentile(v, [50, 95, 99])
+    return {"count": int(len(v)), "p50": round(float(p50), 3), "p95": round(float(p95), 3),
+            "p99": round(float(p99), 3), "max": round(float(v.max()), 3), "mean": round(float(v.mean()), 3)}
+
+
+def split_startup(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(fail-safe events before the first PASS/FAIL decision, those after it), in log order.
+
+    Before its first decision a free-run daemon writes the fail-safe output ("no decision
+    yet") by design; that start-up episode is reported apart from fail-safes in service.
+    """
+    before: list[dict[str, Any]] = []
+    after: list[dict[str, Any]] = []
+    served = False
+    for e in events:
+        if e.get("event") == "decision" and e.get("result") in VERDICTS:
+            served = True
+        elif e.get("event") == "failsafe" or (e.get("event") == "decision" and e.get("result") == "FAILSAFE"):
+            (after if served else before).append(e)
+    return before, after
+
+
+def by_fault(events: Iterable[dict[str, Any]]) -> dict[str, int]:
+    return dict(sorted(Counter(str(e.get("fault")) for e in events).items()))
+
+
+def join_capture_to_plc(decisions: list[dict[str, Any]], trace: list[dict[str, Any]], mode: str) -> list[tuple[dict, dict]]:
+    """(decision, trace record) pairs: each verdict and the write that first carried it.
+
+    The key is the sequence number the PLC sees: `frame_seq` (free-run) or `trigger_seq`
+    (triggered), both 16 bits on the wire. A wrapped number is told apart by time: a record
+    belongs to the newest decision with that number captured before the record arrived.
+    A fail-safe record (STALE_RESULT over an old verdict, say) never matches a verdict.
+    """
+    key = "frame_seq" if mode == "free-run" else "trigger_seq"
+    by_seq: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for d in decisions:
+        if d.get("result") in VERDICTS and d.get(key) is not None and d.get("t_capture") is not None:
+            by_seq[int(d[key]) & U16].append(d)
+    times = {seq: [d["t_capture"] for d in ds] for seq, ds in by_seq.items()}
+    pairs: list[tuple[dict, dict]] = []
+    used: set[int] = set()
+    for rec in trace:
+        if rec.get("result") not in VERDICTS:
+            continue
+        seq = int(rec["result_seq"]) & U16
+        candidates = by_seq.get(seq)
+        if not candidates:
+            continue
+        i = bisect.bisect_right(times[seq], rec["t"]) - 1
+        if i < 0:
+            continue
+        d = candidates[i]
+        if id(d) in used or d["result"] != rec["result"]:
+            continue
+        used.add(id(d))
+        pairs.append((d, rec))
+    return pairs
+
+
+def dropped_frames(decisions: list[dict[str, Any]]) -> int:
+    """Frames the inference stage never judged: the gaps in frame_seq between decisions."""
+    seqs = sorted({int(d["frame_seq"]) for d in decisions if d.get("frame_seq") is not None})
+    return sum(b - a - 1 for a, b in zip(seqs, seqs[1:]) if b > a + 1)
+
+
+def cpu_seconds(stat_line: str, clock_ticks: int) -> float:
+    """utime + stime from one /proc/PID/stat line (the command name may hold spaces)."""
+    fields = stat_line.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / clock_ticks  # fields 14 and 15 of stat(5)
+
+
+def vm_kib(status_text: str, key: str) -> int | None:
+    """VmHWM / VmRSS (KiB) from /proc/PID/status."""
+    for line in status_text.splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return None

@@ -1,0 +1,54 @@
+"""`plcbridge sim ... --trace FILE`: when each new result first reached the PLC.
+
+One JSON line per output write whose (result_seq, result_code, fault_code) differs from the
+previous write's, stamped with the simulator's CLOCK_MONOTONIC time of arrival. That is the
+PLC side of every end-to-end latency: `plcbridge bench` joins it with the daemon's
+`decision` log events (same sequence number, same clock: CLOCK_MONOTONIC is one clock for
+all processes on Linux). A commissioning engineer can `tail -f` it, like pyserial's spy://.
+
+Only changes are written (about one line per result, not one per 10 ms write), each flushed
+so that a killed simulator loses nothing; the cost is one small write(2) per result.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TextIO
+
+from plcbridge.contract import FaultCode, Outputs, ResultCode
+
+from .device import ProgramSettings
+from .program import SimulatedPlc
+
+
+def _name(enum_type: type[ResultCode] | type[FaultCode], value: int) -> str:
+    try:
+        return enum_type(value).name
+    except ValueError:
+        return f"UNKNOWN_{value}"
+
+
+class TracingPlc(SimulatedPlc):
+    """The simulated PLC program, also appending each new result to a JSON-lines file."""
+
+    def __init__(self, settings: ProgramSettings, trace: Path) -> None:
+        super().__init__(settings)
+        self._trace: TextIO | None = open(trace, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._last_key: tuple[int, int, int] | None = None
+
+    def on_outputs(self, outputs: Outputs, t: float) -> None:
+        key = (outputs.result_seq, outputs.result_code, outputs.fault_code)
+        if key != self._last_key and self._trace is not None:
+            self._last_key = key
+            self._trace.write(json.dumps({
+                "t": round(t, 6), "result_seq": outputs.result_seq,
+                "result": _name(ResultCode, outputs.result_code), "fault": _name(FaultCode, outputs.fault_code),
+                "part_id": outputs.part_id, "status": outputs.status, "model_version": outputs.model_version,
+                "latency_ms": outputs.latency_ms}) + "\n")
+        super().on_outputs(outputs, t)
+
+    def close(self) -> None:
+        if self._trace is not None:
+            self._trace.close()
+            self._trace = None
