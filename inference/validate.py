@@ -201,6 +201,7 @@ def validate_model(
     timeout_ms: float = 10_000,
     frame_size: tuple[int, int] = DEFAULT_FRAME_SIZE,
     progress: Callable[[int, int], None] | None = None,
+    pause_s: float = 0.0,
 ) -> ValidationReport:
     """Run every check on the model at `spec` (manifest path, model directory or
     "builtin:NAME") and return the report; see the module docstring for the checks.
@@ -212,6 +213,8 @@ def validate_model(
     `timeout_ms`: any single run longer than this fails its check (a hung model must not
     hang a pipeline or a reload). `frame_size`: (w, h) of the generated camera frames;
     preprocessing cost depends on it. `progress(done, runs)` is called after each timed run.
+    `pause_s`: sleep between timed runs, so that a check run inside the daemon (SIGHUP
+    reload) leaves the CPU to the write loop and the serving model; the timing is unaffected.
     Bad arguments raise ValueError; problems with the model are failed checks.
     """
     if runs < 1:
@@ -283,14 +286,15 @@ def validate_model(
         i, o = manifest.input, manifest.output
         r._record("interface", True, f"onnxruntime {installed} loads it on {r.providers[0]}; input {i.name!r} "
                                      f"{i.shape} {i.dtype}, output {o.name!r} {o.shape} {o.dtype}{fallback}")
-        _judge_checks(model, r, runs, p99_max_ms, frame_size, progress)
+        _judge_checks(model, r, runs, p99_max_ms, frame_size, progress, pause_s)
         return r
     finally:
         model.close()
 
 
 def _judge_checks(model: Model, r: ValidationReport, runs: int, p99_max_ms: float | None,
-                  frame_size: tuple[int, int], progress: Callable[[int, int], None] | None) -> None:
+                  frame_size: tuple[int, int], progress: Callable[[int, int], None] | None,
+                  pause_s: float = 0.0) -> None:
     """smoke, range and latency: judge() calls on a built Model, exactly as the worker makes them."""
     frames = generated_frames(frame_size)
     scores: dict[str, float] = {}
@@ -328,6 +332,8 @@ def _judge_checks(model: Model, r: ValidationReport, runs: int, p99_max_ms: floa
         samples.append((time.perf_counter() - t0) * 1000.0)
         if progress is not None:
             progress(n, runs)
+        if pause_s:
+            time.sleep(pause_s)
         if p99_max_ms is not None and samples[-1] > p99_max_ms:
             over += 1
             if over >= hopeless and n < runs:

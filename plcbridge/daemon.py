@@ -26,7 +26,7 @@ from plcbridge.mailbox import FrameMailbox
 from plcbridge.metrics import HealthServer, Metrics
 from plcbridge.pipeline import GrabLoop, InferenceWorker
 from plcbridge.sdnotify import Notifier
-from plcbridge.threads import lower_this_thread, tune_interpreter
+from plcbridge.threads import freeze_heap, lower_this_thread, tune_interpreter
 from plcbridge.writeloop import WriteLoop
 
 log = get_logger("daemon")
@@ -35,6 +35,7 @@ log = get_logger("daemon")
 # Sections a SIGHUP may change in a running daemon. Any other section changing means a new
 # PLC connection, camera or schedule: that reload is refused whole, never half applied.
 HOT_SECTIONS = frozenset({"model", "failsafe", "logging"})
+RELOAD_CHECK_PAUSE_S = 0.01
 
 
 class Daemon:
@@ -150,8 +151,10 @@ class Daemon:
         from plcbridge.inference.validate import validate_model
 
         m = new.model
+        # Paced: between timed runs the reload sleeps a frame-ish interval, leaving the CPU to
+        # the write loop and to the model still serving.
         report = validate_model(m.manifest, runs=m.latency_check_runs, p99_max_ms=m.p99_budget_ms,
-                                device=m.device, intra_op_threads=m.intra_op_threads)
+                                device=m.device, intra_op_threads=m.intra_op_threads, pause_s=RELOAD_CHECK_PAUSE_S)
         if not report.ok:
             return self._refuse("model", f"{m.manifest}: {report.failure}")
         try:
@@ -180,6 +183,7 @@ class Daemon:
         self.worker.start()  # loads the model first: nothing that holds the GIL long runs beside the loop
         self.grab.start()
         self.link.start()
+        freeze_heap()
         self.loop.start()
         self._notify_ready()
         if not self._ready_sent:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 from plcbridge.adapters.plc.base import PlcAdapter, PlcError, adapter_class
@@ -51,11 +52,19 @@ class PlcLink:
         adapter = self._adapter
         if adapter is None:
             return None
+        t0 = time.monotonic()
         try:
-            return adapter.exchange(outputs, deadline_s)
+            inputs = adapter.exchange(outputs, deadline_s)
         except PlcError as e:
             self._drop(adapter, f"exchange failed: {e}")
             return None
+        took = time.monotonic() - t0
+        if took > deadline_s:
+            # Complete but late (this process was slow, not the PLC): counted, connection kept.
+            self.metrics.plc_late_exchanges.inc()
+            log_event(log, "plc_exchange_late", logging.WARNING, took_ms=round(took * 1000, 2),
+                      deadline_ms=round(deadline_s * 1000, 2), rate_key="late")
+        return inputs
 
     def _drop(self, adapter: PlcAdapter, why: str) -> None:
         with self._lock:

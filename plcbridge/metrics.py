@@ -50,6 +50,7 @@ class Metrics:
                 self.failsafes.labels(f.name)
         self.decisions = Counter("plcbridge_decisions", "Decisions journaled, by result", ["result"], registry=r)
         self.queue_drops = Counter("plcbridge_queue_drops", "Items overwritten or refused by a bounded queue", ["queue"], registry=r)
+        self.plc_late_exchanges = Counter("plcbridge_plc_late_exchanges", "PLC exchanges that completed after their deadline", registry=r)
         self.plc_connected = Gauge("plcbridge_plc_connected", "1 while the PLC connection is up", registry=r)
         self.plc_reconnects = Counter("plcbridge_plc_reconnects", "PLC connections established after a loss", registry=r)
         self.plc_errors = Counter("plcbridge_plc_errors", "PLC exchanges or connects that failed", ["kind"], registry=r)

@@ -3,8 +3,9 @@
 One exchange per tick: write the output block (FC16), then read the input block (FC3). The
 sync client is used because the write loop is a plain thread with a hard per-call deadline;
 pymodbus's sync `recv` waits at most `comm_params.timeout_connect`, which we set to the time
-left in the tick before each request. Retries are off: a missed deadline is a failure, and
-the loop moves on to a fresh client rather than resending into a confused transaction.
+left in the tick before each request. Retries are off: a reply that does not come within
+the deadline is a failure, and the loop moves on to a fresh client rather than resending
+into a confused transaction. A complete exchange that merely finished late is not.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ class ModbusAdapter(PlcAdapter):
             rr = client.read_holding_registers(self.map.inputs_base, count=self.map.inputs_count, device_id=self.device_id)
             if rr.isError():
                 raise PlcError(f"read of input block at {self.map.inputs_base} refused: {rr}")
-            if time.monotonic() > end:
-                raise PlcError(f"exchange exceeded its deadline of {deadline_s * 1000:.1f} ms")
+            # Finishing after the deadline (this thread was descheduled after the reply came)
+            # leaves the connection in a clean state: the link counts it, it is not a failure.
             return self.map.decode_inputs(list(rr.registers))
         except PlcError:
             raise
