@@ -94,7 +94,63 @@ class ModbusSettings(_Strict):
 
 
 class OpcUaSettings(_Strict):
-    """OPC UA client settings (issue 3 fills these in)."""
+    """OPC UA client settings (asyncua). The endpoint is opc.tcp://{plc.host}:{plc.port}{endpoint_path}.
+
+    Nodes are namespace URI + identifier (never a namespace index, which a server may change
+    when it restarts); identifiers come from the two templates, `{signal}` replaced by the
+    contract name, and single signals can be renamed. After validation the node maps are
+    complete, so `check-config` prints every node the bridge will use. See
+    plcbridge/adapters/plc/opcua_nodes.py.
+
+    Secrets are never in this file: the password (and a key password) are read from the
+    environment variables named here when connecting, so they never appear in the resolved
+    config, in logs or in error messages.
+    """
+
+    endpoint_path: str = ""  # e.g. "/OPCUA/SimulationServer"; most PLCs need none
+    namespace_uri: Annotated[str, Field(min_length=1)] = "urn:plcbridge:plc"
+    output_template: str = "plcbridge.outputs.{signal}"
+    input_template: str = "plcbridge.inputs.{signal}"
+    # signal name -> identifier ("s=..." string, "i=1234" numeric; plain text is a string id).
+    output_nodes: dict[str, str] = {}
+    input_nodes: dict[str, str] = {}
+    # "None" is for commissioning only. Basic256Sha256 needs all three files below.
+    security_policy: Literal["None", "Basic256Sha256"] = "None"
+    security_mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
+    certificate: Path | None = None  # the bridge's application instance certificate (DER or PEM)
+    private_key: Path | None = None  # its private key (PEM or DER)
+    private_key_password_env: str | None = None  # env var holding the key's password, if encrypted
+    server_certificate: Path | None = None  # the PLC's certificate: the only server the bridge trusts
+    # Must match the URI in the bridge certificate's subjectAltName.
+    application_uri: Annotated[str, Field(min_length=1)] = "urn:plcbridge:bridge"
+    # Anonymous when unset; with a user, the password is read from $password_env at connect.
+    username: str | None = None
+    password_env: Annotated[str, Field(min_length=1)] = "PLCBRIDGE_OPCUA_PASSWORD"
+    # A session the bridge abandons (crash, cable) is freed by the PLC after this long; PLCs
+    # have few session slots (S7-1500: a handful), so keep it short.
+    session_timeout_ms: Annotated[int, Field(ge=1_000, le=3_600_000)] = 30_000
+
+    @model_validator(mode="before")
+    @classmethod
+    def _complete_node_names(cls, data: Any) -> Any:
+        from plcbridge.adapters.plc.opcua_nodes import complete_node_names  # the one node table
+
+        return complete_node_names(data)
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> "OpcUaSettings":
+        files = {"certificate": self.certificate, "private_key": self.private_key,
+                 "server_certificate": self.server_certificate}
+        if self.security_policy == "None":
+            given = [k for k, v in files.items() if v is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} set but security_policy is \"None\": "
+                                 "set security_policy = \"Basic256Sha256\" or remove them")
+        else:
+            missing = [k for k, v in files.items() if v is None]
+            if missing:
+                raise ValueError(f"security_policy {self.security_policy} needs {', '.join(missing)}")
+        return self
 
 
 class EnipSettings(_Strict):

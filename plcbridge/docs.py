@@ -22,6 +22,7 @@ DEFAULT_PATH = Path("docs/plc-interface.md")
 GENERATORS: dict[str, str] = {
     "modbus": "plcbridge.contract:markdown_tables",
     "enip": "plcbridge.adapters.plc.enip_tags:markdown_tables",
+    "opcua": "plcbridge.adapters.plc.opcua_nodes:markdown_table",
 }
 
 _SECTION = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+)[^>]*-->)(?P<body>.*?)(<!-- END GENERATED: (?P=name) -->)", re.S)

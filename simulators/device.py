@@ -69,10 +69,45 @@ class ModbusSimSettings(_Strict):
 
 
 class OpcUaSimSettings(_Strict):
-    """The OPC UA front-end (issue 3 fills this in)."""
+    """The OPC UA front-end: where it listens, the nodes it exposes, and its endpoints' security.
+
+    Node identifiers default to the bridge's defaults (adapters/plc/opcua_nodes.py) and are
+    renamed exactly like the bridge's `[plc.opcua]` templates and tables. `endpoints` lists
+    the security configurations offered; any secured one needs `certificate` and
+    `private_key`. With `username` set, anonymous sessions are refused and the password is
+    read from the environment variable `password_env` when the simulator starts.
+    """
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 4840
+    namespace_uri: Annotated[str, Field(min_length=1)] = "urn:plcbridge:plc"
+    output_template: str = "plcbridge.outputs.{signal}"
+    input_template: str = "plcbridge.inputs.{signal}"
+    output_nodes: dict[str, str] = {}
+    input_nodes: dict[str, str] = {}
+    endpoints: Annotated[
+        list[Literal["None", "Basic256Sha256_Sign", "Basic256Sha256_SignAndEncrypt"]], Field(min_length=1)
+    ] = ["None"]
+    certificate: Path | None = None  # the simulated PLC's certificate (DER or PEM)
+    private_key: Path | None = None
+    # Must match the URI in the certificate's subjectAltName.
+    application_uri: Annotated[str, Field(min_length=1)] = "urn:plcbridge:simulator"
+    username: str | None = None
+    password_env: Annotated[str, Field(min_length=1)] = "PLCBRIDGE_SIM_OPCUA_PASSWORD"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _complete_node_names(cls, data: Any) -> Any:
+        from plcbridge.adapters.plc.opcua_nodes import complete_node_names  # the one node table
+
+        return complete_node_names(data)
+
+    @model_validator(mode="after")
+    def _secured_endpoints_have_a_certificate(self) -> "OpcUaSimSettings":
+        secured = [e for e in self.endpoints if e != "None"]
+        if secured and (self.certificate is None or self.private_key is None):
+            raise ValueError(f"endpoints {', '.join(secured)} need certificate and private_key")
+        return self
 
 
 class EnipSimSettings(_Strict):

@@ -1,0 +1,305 @@
+"""OPC UA adapter (asyncua 2.1 client), carrying the signal contract as typed nodes.
+
+Threading. asyncua is asyncio-only and the write loop is a plain thread with a hard deadline
+per exchange. Each adapter (one per connection, see base.py) owns one asyncio event loop in
+its own thread, created in connect() and stopped in close(). exchange() hands one coroutine
+to that loop and waits at most `deadline_s` for it; a late answer is a PlcError, so the
+write loop's cadence never depends on the loop, the server or the network.
+
+One tick is one Write request carrying all output nodes and one Read request for all input
+nodes. Both are sent back to back before waiting for either (one network round trip instead
+of two); the server answers a session's requests in order, so the read still sees the
+PLC's reaction to the write whenever the PLC has already made it (asyncua does; a real PLC
+answers from its last scan either way, exactly as over Modbus).
+
+Writes are typed and bare: each DataValue carries a Variant with an explicit VariantType and
+nothing else, no timestamps and no status. S7-1200/1500 refuse a write that carries
+timestamps with BadWriteNotSupported (asyncua's own `write_values(values)` adds a
+SourceTimestamp), and a guessed Python int would be Int64, which every PLC refuses as
+BadTypeMismatch.
+
+Connect checks every node against the contract (exists, data type, access level) in one Read
+and refuses the PLC with all mismatches named, so a PLC program with `score : REAL` fails at
+connect with a message a PLC programmer can act on, instead of refusing every write.
+
+Reconnect. asyncua 2.1 can reconnect by itself (`auto_reconnect`), re-using the session;
+this adapter turns that off and fails instead: PlcLink then builds a fresh adapter with
+bounded backoff, as for every protocol. A socket closed by the server, a session the server
+dropped (BadSessionIdInvalid, BadSessionClosed), a request timing out: each is a PlcError
+on the exchange that meets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from typing import Any
+
+from asyncua import Client, ua
+from asyncua.client.ua_client import UaClientState
+from asyncua.common.node import Node
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from plcbridge.adapters.plc.base import PlcAdapter, PlcError
+from plcbridge.adapters.plc.opcua_nodes import node_specs
+
+from plcbridge.contract import OUTPUT_SIGNALS, Inputs, Outputs, check_range
+
+# asyncua logs every lost connection, failed close and revised session timeout, at WARNING
+# or ERROR with tracebacks, to its own loggers; the adapter reports each of those as a
+# PlcError that PlcLink logs (rate-limited) with the target and the reason.
+logging.getLogger("asyncua.client").setLevel(logging.CRITICAL)
+
+# asyncua's own liveness probe (a Read of ServerStatus) runs this often; the per-tick
+# exchange already proves the session every 10 ms, so the probe only has to be rare.
+_WATCHDOG_S = 10.0
+_CLOSE_TIMEOUT_S = 1.0
+_ACCESS_WRITE = int(ua.AccessLevelType.CurrentWrite)  # masks (ua.AccessLevel holds bit numbers)
+_ACCESS_READ = int(ua.AccessLevelType.CurrentRead)
+
+
+class OpcUaAdapter(PlcAdapter):
+    def __init__(self, settings: Any) -> None:  # settings: plcbridge.config.PlcSettings
+        super().__init__(settings)
+        o = settings.opcua
+        self.url = f"opc.tcp://{settings.host}:{settings.port}{o.endpoint_path}"
+        self._outs, self._ins = node_specs(o.output_nodes, o.input_nodes)
+        self._out_names = tuple(s.name for s in OUTPUT_SIGNALS)
+        self._out_vtypes = tuple(getattr(ua.VariantType, n.ua_type) for n in self._outs)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._client: Client | None = None
+        self._out_nodes: list[Node] = []
+        self._in_nodes: list[Node] = []
+        self._ready = False
+        self._secret: str | None = None  # only to scrub it from any text that leaves the adapter
+
+    def describe(self) -> str:
+        """Endpoint, security and user: what a log line needs; never a password."""
+        o = self.settings.opcua
+        security = "None" if o.security_policy == "None" else f"{o.security_policy}/{o.security_mode}"
+        user = f", user {o.username}" if o.username else ""
+        return f"{self.url} ({security}{user})"
+
+    # ------------------------------------------------------------------ connect
+
+    def connect(self) -> None:
+        password = self._read_env(self.settings.opcua.password_env) if self.settings.opcua.username else None
+        self._secret = password
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="plc-opcua-loop", daemon=True)
+        self._thread.start()
+        timeout_s = self.settings.connect_timeout_ms / 1000
+        fut = asyncio.run_coroutine_threadsafe(self._connect(password, timeout_s), self._loop)
+        try:
+            fut.result(timeout_s)
+        except TimeoutError:
+            fut.cancel()
+            hint = ""
+            if self.settings.opcua.security_policy != "None":
+                # A server that cannot decrypt the OpenSecureChannel request (encrypted for
+                # another certificate) drops it without an answer.
+                hint = ("; a secured server that cannot decrypt the request stays silent: check that "
+                        "plc.opcua.server_certificate is this PLC's current certificate")
+            raise PlcError(f"no OPC UA session with {self.url} within connect_timeout_ms = "
+                           f"{self.settings.connect_timeout_ms}{hint}") from None
+        except PlcError as e:
+            raise PlcError(self._scrub(str(e))) from None
+        except Exception as e:  # noqa: BLE001 - every failure to connect is a PlcError, explained
+            raise PlcError(self._scrub(self._explain(e))) from None
+        self._ready = True
+
+    def _read_env(self, var: str) -> str:
+        value = os.environ.get(var)
+        if not value:
+            raise PlcError(f"plc.opcua.username is set but the environment variable {var} "
+                           "(plc.opcua.password_env) holding the password is empty or unset")
+        return value
+
+    async def _connect(self, password: str | None, timeout_s: float) -> None:
+        o = self.settings.opcua
+        client = Client(self.url, timeout=timeout_s, watchdog_intervall=_WATCHDOG_S)
+        client.application_uri = o.application_uri
+        client.name = client.description = "plcbridge"
+        client.session_timeout = o.session_timeout_ms
+        if o.security_policy == "Basic256Sha256":
+            key_password = self._read_env(o.private_key_password_env) if o.private_key_password_env else None
+            await client.set_security(
+                SecurityPolicyBasic256Sha256,
+                certificate=str(o.certificate),
+                private_key=str(o.private_key),
+                private_key_password=key_password,
+                server_certificate=str(o.server_certificate),
+                mode=getattr(ua.MessageSecurityMode, o.security_mode),
+            )
+        if o.username:
+            client.set_user(o.username)
+            client.set_password(password or "")
+        self._client = client
+        await client.connect(auto_reconnect=False)
+        namespaces = await client.get_namespace_array()
+        if o.namespace_uri not in namespaces:
+            raise PlcError(f"the server has no namespace {o.namespace_uri!r} (plc.opcua.namespace_uri); "
+                           f"its namespaces are {namespaces}")
+        ns = namespaces.index(o.namespace_uri)
+        self._out_nodes = [client.get_node(ua.NodeId(n.parsed_identifier, ns)) for n in self._outs]
+        self._in_nodes = [client.get_node(ua.NodeId(n.parsed_identifier, ns)) for n in self._ins]
+        await self._check_nodes()
+
+    async def _check_nodes(self) -> None:
+        """One Read of DataType and UserAccessLevel for every node; all mismatches in one error."""
+        specs = [*self._outs, *self._ins]
+        nodes = [*self._out_nodes, *self._in_nodes]
+        params = ua.ReadParameters()
+        for node in nodes:
+            for attr in (ua.AttributeIds.DataType, ua.AttributeIds.UserAccessLevel):
+                params.NodesToRead.append(ua.ReadValueId(NodeId=node.nodeid, AttributeId=attr))
+        assert self._client is not None
+        results = await self._client.uaclient.read(params)
+        uri = self.settings.opcua.namespace_uri
+        problems: list[str] = []
+        for i, spec in enumerate(specs):
+            dtype, access = results[2 * i], results[2 * i + 1]
+            where = f"node {spec.key} ({spec.expanded(uri)})"
+            if not _good(dtype):
+                problems.append(f"{where} is not readable as a variable: {_status_name(dtype)}")
+                continue
+            want = ua.NodeId(getattr(ua.ObjectIds, spec.ua_type))
+            got = dtype.Value.Value if dtype.Value is not None else None
+            if got != want:
+                problems.append(f"{where} has data type {_type_name(got)}, but the contract needs "
+                                f"{spec.ua_type} ({spec.signal.type} signal)")
+            need = _ACCESS_WRITE if spec.direction == "output" else _ACCESS_READ
+            level = access.Value.Value if _good(access) and access.Value is not None else None
+            if level is not None and not int(level) & need:
+                problems.append(f"{where} is not {'writable' if need == _ACCESS_WRITE else 'readable'} "
+                                "for this session's user (UserAccessLevel)")
+        if problems:
+            raise PlcError("PLC refused: " + "; ".join(problems))
+
+    def _explain(self, e: BaseException) -> str:
+        """A connect failure, in the terms of the settings that fix it."""
+        o = self.settings.opcua
+        text = str(e) or type(e).__name__
+        if isinstance(e, (ua.uaerrors.BadUserAccessDenied, ua.uaerrors.BadIdentityTokenRejected,
+                          ua.uaerrors.BadIdentityTokenInvalid)):
+            who = f"user {o.username!r} with the password from ${o.password_env}" if o.username else "an anonymous session"
+            return f"{self.url} refused {who}: {text}"
+        if isinstance(e, ua.uaerrors.BadSecurityChecksFailed) or "certificate" in text.lower():
+            return (f"secure channel to {self.url} failed ({text}); check plc.opcua.server_certificate is the "
+                    "PLC's certificate and that the PLC trusts plc.opcua.certificate")
+        if isinstance(e, ua.UaError) and "No matching endpoints" in text:
+            return f"{self.url} offers no endpoint with {o.security_policy}/{o.security_mode}: {text}"
+        if isinstance(e, OSError):
+            return f"cannot connect to {self.url}: {text}"
+        return f"{type(e).__name__} while connecting to {self.url}: {text}"
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+    # ------------------------------------------------------------------ exchange
+
+    def exchange(self, outputs: Outputs, deadline_s: float) -> Inputs:
+        loop = self._loop
+        if not self._ready or loop is None:
+            raise PlcError("not connected")
+        values = [getattr(outputs, name) for name in self._out_names]
+        try:
+            for signal, v in zip(OUTPUT_SIGNALS, values):
+                check_range(signal, v)
+        except ValueError as e:
+            raise PlcError(str(e)) from None
+        fut = asyncio.run_coroutine_threadsafe(self._exchange(values), loop)
+        try:
+            return Inputs(*fut.result(deadline_s))
+        except TimeoutError:
+            fut.cancel()
+            raise PlcError(f"no answer within the deadline of {deadline_s * 1000:.1f} ms") from None
+        except PlcError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure on the wire ends this session
+            raise PlcError(self._scrub(f"{type(e).__name__}: {e}")) from None
+
+    async def _exchange(self, values: list[int]) -> tuple[int, ...]:
+        client = self._client
+        assert client is not None
+        state = client.uaclient.state
+        if state is not UaClientState.CONNECTED:
+            raise PlcError(f"session lost (client {state.value})")
+        dvs = [ua.DataValue(ua.Variant(v, t), StatusCode=None) for v, t in zip(values, self._out_vtypes)]
+        # Both requests go out before either answer is awaited: write first, then read.
+        wrote, read = await asyncio.gather(
+            client.write_values(self._out_nodes, dvs, raise_on_partial_error=False),
+            client.read_attributes(self._in_nodes),
+            return_exceptions=True,
+        )
+        for r in (wrote, read):
+            if isinstance(r, BaseException):
+                raise r
+        uri = self.settings.opcua.namespace_uri
+        for spec, status in zip(self._outs, wrote):
+            if not status.is_good():
+                raise PlcError(f"write of {spec.key} ({spec.expanded(uri)}) refused: {status.name}")
+        got: list[int] = []
+        for spec, dv in zip(self._ins, read):
+            if not _good(dv) or dv.Value is None or not isinstance(dv.Value.Value, int):
+                raise PlcError(f"read of {spec.key} ({spec.expanded(uri)}) gave {_status_name(dv)}, "
+                               f"value {getattr(dv.Value, 'Value', None)!r}")
+            got.append(check_range(spec.signal, dv.Value.Value))
+        return tuple(got)
+
+    # ------------------------------------------------------------------ close
+
+    def close(self) -> None:
+        self._ready = False
+        loop, thread = self._loop, self._thread
+        if loop is None:
+            return
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
+            fut.result(_CLOSE_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - closing a dead session must not raise
+            pass
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(_CLOSE_TIMEOUT_S)
+        if thread is None or not thread.is_alive():
+            loop.close()
+        self._loop = self._thread = self._client = None
+
+    async def _shutdown(self) -> None:
+        """Close the session politely if it is alive (frees the PLC's session slot at once),
+        then cancel whatever asyncua left running on this loop."""
+        client = self._client
+        if client is not None:
+            try:
+                if client.uaclient.state is UaClientState.CONNECTED:
+                    await asyncio.wait_for(client.disconnect(), _CLOSE_TIMEOUT_S / 2)
+                else:
+                    client.uaclient.request_disconnect()
+                    client.disconnect_socket()
+            except Exception:  # noqa: BLE001
+                pass
+        me = asyncio.current_task()
+        rest = [t for t in asyncio.all_tasks() if t is not me]
+        for t in rest:
+            t.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+
+
+def _good(dv: ua.DataValue) -> bool:
+    return dv.StatusCode is None or dv.StatusCode.is_good()
+
+
+def _status_name(dv: ua.DataValue) -> str:
+    return "Good" if dv.StatusCode is None else dv.StatusCode.name
+
+
+def _type_name(nodeid: Any) -> str:
+    if isinstance(nodeid, ua.NodeId) and nodeid.NamespaceIndex == 0 and isinstance(nodeid.Identifier, int):
+        return ua.ObjectIdNames.get(nodeid.Identifier, nodeid.to_string())
+    return nodeid.to_string() if isinstance(nodeid, ua.NodeId) else repr(nodeid)
+
+
+__all__ = ["OpcUaAdapter"]
