@@ -59,6 +59,8 @@ class Preprocessor:
             small = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
         if self._dtype is np.uint8:
             x = small  # the manifest guarantees identity scale/mean/std for uint8 inputs
+        elif self.pp.layout == "nchw":
+            return self._planes(small)
         else:
             x = small.astype(np.float32)
             x *= self._a
@@ -67,3 +69,15 @@ class Preprocessor:
         if self.pp.layout == "nchw":
             x = x.transpose(2, 0, 1)
         return np.ascontiguousarray(x[None])
+
+    def _planes(self, small: np.ndarray) -> np.ndarray:
+        """NCHW float, one channel plane at a time: the same float32 arithmetic as the HWC
+        path (bit for bit), but numpy's broadcast over a trailing axis of 3 costs ~0.9 ms on
+        a 224x224 RGB frame on a 2-core line PC, and this ~0.1 ms (`plcbridge bench` profile)."""
+        h, w, channels = small.shape
+        out = np.empty((1, channels, h, w), np.float32)
+        for c in range(channels):
+            plane = out[0, c]
+            np.multiply(small[:, :, c], self._a[c], out=plane, dtype=np.float32, casting="unsafe")
+            plane += self._b[c]
+        return out.astype(self._dtype, copy=False)

