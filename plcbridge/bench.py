@@ -231,13 +231,14 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
                "--summary-json", str(files["daemon_summary"])]
         say(f"starting the daemon: {o.model} at {o.fps:g} fps" + (f", {o.trigger_hz:g} triggers/s" if o.mode == "triggered" else ""))
         t_start = time.monotonic()
-        daemon = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # stderr joins stdout: one reader, so neither pipe can fill up and stall the daemon.
+        daemon = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         log = _DaemonLog(daemon.stdout, files["daemon_log"])
         while notify.t_ready is None:
             if daemon.poll() is not None or time.monotonic() - t_start > READY_TIMEOUT_S:
-                err = daemon.stderr.read() if daemon.poll() is not None and daemon.stderr else ""
+                log.join(2)
                 raise BenchError(f"the daemon did not report READY=1 (exit code {daemon.poll()}); "
-                                 f"see {files['daemon_log']}\n{err[-2000:]}")
+                                 f"its output is in {files['daemon_log']}")
             time.sleep(0.005)
         t_ready = notify.t_ready
         first = _proc_sample(daemon.pid)

@@ -131,6 +131,7 @@ def build_report(*, options: Any, model: dict[str, Any], events: list[dict[str, 
         "accuracy": daemon_summary.get("accuracy"),
         "plc": {k: sim_summary.get(k) for k in ("writes_seen", "results", "failsafe_faults", "protocol_errors",
                                                 "heartbeat_alarms", "heartbeat_longest_gap_ms")},
+        "plc_link": daemon_summary.get("plc_link"),
         "daemon_exit_code": meta.get("daemon_exit_code"),
         "files": meta["files"],
     }, samples
@@ -160,6 +161,8 @@ def headline(r: dict[str, Any]) -> list[str]:
         f"resources           peak RSS {res['peak_rss_mb']} MB, {res['mean_cpu_cores']} cores "
         f"({r['frames']['inferences_per_s']} inferences/s)",
         f"cold start          READY {cs['to_ready']} s, first result {cs['to_first_result']} s",
+        f"PLC link            {r['plc_link']}, heartbeat alarms {r['plc']['heartbeat_alarms']}, "
+        f"longest heartbeat gap {r['plc']['heartbeat_longest_gap_ms']} ms",
     ]
     if r["trigger_to_result_ms"] is not None:
         lines.insert(2, f"trigger -> result   {fig(r['trigger_to_result_ms'])}")

@@ -202,6 +202,9 @@ class Daemon:
         log_event(log, "stopped", logging.INFO, ticks=self.loop.ticks, overruns=self.loop.overruns,
                   final_write_ok=self.loop.final_write_ok)
 
+    def _count(self, sample: str, **labels: str) -> int:
+        return int(self.metrics.registry.get_sample_value(sample, labels) or 0)
+
     def summary(self) -> dict[str, Any]:
         return {
             **self.journal.summary(),
@@ -213,8 +216,11 @@ class Daemon:
             },
             "frames_captured": self.grab.seq,
             # Frames the inference stage skipped (free-run) and triggers refused for a full queue.
-            "queue_drops": {q: int(self.metrics.registry.get_sample_value("plcbridge_queue_drops_total", {"queue": q}) or 0)
-                            for q in ("frames", "triggers", "late_decisions")},
+            "queue_drops": {q: self._count("plcbridge_queue_drops_total", queue=q) for q in ("frames", "triggers", "late_decisions")},
+            "plc_link": {"reconnects": self._count("plcbridge_plc_reconnects_total"),
+                         "exchange_errors": self._count("plcbridge_plc_errors_total", kind="exchange"),
+                         "connect_errors": self._count("plcbridge_plc_errors_total", kind="connect"),
+                         "late_exchanges": self._count("plcbridge_plc_late_exchanges_total")},
             "model": {"version": self.worker.model_version, "loaded": self.worker.model_ok,
                       "providers": getattr(self.worker.model, "providers", None)},
         }
