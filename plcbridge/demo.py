@@ -41,7 +41,12 @@ def start_simulator(mode: str, trigger_hz: float, extra: list[str] | None = None
 def stop_simulator(proc: subprocess.Popen[str]) -> dict[str, Any]:
     """SIGINT the simulator and parse the JSON summary it prints on the way out."""
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=10)
+    try:
+        out, _ = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:  # never leave a simulator behind
+        proc.kill()
+        proc.communicate()
+        return {"error": "the simulator did not stop within 15 s of SIGINT and was killed"}
     start = out.find("{")
     return json.loads(out[start:]) if start >= 0 else {"error": f"no summary (exit code {proc.returncode})"}
 
