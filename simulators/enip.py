@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-import threading
 import time
 from typing import Any
 
@@ -54,6 +53,7 @@ from plcbridge.adapters.plc.enip_tags import (
 )
 
 from .device import DeviceSettings
+from .frontend import ThreadedFrontend
 from .program import SimulatedPlc
 
 log = logging.getLogger(__name__)
@@ -78,19 +78,13 @@ _PRIVILEGE_VIOLATION = 0x0F
 _DEVICE_FAILURE = 0x1E  # "embedded service error": what a program bug answers with
 
 
-class EnipSimulator:
+class EnipSimulator(ThreadedFrontend):
     """A SimulatedPlc behind an EtherNet/IP tag server, run on an asyncio loop in its own thread."""
 
+    section, title = "enip", "EtherNet/IP"
+
     def __init__(self, settings: DeviceSettings, program: SimulatedPlc | None = None) -> None:
-        self.settings = settings
-        self.program = program or SimulatedPlc(settings.program)
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._port: int | None = None
-        self._error: BaseException | None = None
+        super().__init__(settings, program)
         self._outputs: dict[str, tuple[TagSpec, Tag]] = {}  # tag name (lower case) -> spec, tag
         self._inputs: dict[str, tuple[TagSpec, Tag]] = {}
         self._written: set[str] = set()  # output signals written by the request being served
@@ -99,72 +93,7 @@ class EnipSimulator:
         self.requests_served = 0  # outermost requests (a Multiple Service Packet counts once)
         self.block_writes = 0  # requests that wrote output tags
 
-    # ------------------------------------------------------------------ thread handle
-
-    @property
-    def host(self) -> str:
-        return self.settings.enip.host
-
-    @property
-    def port(self) -> int:
-        """The port actually bound (useful with port 0)."""
-        if self._port is None:
-            raise RuntimeError("simulator is not listening")
-        return self._port
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def error(self) -> BaseException | None:
-        """Why the server thread ended, if it ended by itself."""
-        return self._error
-
-    def start(self, timeout: float = 10.0) -> EnipSimulator:
-        """Start listening; returns once the port is bound, raises if binding failed."""
-        if self._thread is not None:
-            raise RuntimeError("simulator already started")
-        self._thread = threading.Thread(target=self._thread_main, name="plc-sim-enip", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise TimeoutError("EtherNet/IP simulator did not start listening in time")
-        if self._error is not None:
-            self._thread.join()
-            raise self._error
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Close the server and every client connection, end its thread; idempotent."""
-        if self._loop is not None and self._stop is not None and self.running:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def summary(self) -> dict[str, Any]:
-        with self._lock:
-            return self.program.summary()
-
-    def status_line(self) -> str:
-        with self._lock:
-            return self.program.status_line()
-
-    def __enter__(self) -> EnipSimulator:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
     # ------------------------------------------------------------------ asyncio side
-
-    def _thread_main(self) -> None:
-        try:
-            # Leaving asyncio.run cancels the client handlers, which close their sockets.
-            asyncio.run(self._serve())
-        except BaseException as e:  # reported through start() / .error, never lost
-            self._error = e
-        finally:
-            self._ready.set()
 
     def _build_tags(self) -> TagDatabase:
         db = TagDatabase()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +34,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from .device import DeviceSettings
+from .frontend import ThreadedFrontend
 from .program import SimulatedPlc
 
 log = logging.getLogger(__name__)
@@ -44,16 +44,17 @@ _WRITE_REGISTER_FCS = frozenset({6, 16, 22, 23})
 _WRITE_BIT_FCS = frozenset({5, 15})
 
 
-class ModbusSimulator:
+class ModbusSimulator(ThreadedFrontend):
     """A SimulatedPlc behind a Modbus TCP server, run on an asyncio loop in its own thread.
 
     The thread keeps tests and the demo simple (start, talk to it with a blocking client,
     stop) and leaves the caller's main thread free for signals.
     """
 
+    section, title = "modbus", "Modbus"
+
     def __init__(self, settings: DeviceSettings, program: SimulatedPlc | None = None) -> None:
-        self.settings = settings
-        self.program = program or SimulatedPlc(settings.program)
+        super().__init__(settings, program)
         m = settings.modbus
         self._rmap = m.register_map
         self._out_lo = self._rmap.outputs_base
@@ -64,81 +65,8 @@ class ModbusSimulator:
         # action (and are counted) instead of being refused silently by pymodbus.
         self._span_lo = min(self._out_lo, self._in_lo)
         self._span_hi = max(self._out_hi, self._in_hi)
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._port: int | None = None
-        self._error: BaseException | None = None
         self._counted_exception = False
         self._last_request: tuple[int, int] = (0, 0)  # (device_id, function code)
-
-    # ------------------------------------------------------------------ thread handle
-
-    @property
-    def host(self) -> str:
-        return self.settings.modbus.host
-
-    @property
-    def port(self) -> int:
-        """The port actually bound (useful with port 0)."""
-        if self._port is None:
-            raise RuntimeError("simulator is not listening")
-        return self._port
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def error(self) -> BaseException | None:
-        """Why the server thread ended, if it ended by itself."""
-        return self._error
-
-    def start(self, timeout: float = 10.0) -> "ModbusSimulator":
-        """Start listening; returns once the port is bound, raises if binding failed."""
-        if self._thread is not None:
-            raise RuntimeError("simulator already started")
-        self._thread = threading.Thread(target=self._thread_main, name="plc-sim-modbus", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise TimeoutError("Modbus simulator did not start listening in time")
-        if self._error is not None:
-            self._thread.join()
-            raise self._error
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Close the server and end its thread; idempotent."""
-        if self._loop is not None and self._stop is not None and self.running:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def summary(self) -> dict[str, Any]:
-        with self._lock:
-            return self.program.summary()
-
-    def status_line(self) -> str:
-        with self._lock:
-            return self.program.status_line()
-
-    def __enter__(self) -> "ModbusSimulator":
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    # ------------------------------------------------------------------ asyncio side
-
-    def _thread_main(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as e:  # reported through start() / .error, never lost
-            self._error = e
-        finally:
-            self._ready.set()
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
