@@ -306,6 +306,10 @@ def test_wrong_credentials_and_wrong_server_certificate_are_refused_clearly(secu
         OpcUaAdapter(cfg.plc).connect()
 
     monkeypatch.setenv("PLCBRIDGE_OPCUA_PASSWORD", SIM_PASSWORD)
+    renamed = opcua_config(sim.port, "free-run", **{**secured["opcua"], "application_uri": "urn:other"})
+    with pytest.raises(PlcError, match=r"names the application URI\(s\) \['urn:plcbridge:bridge'\], not .*'urn:other'"):
+        OpcUaAdapter(renamed.plc).connect()
+
     pinned = opcua_config(sim.port, "free-run", **{**secured["opcua"], "server_certificate": secured["other_cert"]})
     adapter = OpcUaAdapter(pinned.plc)
     try:
@@ -342,3 +346,24 @@ def test_simulator_counts_what_a_plc_would_refuse(secured, monkeypatch):
     after = sim.summary()["protocol_errors_by_kind"]
     grew = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     assert grew == {"write_refused": 2, "write_with_timestamp": 1, "partial_block": 1}, after
+
+
+def test_session_the_server_drops_is_a_plc_error_on_the_next_exchange(secured, monkeypatch):
+    """The socket stays open, the session is gone (a PLC reset its OPC UA server, a session
+    timeout): the next exchange must fail, so that PlcLink builds a fresh session."""
+    sim = secured["sim"]
+    monkeypatch.setenv("PLCBRIDGE_OPCUA_PASSWORD", SIM_PASSWORD)
+    adapter = OpcUaAdapter(opcua_config(sim.port, "free-run", **secured["opcua"]).plc)
+    try:
+        adapter.connect()
+        adapter.exchange(Outputs(heartbeat=1), 0.5)
+
+        async def close_sessions() -> None:
+            for session in list(sim._server.iserver._external_sessions.values()):
+                await session.close_session()
+
+        asyncio.run_coroutine_threadsafe(close_sessions(), sim._loop).result(5)
+        with pytest.raises(PlcError, match="BadSession"):
+            adapter.exchange(Outputs(heartbeat=2), 0.5)
+    finally:
+        adapter.close()
