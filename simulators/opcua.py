@@ -25,8 +25,8 @@ SignAndEncrypt) with the simulator's certificate; with a username, only username
 sessions are accepted. Any client certificate is accepted (a real PLC makes you trust the
 bridge's certificate first).
 
-The program is single-threaded on the server's event loop; a lock keeps `summary()` from
-another thread consistent. `Server.init()` builds asyncua's standard address space, which
+The thread handle (start/stop/port/summary) is simulators/frontend.py's, as for every
+front-end; the program runs on the server's event loop under its lock. `Server.init()` builds asyncua's standard address space, which
 takes a few seconds of CPU; start() returns once the port is bound.
 """
 
@@ -36,7 +36,6 @@ import asyncio
 import hmac
 import logging
 import os
-import threading
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -51,6 +50,7 @@ from plcbridge.adapters.plc.opcua_nodes import NodeSpec, node_specs
 from plcbridge.contract import Inputs, Outputs
 
 from .device import DeviceSettings
+from .frontend import ThreadedFrontend
 from .program import SimulatedPlc
 
 log = logging.getLogger(__name__)
@@ -80,17 +80,18 @@ class _OneUser(UserManager):
         return None
 
 
-class OpcUaSimulator:
+class OpcUaSimulator(ThreadedFrontend):
     """A SimulatedPlc behind an OPC UA server, run on an asyncio loop in its own thread.
 
     `data_types` ({"outputs.score": "Float"}) declares single nodes with another OPC UA type
     than the contract's: a PLC program with a mistake in it, for proving the bridge refuses it.
     """
 
+    section, title = "opcua", "OPC UA"
+
     def __init__(self, settings: DeviceSettings, program: SimulatedPlc | None = None,
                  *, data_types: Mapping[str, str] | None = None) -> None:
-        self.settings = settings
-        self.program = program or SimulatedPlc(settings.program)
+        super().__init__(settings, program)
         o = settings.opcua
         self._outs, self._ins = node_specs(o.output_nodes, o.input_nodes)
         types = dict(data_types or {})
@@ -100,88 +101,17 @@ class OpcUaSimulator:
         self._vtypes: dict[str, ua.VariantType] = {
             n.key: getattr(ua.VariantType, types.get(n.key, n.ua_type)) for n in (*self._outs, *self._ins)
         }
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._port: int | None = None
-        self._error: BaseException | None = None
         self._server: Server | None = None
         self._out_ids: list[ua.NodeId] = []
         self._in_ids: list[ua.NodeId] = []
         self._keys: dict[ua.NodeId, NodeSpec] = {}
         self._presented: Inputs | None = None
 
-    # ------------------------------------------------------------------ thread handle
-
-    @property
-    def host(self) -> str:
-        return self.settings.opcua.host
-
-    @property
-    def port(self) -> int:
-        """The port actually bound (useful with port 0)."""
-        if self._port is None:
-            raise RuntimeError("simulator is not listening")
-        return self._port
-
     @property
     def endpoint(self) -> str:
         return f"opc.tcp://{self.host}:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def error(self) -> BaseException | None:
-        """Why the server thread ended, if it ended by itself."""
-        return self._error
-
-    def start(self, timeout: float = 30.0) -> "OpcUaSimulator":
-        """Start listening; returns once the port is bound, raises if starting failed."""
-        if self._thread is not None:
-            raise RuntimeError("simulator already started")
-        self._thread = threading.Thread(target=self._thread_main, name="plc-sim-opcua", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise TimeoutError("OPC UA simulator did not start listening in time")
-        if self._error is not None:
-            self._thread.join()
-            raise self._error
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Close the server (every session ends) and its thread; idempotent."""
-        if self._loop is not None and self._stop is not None and self.running:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def summary(self) -> dict[str, Any]:
-        with self._lock:
-            return self.program.summary()
-
-    def status_line(self) -> str:
-        with self._lock:
-            return self.program.status_line()
-
-    def __enter__(self) -> "OpcUaSimulator":
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
     # ------------------------------------------------------------------ asyncio side
-
-    def _thread_main(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as e:  # reported through start() / .error, never lost
-            self._error = e
-        finally:
-            self._ready.set()
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
