@@ -105,26 +105,14 @@ class EnipSimulator(ThreadedFrontend):
         return db
 
     async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
         identity = IdentityInfo(product_name=PRODUCT_NAME, major_revision=REVISION[0], minor_revision=REVISION[1])
         server = EipAdapter(_ContractDispatcher(self._build_tags(), identity, self), identity)
         await server.listen(self.settings.enip.host, self.settings.enip.port)
-        ticker: asyncio.Task[None] | None = None
         try:
-            self._port = server.port
             with self._lock:
                 self._publish_inputs()
-            ticker = asyncio.create_task(self._tick_forever())
-            self._ready.set()
-            stop = asyncio.create_task(self._stop.wait())
-            await asyncio.wait({stop, ticker}, return_when=asyncio.FIRST_COMPLETED)
-            if ticker.done():
-                stop.cancel()
-                ticker.result()  # re-raise a program bug rather than run on without a clock
+            await self._run_program(server.port)
         finally:
-            if ticker is not None:
-                ticker.cancel()
             await server.close()
 
     async def _tick_forever(self) -> None:

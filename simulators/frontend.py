@@ -2,8 +2,8 @@
 
 Tests, the demo and `plcbridge sim` drive a front-end the same way whatever the protocol:
 start() returns once the port is bound (port 0 gives an OS-chosen one), stop() ends it,
-summary()/status_line() read the program under a lock. A subclass implements `_serve()`:
-bind, set `self._port`, call `self._ready.set()`, then serve until `self._stop` is set.
+summary()/status_line() read the program under a lock. A subclass implements `_serve()` (bind,
+then `await self._run_program(port)`, then close) and `_tick_forever()` (the program's clock).
 """
 
 from __future__ import annotations
@@ -90,11 +90,38 @@ class ThreadedFrontend:
     def _thread_main(self) -> None:
         try:
             # Leaving asyncio.run cancels the client handlers, which close their sockets.
-            asyncio.run(self._serve())
+            asyncio.run(self._main())
         except BaseException as e:  # reported through start() / .error, never lost
             self._error = e
         finally:
             self._ready.set()
 
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        await self._serve()
+
+    async def _run_program(self, port: int) -> None:
+        """Listening on `port`: run the program's clock until stop().
+
+        A clock that fails is a program bug: it is re-raised (and reported through start()
+        or `error`) rather than leaving a server that answers without a PLC program behind it.
+        """
+        self._port = port
+        ticker = asyncio.create_task(self._tick_forever())
+        self._ready.set()
+        assert self._stop is not None
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({stop, ticker}, return_when=asyncio.FIRST_COMPLETED)
+            if ticker.done():
+                ticker.result()
+        finally:
+            stop.cancel()
+            ticker.cancel()
+
     async def _serve(self) -> None:
+        raise NotImplementedError
+
+    async def _tick_forever(self) -> None:
         raise NotImplementedError

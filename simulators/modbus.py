@@ -69,8 +69,6 @@ class ModbusSimulator(ThreadedFrontend):
         self._last_request: tuple[int, int] = (0, 0)  # (device_id, function code)
 
     async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
         m = self.settings.modbus
         devices = [self._device(m.device_id, self._on_access)]
         if m.device_id != 0:
@@ -79,19 +77,9 @@ class ModbusSimulator(ThreadedFrontend):
             devices.append(self._device(0, self._on_wrong_device))
         server = ModbusTcpServer(devices, address=(m.host, m.port), trace_pdu=self._trace_pdu)
         await server.serve_forever(background=True)
-        ticker: asyncio.Task[None] | None = None
         try:
-            self._port = server.transport.sockets[0].getsockname()[1]
-            ticker = asyncio.create_task(self._tick_forever())
-            self._ready.set()
-            stop = asyncio.create_task(self._stop.wait())
-            await asyncio.wait({stop, ticker}, return_when=asyncio.FIRST_COMPLETED)
-            if ticker.done():
-                stop.cancel()
-                ticker.result()  # re-raise a program bug rather than run on without a clock
+            await self._run_program(server.transport.sockets[0].getsockname()[1])
         finally:
-            if ticker is not None:
-                ticker.cancel()
             await server.shutdown()
 
     def _device(self, device_id: int, action: Any) -> SimDevice:

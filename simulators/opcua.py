@@ -114,26 +114,15 @@ class OpcUaSimulator(ThreadedFrontend):
     # ------------------------------------------------------------------ asyncio side
 
     async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
         server = await self._make_server()
         await server.start()
-        ticker: asyncio.Task[None] | None = None
         try:
             assert server.bserver is not None
             self._port = server.bserver.port
             self._advertise(server)
             await self._present(self.program.inputs)
-            ticker = asyncio.create_task(self._tick_forever())
-            self._ready.set()
-            stop = asyncio.create_task(self._stop.wait())
-            await asyncio.wait({stop, ticker}, return_when=asyncio.FIRST_COMPLETED)
-            if ticker.done():
-                stop.cancel()
-                ticker.result()  # re-raise a program bug rather than run on without a clock
+            await self._run_program(self._port)
         finally:
-            if ticker is not None:
-                ticker.cancel()
             await server.stop()
 
     async def _make_server(self) -> Server:
