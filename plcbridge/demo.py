@@ -91,6 +91,7 @@ def run_demo(seconds: float, mode: str, trigger_hz: float, protocol: str = "modb
         "accuracy": s["accuracy"],
         "failsafes_by_fault": s["failsafes_by_fault"],
         "write_loop": s["write_loop"],
+        "plc_link": s.get("plc_link"),
         "trigger_to_result_ms": sim_summary.get("latency_ms"),
         "heartbeat_alarms": sim_summary.get("heartbeat_alarms"),
         "model": s["model"],
