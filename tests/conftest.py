@@ -8,12 +8,14 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import pytest
+from plcbridge.adapters.registry import resolve
+from plcbridge.simulators.cli import FRONTENDS
+from plcbridge.simulators.device import load_device
+from plcbridge.simulators.frontend import ThreadedFrontend
+from plcbridge.simulators.program import SimulatedPlc
 
 from plcbridge.config import Config, load_config, parse_config
 from plcbridge.contract import Outputs
-from plcbridge.simulators.device import load_device
-from plcbridge.simulators.modbus import ModbusSimulator
-from plcbridge.simulators.program import SimulatedPlc
 
 
 class RecordingPlc(SimulatedPlc):
@@ -40,14 +42,18 @@ def station_config(port: int, mode: str = "triggered", **sections: dict[str, Any
 
 
 @pytest.fixture
-def make_sim() -> Iterator[Callable[..., ModbusSimulator]]:
-    sims: list[ModbusSimulator] = []
+def make_sim() -> Iterator[Callable[..., ThreadedFrontend]]:
+    """Start an in-process simulator front-end (Modbus unless `protocol` says otherwise)."""
+    sims: list[ThreadedFrontend] = []
 
-    def make(mode: str = "triggered", trigger_hz: float = 10.0, port: int = 0, **program: Any) -> ModbusSimulator:
-        overrides = {"modbus.host": "127.0.0.1", "modbus.port": port, "program.mode": mode, "program.trigger_hz": trigger_hz}
+    def make(mode: str = "triggered", trigger_hz: float = 10.0, port: int = 0, protocol: str = "modbus",
+             **program: Any) -> Any:
+        overrides = {f"{protocol}.host": "127.0.0.1", f"{protocol}.port": port, "program.mode": mode,
+                     "program.trigger_hz": trigger_hz}
         overrides.update({f"program.{k}": v for k, v in program.items()})
         settings = load_device(None, overrides)
-        sim = ModbusSimulator(settings, RecordingPlc(settings.program)).start()
+        frontend = resolve(FRONTENDS, protocol, "simulator front-end")
+        sim = frontend(settings, RecordingPlc(settings.program)).start()
         sims.append(sim)
         return sim
 

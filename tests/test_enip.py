@@ -4,15 +4,16 @@ independent second CIP client. Bounds are generous on purpose (noisy 2-core CI m
 
 from __future__ import annotations
 
+import functools
 import math
 import signal
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import RecordingPlc, running, station_config, wait_for
+from conftest import running, station_config, wait_for
 from plcbridge.adapters.plc.base import PlcError
 from plcbridge.adapters.plc.enip import EnipAdapter
 from plcbridge.adapters.plc.enip_tags import (
@@ -42,20 +43,9 @@ ENIP = {"protocol": "enip"}
 
 
 @pytest.fixture
-def make_sim() -> Iterator[Callable[..., EnipSimulator]]:
-    sims: list[EnipSimulator] = []
-
-    def make(mode: str = "triggered", trigger_hz: float = 10.0, **program: Any) -> EnipSimulator:
-        overrides = {"enip.host": "127.0.0.1", "enip.port": 0, "program.mode": mode, "program.trigger_hz": trigger_hz}
-        overrides.update({f"program.{k}": v for k, v in program.items()})
-        settings = load_device(None, overrides)
-        sim = EnipSimulator(settings, RecordingPlc(settings.program)).start()
-        sims.append(sim)
-        return sim
-
-    yield make
-    for s in sims:
-        s.stop()
+def make_sim(make_sim: Callable[..., Any]) -> Callable[..., EnipSimulator]:
+    """conftest's simulator factory, on EtherNet/IP."""
+    return functools.partial(make_sim, protocol="enip")
 
 
 def _answered(sim: EnipSimulator) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx_models import INPUT, OPSET, PREPROCESSING, write_manifest
+from onnx_models import INPUT, OPSET, write_manifest
 
 from plcbridge.inference.errors import ModelError
 from plcbridge.inference.manifest import load_manifest
