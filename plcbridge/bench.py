@@ -21,7 +21,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from plcbridge.sdnotify import NotifyListener
 
 PROTOCOLS = ("modbus", "opcua", "enip")
 READY_TIMEOUT_S = 60.0
@@ -53,36 +54,6 @@ class BenchOptions:
 
 class BenchError(RuntimeError):
     """The bench could not run (bad input, a process that did not start): exit 2."""
-
-
-class _NotifySocket:
-    """Stands in for systemd: receives the daemon's sd_notify datagrams, notes READY=1's time."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.05)
-        self.t_ready: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-notify", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            if self.t_ready is None and b"READY=1" in data.split(b"\n"):
-                self.t_ready = time.monotonic()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(1)
-        self.sock.close()
 
 
 class _DaemonLog:
@@ -216,7 +187,7 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
     say(f"starting the {o.protocol} PLC simulator ({o.mode})")
     sim, port = start_simulator(o.mode, o.trigger_hz, extra=["--trace", str(files["trace"])], protocol=o.protocol)
     sock_dir = Path(tempfile.mkdtemp(prefix="plcbench-"))  # short path: AF_UNIX names are <= 107 bytes
-    notify = _NotifySocket(sock_dir / "notify")
+    notify = NotifyListener(sock_dir / "notify")
     daemon: subprocess.Popen[str] | None = None
     try:
         files["config"].write_text(_station_toml(o, port))
@@ -234,13 +205,13 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
         # stderr joins stdout: one reader, so neither pipe can fill up and stall the daemon.
         daemon = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         log = _DaemonLog(daemon.stdout, files["daemon_log"])
-        while notify.t_ready is None:
+        while notify.first("READY") is None:
             if daemon.poll() is not None or time.monotonic() - t_start > READY_TIMEOUT_S:
                 log.join(2)
                 raise BenchError(f"the daemon did not report READY=1 (exit code {daemon.poll()}); "
                                  f"its output is in {files['daemon_log']}")
             time.sleep(0.005)
-        t_ready = notify.t_ready
+        t_ready = notify.first("READY")
         first = _proc_sample(daemon.pid)
         sim_first = _proc_sample(sim.pid)
         say(f"READY after {t_ready - t_start:.3f} s; measuring for {o.seconds:g} s")

@@ -10,25 +10,29 @@ import sys
 import time
 import urllib.request
 
+import pytest
 from conftest import running, station_config, wait_for
 
 from plcbridge.contract import FaultCode, ResultCode, StatusBit
 from plcbridge.demo import start_simulator, stop_simulator
 
 
-def test_simulator_killed_and_restarted_daemon_reconnects_and_heartbeat_resumes():
-    proc, port = start_simulator("triggered", 10.0)
+@pytest.mark.parametrize("protocol", ["modbus", "enip"])  # OPC UA: tests/test_opcua.py (its own session checks)
+def test_simulator_killed_and_restarted_daemon_reconnects_and_heartbeat_resumes(protocol):
+    proc, port = start_simulator("triggered", 10.0, protocol=protocol)
     try:
-        with running(station_config(port, "triggered", plc={"reconnect_min_ms": 50, "reconnect_max_ms": 400})) as d:
+        cfg = station_config(port, "triggered", plc={"protocol": protocol, "reconnect_min_ms": 50, "reconnect_max_ms": 400})
+        with running(cfg) as d:
             wait_for(lambda: d.link.connected and d.worker.model_ok, 30, "connected with the model loaded")
-            proc.kill()  # SIGKILL: no goodbye on the socket's application layer
+            # SIGKILL: no goodbye on the application layer (pycomm3's `connected` flag even stays True)
+            proc.kill()
             proc.wait()
             wait_for(lambda: not d.link.connected, 5, "the loss to be noticed")
             ticks = d.loop.ticks
             time.sleep(1.0)
             assert d.loop.alive
             assert d.loop.ticks - ticks >= 50, "the write loop kept its cadence while the PLC was gone"
-            proc, _ = start_simulator("triggered", 10.0, ["--port", str(port)])
+            proc, _ = start_simulator("triggered", 10.0, ["--port", str(port)], protocol=protocol)
             wait_for(lambda: d.link.connected, 15, "a reconnect on a fresh client")
             time.sleep(1.5)
             assert d.loop.alive
@@ -41,6 +45,7 @@ def test_simulator_killed_and_restarted_daemon_reconnects_and_heartbeat_resumes(
     assert summary["writes_seen"] >= 100, summary
     assert summary["heartbeat_longest_gap_ms"] < 1000, summary  # generous: the heartbeat kept changing
     assert sum(summary["results"].values()) >= 3, summary
+    assert summary["protocol_errors"] == 0, summary["recent_protocol_errors"]
 
 
 def _daemon_cmd(config_path):

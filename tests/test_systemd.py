@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,32 +15,13 @@ from pathlib import Path
 import pytest
 from conftest import running, station_config, wait_for
 
-from plcbridge.sdnotify import Notifier
+from plcbridge.sdnotify import Notifier, NotifyListener
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class NotifySocket:
-    """A stand-in for systemd's notify socket: collects every datagram with its arrival time."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.1)
-        self.messages: list[tuple[float, dict[str, str]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except socket.timeout:
-                continue
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-            self.messages.append((time.monotonic(), fields))
+class NotifySocket(NotifyListener):
+    """The daemon's sd_notify datagrams as a test reads them."""
 
     def keys(self) -> list[str]:
         """The message kinds in order, WATCHDOG runs collapsed to one entry."""
@@ -51,11 +31,6 @@ class NotifySocket:
             if not (kind == "WATCHDOG" and out and out[-1] == "WATCHDOG"):
                 out.append(kind)
         return out
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(1)
-        self.sock.close()
 
 
 def test_notify_sequence_ready_watchdog_reload_stopping(make_sim, tmp_path):
