@@ -202,6 +202,7 @@ def validate_model(
     frame_size: tuple[int, int] = DEFAULT_FRAME_SIZE,
     progress: Callable[[int, int], None] | None = None,
     pause_s: float = 0.0,
+    on_pass: Callable[["Model"], None] | None = None,
 ) -> ValidationReport:
     """Run every check on the model at `spec` (manifest path, model directory or
     "builtin:NAME") and return the report; see the module docstring for the checks.
@@ -215,6 +216,8 @@ def validate_model(
     preprocessing cost depends on it. `progress(done, runs)` is called after each timed run.
     `pause_s`: sleep between timed runs, so that a check run inside the daemon (SIGHUP
     reload) leaves the CPU to the write loop and the serving model; the timing is unaffected.
+    `on_pass(model)`: called with the checked Model when every check passed; the caller then
+    owns it (it is not closed), so a reload serves the very session it checked, built once.
     Bad arguments raise ValueError; problems with the model are failed checks.
     """
     if runs < 1:
@@ -264,7 +267,9 @@ def validate_model(
     else:
         r._record("opset", True, f"opset {opset}: {note}")
 
-    from plcbridge.inference.session import Model  # here, so that the CLI parses without onnxruntime
+    from plcbridge.inference.session import (
+        Model,  # here, so that the CLI parses without onnxruntime
+    )
 
     try:
         model = Model(manifest_path, device, intra_op_threads, timeout_ms)
@@ -277,6 +282,7 @@ def validate_model(
             return r._skip_rest("needs a smoke run that gives a score")
         r._record("interface", False, str(e))
         return r._skip_rest("needs a model onnxruntime loads with the manifest's interface")
+    handed_over = False
     try:
         r.providers = list(model.providers)
         if model.manifest != manifest:  # Model re-reads both files; same manifest => same verified hash
@@ -287,9 +293,13 @@ def validate_model(
         r._record("interface", True, f"onnxruntime {installed} loads it on {r.providers[0]}; input {i.name!r} "
                                      f"{i.shape} {i.dtype}, output {o.name!r} {o.shape} {o.dtype}{fallback}")
         _judge_checks(model, r, runs, p99_max_ms, frame_size, progress, pause_s)
+        if on_pass is not None and r.ok:
+            on_pass(model)
+            handed_over = True
         return r
     finally:
-        model.close()
+        if not handed_over:
+            model.close()
 
 
 def _judge_checks(model: Model, r: ValidationReport, runs: int, p99_max_ms: float | None,

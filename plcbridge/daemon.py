@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plcbridge.config import Config, ConfigError, load_config
 from plcbridge.contract import StatusBit
@@ -28,6 +28,9 @@ from plcbridge.pipeline import GrabLoop, InferenceWorker
 from plcbridge.sdnotify import Notifier
 from plcbridge.threads import freeze_heap, lower_this_thread, tune_interpreter
 from plcbridge.writeloop import WriteLoop
+
+if TYPE_CHECKING:
+    from plcbridge.inference.session import Model
 
 log = get_logger("daemon")
 
@@ -146,24 +149,18 @@ class Daemon:
             return self._refuse("config", f"section(s) {', '.join(cold)} changed; they need a restart "
                                           "(systemctl restart plcbridge); nothing was applied")
         # Always rebuild the model: the files behind an unchanged manifest path may be new.
-        from plcbridge.inference.errors import ModelError
-        from plcbridge.inference.session import Model
         from plcbridge.inference.validate import validate_model
 
         m = new.model
-        # Paced: between timed runs the reload sleeps a frame-ish interval, leaving the CPU to
-        # the write loop and to the model still serving.
+        checked: list[Model] = []
+        # Paced: between timed runs the reload sleeps, leaving the CPU to the write loop and to
+        # the model still serving. The session that passed is the one that will serve.
         report = validate_model(m.manifest, runs=m.latency_check_runs, p99_max_ms=m.p99_budget_ms,
-                                device=m.device, intra_op_threads=m.intra_op_threads, pause_s=RELOAD_CHECK_PAUSE_S)
-        if not report.ok:
+                                device=m.device, intra_op_threads=m.intra_op_threads,
+                                timeout_ms=m.inference_timeout_ms, pause_s=RELOAD_CHECK_PAUSE_S, on_pass=checked.append)
+        if not checked:
             return self._refuse("model", f"{m.manifest}: {report.failure}")
-        try:
-            model = Model(m.manifest, m.device, m.intra_op_threads, m.inference_timeout_ms)
-        except ModelError as e:  # e.g. the file changed between the check and the build
-            return self._refuse("model", str(e))
-        if model.manifest.sha256 != report.sha256:
-            model.close()
-            return self._refuse("model", f"{m.manifest}: the model changed while it was being checked")
+        model = checked[0]
         self.worker.swap_model(model)
         self.inspection.fs = new.failsafe
         self.loop.config = new

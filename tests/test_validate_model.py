@@ -283,3 +283,17 @@ def test_cli_as_a_pipeline_runs_it(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == rc, done.stderr
         assert json.loads(done.stdout)["ok"] is (rc == 0)
+
+
+def test_a_passing_model_is_handed_over_open_and_a_failing_one_never(tmp_path: Path) -> None:
+    kept: list = []
+    report = validate_model("builtin:demo", runs=5, on_pass=kept.append)
+    assert report.ok and len(kept) == 1
+    try:
+        frame = np.full((256, 256, 3), 128, np.uint8)
+        assert 0.0 <= kept[0].judge(frame).score <= 1.0  # still open: the caller owns it
+    finally:
+        kept[0].close()
+    refused: list = []
+    report = validate_model("builtin:demo", runs=5, p99_max_ms=0.001, on_pass=refused.append)
+    assert not report.ok and refused == []
