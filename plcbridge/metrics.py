@@ -54,6 +54,7 @@ class Metrics:
         self.plc_connected = Gauge("plcbridge_plc_connected", "1 while the PLC connection is up", registry=r)
         self.plc_reconnects = Counter("plcbridge_plc_reconnects", "PLC connections established after a loss", registry=r)
         self.plc_errors = Counter("plcbridge_plc_errors", "PLC exchanges or connects that failed", ["kind"], registry=r)
+        self.camera_errors = Counter("plcbridge_camera_errors", "Camera source failures, by kind (open, grab)", ["kind"], registry=r)
         self.camera_reconnects = Counter("plcbridge_camera_reconnects", "Camera source reopened after a failure", registry=r)
         self.camera_ok = Gauge("plcbridge_camera_ok", "1 while frames arrive within the stall limit", registry=r)
         self.model_ok = Gauge("plcbridge_model_ok", "1 while a model session is loaded and healthy", registry=r)

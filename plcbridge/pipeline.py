@@ -71,6 +71,7 @@ class GrabLoop:
             try:
                 source.open()
             except Exception as e:  # noqa: BLE001 - any open failure is retried
+                self.metrics.camera_errors.labels("open").inc()
                 delay = backoff.next()
                 log_event(cam_log, "camera_open_failed", logging.ERROR, source=s.source, reason=str(e),
                           retry_in_ms=round(delay * 1000), rate_key=s.source)
@@ -88,6 +89,7 @@ class GrabLoop:
                     self.seq += 1
                     backoff.reset()
             except Exception as e:  # noqa: BLE001 - CameraError or a driver's own exception
+                self.metrics.camera_errors.labels("grab").inc()
                 delay = backoff.next()
                 kind = "camera_failed" if isinstance(e, CameraError) else "camera_crashed"
                 log_event(cam_log, kind, logging.ERROR, source=s.source, reason=f"{type(e).__name__}: {e}",

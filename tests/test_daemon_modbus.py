@@ -94,3 +94,18 @@ def test_slow_inference_gives_inference_timeout_failsafe_on_time(make_sim, tmp_p
     # On time: the run is aborted at 100 ms; wait for a frame (<= 33 ms) and two write periods
     # come on top. Never later than the 400 ms result timeout plus a few periods.
     assert s["latency_ms"]["max"] < 400 + 50, s["latency_ms"]
+
+
+def test_camera_that_cannot_open_gives_camera_fault_a_log_and_a_metric(make_sim, tmp_path):
+    from plcbridge.config import parse_config
+
+    sim = make_sim("free-run")
+    raw = station_config(sim.port, "free-run").model_dump(mode="json")
+    raw["camera"] = {"source": "folder", "path": str(tmp_path / "no-such-folder"), "reconnect_min_ms": 20, "reconnect_max_ms": 50}
+    plc = sim.program
+    with running(parse_config(raw, "<test>", env={})) as d:
+        wait_for(lambda: d.metrics.camera_errors.labels("open")._value.get() >= 2, 10, "repeated open failures")
+        wait_for(lambda: plc.seen and plc.seen[-1][1].fault_code == FaultCode.CAMERA_FAULT, 5, "CAMERA_FAULT on the PLC")
+    last = [o for _, o in plc.seen if o.fault_code != FaultCode.SHUTTING_DOWN][-1]
+    assert last.status & StatusBit.FAILSAFE_ACTIVE and not last.status & StatusBit.CAMERA_OK
+    assert last.result_code == ResultCode.FAILSAFE
