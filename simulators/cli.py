@@ -5,8 +5,10 @@ calls `add_arguments(parser)` on it and `run(args)` for it (`args.frontend` name
 front-end). `python -m plcbridge.simulators.cli modbus ...` does the same standalone.
 
 Output is meant to be scripted: stdout carries exactly one `listening on HOST:PORT` line
-(flushed, so a demo can wait for it) and, at the end, the JSON summary; the live status goes
-to stderr.
+(flushed, so a demo can wait for it; with a reply delay, the network relay's address) and, at
+the end, the JSON summary; the live status goes to stderr. `--reply-delay-ms` and
+`--reply-jitter-ms` put the network relay (simulators/network.py) in front of the server, as
+`[network]` in the device file does; like every flag they override single fields of it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=None, help="TCP port; 0 lets the OS choose (printed)")
     parser.add_argument("--mode", choices=["triggered", "free-run"], default=None)
     parser.add_argument("--trigger-hz", type=float, default=None, help="triggers per second (triggered mode)")
+    parser.add_argument("--reply-delay-ms", type=float, default=None, metavar="MS",
+                        help="answer every request this much later, through a relay in front of the server "
+                             "(device file network.reply_delay_ms)")
+    parser.add_argument("--reply-jitter-ms", type=float, default=None, metavar="MS",
+                        help="plus a uniformly random 0..MS, replies kept in order (network.reply_jitter_ms)")
     parser.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until SIGINT/SIGTERM)")
     parser.add_argument("--summary-json", type=Path, default=None, help="also write the final summary to this file")
     parser.add_argument("--quiet", action="store_true", help="no live status line on stderr")
@@ -58,6 +65,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         f"{args.frontend}.port": args.port,
         "program.mode": args.mode,
         "program.trigger_hz": args.trigger_hz,
+        "network.reply_delay_ms": args.reply_delay_ms,
+        "network.reply_jitter_ms": args.reply_jitter_ms,
     }
 
 

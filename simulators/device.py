@@ -2,7 +2,8 @@
 
 Commissioning engineers adapt the simulator to a station by editing data, not code (the
 pyvisa-sim idea): a device file has one section for the PLC program, which every protocol
-front-end shares, and one section per front-end. Unknown keys are rejected and every error
+front-end shares, one for the network in front of it (a reply delay, for every front-end;
+simulators/network.py), and one section per front-end. Unknown keys are rejected and every error
 names the file and the field, because a silently ignored typo in a commissioning tool proves
 the wrong thing.
 """
@@ -21,6 +22,8 @@ from plcbridge.config import validation_problems
 from plcbridge.contract import U32_MAX, RegisterMap
 
 DEFAULT_DEVICE = "default"
+#: Upper bound of reply_delay_ms / reply_jitter_ms: far above any PLC timeout worth testing.
+MAX_REPLY_DELAY_MS = 10_000.0
 
 
 class _Strict(BaseModel):
@@ -38,6 +41,25 @@ class ProgramSettings(_Strict):
     first_part_id: Annotated[int, Field(ge=0, le=U32_MAX)] = 1
 
 
+class NetworkSettings(_Strict):
+    """The network between the bridge and the simulated PLC, for every front-end.
+
+    With a reply delay or jitter, or `relay = true`, a TCP relay (simulators/network.py)
+    listens on the front-end's host/port and the protocol server behind it on an internal
+    port; replies reach the client `reply_delay_ms` plus a uniformly random 0..reply_jitter_ms
+    later, in order. Otherwise clients talk to the protocol server directly.
+    """
+
+    reply_delay_ms: Annotated[float, Field(ge=0, le=MAX_REPLY_DELAY_MS, allow_inf_nan=False)] = 0.0
+    reply_jitter_ms: Annotated[float, Field(ge=0, le=MAX_REPLY_DELAY_MS, allow_inf_nan=False)] = 0.0
+    # The relay even without a delay: for its connection counts and its runtime controls.
+    relay: bool = False
+
+    @property
+    def relayed(self) -> bool:
+        return self.relay or self.reply_delay_ms > 0 or self.reply_jitter_ms > 0
+
+
 class ModbusSimSettings(_Strict):
     """The Modbus TCP front-end: where it listens and where the contract's blocks live."""
 
@@ -47,6 +69,9 @@ class ModbusSimSettings(_Strict):
     outputs_base: Annotated[int, Field(ge=0, le=65535)] = 0
     inputs_base: Annotated[int, Field(ge=0, le=65535)] = 100
     word_order: Literal["high_first", "low_first"] = "high_first"
+    # FC23 Read/Write Multiple Registers; false answers it with exception 01 ILLEGAL_FUNCTION,
+    # as many PLC servers do (Siemens MB_SERVER, for one).
+    fc23: bool = True
 
     @property
     def register_map(self) -> RegisterMap:
@@ -139,6 +164,7 @@ class EnipSimSettings(_Strict):
 
 class DeviceSettings(_Strict):
     program: ProgramSettings = ProgramSettings()
+    network: NetworkSettings = NetworkSettings()
     modbus: ModbusSimSettings = ModbusSimSettings()
     opcua: OpcUaSimSettings = OpcUaSimSettings()
     enip: EnipSimSettings = EnipSimSettings()

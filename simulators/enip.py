@@ -107,7 +107,7 @@ class EnipSimulator(ThreadedFrontend):
     async def _serve(self) -> None:
         identity = IdentityInfo(product_name=PRODUCT_NAME, major_revision=REVISION[0], minor_revision=REVISION[1])
         server = EipAdapter(_ContractDispatcher(self._build_tags(), identity, self), identity)
-        await server.listen(self.settings.enip.host, self.settings.enip.port)
+        await server.listen(*self._bind_address())
         try:
             with self._lock:
                 self._publish_inputs()

@@ -2,8 +2,16 @@
 
 Tests, the demo and `plcbridge sim` drive a front-end the same way whatever the protocol:
 start() returns once the port is bound (port 0 gives an OS-chosen one), stop() ends it,
-summary()/status_line() read the program under a lock. A subclass implements `_serve()` (bind,
-then `await self._run_program(port)`, then close) and `_tick_forever()` (the program's clock).
+summary()/status_line() read the program under a lock. A subclass implements `_serve()` (bind
+its protocol server to `_bind_address()`, then `await self._run_program(port)`, then close)
+and `_tick_forever()` (the program's clock).
+
+When the device file's `[network]` asks for it, the network relay (simulators/network.py)
+listens on the configured address instead and `_bind_address()` is an internal one: `port`
+is always the one clients connect to, and `network` gives the relay's runtime controls
+(`sim.network.set_reply_delay(30, 5)`, `.blackhole(True)`, `.drop_connections()`).
+summary() adds a program-independent "network" entry: {"relay": false} without the relay,
+else its settings and connection counts (Relay.stats()).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import threading
 from typing import Any
 
 from .device import DeviceSettings
+from .network import INTERNAL_HOST, Relay
 from .program import SimulatedPlc
 
 
@@ -32,14 +41,25 @@ class ThreadedFrontend:
         self._ready = threading.Event()
         self._port: int | None = None
         self._error: BaseException | None = None
+        net = settings.network
+        self._relay = Relay(net.reply_delay_ms, net.reply_jitter_ms) if net.relayed else None
 
     @property
     def host(self) -> str:
         return getattr(self.settings, self.section).host
 
     @property
+    def network(self) -> Relay:
+        """The network relay's runtime controls and counts (simulators/network.py)."""
+        if self._relay is None:
+            raise RuntimeError(
+                f"this {self.title} simulator runs without the network relay: set network.relay = true "
+                "(or a reply delay) in its device settings")
+        return self._relay
+
+    @property
     def port(self) -> int:
-        """The port actually bound (useful with port 0)."""
+        """The port clients connect to (the relay's when it is in the path; useful with port 0)."""
         if self._port is None:
             raise RuntimeError("simulator is not listening")
         return self._port
@@ -75,11 +95,17 @@ class ThreadedFrontend:
 
     def summary(self) -> dict[str, Any]:
         with self._lock:
-            return self.program.summary()
+            summary = self.program.summary()
+        summary["network"] = self._relay.stats() if self._relay is not None else {"relay": False}
+        return summary
 
     def status_line(self) -> str:
         with self._lock:
-            return self.program.status_line()
+            line = self.program.status_line()
+        if self._relay is not None:
+            r = self._relay
+            line += f" conns={r.connections_accepted} open={r.connections_open}" + (" BLACKHOLE" if r.blackholed else "")
+        return line
 
     def __enter__(self) -> "ThreadedFrontend":
         return self.start()
@@ -99,15 +125,39 @@ class ThreadedFrontend:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        await self._serve()
+        try:
+            await self._serve()
+        finally:
+            if self._relay is not None:
+                await self._relay.close()
 
-    async def _run_program(self, port: int) -> None:
-        """Listening on `port`: run the program's clock until stop().
+    def _bind_address(self) -> tuple[str, int]:
+        """Where the protocol server listens: the configured address, or an internal one
+        (an OS-chosen port on 127.0.0.1) when the network relay listens there instead."""
+        if self._relay is not None:
+            return INTERNAL_HOST, 0
+        where = getattr(self.settings, self.section)
+        return where.host, where.port
+
+    async def _expose(self, server_port: int) -> int:
+        """The protocol server listens on `server_port`: start the relay in front of it if
+        there is one; returns (and `port` reports) the port clients connect to."""
+        if self._relay is not None:
+            where = getattr(self.settings, self.section)
+            self._port = await self._relay.start(where.host, where.port, server_port)
+        else:
+            self._port = server_port
+        return self._port
+
+    async def _run_program(self, port: int | None = None) -> None:
+        """Listening on `port` (None: `_expose()` was called already): run the program's
+        clock until stop().
 
         A clock that fails is a program bug: it is re-raised (and reported through start()
         or `error`) rather than leaving a server that answers without a PLC program behind it.
         """
-        self._port = port
+        if port is not None:
+            await self._expose(port)
         ticker = asyncio.create_task(self._tick_forever())
         self._ready.set()
         assert self._stop is not None
@@ -119,6 +169,8 @@ class ThreadedFrontend:
         finally:
             stop.cancel()
             ticker.cancel()
+            if self._relay is not None:  # clients see the PLC go before its server stops
+                await self._relay.close()
 
     async def _serve(self) -> None:
         raise NotImplementedError

@@ -16,6 +16,23 @@ where a PLC program sees a bridge write, so:
 - every exception response, including those pymodbus makes by itself (address outside the
   mapped span), is counted through the `trace_pdu` hook.
 
+FC23 (Read/Write Multiple Registers, one transaction for the bridge's write and read):
+pymodbus 3.16 runs it as a write then a read, calling the action twice, each with
+func_code 23: first (write_address, write count, the values to write), which is a write like
+FC16's and reaches `program.on_outputs` as one block, then (read_address, read_count, None),
+which presents `program.inputs` as every read does. So the read part returns the inputs as
+they are after this very write (the ack included). A read range outside the mapped span is
+refused before the write is applied (pymodbus would apply the write first), as a PLC checks
+a request before acting on it. With `[modbus] fc23 = false` FC23 is answered with exception
+01 ILLEGAL_FUNCTION whatever it asks, as by a PLC without it (Siemens MB_SERVER, for one),
+and counted as "unsupported_function".
+
+Requests are answered one at a time, in the order they arrived, each of them: pymodbus
+3.16's own connection handler decodes one request per TCP segment, answers whichever request
+it decoded last when its task runs, and empties its receive buffer whenever it sends, so
+requests that arrive together (a pipelining client, or the network relay handing over two
+at once) would be lost or answered twice. `_InOrderHandler` replaces it.
+
 A background asyncio task calls `program.tick()` about every millisecond. The program is
 single-threaded; a lock keeps `summary()` from another thread consistent.
 """
@@ -25,12 +42,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import ModbusIOException
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
+from pymodbus.pdu.register_message import ReadWriteMultipleRegistersRequest
 from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from .device import DeviceSettings
@@ -40,8 +61,10 @@ from .program import SimulatedPlc
 log = logging.getLogger(__name__)
 
 TICK_S = 0.001
-_WRITE_REGISTER_FCS = frozenset({6, 16, 22, 23})
+FC_READ_WRITE_MULTIPLE = 23
+_WRITE_REGISTER_FCS = frozenset({6, 16, 22, FC_READ_WRITE_MULTIPLE})
 _WRITE_BIT_FCS = frozenset({5, 15})
+_RECEIVE_BUFFER = 1 << 16  # pymodbus's 516 bytes would silently drop a few pipelined requests
 
 
 class ModbusSimulator(ThreadedFrontend):
@@ -67,6 +90,7 @@ class ModbusSimulator(ThreadedFrontend):
         self._span_hi = max(self._out_hi, self._in_hi)
         self._counted_exception = False
         self._last_request: tuple[int, int] = (0, 0)  # (device_id, function code)
+        self._request: ModbusPDU | None = None  # the request being answered
 
     async def _serve(self) -> None:
         m = self.settings.modbus
@@ -75,7 +99,7 @@ class ModbusSimulator(ThreadedFrontend):
             # id 0 answers every other unit id; without it pymodbus fails such a request with
             # an internal KeyError and a traceback in the log instead of a clear count.
             devices.append(self._device(0, self._on_wrong_device))
-        server = ModbusTcpServer(devices, address=(m.host, m.port), trace_pdu=self._trace_pdu)
+        server = _Server(devices, address=self._bind_address(), trace_pdu=self._trace_pdu, screen=self._screen)
         await server.serve_forever(background=True)
         try:
             await self._run_program(server.transport.sockets[0].getsockname()[1])
@@ -106,6 +130,8 @@ class ModbusSimulator(ThreadedFrontend):
         with self._lock:
             try:
                 if set_values is not None:
+                    if func_code == FC_READ_WRITE_MULTIPLE and not self._read_part_fits():
+                        return ExcCodes.ILLEGAL_ADDRESS  # counted by _trace_pdu, as pymodbus's own
                     refused = self._take_write(func_code, start_address, address, count, registers, set_values, t)
                     if refused is not None:
                         self._counted_exception = True
@@ -117,6 +143,24 @@ class ModbusSimulator(ThreadedFrontend):
                 self.program.protocol_error("internal_error", f"fc {func_code} @{address}+{count}: {e!r}")
                 self._counted_exception = True
                 return ExcCodes.DEVICE_FAILURE
+        return None
+
+    def _read_part_fits(self) -> bool:
+        req = self._request
+        if not isinstance(req, ReadWriteMultipleRegistersRequest):
+            return True
+        return self._span_lo <= req.read_address and req.read_address + req.read_count <= self._span_hi
+
+    def _screen(self, request: ModbusPDU) -> ExcCodes | None:
+        """Runs before pymodbus sees a request; an exception code refuses it outright."""
+        if request.function_code == FC_READ_WRITE_MULTIPLE and not self.settings.modbus.fc23:
+            with self._lock:
+                self.program.protocol_error(
+                    "unsupported_function",
+                    f"fc 23 (Read/Write Multiple Registers) for unit {request.dev_id}: "
+                    "this PLC does not implement it (modbus.fc23 = false)")
+            self._counted_exception = True
+            return ExcCodes.ILLEGAL_FUNCTION
         return None
 
     def _take_write(
@@ -166,10 +210,12 @@ class ModbusSimulator(ThreadedFrontend):
     def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
         """Counts exception responses pymodbus produced without asking the action.
 
-        Between the action and the response there is no await that yields, so the flag set
-        by the action always belongs to the response being sent here.
+        `_InOrderHandler` traces a request just before answering it, and from there to the
+        response there is no await that yields, so the request recorded here and the flag
+        set by the action always belong to the response being sent.
         """
         if not sending:
+            self._request = pdu
             self._last_request = (pdu.dev_id, pdu.function_code)
         elif isinstance(pdu, ExceptionResponse):
             if not self._counted_exception:
@@ -182,3 +228,75 @@ class ModbusSimulator(ThreadedFrontend):
         else:
             self._counted_exception = False
         return pdu
+
+
+class _Server(ModbusTcpServer):
+    """pymodbus's TCP server with `_InOrderHandler` for every connection."""
+
+    def __init__(self, *args: Any, screen: Callable[[ModbusPDU], ExcCodes | None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._screen = screen
+
+    def callback_new_connection(self) -> "_InOrderHandler":
+        return _InOrderHandler(self, self._screen)
+
+
+class _InOrderHandler(ServerRequestHandler):
+    """One client connection: every complete request in a segment is decoded and queued, and
+    one task answers them in arrival order (see the module docstring for why pymodbus 3.16's
+    handler cannot). A request is traced (`trace_pdu`) right before it is answered, and
+    `screen` may refuse it with an exception code before pymodbus sees it."""
+
+    def __init__(self, owner: _Server, screen: Callable[[ModbusPDU], ExcCodes | None]) -> None:
+        super().__init__(owner, owner.trace_packet, owner.trace_pdu, owner.trace_connect)
+        self.max_buffer_size = _RECEIVE_BUFFER
+        self._screen = screen
+        self._queue: deque[tuple[ModbusPDU, Any]] = deque()
+        self._worker: asyncio.Task[None] | None = None
+
+    def callback_data(self, data: bytes, addr: tuple | None = None) -> int:
+        data = self.trace_packet(False, data)
+        used = 0
+        while used < len(data):
+            try:
+                n, pdu = self.framer.handleFrame(data[used:], self.request_dev_id, self.request_transaction_id)
+            except ModbusIOException as exc:  # undecodable: answered as pymodbus does, then skipped
+                fc = 0 if exc.fcode is None else exc.fcode
+                self._queue.append((ExceptionResponse(fc, exception_code=ExcCodes.ILLEGAL_FUNCTION,
+                                                      device_id=exc.dev_id, transaction=exc.transaction_id), addr))
+                n = self.framer.decode(data[used:])[0] or len(data) - used
+                pdu = None
+            if not n:
+                break  # an incomplete request: wait for the rest
+            used += n
+            if pdu is not None:
+                self._queue.append((pdu, addr))
+        if self._queue and (self._worker is None or self._worker.done()):
+            self._worker = self.loop.create_task(self._answer_all())
+        return used
+
+    def send(self, data: bytes, addr: tuple | None = None) -> None:
+        keep = self.recv_buffer  # pymodbus empties it on every send, losing a request in transit
+        super().send(data, addr)
+        self.recv_buffer = keep
+
+    def callback_disconnected(self, exc: Exception | None) -> None:
+        self._queue.clear()
+        if self._worker is not None:
+            self._worker.cancel()
+        super().callback_disconnected(exc)
+
+    async def _answer_all(self) -> None:
+        while self._queue:
+            pdu, addr = self._queue.popleft()
+            if isinstance(pdu, ExceptionResponse):
+                self.server_send(pdu, addr)
+                continue
+            pdu = self.trace_pdu(False, pdu)
+            refused = self._screen(pdu)
+            if refused is not None:
+                self.server_send(ExceptionResponse(pdu.function_code, exception_code=refused, device_id=pdu.dev_id,
+                                                   transaction=pdu.transaction_id), addr)
+                continue
+            self.last_pdu, self.last_addr = pdu, addr
+            await self.handle_request()

@@ -25,8 +25,10 @@ SignAndEncrypt) with the simulator's certificate; with a username, only username
 sessions are accepted. Any client certificate is accepted (a real PLC makes you trust the
 bridge's certificate first).
 
-The thread handle (start/stop/port/summary) is simulators/frontend.py's, as for every
-front-end; the program runs on the server's event loop under its lock. `Server.init()` builds asyncua's standard address space, which
+The thread handle (start/stop/port/summary/network) is simulators/frontend.py's, as for
+every front-end; the program runs on the server's event loop under its lock. Behind the
+network relay (a reply delay, simulators/network.py) the endpoints advertise the relay's
+address, the one clients connect to. `Server.init()` builds asyncua's standard address space, which
 takes a few seconds of CPU; start() returns once the port is bound.
 """
 
@@ -118,10 +120,10 @@ class OpcUaSimulator(ThreadedFrontend):
         await server.start()
         try:
             assert server.bserver is not None
-            self._port = server.bserver.port
+            await self._expose(server.bserver.port)
             self._advertise(server)
             await self._present(self.program.inputs)
-            await self._run_program(self._port)
+            await self._run_program()
         finally:
             await server.stop()
 
@@ -135,7 +137,8 @@ class OpcUaSimulator(ThreadedFrontend):
             users = _OneUser(o.username, password)
         server = Server(user_manager=users)
         await server.init()
-        server.set_endpoint(f"opc.tcp://{o.host}:{o.port}")
+        host, port = self._bind_address()  # behind the network relay: an internal one
+        server.set_endpoint(f"opc.tcp://{host}:{port}")
         server.set_server_name("plcbridge PLC simulator")
         # A written value is stored as sent (the bridge sends no timestamps); stamping each
         # one costs a dataclass copy per node per tick.
@@ -169,7 +172,9 @@ class OpcUaSimulator(ThreadedFrontend):
                 self._keys[node_id] = spec
 
     def _advertise(self, server: Server) -> None:
-        """With port 0 the endpoints were described before the port was known: fix them."""
+        """The endpoints were described before the port was known (port 0) and, behind the
+        network relay, with the internal address: advertise the one clients connect to, or
+        a client that follows the endpoint URL would bypass the relay."""
         url = self.endpoint
         server.set_endpoint(url)
         for edp in server.iserver.endpoints:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -13,12 +15,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pymodbus.client import ModbusTcpClient
-
-from plcbridge.contract import FaultCode, Inputs, Outputs, RegisterMap, ResultCode, StatusBit
-from plcbridge.simulators.device import DeviceFileError, DeviceSettings, ProgramSettings, load_device, parse_device
+from plcbridge.simulators.device import (
+    DeviceFileError,
+    DeviceSettings,
+    ProgramSettings,
+    load_device,
+    parse_device,
+)
 from plcbridge.simulators.modbus import ModbusSimulator
 from plcbridge.simulators.program import SimulatedPlc
+from pymodbus.client import ModbusTcpClient
+
+from plcbridge.contract import (
+    FaultCode,
+    Inputs,
+    Outputs,
+    RegisterMap,
+    ResultCode,
+    StatusBit,
+)
 
 READY = int(StatusBit.READY)
 VALID = int(StatusBit.READY | StatusBit.RESULT_VALID)
@@ -235,6 +250,9 @@ def test_device_file_errors_name_the_file_and_field(tmp_path: Path) -> None:
         parse_device({}, "x.toml", {"program.trigger_hz": -1})
     with pytest.raises(DeviceFileError, match="cannot read"):
         load_device(tmp_path / "nope.toml")
+    f.write_text("[network]\nreply_delay_ms = -3\n[modbus]\nfc23 = 'maybe'\n")
+    with pytest.raises(DeviceFileError, match=r"network\.reply_delay_ms(.|\n)*modbus\.fc23"):
+        load_device(f)
 
 
 # --------------------------------------------------------------------------- Modbus loopback
@@ -348,6 +366,72 @@ def test_loopback_bad_requests_are_refused_and_counted_not_fatal(sim: ModbusSimu
         "bad_function": 1, "modbus_exception": 1, "write_outside_outputs": 2, "wrong_device_id": 1,
     }
     assert s["writes_seen"] == 1
+
+
+@pytest.mark.parametrize("sim", [{"trigger_hz": 50, "watchdog_ms": 1000}], indirect=True)
+def test_fc23_writes_the_block_and_its_read_sees_the_ack_of_that_write(sim: ModbusSimulator, bridge: Bridge) -> None:
+    c, rmap = bridge.client, bridge.map
+    i = bridge.wait_trigger()
+    writes = sim.summary()["writes_seen"]
+    answer = Outputs(heartbeat=bridge.hb + 1, status=VALID, result_seq=i.trigger_seq, result_code=ResultCode.PASS,
+                     score=4321, part_id=i.part_id)
+    rr = c.readwrite_registers(read_address=rmap.inputs_base, read_count=rmap.inputs_count,
+                               write_address=rmap.outputs_base, values=rmap.encode_outputs(answer), device_id=1)
+    assert not rr.isError(), rr
+    assert rmap.decode_inputs(rr.registers).result_ack_seq == i.trigger_seq  # this very write's ack
+    s = sim.summary()
+    assert s["writes_seen"] == writes + 1  # one transaction, one whole block for the program
+    assert s["results"] == {"PASS": 1} and s["protocol_errors"] == 0
+    rr = c.read_holding_registers(rmap.outputs_base, count=rmap.outputs_count, device_id=1)
+    assert rmap.decode_outputs(rr.registers) == answer
+    # A read part outside the mapped span is refused before the write part is applied.
+    rr = c.readwrite_registers(read_address=60000, read_count=4, write_address=rmap.outputs_base,
+                               values=rmap.encode_outputs(Outputs(heartbeat=1)), device_id=1)
+    assert rr.isError() and rr.exception_code == 2
+    assert sim.summary()["writes_seen"] == writes + 1
+    assert sim.summary()["protocol_errors_by_kind"] == {"modbus_exception": 1}
+
+
+def test_fc23_can_be_switched_off_like_on_plcs_without_it() -> None:
+    sim = ModbusSimulator(load_device(None, {"modbus.port": 0, "modbus.host": "127.0.0.1", "modbus.fc23": False})).start()
+    try:
+        b = Bridge(sim)
+        rr = b.client.readwrite_registers(read_address=b.map.inputs_base, read_count=b.map.inputs_count,
+                                          write_address=b.map.outputs_base,
+                                          values=b.map.encode_outputs(Outputs(heartbeat=1)), device_id=1)
+        assert rr.isError() and rr.exception_code == 1  # ILLEGAL_FUNCTION
+        s = sim.summary()
+        assert s["writes_seen"] == 0
+        assert s["protocol_errors_by_kind"] == {"unsupported_function": 1}, s["recent_protocol_errors"]
+        b.write(status=READY)  # FC16 + FC3, the fallback, still work
+        assert b.read() == Inputs()
+        b.client.close()
+    finally:
+        sim.stop()
+    assert sim.summary()["protocol_errors"] == 1 and sim.summary()["writes_seen"] == 1
+
+
+def test_requests_arriving_together_are_each_answered_in_order(sim: ModbusSimulator) -> None:
+    """pymodbus 3.16's own handler answers only the first of requests sent in one segment."""
+    base = sim.settings.modbus.inputs_base
+    frames = [struct.pack(">HHHBBHH", tid, 0, 6, 1, 3, base, tid % 4 + 1) for tid in range(1, 31)]
+    with socket.create_connection(("127.0.0.1", sim.port), timeout=5) as s:
+        s.sendall(b"".join(frames[:20]) + frames[20][:5])  # the last one split across segments
+        time.sleep(0.05)
+        s.sendall(frames[20][5:] + b"".join(frames[21:]))
+        buf = b""
+        while len(buf) < sum(9 + 2 * (tid % 4 + 1) for tid in range(1, 31)):
+            chunk = s.recv(4096)
+            assert chunk, "closed"
+            buf += chunk
+    tids = []
+    while buf:
+        tid, _, length = struct.unpack(">HHH", buf[:6])
+        assert buf[7] == 3 and buf[8] == 2 * (tid % 4 + 1), buf[:9]
+        tids.append(tid)
+        buf = buf[6 + length :]
+    assert tids == list(range(1, 31))
+    assert sim.summary()["protocol_errors"] == 0
 
 
 def test_port_in_use_is_reported_by_start(sim: ModbusSimulator) -> None:
