@@ -43,3 +43,17 @@ def test_text_format_is_readable():
     p.stop()
     text = out.getvalue()
     assert "ERROR" in text and "camera" in text and "camera_failed" in text and "reason=unplugged" in text
+
+
+def test_stop_is_idempotent_and_start_again_resumes():
+    out = io.StringIO()
+    p = LogPipeline("json", "info", stream=out).start()
+    log = get_logger("daemon")
+    log_event(log, "first", logging.INFO)
+    p.stop()
+    p.stop()
+    p.start()
+    log_event(log, "second", logging.INFO)
+    p.stop()
+    assert [json.loads(x)["event"] for x in out.getvalue().splitlines()] == ["first", "second"]
+    assert p.dropped == 0
