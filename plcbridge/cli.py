@@ -35,15 +35,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-STATUS_EVERY_S = 5.0
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_config_or_report(args.config)
     if cfg is None:
         return 2
-    import time
-
     from plcbridge.daemon import Daemon
     from plcbridge.logs import LogPipeline, get_logger, log_event
     from plcbridge.sdnotify import Notifier
@@ -58,19 +53,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     notifier = Notifier()
     try:
         try:
-            daemon = Daemon(cfg, config_path=args.config, notifier=notifier).start()
+            daemon = Daemon(cfg, config_path=args.config, notifier=notifier, log_pipeline=logs).start()
         except OSError as e:  # e.g. the metrics port is taken
             log_event(log, "start_failed", 40, reason=str(e))
             return 1
-        next_status = time.monotonic() + STATUS_EVERY_S
         while not stop.wait(0.2):
             if hup.is_set():
                 hup.clear()
                 log_event(log, "reload_requested", 20, signal="SIGHUP", config=str(args.config or "<embedded default>"))
-                daemon.reload()
-            if time.monotonic() >= next_status:
-                notifier.status(daemon.status_line())
-                next_status = time.monotonic() + STATUS_EVERY_S
+                daemon.request_reload()  # in the background: SIGTERM is still seen at once
+            daemon.poll()
         daemon.stop()
         if args.summary_json is not None:
             _write_run_summary(args.summary_json, daemon)

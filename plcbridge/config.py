@@ -91,6 +91,11 @@ class ModbusSettings(_Strict):
     outputs_base: Annotated[int, Field(ge=0, le=65535)] = 0
     inputs_base: Annotated[int, Field(ge=0, le=65535)] = 100
     word_order: Literal["high_first", "low_first"] = "high_first"
+    # How one exchange travels. "fc23": Read/Write Multiple Registers, one round trip.
+    # "fc16+fc3": write the outputs, then read the inputs (two round trips; every PLC has
+    # them). "auto": FC23 on the first exchange of each connection, and FC16 + FC3 from then
+    # on if the PLC answers exception 01 (many PLC servers, e.g. Siemens MB_SERVER, lack FC23).
+    exchange: Literal["auto", "fc23", "fc16+fc3"] = "auto"
 
 
 class OpcUaSettings(_Strict):
@@ -181,18 +186,59 @@ class EnipSettings(_Strict):
         return any(n.startswith("Program:") for n in (*self.output_tags.values(), *self.input_tags.values()))
 
 
+# Settings that were removed, and what replaced them: an old station file is refused with
+# this message instead of a bare "extra inputs are not permitted".
+REMOVED_PLC_SETTINGS: dict[str, str] = {
+    "call_timeout_ms": "plc.call_timeout_ms was removed (a reply slower than the period no longer ends the "
+                       "session): use plc.link_timeout_ms, how long the PLC may leave the bridge without any "
+                       "answer before the session is rebuilt (default 200), and plc.max_input_age_ms, the age "
+                       "of the PLC inputs beyond which the bridge reports PLC_INPUTS_STALE (default 100)",
+}
+
+
 class PlcSettings(_Strict):
     protocol: Literal["modbus", "opcua", "enip"] = "modbus"
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 5020
-    # Deadline of one PLC exchange (write outputs + read inputs); must be below the period.
-    call_timeout_ms: Annotated[float, Field(gt=0)] = 8.0
+    # The session is rebuilt when the PLC has answered nothing for this long; a reply that is
+    # merely slower than the period is used, counted and kept. 200 ms is well above a slow
+    # PLC's answer (OPC UA servers on S7-1500 / TwinCAT: 5-30 ms, p99 ~31 ms measured) and
+    # within the heartbeat watchdog PLC programs commonly give a PC (200 ms - 1 s), so a
+    # dead session is being replaced by the time the PLC raises its alarm.
+    link_timeout_ms: Annotated[int, Field(ge=10, le=60_000)] = 200
+    # The inputs (trigger_seq, part_id, result_ack_seq) are this old at most and the bridge
+    # still calls itself able to see triggers; beyond it every block says PLC_INPUTS_STALE,
+    # with TRIGGER_READY and READY cleared, until fresh inputs arrive.
+    max_input_age_ms: Annotated[int, Field(ge=2, le=60_000)] = 100
     connect_timeout_ms: Annotated[int, Field(ge=1)] = 1_000
+    # Reconnect backoff: doubles from min to max (a true maximum, jitter included); it falls
+    # back to min only after a session has been answering for reconnect_reset_ms.
     reconnect_min_ms: Annotated[int, Field(ge=1)] = 100
     reconnect_max_ms: Annotated[int, Field(ge=1)] = 5_000
+    reconnect_reset_ms: Annotated[int, Field(ge=0)] = 10_000
     modbus: ModbusSettings = ModbusSettings()
     opcua: OpcUaSettings = OpcUaSettings()
     enip: EnipSettings = EnipSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_removed_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, why in REMOVED_PLC_SETTINGS.items():
+                if key in data:
+                    raise ValueError(why)
+        return data
+
+    @model_validator(mode="after")
+    def _stale_before_dead(self) -> "PlcSettings":
+        if self.max_input_age_ms > self.link_timeout_ms:
+            raise ValueError(f"max_input_age_ms ({self.max_input_age_ms}) must not exceed link_timeout_ms "
+                             f"({self.link_timeout_ms}): the PLC must be told the bridge is blind before the "
+                             "session is given up")
+        if self.reconnect_max_ms < self.reconnect_min_ms:
+            raise ValueError(f"reconnect_max_ms ({self.reconnect_max_ms}) is below reconnect_min_ms "
+                             f"({self.reconnect_min_ms})")
+        return self
 
 
 class TimingSettings(_Strict):
@@ -243,10 +289,10 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _deadlines_fit_the_period(self) -> "Config":
-        if self.plc.call_timeout_ms >= self.timing.period_ms:
+        if self.plc.max_input_age_ms < 2 * self.timing.period_ms:
             raise ValueError(
-                f"plc.call_timeout_ms ({self.plc.call_timeout_ms}) must be shorter than "
-                f"timing.period_ms ({self.timing.period_ms}): a PLC call may not eat the next tick"
+                f"plc.max_input_age_ms ({self.plc.max_input_age_ms}) must be at least two periods "
+                f"(timing.period_ms = {self.timing.period_ms}): inputs are refreshed at most once a period"
             )
         if self.timing.result_timeout_ms <= self.timing.period_ms:
             raise ValueError("timing.result_timeout_ms must be longer than timing.period_ms")

@@ -22,12 +22,13 @@ SCORE_SCALE = 10000  # score register = defect score x 10000
 class StatusBit(enum.IntFlag):
     """Bits of the `status` output word."""
 
-    READY = 1 << 0  # daemon configured, model loaded, loops running
-    TRIGGER_READY = 1 << 1  # triggered mode: a new trigger would be accepted now
+    READY = 1 << 0  # the bridge can inspect now: PLC_INPUTS_OK, MODEL_OK and CAMERA_OK all set
+    TRIGGER_READY = 1 << 1  # triggered mode: a new trigger would be seen and accepted now
     CAMERA_OK = 1 << 2  # frames are arriving within the stall limit
     MODEL_OK = 1 << 3  # a verified model session is loaded
     FAILSAFE_ACTIVE = 1 << 4  # the result fields carry the configured fail-safe output
     RESULT_VALID = 1 << 5  # result_seq/result_code/score/part_id describe a real decision
+    PLC_INPUTS_OK = 1 << 6  # the bridge's copy of the PLC inputs is younger than plc.max_input_age_ms
 
 
 class ResultCode(enum.IntEnum):
@@ -47,6 +48,7 @@ class FaultCode(enum.IntEnum):
     TRIGGER_OVERRUN = 6  # a trigger arrived while the trigger queue was full, or was skipped
     SHUTTING_DOWN = 7  # the daemon is stopping; this is its last write
     BAD_FRAME = 8  # the frame is not what the model expects (shape, dtype, empty)
+    PLC_INPUTS_STALE = 9  # the newest PLC inputs the bridge has are older than plc.max_input_age_ms
 
 
 FAULT_MEANING: dict[FaultCode, str] = {
@@ -59,6 +61,8 @@ FAULT_MEANING: dict[FaultCode, str] = {
     FaultCode.TRIGGER_OVERRUN: "triggered: the trigger queue was full, or trigger_seq skipped a value",
     FaultCode.SHUTTING_DOWN: "the daemon is stopping; this is its final write",
     FaultCode.BAD_FRAME: "the frame does not match the model's input (shape, dtype, empty)",
+    FaultCode.PLC_INPUTS_STALE: "the bridge has had no answer from the PLC for longer than plc.max_input_age_ms: "
+                                "it cannot see triggers or acks (written in every block while it lasts)",
 }
 
 SignalType = Literal["u16", "u32", "bits"]
@@ -78,7 +82,7 @@ class Signal:
 
 OUTPUT_SIGNALS: tuple[Signal, ...] = (
     Signal("heartbeat", "u16", "+1 every write tick, wraps 65535 -> 0; a PLC alarms when it stops changing"),
-    Signal("status", "bits", "b0 READY, b1 TRIGGER_READY, b2 CAMERA_OK, b3 MODEL_OK, b4 FAILSAFE_ACTIVE, b5 RESULT_VALID"),
+    Signal("status", "bits", ", ".join(f"b{int(b).bit_length() - 1} {b.name}" for b in StatusBit)),
     Signal("result_seq", "u16", "the trigger_seq (triggered) or frame sequence mod 65536 (free-run) this result answers"),
     Signal("result_code", "u16", "0 NONE, 1 PASS, 2 FAIL, 3 FAILSAFE"),
     Signal("score", "u16", f"defect score x {SCORE_SCALE} (0..{SCORE_SCALE})"),

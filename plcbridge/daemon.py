@@ -2,9 +2,15 @@
 
     camera grab loop --FrameMailbox--> inference worker --mailbox/queue--> write loop <--> PLC link
 
-`Daemon.start()` starts everything; `Daemon.stop()` asks the write loop for its final
-fail-safe write (READY cleared, SHUTTING_DOWN), then closes the PLC link and stops the
-producers. Nothing here is global, so tests and the demo can run a daemon in-process.
+`Daemon.start()` starts everything; `Daemon.stop()` cancels a reload in progress, asks the
+write loop for its final fail-safe write (READY cleared, SHUTTING_DOWN), then closes the PLC
+link and stops the producers. Nothing here is global, so tests and the demo can run a
+daemon in-process.
+
+Readiness is one fact, said four ways that agree: the READY status bit (written by the
+loop: inputs fresh, model loaded, frames arriving), `/readyz` (the loop ticks and writes
+READY), systemd's READY=1 (sent by `poll()` the first time the bridge is ready, never
+before) and STATUS= (what it lacks right now, refreshed on every change).
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from plcbridge.config import Config, ConfigError, load_config
 from plcbridge.contract import StatusBit
+from plcbridge.endpoint import HealthServer
 from plcbridge.inspection import FreeRunInspection, Health, TriggeredInspection
 from plcbridge.journal import Journal
 from plcbridge.link import PlcLink
-from plcbridge.logs import get_logger, log_event
+from plcbridge.logs import LogPipeline, get_logger, log_event
 from plcbridge.mailbox import FrameMailbox
-from plcbridge.metrics import HealthServer, Metrics
+from plcbridge.metrics import Metrics
 from plcbridge.pipeline import GrabLoop, InferenceWorker
 from plcbridge.sdnotify import Notifier
 from plcbridge.threads import freeze_heap, lower_this_thread, tune_interpreter
@@ -39,21 +46,35 @@ log = get_logger("daemon")
 # PLC connection, camera or schedule: that reload is refused whole, never half applied.
 HOT_SECTIONS = frozenset({"model", "failsafe", "logging"})
 RELOAD_CHECK_PAUSE_S = 0.01
+# systemd's STATUS= is refreshed at least this often, and at once when readiness changes.
+STATUS_EVERY_S = 5.0
+
+
+class ReloadCancelled(Exception):
+    """The daemon is stopping: the reload's checks end where they are, nothing is applied."""
 
 
 class Daemon:
-    def __init__(self, config: Config, config_path: Path | None = None, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: Config, config_path: Path | None = None, notifier: Notifier | None = None,
+                 log_pipeline: LogPipeline | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.notifier = notifier or Notifier(env={})
         self._ready_sent = False
+        self._was_ready: bool | None = None
+        self._next_status = 0.0
+        self._reload_thread: threading.Thread | None = None
+        self._cancel_reload = threading.Event()
         self.last_reload: str | None = None
         self.metrics = Metrics()
+        if log_pipeline is not None:
+            self.metrics.watch("plcbridge_log_events_dropped", "Log events dropped because the log output was not "
+                               "being read fast enough (bounded queue full)", lambda: log_pipeline.dropped)
         self.journal = Journal(self.metrics, config.station.name)
         self.frames = FrameMailbox()
         self.grab = GrabLoop(config, self.frames, self.metrics)
         self.worker = InferenceWorker(config, self.frames, self.journal, self.metrics)
-        self.link = PlcLink(config.plc, self.metrics)
+        self.link = PlcLink(config.plc, self.metrics, config.timing.period_ms / 1000)
         if config.station.mode == "free-run":
             self.inspection: FreeRunInspection | TriggeredInspection = FreeRunInspection(
                 config.timing, config.failsafe, self.worker.latest.get, self.journal, self.metrics)
@@ -90,47 +111,77 @@ class Daemon:
         """One human line for systemd's STATUS= (what `systemctl status` shows)."""
         j = self.journal.summary()
         late = self.loop.lateness.summary_ms()
+        now = time.monotonic()
         model = f"model v{self.worker.model_version}" if self.worker.model_ok else f"NO MODEL ({self.worker.load_error})"
-        parts = [self.config.station.mode, f"PLC {'up' if self.link.connected else 'DOWN'}", model,
-                 "camera ok" if self.health(time.monotonic()).camera_ok else "CAMERA FAULT",
+        age = self.loop.input_age
+        if not self.link.connected:
+            plc = f"PLC DOWN ({self.link.last_error or 'connecting'})"
+        elif not self.loop.inputs_ok:
+            plc = "PLC INPUTS STALE (" + (f"{age * 1000:.0f} ms old" if age is not None else "none read yet") + ")"
+        else:
+            plc = "PLC up"
+        parts = ["ready" if self.ready() else "NOT READY", self.config.station.mode, plc, model,
+                 "camera ok" if self.health(now).camera_ok else "CAMERA FAULT",
                  " ".join(f"{k}={v}" for k, v in sorted(j["results"].items())) or "no results yet",
                  f"lateness p99 {late['p99']} ms"]
+        if self._reload_thread is not None and self._reload_thread.is_alive():
+            parts.append("reload in progress")
         if self.last_reload:
             parts.append(self.last_reload)
         return ", ".join(parts)
 
-    def _notify_ready(self) -> None:
-        """READY=1 only with a valid config, a loaded model and the loops running."""
-        if self.worker.model_ok and self.loop.alive:
+    def poll(self) -> None:
+        """The main thread's housekeeping, every fraction of a second: systemd's READY=1 the
+        first time the bridge is ready, STATUS= on every change of readiness and every
+        STATUS_EVERY_S."""
+        ready = self.ready()
+        now = time.monotonic()
+        if ready and not self._ready_sent:
             self.notifier.ready(self.status_line())
             self._ready_sent = True
+        elif ready != self._was_ready or now >= self._next_status:
+            self.notifier.status(self.status_line())
+        else:
+            return
+        self._was_ready = ready
+        self._next_status = now + STATUS_EVERY_S
+
+    def request_reload(self) -> bool:
+        """SIGHUP: start a reload in the background (False if one is running). The main
+        thread stays free to see SIGTERM, which cancels the reload's checks."""
+        if self._reload_thread is not None and self._reload_thread.is_alive():
+            log_event(log, "reload_ignored", logging.WARNING, reason="a reload is already in progress")
+            return False
+        self._reload_thread = threading.Thread(target=self.reload, name="reload", daemon=True)
+        self._reload_thread.start()
+        return True
 
     def reload(self) -> bool:
-        """SIGHUP: reload the config and the model; all of it, or nothing. True if applied."""
+        """Reload the config and the model; all of it, or nothing. True if applied.
+
+        The checks run inferences at full speed: on a producer-priority thread, so that the
+        write loop keeps its core while they run."""
         self.notifier.reloading()
-        outcome: list[tuple[bool, str]] = []
-
-        def work() -> None:
-            # The checks run inferences at full speed: on a producer-priority thread, so that
-            # the write loop keeps its core while they run.
+        if threading.current_thread() is not threading.main_thread():
             lower_this_thread()
-            try:
-                outcome.append(self._reload())
-            except Exception as e:  # noqa: BLE001 - a reload must never take the daemon down
-                detail = f"unexpected error: {type(e).__name__}: {e}"
-                log_event(log, "reload_failed", logging.ERROR, what="reload", reason=detail, exc_info=True)
-                outcome.append((False, detail))
-
-        t = threading.Thread(target=work, name="reload")
-        t.start()
-        t.join()
-        ok, detail = outcome[0]
+        try:
+            ok, detail = self._reload()
+        except ReloadCancelled:
+            log_event(log, "reload_cancelled", logging.WARNING, reason="the daemon is stopping; nothing was applied",
+                      serving_model_version=self.worker.model_version)
+            return False
+        except Exception as e:  # noqa: BLE001 - a reload must never take the daemon down
+            ok, detail = False, f"unexpected error: {type(e).__name__}: {e}"
+            log_event(log, "reload_failed", logging.ERROR, what="reload", reason=detail, exc_info=True)
         self.metrics.reloads.labels("applied" if ok else "refused").inc()
         self.metrics.last_reload_ok.set(1 if ok else 0)
         self.last_reload = "last reload applied" if ok else f"LAST RELOAD REFUSED: {detail}"
         if ok:
             log_event(log, "reload_applied", logging.INFO, detail=detail, model_version=self.worker.model_version)
-        self._notify_ready()
+        # systemd's reload protocol ends with READY=1 (only for a unit that was ever ready);
+        # STATUS= says whether the bridge is ready now.
+        if self._ready_sent:
+            self.notifier.ready(self.status_line())
         return ok
 
     def _refuse(self, what: str, reason: str) -> tuple[bool, str]:
@@ -155,9 +206,17 @@ class Daemon:
         checked: list[Model] = []
         # Paced: between timed runs the reload sleeps, leaving the CPU to the write loop and to
         # the model still serving. The session that passed is the one that will serve.
+        def cancelled(_done: int, _total: int) -> None:
+            if self._cancel_reload.is_set():
+                raise ReloadCancelled
+
         report = validate_model(m.manifest, runs=m.latency_check_runs, p99_max_ms=m.p99_budget_ms,
-                                device=m.device, intra_op_threads=m.intra_op_threads,
+                                device=m.device, intra_op_threads=m.intra_op_threads, progress=cancelled,
                                 timeout_ms=m.inference_timeout_ms, pause_s=RELOAD_CHECK_PAUSE_S, on_pass=checked.append)
+        if self._cancel_reload.is_set():
+            for model in checked:
+                model.close()
+            raise ReloadCancelled
         if not checked:
             return self._refuse("model", f"{m.manifest}: {report.failure}")
         model = checked[0]
@@ -175,21 +234,27 @@ class Daemon:
         log_event(log, "starting", logging.INFO, station=c.station.name, mode=c.station.mode, protocol=c.plc.protocol,
                   plc=f"{c.plc.host}:{c.plc.port}", camera=c.camera.source, model=c.model.manifest, period_ms=c.timing.period_ms)
         if c.metrics.enabled:
-            self.http = HealthServer(self.metrics, c.metrics.host, c.metrics.port, self.live, self.ready).start()
+            http = self.http = HealthServer(self.metrics, c.metrics.host, c.metrics.port, self.live, self.ready).start()
+            self.metrics.watch("plcbridge_http_connections_refused", "Metrics/health connections closed at once "
+                               "because the endpoint's bounded queue was full", lambda: http.connections_refused)
+            self.metrics.watch("plcbridge_http_requests_timed_out", "Metrics/health connections closed because the "
+                               "request or the response did not complete in time",
+                               lambda: http.requests_timed_out + http.responses_timed_out)
             log_event(log, "metrics_listening", logging.INFO, url=f"http://{c.metrics.host}:{self.http.port}/metrics")
         self.worker.start()  # loads the model first: nothing that holds the GIL long runs beside the loop
         self.grab.start()
         self.link.start()
         freeze_heap()
         self.loop.start()
-        self._notify_ready()
-        if not self._ready_sent:
-            self.notifier.status(self.status_line())
+        self.poll()
         return self
 
     def stop(self) -> None:
         self.notifier.stopping("stopping: writing the fail-safe block")
         log_event(log, "stopping", logging.INFO, reason="stop requested")
+        self._cancel_reload.set()
+        if self._reload_thread is not None:
+            self._reload_thread.join(0.5)  # a check ends within one timed run
         self.loop.stop()
         self.link.close()
         self.worker.stop()
@@ -217,7 +282,11 @@ class Daemon:
             "plc_link": {"reconnects": self._count("plcbridge_plc_reconnects_total"),
                          "exchange_errors": self._count("plcbridge_plc_errors_total", kind="exchange"),
                          "connect_errors": self._count("plcbridge_plc_errors_total", kind="connect"),
-                         "late_exchanges": self._count("plcbridge_plc_late_exchanges_total")},
+                         "config_errors": self._count("plcbridge_plc_errors_total", kind="config"),
+                         "exchanges": self.link.exchanges,
+                         "late_exchanges": self._count("plcbridge_plc_late_exchanges_total"),
+                         "blocks_superseded": self._count("plcbridge_plc_blocks_superseded_total"),
+                         "inputs_stale_episodes": self._count("plcbridge_plc_inputs_stale_total")},
             "model": {"version": self.worker.model_version, "loaded": self.worker.model_ok,
                       "providers": getattr(self.worker.model, "providers", None)},
         }

@@ -3,9 +3,10 @@
 These classes are the rules of the handshake in `docs/plc-interface.md`, and nothing else:
 no threads, no I/O, the clock passed in. The write loop calls, on its own thread:
 
-  tick(now, health) -> ResultFields   before the exchange, to build the output block
-  written(now)                        after an exchange succeeded (the PLC has the block)
-  on_inputs(inputs, now)              with what the exchange read back
+  tick(now, health) -> ResultFields   to build the output block; `token` says what it carries
+  written(token, t)                   when the link reports that a block carrying `token`
+                                      reached the PLC at time t (the PLC has the result)
+  on_inputs(inputs, t)                with each new reply the link read, t its arrival
 
 Fail-safe values come from the config (`FailsafeSettings`), never from code paths here.
 """
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import collections
 import logging
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 from plcbridge.config import FailsafeSettings, TimingSettings
 from plcbridge.contract import U16_MAX, FaultCode, Inputs, ResultCode, score_to_register
@@ -35,6 +36,7 @@ class Health:
     camera_ok: bool
     model_ok: bool
     model_version: int
+    plc_ok: bool = True  # the PLC inputs are younger than plc.max_input_age_ms
 
 
 @dataclass(frozen=True)
@@ -48,14 +50,25 @@ class ResultFields:
     part_id: int = 0
     valid: bool = False
     failsafe: bool = False
+    # What this block presents (a trigger's slot, a free-run decision), handed back to
+    # written() once the link reports the block delivered. Not part of the block itself.
+    token: Any = field(default=None, compare=False)
 
 
 def health_fault(h: Health) -> FaultCode:
+    """What stops a result from being trustworthy now (why a fail-safe is written)."""
     if not h.model_ok:
         return FaultCode.MODEL_NOT_READY
     if not h.camera_ok:
         return FaultCode.CAMERA_FAULT
     return FaultCode.NONE
+
+
+def status_fault(h: Health) -> FaultCode:
+    """The fault a block reports when it carries no fail-safe of its own."""
+    if not h.plc_ok:
+        return FaultCode.PLC_INPUTS_STALE
+    return health_fault(h)
 
 
 def fields_for(d: Decision, seq: int, part_id: int, fs: FailsafeSettings) -> ResultFields:
@@ -78,7 +91,6 @@ class FreeRunInspection:
         self._latest = decisions
         self.journal = journal
         self.metrics = metrics
-        self._shown: Decision | None = None  # the decision on the outputs now (None when generated fail-safe)
         self._written: Decision | None = None  # the last decision the PLC has received
         self._episode: FaultCode | None = None  # the fault of the fail-safe episode in progress
 
@@ -101,22 +113,20 @@ class FreeRunInspection:
             if fault != self._episode:  # counted once per episode, not once per tick
                 self.journal.failsafe_episode(fault, reason)
                 self._episode = fault
-            self._shown = None
             d = failsafe(fault, now, reason, model_version=health.model_version, frame_seq=None if d is None else d.frame_seq)
             return fields_for(d, d.frame_seq or 0, 0, self.fs)
         if self._episode is not None:
             log_event(log, "failsafe_cleared", logging.INFO, previous=self._episode.name)
             self._episode = None
         # A fail-safe decision from the worker (BAD_FRAME, INFERENCE_*) was journaled there.
-        self._shown = d
-        return fields_for(d, d.frame_seq or 0, 0, self.fs)
+        return replace(fields_for(d, d.frame_seq or 0, 0, self.fs), token=d)
 
-    def written(self, now: float) -> None:
-        d = self._shown
-        if d is not None and d is not self._written:
+    def written(self, token: Any, t: float) -> None:
+        d = token
+        if isinstance(d, Decision) and d is not self._written:
             self._written = d
             if d.t_capture is not None:
-                self.metrics.capture_to_write_seconds.observe(now - d.t_capture)
+                self.metrics.capture_to_write_seconds.observe(t - d.t_capture)
 
 
 @dataclass(eq=False)
@@ -157,7 +167,7 @@ class TriggeredInspection:
         return sum(1 for s in self.slots if s.decision is None)
 
     def trigger_ready(self, health: Health) -> bool:
-        return health_fault(health) is FaultCode.NONE and self._undecided() < self.capacity
+        return status_fault(health) is FaultCode.NONE and self._undecided() < self.capacity
 
     def on_inputs(self, inputs: Inputs, now: float) -> None:
         self.ack_seq = inputs.result_ack_seq
@@ -180,7 +190,9 @@ class TriggeredInspection:
             self._settle_new(Request(s, 0, now), FaultCode.TRIGGER_OVERRUN, now,
                              f"trigger_seq went from {(seq - delta) & U16_MAX} to {seq}: this value was never seen on its own")
         req = Request(seq, inputs.part_id, now)
-        fault = health_fault(self._health)
+        # Unhealthy on the last tick, including blind (inputs stale): this trigger may have
+        # been raised long ago, and the frame it asked about is gone.
+        fault = status_fault(self._health)
         if fault is not FaultCode.NONE:
             self._settle_new(req, fault, now, "not healthy when the trigger arrived")
         elif self._undecided() >= self.capacity:
@@ -230,12 +242,12 @@ class TriggeredInspection:
             self.presenting = p = self.slots.popleft()
         if p is None or p.decision is None:
             return ResultFields(fault_code=health_fault(health), model_version=health.model_version)
-        return fields_for(p.decision, p.request.trigger_seq, p.request.part_id, self.fs)
+        return replace(fields_for(p.decision, p.request.trigger_seq, p.request.part_id, self.fs), token=p)
 
-    def written(self, now: float) -> None:
-        p = self.presenting
-        if p is not None and p.t_first_written is None:
-            p.t_first_written = now
-            self.metrics.trigger_to_result_seconds.observe(now - p.request.t_seen)
+    def written(self, token: Any, t: float) -> None:
+        p = token
+        if isinstance(p, _Slot) and p.t_first_written is None:
+            p.t_first_written = t
+            self.metrics.trigger_to_result_seconds.observe(t - p.request.t_seen)
             if p.decision is not None and p.decision.t_capture is not None:
-                self.metrics.capture_to_write_seconds.observe(now - p.decision.t_capture)
+                self.metrics.capture_to_write_seconds.observe(t - p.decision.t_capture)

@@ -1,10 +1,31 @@
-"""The PLC link: a connection the write loop can use without ever waiting for a connect.
+"""The PLC link: the one thread that talks to the PLC, so the write loop never waits on it.
 
-A background connector thread builds a fresh adapter, connects it (with bounded
-exponential backoff between failures) and hands it over. From then on only the write
-loop's thread uses it. When an exchange fails, the write loop drops the adapter and the
-connector closes it and builds a new one; the loop keeps its cadence throughout, writing
-nowhere while there is no connection.
+    write loop --post(newest block)--> [one slot] --> link thread: connect, exchange, repeat
+    write loop <--reply (inputs + when they were asked for) / written (which block landed)--
+
+The write loop composes a block on time every period and `post()`s it: that only replaces
+the block in a one-place slot. The link thread takes the newest block whenever the previous
+exchange is complete, so at most one exchange is in flight and a block that was superseded
+before it could be sent is skipped (counted), never queued. A reply that comes later than
+one period is used, counted and its age measured; it is no reason to drop the session.
+
+The session is dropped only on a transport error, a protocol state it cannot recover from
+(`PlcError` without `keep_session`), or when the PLC has answered nothing for
+`plc.link_timeout_ms`. Then the adapter is closed and, after the backoff, a *fresh* one is
+built. The backoff doubles from `reconnect_min_ms` to `reconnect_max_ms` (a true maximum,
+jitter included) and falls back to the minimum only once a session has been answering for
+`reconnect_reset_ms`: a PLC that accepts connections and then fails every exchange is not
+reconnected to at tick rate. A PLC that says the configuration does not fit it
+(`PlcConfigError`: illegal address, unknown node, missing tag) is retried at the maximum.
+Every log event of the link is rate-limited per target, with a suppressed count.
+
+What the write loop reads are two immutable records, replaced whole (an attribute
+assignment is atomic), so it never takes a lock the link thread could hold:
+
+- `reply`: the newest inputs, with the time the request that fetched them was sent (the
+  inputs are at least that fresh), and a sequence number that changes with every reply;
+- `written`: the newest block known to have reached the PLC, with the token the write loop
+  attached to it (what it was presenting), so the inspection logic learns what the PLC got.
 """
 
 from __future__ import annotations
@@ -12,9 +33,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
-from plcbridge.adapters.plc.base import PlcAdapter, PlcError, adapter_class
+from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError, adapter_class
 from plcbridge.backoff import Backoff
 from plcbridge.contract import Inputs, Outputs
 from plcbridge.logs import get_logger, log_event
@@ -22,114 +44,236 @@ from plcbridge.metrics import Metrics
 
 log = get_logger("plc")
 
+# While the final block is being delivered a failed connect is retried this soon, within the
+# final write's budget, instead of after the backoff.
+_FINAL_RETRY_S = 0.05
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The newest inputs read from the PLC."""
+
+    seq: int  # +1 with every reply: the write loop hands each reply to the inspection once
+    inputs: Inputs
+    t_sent: float  # time.monotonic() when the request went out: the inputs are no older
+    t_answered: float
+    block_id: int  # the block written by the same exchange
+
+
+@dataclass(frozen=True)
+class Written:
+    """The newest block known to have reached the PLC."""
+
+    block_id: int
+    token: Any
+    t: float
+
+
+@dataclass(frozen=True)
+class _Posted:
+    block_id: int
+    outputs: Outputs
+    token: Any
+
 
 class PlcLink:
-    def __init__(self, settings, metrics: Metrics, factory: Callable[[object], PlcAdapter] | None = None) -> None:
+    def __init__(self, settings: Any, metrics: Metrics, period_s: float,
+                 factory: Callable[[Any], PlcAdapter] | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.period = period_s
+        self.link_timeout = settings.link_timeout_ms / 1000
         self._factory = factory or adapter_class(settings.protocol)
         self._backoff = Backoff(settings.reconnect_min_ms / 1000, settings.reconnect_max_ms / 1000)
-        self._adapter: PlcAdapter | None = None  # owned by the write loop once set
-        self._dropped: list[PlcAdapter] = []
-        self._wake = threading.Event()
+        self._reset_after = settings.reconnect_reset_ms / 1000
+        self._adapter: PlcAdapter | None = None  # used by the link thread only
+        self._slot: _Posted | None = None
+        self._posted = threading.Condition(threading.Lock())
         self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self._wake = threading.Event()  # cuts a backoff wait short: stop, or the final write
+        self._final_id: int | None = None
+        self._delivered = threading.Condition(threading.Lock())
         self._ever_connected = False
+        self._t_connected = 0.0
+        self._answered = 0  # replies on the current session
+        self._last_sent_id = -1
+        self.reply: Reply | None = None
+        self.written: Written | None = None
         self.last_error: str | None = None
-        self._thread = threading.Thread(target=self._connector, name="plc-connector", daemon=True)
+        self.exchanges = 0
+        self._thread = threading.Thread(target=self._run, name="plc-link", daemon=True)
 
     @property
     def connected(self) -> bool:
         return self._adapter is not None
 
     def start(self) -> "PlcLink":
-        self._wake.set()
         self._thread.start()
         return self
 
-    def exchange(self, outputs: Outputs, deadline_s: float) -> Inputs | None:
-        """One exchange, or None when there is no connection (or it just failed)."""
-        adapter = self._adapter
-        if adapter is None:
-            return None
-        t0 = time.monotonic()
-        try:
-            inputs = adapter.exchange(outputs, deadline_s)
-        except PlcError as e:
-            self._drop(adapter, f"exchange failed: {e}")
-            return None
-        took = time.monotonic() - t0
-        if took > deadline_s:
-            # Complete but late (this process was slow, not the PLC): counted, connection kept.
-            self.metrics.plc_late_exchanges.inc()
-            log_event(log, "plc_exchange_late", logging.WARNING, took_ms=round(took * 1000, 2),
-                      deadline_ms=round(deadline_s * 1000, 2), rate_key="late")
-        return inputs
+    # ------------------------------------------------------------------ write loop side
 
-    def _drop(self, adapter: PlcAdapter, why: str) -> None:
-        with self._lock:
-            self._adapter = None
-            self._dropped.append(adapter)
-        self.last_error = why
-        self.metrics.plc_connected.set(0)
-        self.metrics.plc_errors.labels("exchange").inc()
-        log_event(log, "plc_connection_lost", logging.WARNING, target=adapter.describe(), reason=why)
+    def post(self, block_id: int, outputs: Outputs, token: Any = None) -> None:
+        """Offer the newest block. Never blocks beyond a lock held for a few instructions."""
+        with self._posted:
+            self._slot = _Posted(block_id, outputs, token)
+            self._posted.notify()
+
+    def final_write(self, block_id: int, outputs: Outputs, budget_s: float) -> bool:
+        """Deliver the last block within `budget_s`, reconnecting at once if need be.
+        True once it is known to have reached the PLC (its write was answered)."""
+        end = time.monotonic() + budget_s
+        self._final_id = block_id
+        self.post(block_id, outputs, None)
         self._wake.set()
+        with self._delivered:
+            while not self._is_written(block_id):
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._delivered.wait(left)
+        return True
 
-    def _close_dropped(self) -> None:
-        with self._lock:
-            dropped, self._dropped = self._dropped, []
-        for a in dropped:
-            a.close()
-
-    def _connector(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait()
-            self._close_dropped()
-            if self._stop.is_set():
-                break
-            if self._adapter is not None:
-                self._wake.clear()
-                continue
-            adapter = self._factory(self.settings)
-            try:
-                adapter.connect()
-            except Exception as e:  # noqa: BLE001 - any failure to connect is retried
-                adapter.close()
-                delay = self._backoff.next()
-                self.last_error = f"connect failed: {e}"
-                self.metrics.plc_errors.labels("connect").inc()
-                log_event(
-                    log, "plc_connect_failed", logging.WARNING,
-                    target=adapter.describe(), reason=str(e), retry_in_ms=round(delay * 1000), rate_key=adapter.describe(),
-                )
-                self._stop.wait(delay)
-                continue
-            with self._lock:
-                if self._stop.is_set():
-                    adapter.close()
-                    break
-                self._adapter = adapter
-                self._wake.clear()
-            self._backoff.reset()
-            self.last_error = None
-            self.metrics.plc_connected.set(1)
-            if self._ever_connected:
-                self.metrics.plc_reconnects.inc()
-            log_event(log, "plc_connected", logging.INFO, target=adapter.describe(), reconnect=self._ever_connected)
-            self._ever_connected = True
+    def _is_written(self, block_id: int) -> bool:
+        w = self.written
+        return w is not None and w.block_id >= block_id
 
     def close(self) -> None:
-        """Stop reconnecting and close the connection. Call after the final write."""
+        """Stop the link thread and close the connection; returns within about a second
+        even if a connect or an exchange is in progress (the thread is a daemon)."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=5)
-        with self._lock:
-            adapter, self._adapter = self._adapter, None
-        if adapter is not None:
-            adapter.close()
-        self._close_dropped()
+        with self._posted:
+            self._posted.notify()
+        self._thread.join(timeout=1.0)
+        if not self._thread.is_alive():
+            self._drop_adapter()
         self.metrics.plc_connected.set(0)
 
+    # ------------------------------------------------------------------ link thread
 
-__all__ = ["PlcLink", "PlcError"]
+    def _run(self) -> None:
+        delay = 0.0
+        while not self._stop.is_set():
+            if self._adapter is None:
+                if delay > 0 and self._final_id is None:
+                    self._wake.wait(delay)
+                elif delay > 0:
+                    time.sleep(_FINAL_RETRY_S)
+                if self._stop.is_set():
+                    break
+                delay = self._connect()
+                continue
+            posted = self._take()
+            if posted is None:
+                continue
+            delay = self._exchange(posted)
+
+    def _take(self) -> _Posted | None:
+        """The newest posted block; waits for one (checking for stop now and then)."""
+        with self._posted:
+            if self._slot is None or self._slot.block_id <= self._last_sent_id:
+                self._posted.wait(0.1)
+            posted, self._slot = self._slot, None
+        if posted is None or posted.block_id <= self._last_sent_id:
+            return None
+        if self._last_sent_id >= 0 and posted.block_id > self._last_sent_id + 1:
+            self.metrics.plc_blocks_superseded.inc(posted.block_id - self._last_sent_id - 1)
+        self._last_sent_id = posted.block_id
+        return posted
+
+    def _connect(self) -> float:
+        """Build and connect a fresh adapter; the delay before the next attempt if it failed."""
+        adapter = self._factory(self.settings)
+        target = adapter.describe()
+        try:
+            adapter.connect()
+        except Exception as e:  # noqa: BLE001 - any failure to connect is retried
+            self._close(adapter)
+            config = isinstance(e, PlcConfigError)
+            delay = self._backoff.maximum() if config else self._backoff.next()
+            self.last_error = f"connect failed: {e}"
+            self.metrics.plc_errors.labels("config" if config else "connect").inc()
+            log_event(log, "plc_config_error" if config else "plc_connect_failed", logging.ERROR if config else logging.WARNING,
+                      target=target, reason=str(e), setting=getattr(e, "setting", None),
+                      retry_in_ms=round(delay * 1000), rate_key=target)
+            return delay
+        self._adapter = adapter
+        self._t_connected = time.monotonic()
+        self._answered = 0
+        self.last_error = None
+        self.metrics.plc_connected.set(1)
+        if self._ever_connected:
+            self.metrics.plc_reconnects.inc()
+        log_event(log, "plc_connected", logging.INFO, target=target, reconnect=self._ever_connected, rate_key=target)
+        self._ever_connected = True
+        return 0.0
+
+    def _exchange(self, posted: _Posted) -> float:
+        """One exchange of the newest block; the reconnect delay if the session ended."""
+        adapter = self._adapter
+        assert adapter is not None
+        t0 = time.monotonic()
+        try:
+            inputs = adapter.exchange(posted.outputs, self.link_timeout)
+        except PlcError as e:
+            t1 = time.monotonic()
+            if e.written:
+                self._mark_written(posted, t1)
+            if e.keep_session:
+                self.metrics.plc_errors.labels("refused").inc()
+                log_event(log, "plc_request_refused", logging.WARNING, target=adapter.describe(), reason=str(e),
+                          rate_key=adapter.describe())
+                return 0.0
+            return self._drop(adapter, e, t1 - t0)
+        t1 = time.monotonic()
+        took = t1 - t0
+        self.exchanges += 1
+        self._answered += 1
+        self.metrics.plc_exchange_seconds.observe(took)
+        if took > self.period:
+            self.metrics.plc_late_exchanges.inc()
+        self._mark_written(posted, t1)
+        seq = self.reply.seq + 1 if self.reply is not None else 0
+        self.reply = Reply(seq, inputs, t0, t1, posted.block_id)
+        return 0.0
+
+    def _mark_written(self, posted: _Posted, t: float) -> None:
+        with self._delivered:
+            self.written = Written(posted.block_id, posted.token, t)
+            self._delivered.notify_all()
+
+    def _drop(self, adapter: PlcAdapter, e: PlcError, took: float) -> float:
+        target = adapter.describe()
+        config = isinstance(e, PlcConfigError)
+        lived = time.monotonic() - self._t_connected
+        if self._answered and lived >= self._reset_after:
+            self._backoff.reset()  # a session that answered for a good while: start small again
+        delay = self._backoff.maximum() if config else self._backoff.next()
+        why = str(e) if took < self.link_timeout else f"no answer within plc.link_timeout_ms = {self.settings.link_timeout_ms} ({e})"
+        self.last_error = why
+        self._drop_adapter()
+        self.metrics.plc_connected.set(0)
+        self.metrics.plc_errors.labels("config" if config else "exchange").inc()
+        if config:
+            log_event(log, "plc_config_error", logging.ERROR, target=target, reason=why, setting=e.setting,
+                      retry_in_ms=round(delay * 1000), rate_key=target)
+        else:
+            log_event(log, "plc_connection_lost", logging.WARNING, target=target, reason=why,
+                      session_s=round(lived, 3), answered=self._answered, retry_in_ms=round(delay * 1000), rate_key=target)
+        return delay
+
+    def _drop_adapter(self) -> None:
+        adapter, self._adapter = self._adapter, None
+        if adapter is not None:
+            self._close(adapter)
+
+    @staticmethod
+    def _close(adapter: PlcAdapter) -> None:
+        try:
+            adapter.close()
+        except Exception:  # noqa: BLE001 - closing must never take the link down
+            pass
+
+
+__all__ = ["PlcLink", "PlcError", "Reply", "Written"]

@@ -1,19 +1,15 @@
-"""Prometheus metrics and the liveness/readiness endpoint.
+"""Prometheus metrics.
 
 Metrics live in a registry per daemon (not the process-global one) so that tests and the
-demo can run several daemons in one process. The HTTP server is a small stdlib
-ThreadingHTTPServer on 127.0.0.1 by default: /metrics, /healthz (the write loop ticked in
-the last second) and /readyz (the READY status bit is set).
+demo can run several daemons in one process. The HTTP endpoint that serves them, with
+/healthz and /readyz, is plcbridge/endpoint.py.
 """
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -21,10 +17,13 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
 
 from plcbridge.contract import FaultCode
 
 _FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1)
+# A PLC exchange: sub-millisecond on loopback, 5-30 ms from a real PLC, up to the link timeout.
+_EXCHANGE = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0)
 _LATENCY = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.045, 0.075, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -43,67 +42,50 @@ class Metrics:
         )
         self.write_overruns = Counter("plcbridge_write_overruns", "Write ticks skipped because the loop was late by a period or more", registry=r)
         self.tick_errors = Counter("plcbridge_tick_errors", "Write ticks that raised (no block written that tick)", registry=r)
-        self.plc_exchange_seconds = Histogram("plcbridge_plc_exchange_seconds", "One PLC exchange (write outputs + read inputs)", buckets=_FAST, registry=r)
+        self.plc_exchange_seconds = Histogram("plcbridge_plc_exchange_seconds", "One answered PLC exchange (write outputs + read inputs), request to reply",
+                                              buckets=_EXCHANGE, registry=r)
         self.failsafes = Counter("plcbridge_failsafe", "Fail-safe results written, by fault", ["fault"], registry=r)
         for f in FaultCode:
             if f is not FaultCode.NONE:
                 self.failsafes.labels(f.name)
         self.decisions = Counter("plcbridge_decisions", "Decisions journaled, by result", ["result"], registry=r)
         self.queue_drops = Counter("plcbridge_queue_drops", "Items overwritten or refused by a bounded queue", ["queue"], registry=r)
-        self.plc_late_exchanges = Counter("plcbridge_plc_late_exchanges", "PLC exchanges that completed after their deadline", registry=r)
+        self.plc_late_exchanges = Counter("plcbridge_plc_late_exchanges", "PLC replies that came more than one period after the request (used, not fatal)", registry=r)
+        self.plc_blocks_superseded = Counter("plcbridge_plc_blocks_superseded", "Output blocks replaced by a newer one before an exchange was free to send them", registry=r)
+        self.plc_input_age_seconds = Gauge("plcbridge_plc_input_age_seconds", "Age of the newest PLC inputs at the last write tick (since their request was sent)", registry=r)
+        self.plc_inputs_ok = Gauge("plcbridge_plc_inputs_ok", "1 while the PLC inputs are younger than plc.max_input_age_ms", registry=r)
+        self.plc_inputs_stale = Counter("plcbridge_plc_inputs_stale", "Episodes of PLC inputs older than plc.max_input_age_ms (PLC_INPUTS_STALE)", registry=r)
         self.plc_connected = Gauge("plcbridge_plc_connected", "1 while the PLC connection is up", registry=r)
         self.plc_reconnects = Counter("plcbridge_plc_reconnects", "PLC connections established after a loss", registry=r)
-        self.plc_errors = Counter("plcbridge_plc_errors", "PLC exchanges or connects that failed", ["kind"], registry=r)
+        self.plc_errors = Counter("plcbridge_plc_errors", "PLC failures by kind: connect, exchange (session dropped), "
+                                  "config (the PLC says the configuration does not fit), refused (busy; session kept)", ["kind"], registry=r)
+        for kind in ("connect", "exchange", "config", "refused"):
+            self.plc_errors.labels(kind)
         self.camera_errors = Counter("plcbridge_camera_errors", "Camera source failures, by kind (open, grab)", ["kind"], registry=r)
         self.camera_reconnects = Counter("plcbridge_camera_reconnects", "Camera source reopened after a failure", registry=r)
         self.camera_ok = Gauge("plcbridge_camera_ok", "1 while frames arrive within the stall limit", registry=r)
         self.model_ok = Gauge("plcbridge_model_ok", "1 while a model session is loaded and healthy", registry=r)
         self.model_info = Info("plcbridge_model", "The model serving now", registry=r)
         self.reloads = Counter("plcbridge_reloads", "SIGHUP reloads, by outcome", ["result"], registry=r)
-        self.last_reload_ok = Gauge("plcbridge_last_reload_ok", "1 if the last reload was applied, 0 if it was refused", registry=r)
+        self.last_reload_ok = Gauge("plcbridge_last_reload_ok", "0 if the last reload was refused; 1 if it was applied or none was asked for", registry=r)
+        self.last_reload_ok.set(1)
         self.ready = Gauge("plcbridge_ready", "1 while the READY status bit is written", registry=r)
+
+    def watch(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """Export a counter kept elsewhere (the log pipeline, the HTTP endpoint) as
+        NAME_total, read when scraped, so its owner needs no reference to the metrics."""
+        self.registry.register(_ReadCounter(name, documentation, read))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
 
-class HealthServer:
-    """Serves /metrics, /healthz and /readyz on a daemon thread."""
+class _ReadCounter:
+    def __init__(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        self.name, self.documentation, self.read = name, documentation, read
 
-    def __init__(self, metrics: Metrics, host: str, port: int, live: Callable[[], bool], ready: Callable[[], bool]):
-        outer = self
+    def collect(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily(self.name, self.documentation, value=self.read())]
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, outer.metrics.exposition(), CONTENT_TYPE_LATEST)
-                elif path in ("/healthz", "/readyz"):
-                    ok = live() if path == "/healthz" else ready()
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"not ok\n", "text/plain")
-                else:
-                    self._send(404, b"not found\n", "text/plain")
-
-            def _send(self, code: int, body: bytes, ctype: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:  # keep scrapes out of the journal
-                pass
-
-        self.metrics = metrics
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True)
-
-    def start(self) -> "HealthServer":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    def describe(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily(self.name, self.documentation)]

@@ -47,10 +47,12 @@ def make_sim() -> Iterator[Callable[..., ThreadedFrontend]]:
     sims: list[ThreadedFrontend] = []
 
     def make(mode: str = "triggered", trigger_hz: float = 10.0, port: int = 0, protocol: str = "modbus",
-             **program: Any) -> Any:
+             device: dict[str, Any] | None = None, **program: Any) -> Any:
+        """`device` overrides other device-file fields by dotted name ({"network.reply_delay_ms": 12})."""
         overrides = {f"{protocol}.host": "127.0.0.1", f"{protocol}.port": port, "program.mode": mode,
                      "program.trigger_hz": trigger_hz}
         overrides.update({f"program.{k}": v for k, v in program.items()})
+        overrides.update(device or {})
         settings = load_device(None, overrides)
         frontend = resolve(FRONTENDS, protocol, "simulator front-end")
         sim = frontend(settings, RecordingPlc(settings.program)).start()

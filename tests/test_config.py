@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "config").glob("*.toml")))
 def test_example_configs_validate(name):
     cfg = load_config(ROOT / "config" / name, env={})
-    assert cfg.plc.call_timeout_ms < cfg.timing.period_ms
+    assert 2 * cfg.timing.period_ms <= cfg.plc.max_input_age_ms <= cfg.plc.link_timeout_ms
 
 
 def test_embedded_default_is_the_demo_station():
@@ -36,10 +36,22 @@ def test_unknown_key_and_bad_value_name_the_field(tmp_path):
     assert "plc.port" in msg and "plc.hots" in msg and "camera.synthetic.fps" in msg
 
 
-def test_call_deadline_must_fit_the_period(tmp_path):
-    p = _write(tmp_path, "[plc]\ncall_timeout_ms = 12\n[timing]\nperiod_ms = 10\n")
-    with pytest.raises(ConfigError, match="call_timeout_ms"):
+def test_removed_call_timeout_is_refused_naming_its_replacement(tmp_path):
+    p = _write(tmp_path, "[plc]\ncall_timeout_ms = 8\n")
+    with pytest.raises(ConfigError) as e:
         load_config(p, env={})
+    msg = str(e.value)
+    assert str(p) in msg and "plc.call_timeout_ms was removed" in msg
+    assert "plc.link_timeout_ms" in msg and "plc.max_input_age_ms" in msg
+
+
+def test_input_age_limit_fits_between_the_period_and_the_link_timeout(tmp_path):
+    with pytest.raises(ConfigError, match="at least two periods"):
+        load_config(_write(tmp_path, "[plc]\nmax_input_age_ms = 15\n[timing]\nperiod_ms = 10\n"), env={})
+    with pytest.raises(ConfigError, match="must not exceed link_timeout_ms"):
+        load_config(_write(tmp_path, "[plc]\nmax_input_age_ms = 300\nlink_timeout_ms = 200\n"), env={})
+    with pytest.raises(ConfigError, match="plc.modbus.exchange"):
+        load_config(_write(tmp_path, '[plc.modbus]\nexchange = "fc99"\n'), env={})
 
 
 def test_not_toml_and_missing_file(tmp_path):

@@ -65,14 +65,21 @@ def test_stopped_camera_gives_failsafe_within_a_few_periods_of_the_limit(make_si
     assert not plc.seen[-1][1].status & StatusBit.CAMERA_OK
 
 
-def test_stopped_camera_answers_triggers_with_camera_fault(make_sim):
+def test_stopped_camera_answers_triggers_with_camera_fault_and_clears_ready(make_sim):
     sim = make_sim("triggered", trigger_hz=10)
+    plc = sim.program
     with running(station_config(sim.port, "triggered")) as d:
         wait_for(lambda: _sim_results(sim) >= 3, 30, "first answered triggers")
         d.grab.stop()
         before = dict(sim.summary()["failsafe_faults"])
-        wait_for(lambda: sim.summary()["failsafe_faults"].get("CAMERA_FAULT", 0) >= before.get("CAMERA_FAULT", 0) + 3, 10,
-                 "triggers answered with CAMERA_FAULT")
+        # The trigger raised while frames stopped is answered with CAMERA_FAULT; then READY
+        # goes (frames no longer arrive), and a line that waits for READY sends no more parts.
+        wait_for(lambda: sim.summary()["failsafe_faults"].get("CAMERA_FAULT", 0) > before.get("CAMERA_FAULT", 0), 10,
+                 "a trigger answered with CAMERA_FAULT")
+        wait_for(lambda: plc.seen[-1][1].fault_code == FaultCode.CAMERA_FAULT, 5, "CAMERA_FAULT in the blocks")
+        last = plc.seen[-1][1]
+        assert not last.status & (StatusBit.READY | StatusBit.TRIGGER_READY | StatusBit.CAMERA_OK), last
+        assert last.status & StatusBit.MODEL_OK and last.status & StatusBit.PLC_INPUTS_OK
     s = sim.summary()
     assert s["missing"] == 0 and s["skipped"] == 0 and s["protocol_errors"] == 0, s
 

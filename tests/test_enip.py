@@ -191,7 +191,8 @@ def test_daemon_with_a_bad_tag_stays_failsafe_and_retries_without_writing(make_s
     sim = make_sim("triggered")
     cfg = station_config(sim.port, "triggered", plc={**ENIP, "reconnect_min_ms": 50, "reconnect_max_ms": 200, "enip": rename})
     with running(cfg) as d:
-        wait_for(lambda: d.metrics.plc_errors.labels("connect")._value.get() >= 3, 15, "three refused connects")
+        # A tag table that does not fit is a configuration error: retried at reconnect_max_ms.
+        wait_for(lambda: d.metrics.plc_errors.labels("config")._value.get() >= 3, 15, "three refused connects")
         assert message in (d.link.last_error or "")
         assert not d.link.connected
         ticks = d.loop.ticks

@@ -28,7 +28,7 @@ class Rig:
     def step(self, dt=0.01, health=OK, part_id=0):
         self.t += dt
         f = self.ins.tick(self.t, health)
-        self.ins.written(self.t)
+        self.ins.written(f.token, self.t)
         self.ins.on_inputs(Inputs(self.trigger_seq & 0xFFFF, part_id, self.ack), self.t)
         return f
 

@@ -189,12 +189,13 @@ def test_node_of_the_wrong_type_is_refused_and_the_daemon_stays_failsafe():
         assert "outputs.score" in msg and "nsu=urn:plcbridge:plc;s=plcbridge.outputs.score" in msg
         assert "data type Float" in msg and "needs UInt16" in msg
         with _Records() as logs, running(cfg) as d:
-            wait_for(lambda: d.metrics.plc_errors.labels("connect")._value.get() >= 3, 15, "repeated refusals")
+            # A node map that does not fit is a configuration error: retried at reconnect_max_ms.
+            wait_for(lambda: d.metrics.plc_errors.labels("config")._value.get() >= 3, 15, "repeated refusals")
             assert d.loop.alive and not d.link.connected
             assert "data type Float" in (d.link.last_error or "")
         assert sim.program.writes_seen == 0  # the PLC sees no heartbeat: its watchdog keeps it safe
-        failed = logs.events("plc_connect_failed")
-        assert failed and "data type Float" in failed[0] and "retry_in_ms" in failed[0]
+        failed = logs.events("plc_config_error")
+        assert failed and "data type Float" in failed[0] and "retry_in_ms" in failed[0] and "setting" in failed[0]
     finally:
         sim.stop()
 

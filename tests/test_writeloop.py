@@ -1,49 +1,103 @@
-"""The write loop's schedule: absolute deadlines, a late tick counted and skipped, never bunched."""
+"""The write loop: absolute deadlines, a late tick counted and skipped, never bunched; the
+age of the newest inputs judged on every tick, and blindness said in the blocks."""
 
 import time
 
-from conftest import station_config
+from conftest import station_config, wait_for
 
-from plcbridge.contract import Inputs, StatusBit
+from plcbridge.contract import FaultCode, Inputs, StatusBit
 from plcbridge.inspection import Health, TriggeredInspection
 from plcbridge.journal import Journal
+from plcbridge.link import Reply, Written
 from plcbridge.metrics import Metrics
 from plcbridge.writeloop import WriteLoop
 
 
-class StallingLink:
-    """A PLC link double that answers at once, except once where the exchange takes 35 ms."""
+class FakeLink:
+    """A PLC link double: every posted block is 'delivered' at once, and each post refreshes
+    the reply unless `answering` is off (a PLC that has gone quiet)."""
 
     connected = True
     last_error = None
 
-    def __init__(self, stall_at: int, stall_s: float) -> None:
+    def __init__(self) -> None:
         self.times: list[float] = []
         self.blocks = []
-        self.stall_at, self.stall_s = stall_at, stall_s
+        self.reply: Reply | None = None
+        self.written: Written | None = None
+        self.answering = True
+        self.final = None
 
-    def exchange(self, outputs, deadline_s):
-        self.times.append(time.monotonic())
+    def post(self, block_id, outputs, token=None):
+        t = time.monotonic()
+        self.times.append(t)
         self.blocks.append(outputs)
-        if len(self.times) == self.stall_at:
-            time.sleep(self.stall_s)
-        return Inputs()
+        self.written = Written(block_id, token, t)
+        if self.answering:
+            seq = self.reply.seq + 1 if self.reply else 0
+            self.reply = Reply(seq, Inputs(), t, t, block_id)
+
+    def final_write(self, block_id, outputs, budget_s):
+        self.final = outputs
+        self.blocks.append(outputs)
+        return True
+
+
+def _loop(cfg, link, m, drain=lambda: None):
+    ins = TriggeredInspection(cfg.timing, cfg.failsafe, lambda r: None, lambda r: None, Journal(m, "t"), m)
+    return WriteLoop(cfg, link, ins, lambda now: Health(True, True, 1), drain, m)
 
 
 def test_late_tick_is_counted_and_the_schedule_skips_ahead():
     cfg = station_config(1, "triggered")
     m = Metrics()
-    ins = TriggeredInspection(cfg.timing, cfg.failsafe, lambda r: None, lambda r: None, Journal(m, "t"), m)
-    link = StallingLink(stall_at=20, stall_s=0.035)
-    loop = WriteLoop(cfg, link, ins, lambda now: Health(True, True, 1), lambda: None, m).start()
+    link = FakeLink()
+    calls = []
+
+    def drain():  # the 20th tick stalls 35 ms, as a hung call on the loop's thread would
+        calls.append(1)
+        if len(calls) == 20:
+            time.sleep(0.035)
+
+    loop = _loop(cfg, link, m, drain).start()
     time.sleep(0.6)
     loop.stop()
-    assert loop.overruns >= 3, "a 35 ms exchange at a 10 ms period skips at least 3 ticks"
+    assert loop.overruns >= 3, "a 35 ms tick at a 10 ms period skips at least 3 ticks"
     assert m.write_overruns._value.get() == loop.overruns
     gaps = [b - a for a, b in zip(link.times[19:23], link.times[20:24])]
     # After the stall the next tick waits for its own slot: no burst of catch-up ticks.
     assert all(g > 0.004 for g in gaps[1:]), [round(g * 1000, 2) for g in gaps]
-    # Heartbeat +1 per written tick, and the last block is the shutdown block.
+    # Heartbeat +1 per composed block, and the last block is the shutdown block.
     beats = [b.heartbeat for b in link.blocks]
     assert beats[:-1] == list(range(len(beats) - 1))
     assert not link.blocks[-1].status & StatusBit.READY
+    assert link.final.fault_code == FaultCode.SHUTTING_DOWN
+
+
+def test_inputs_older_than_the_limit_clear_ready_and_say_plc_inputs_stale_then_recover():
+    cfg = station_config(1, "triggered", plc={"max_input_age_ms": 50, "link_timeout_ms": 1000})
+    m = Metrics()
+    link = FakeLink()
+    loop = _loop(cfg, link, m).start()
+    try:
+        wait_for(lambda: link.blocks and link.blocks[-1].status & StatusBit.READY, 2, "READY with fresh inputs")
+        ok = link.blocks[-1]
+        assert ok.status & StatusBit.PLC_INPUTS_OK and ok.status & StatusBit.TRIGGER_READY
+        assert ok.fault_code == FaultCode.NONE
+        link.answering = False  # blocks still go out, but no reply comes back
+        t_quiet = time.monotonic()
+        wait_for(lambda: link.blocks[-1].fault_code == FaultCode.PLC_INPUTS_STALE, 2, "PLC_INPUTS_STALE")
+        t_stale = link.times[-1]
+        stale = link.blocks[-1]
+        assert not stale.status & (StatusBit.READY | StatusBit.TRIGGER_READY | StatusBit.PLC_INPUTS_OK)
+        assert stale.status & StatusBit.MODEL_OK and stale.status & StatusBit.CAMERA_OK
+        # Said within a few periods of the limit, never before it.
+        assert 0.05 - 0.011 <= t_stale - t_quiet < 0.05 + 0.2, t_stale - t_quiet
+        assert m.plc_inputs_stale._value.get() == 1 and m.plc_inputs_ok._value.get() == 0
+        assert m.ready._value.get() == 0
+        link.answering = True
+        wait_for(lambda: link.blocks[-1].status & StatusBit.READY, 2, "READY again once inputs are fresh")
+        assert link.blocks[-1].fault_code == FaultCode.NONE
+        assert m.plc_inputs_ok._value.get() == 1
+    finally:
+        loop.stop()

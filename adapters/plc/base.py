@@ -1,9 +1,11 @@
 """The PLC adapter interface, and the registry that picks a protocol by name.
 
-An adapter is one connection. The write loop never repairs one: after any failure the
-connection is dropped and `plcbridge.link.PlcLink` builds a *fresh* adapter, because a
-client that has seen a dead connection cannot be trusted (half-read responses, stale
-transaction ids, drivers whose `connected` flag lies).
+An adapter is one connection. The link never repairs one: after a failure that leaves the
+session in doubt, the connection is dropped and `plcbridge.link.PlcLink` builds a *fresh*
+adapter, because a client that has seen a dead connection cannot be trusted (half-read
+responses, stale transaction ids, drivers whose `connected` flag lies). A reply is never
+abandoned on a short deadline while the session is kept, so a stale reply cannot be taken
+for the answer to a later request.
 """
 
 from __future__ import annotations
@@ -17,11 +19,35 @@ from plcbridge.contract import Inputs, Outputs
 
 
 class PlcError(RuntimeError):
-    """The exchange or connect failed; the connection is dropped and rebuilt."""
+    """The exchange or connect failed.
+
+    `written`: the output block of this exchange is known to have reached the PLC (its write
+    was answered) although the rest failed; the bridge counts that block as delivered.
+    `keep_session`: the PLC answered, refusing this one request for a passing reason (busy);
+    the session is sound and the next exchange goes on it. Otherwise the session is dropped
+    and a fresh adapter is built after the backoff.
+    """
+
+    def __init__(self, message: str, *, written: bool = False, keep_session: bool = False) -> None:
+        super().__init__(message)
+        self.written = written
+        self.keep_session = keep_session
+
+
+class PlcConfigError(PlcError):
+    """The PLC answered that the bridge's configuration does not fit it (illegal address or
+    function, unknown node, missing tag, wrong type). Reconnecting cannot fix that: the link
+    logs it once per window and retries at the backoff's maximum, never per tick.
+    `setting` names what to change."""
+
+    def __init__(self, message: str, *, setting: str, written: bool = False) -> None:
+        super().__init__(message, written=written)
+        self.setting = setting
 
 
 class PlcAdapter(abc.ABC):
-    """One connection to one PLC, carrying the signal contract."""
+    """One connection to one PLC, carrying the signal contract. Used by one thread only
+    (the link's), which connects it, makes its exchanges and closes it."""
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings
@@ -31,11 +57,12 @@ class PlcAdapter(abc.ABC):
         """Open the connection; may block up to the connect timeout. Raise PlcError."""
 
     @abc.abstractmethod
-    def exchange(self, outputs: Outputs, deadline_s: float) -> Inputs:
-        """Write the output block, then read the input block, within deadline_s seconds.
+    def exchange(self, outputs: Outputs, timeout_s: float) -> Inputs:
+        """Write the output block, then read the input block; give up after timeout_s.
 
-        Raise PlcError on any failure, including a blown deadline. Called only from the
-        write loop's thread.
+        timeout_s is the link timeout, not the period: a slow PLC's reply is waited for, and
+        the session is sound as long as replies come. Raise PlcError (with `written` set when
+        the write is known to have landed) on any failure.
         """
 
     @abc.abstractmethod

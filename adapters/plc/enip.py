@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from typing import Any
 
-from plcbridge.adapters.plc.base import PlcAdapter, PlcError
+from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
 from plcbridge.adapters.plc.enip_tags import (
     INPUT_TAGS,
     OUTPUT_TAGS,
@@ -117,38 +116,35 @@ class EnipAdapter(PlcAdapter):
             else:
                 resolved[spec.signal.name] = actual
         if problems:
-            raise PlcError(f"{self.describe()}: " + "; ".join(problems))
+            raise PlcConfigError(f"{self.describe()}: " + "; ".join(problems),
+                                 setting="plc.enip.output_tags / plc.enip.input_tags or the controller's tags")
         return resolved
 
-    def exchange(self, outputs: Outputs, deadline_s: float) -> Inputs:
+    def exchange(self, outputs: Outputs, timeout_s: float) -> Inputs:
         driver = self._driver
         if driver is None or driver._sock is None:
             raise PlcError("not connected")
-        end = time.monotonic() + deadline_s
+        written = False
         try:
-            sock = driver._sock.sock
-            sock.settimeout(deadline_s)
+            driver._sock.sock.settimeout(timeout_s)
             for tag in driver.write(*encode_outputs(outputs, self._out_names)):
                 if tag.error:
-                    raise PlcError(f"write of output tag {tag.tag!r} refused: {tag.error}")
-            left = end - time.monotonic()
-            if left <= 0:
-                raise PlcError(f"deadline of {deadline_s * 1000:.1f} ms spent on the write")
-            sock.settimeout(left)
-            # A complete read that finished late is no failure (the link counts it); only a
-            # reply that does not come within the deadline (socket timeout) drops the driver.
+                    _raise_refused(f"write of output tag {tag.tag!r} refused: {tag.error}", tag.error,
+                                   "plc.enip.output_tags")
+            written = True
             read = driver.read(*self._in_tags)
         except PlcError:
             raise
         except Exception as e:
-            raise PlcError(_reason(e)) from e
+            raise PlcError(_reason(e), written=written) from e
         results = read if isinstance(read, list) else [read]
         if len(results) != len(INPUT_TAGS):
-            raise PlcError(f"read of {len(INPUT_TAGS)} input tags returned {len(results)} results")
+            raise PlcError(f"read of {len(INPUT_TAGS)} input tags returned {len(results)} results", written=True)
         raw: dict[str, int | float] = {}
         for spec, tag in zip(INPUT_TAGS, results):
             if tag.error or tag.value is None:
-                raise PlcError(f"read of input tag {tag.tag!r} failed: {tag.error}")
+                _raise_refused(f"read of input tag {tag.tag!r} failed: {tag.error}", tag.error or "",
+                               "plc.enip.input_tags", written=True)
             raw[spec.signal.name] = tag.value
         return decode_inputs(raw)
 
@@ -162,6 +158,19 @@ class EnipAdapter(PlcAdapter):
             driver.close()
         except Exception:  # noqa: BLE001 - closing a dead link must not raise
             pass
+
+
+# CIP general status texts (as pycomm3 words them) that say a tag is missing, mistyped or
+# not accessible: the tag table does not fit the controller, and no reconnect fixes it.
+_CONFIG_ERRORS = ("path segment error", "path destination unknown", "privilege violation", "invalid parameter",
+                  "tag", "attribute not supported", "object does not exist", "not supported")
+
+
+def _raise_refused(text: str, error: str, setting: str, *, written: bool = False) -> None:
+    """A refused tag service: the configuration, or a passing refusal (connection kept)."""
+    if any(k in error.lower() for k in _CONFIG_ERRORS):
+        raise PlcConfigError(text, setting=setting, written=written)
+    raise PlcError(text, written=written, keep_session=True)
 
 
 def _reason(e: BaseException) -> str:

@@ -1,10 +1,12 @@
 """OPC UA adapter (asyncua 2.1 client), carrying the signal contract as typed nodes.
 
-Threading. asyncua is asyncio-only and the write loop is a plain thread with a hard deadline
-per exchange. Each adapter (one per connection, see base.py) owns one asyncio event loop in
-its own thread, created in connect() and stopped in close(). exchange() hands one coroutine
-to that loop and waits at most `deadline_s` for it; a late answer is a PlcError, so the
-write loop's cadence never depends on the loop, the server or the network.
+Threading. asyncua is asyncio-only and the link's I/O thread is a plain thread. Each adapter
+(one per connection, see base.py) owns one asyncio event loop in its own thread, created in
+connect() and stopped in close(). exchange() hands one coroutine to that loop and waits for
+it up to the link timeout: a slow server (5-30 ms is ordinary for a PLC) is waited for and
+the session kept. Only no answer within `plc.link_timeout_ms` ends the session. asyncua
+matches every response to its request by request id, and a request is never abandoned
+while the session is kept, so a late response cannot be taken for a fresh one.
 
 One tick is one Write request carrying all output nodes and one Read request for all input
 nodes. Both are sent back to back before waiting for either (one network round trip instead
@@ -46,7 +48,7 @@ from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from plcbridge.adapters.plc.base import PlcAdapter, PlcError
+from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
 from plcbridge.adapters.plc.opcua_nodes import node_specs
 
 from plcbridge.contract import OUTPUT_SIGNALS, Inputs, Outputs, check_range
@@ -118,6 +120,8 @@ class OpcUaAdapter(PlcAdapter):
                         "plc.opcua.server_certificate is this PLC's current certificate")
             raise PlcError(f"no OPC UA session with {self.url} within connect_timeout_ms = "
                            f"{self.settings.connect_timeout_ms}{hint}") from None
+        except PlcConfigError as e:
+            raise PlcConfigError(self._scrub(str(e)), setting=e.setting) from None
         except PlcError as e:
             raise PlcError(self._scrub(str(e))) from None
         except Exception as e:  # noqa: BLE001 - every failure to connect is a PlcError, explained
@@ -150,8 +154,8 @@ class OpcUaAdapter(PlcAdapter):
         await client.connect(auto_reconnect=False)
         namespaces = await client.get_namespace_array()
         if o.namespace_uri not in namespaces:
-            raise PlcError(f"the server has no namespace {o.namespace_uri!r} (plc.opcua.namespace_uri); "
-                           f"its namespaces are {namespaces}")
+            raise PlcConfigError(f"the server has no namespace {o.namespace_uri!r} (plc.opcua.namespace_uri); "
+                                 f"its namespaces are {namespaces}", setting="plc.opcua.namespace_uri")
         ns = namespaces.index(o.namespace_uri)
         self._out_nodes = [client.get_node(ua.NodeId(n.parsed_identifier, ns)) for n in self._outs]
         self._in_nodes = [client.get_node(ua.NodeId(n.parsed_identifier, ns)) for n in self._ins]
@@ -186,7 +190,8 @@ class OpcUaAdapter(PlcAdapter):
                 problems.append(f"{where} is not {'writable' if need == _ACCESS_WRITE else 'readable'} "
                                 "for this session's user (UserAccessLevel)")
         if problems:
-            raise PlcError("PLC refused: " + "; ".join(problems))
+            raise PlcConfigError("PLC refused: " + "; ".join(problems),
+                                 setting="plc.opcua node map (namespace_uri, *_template, *_nodes) or the PLC program")
 
     def _explain(self, e: BaseException) -> str:
         """A connect failure, in the terms of the settings that fix it."""
@@ -210,7 +215,7 @@ class OpcUaAdapter(PlcAdapter):
 
     # ------------------------------------------------------------------ exchange
 
-    def exchange(self, outputs: Outputs, deadline_s: float) -> Inputs:
+    def exchange(self, outputs: Outputs, timeout_s: float) -> Inputs:
         loop = self._loop
         if not self._ready or loop is None:
             raise PlcError("not connected")
@@ -220,18 +225,20 @@ class OpcUaAdapter(PlcAdapter):
                 check_range(signal, v)
         except ValueError as e:
             raise PlcError(str(e)) from None
-        fut = asyncio.run_coroutine_threadsafe(self._exchange(values), loop)
+        written: list[bool] = []
+        fut = asyncio.run_coroutine_threadsafe(self._exchange(values, written), loop)
         try:
-            return Inputs(*fut.result(deadline_s))
+            return Inputs(*fut.result(timeout_s))
         except TimeoutError:
             fut.cancel()
-            raise PlcError(f"no answer within the deadline of {deadline_s * 1000:.1f} ms") from None
-        except PlcError:
+            raise PlcError(f"no answer within {timeout_s * 1000:.0f} ms", written=bool(written)) from None
+        except PlcError as e:
+            e.written = e.written or bool(written)
             raise
         except Exception as e:  # noqa: BLE001 - any failure on the wire ends this session
-            raise PlcError(self._scrub(f"{type(e).__name__}: {e}")) from None
+            raise PlcError(self._scrub(f"{type(e).__name__}: {e}"), written=bool(written)) from None
 
-    async def _exchange(self, values: list[int]) -> tuple[int, ...]:
+    async def _exchange(self, values: list[int], written: list[bool]) -> tuple[int, ...]:
         client = self._client
         assert client is not None
         state = client.uaclient.state
@@ -244,18 +251,25 @@ class OpcUaAdapter(PlcAdapter):
             client.read_attributes(self._in_nodes),
             return_exceptions=True,
         )
-        for r in (wrote, read):
-            if isinstance(r, BaseException):
-                raise r
+        if isinstance(wrote, BaseException):
+            raise wrote
         uri = self.settings.opcua.namespace_uri
         for spec, status in zip(self._outs, wrote):
             if not status.is_good():
-                raise PlcError(f"write of {spec.key} ({spec.expanded(uri)}) refused: {status.name}")
+                _raise_refused(f"write of {spec.key} ({spec.expanded(uri)}) refused: {status.name}", status.name,
+                               "plc.opcua.output_nodes / output_template")
+        written.append(True)
+        if isinstance(read, BaseException):
+            raise read
         got: list[int] = []
         for spec, dv in zip(self._ins, read):
             if not _good(dv) or dv.Value is None or not isinstance(dv.Value.Value, int):
-                raise PlcError(f"read of {spec.key} ({spec.expanded(uri)}) gave {_status_name(dv)}, "
-                               f"value {getattr(dv.Value, 'Value', None)!r}")
+                text = (f"read of {spec.key} ({spec.expanded(uri)}) gave {_status_name(dv)}, "
+                        f"value {getattr(dv.Value, 'Value', None)!r}")
+                if not _good(dv):
+                    _raise_refused(text, _status_name(dv), "plc.opcua.input_nodes / input_template", written=True)
+                raise PlcConfigError(text + f": the contract needs {spec.ua_type}",
+                                     setting="plc.opcua.input_nodes / input_template", written=True)
             got.append(check_range(spec.signal, dv.Value.Value))
         return tuple(got)
 
@@ -357,6 +371,19 @@ def _check_application_uri(cert: x509.Certificate, o: Any) -> None:
     if o.application_uri not in uris:
         raise PlcError(f"plc.opcua.certificate {o.certificate} names the application URI(s) {uris or 'none'}, not "
                        f"plc.opcua.application_uri {o.application_uri!r}: the PLC would refuse it")
+
+
+# Status codes that say the node configuration does not fit this server: no reconnect fixes them.
+_CONFIG_STATUS = frozenset({"BadNodeIdUnknown", "BadNodeIdInvalid", "BadTypeMismatch", "BadUserAccessDenied",
+                            "BadNotWritable", "BadNotReadable", "BadAttributeIdInvalid", "BadWriteNotSupported",
+                            "BadOutOfRange"})
+
+
+def _raise_refused(text: str, status: str, setting: str, *, written: bool = False) -> None:
+    """A Bad status for one node: the configuration, or a passing refusal (session kept)."""
+    if status in _CONFIG_STATUS:
+        raise PlcConfigError(text, setting=setting, written=written)
+    raise PlcError(text, written=written, keep_session=True)
 
 
 def _good(dv: ua.DataValue) -> bool:

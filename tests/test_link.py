@@ -1,0 +1,186 @@
+"""The PLC link's rules, with a scripted adapter on real threads: slow replies are used and
+kept, the newest block is sent with one exchange in flight, the backoff means it, and a
+configuration error is retried at the maximum. The same rules over real sockets against a
+slow or rude simulator are in test_slow_plc.py."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from conftest import station_config, wait_for
+from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
+
+from plcbridge.backoff import Backoff
+from plcbridge.contract import Inputs, Outputs
+from plcbridge.link import PlcLink
+from plcbridge.metrics import Metrics
+
+
+class Script:
+    """What every adapter built for one link does; records connects and exchanges."""
+
+    def __init__(self, reply_s: float = 0.0, fail: PlcError | None = None, connect_error: PlcError | None = None) -> None:
+        self.reply_s, self.fail, self.connect_error = reply_s, fail, connect_error
+        self.connects: list[float] = []
+        self.sent: list[int] = []  # heartbeat of each block sent
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.closed = 0
+        self.lock = threading.Lock()
+
+    def factory(self, settings) -> PlcAdapter:
+        script = self
+
+        class Scripted(PlcAdapter):
+            def connect(self) -> None:
+                script.connects.append(time.monotonic())
+                if script.connect_error is not None:
+                    raise script.connect_error
+
+            def exchange(self, outputs: Outputs, timeout_s: float) -> Inputs:
+                with script.lock:
+                    script.in_flight += 1
+                    script.max_in_flight = max(script.max_in_flight, script.in_flight)
+                script.sent.append(outputs.heartbeat)
+                try:
+                    time.sleep(min(script.reply_s, timeout_s))
+                    if script.reply_s > timeout_s:
+                        raise PlcError(f"no answer within {timeout_s * 1000:.0f} ms")
+                    if script.fail is not None:
+                        raise script.fail
+                    return Inputs(trigger_seq=outputs.heartbeat)
+                finally:
+                    with script.lock:
+                        script.in_flight -= 1
+
+            def close(self) -> None:
+                script.closed += 1
+
+        return Scripted(settings)
+
+
+def _link(script: Script, **plc) -> tuple[PlcLink, Metrics]:
+    cfg = station_config(1, "triggered", plc=plc)
+    m = Metrics()
+    return PlcLink(cfg.plc, m, cfg.timing.period_ms / 1000, factory=script.factory).start(), m
+
+
+def _post_every(link: PlcLink, period: float, seconds: float) -> int:
+    """Post a block every period for `seconds`, as the write loop does; returns the count."""
+    n, t = 0, time.monotonic()
+    end = t + seconds
+    while t < end:
+        link.post(n, Outputs(heartbeat=n & 0xFFFF), token=n)
+        n += 1
+        t += period
+        time.sleep(max(0.0, t - time.monotonic()))
+    return n
+
+
+def test_replies_slower_than_the_period_are_used_and_the_session_kept():
+    script = Script(reply_s=0.025)  # 2.5 periods
+    link, m = _link(script)
+    try:
+        n = _post_every(link, 0.01, 1.5)
+        wait_for(lambda: link.written is not None and link.written.block_id >= n - 4, 2, "the newest blocks sent")
+    finally:
+        link.close()
+    assert len(script.connects) == 1, "a slow reply is no reason to reconnect"
+    assert m.plc_errors.labels("exchange")._value.get() == 0
+    assert script.max_in_flight == 1
+    assert 30 <= link.exchanges <= n, link.exchanges
+    assert m.plc_late_exchanges._value.get() == link.exchanges  # each reply came after more than a period
+    # The newest block each time: blocks never go backwards and the skipped ones are counted.
+    assert script.sent == sorted(script.sent)
+    assert m.plc_blocks_superseded._value.get() >= n - len(script.sent) - 2
+    assert link.reply is not None and link.reply.inputs.trigger_seq == link.reply.block_id
+
+
+def test_no_answer_within_the_link_timeout_drops_the_session():
+    script = Script(reply_s=10.0)
+    link, m = _link(script, link_timeout_ms=100, max_input_age_ms=50, reconnect_min_ms=50, reconnect_max_ms=100)
+    try:
+        _post_every(link, 0.01, 0.5)
+        wait_for(lambda: m.plc_errors.labels("exchange")._value.get() >= 1, 2, "the silent session dropped")
+        assert "no answer within plc.link_timeout_ms = 100" in (link.last_error or ""), link.last_error
+    finally:
+        link.close()
+    assert len(script.connects) >= 2 and script.closed >= 1
+
+
+def test_backoff_does_not_reset_on_connect_when_every_exchange_fails():
+    script = Script(fail=PlcError("connection reset by peer"))
+    link, m = _link(script, reconnect_min_ms=20, reconnect_max_ms=320)
+    try:
+        _post_every(link, 0.01, 2.5)
+    finally:
+        link.close()
+    gaps = [b - a for a, b in zip(script.connects, script.connects[1:])]
+    # 20, 40, 80, 160, 320, 320 ms (+-20 %): about 8 connects in 2.5 s, not one per tick.
+    assert 4 <= len(script.connects) <= 12, len(script.connects)
+    assert gaps[-1] >= 0.8 * 0.320 and max(gaps[:2]) < 0.1, [round(g, 3) for g in gaps]
+
+
+def test_configuration_error_is_retried_at_the_maximum_with_the_setting_named():
+    script = Script(fail=PlcConfigError("the PLC answered the write of the output block 0..9 with exception 02",
+                                        setting="plc.modbus.outputs_base", written=False))
+    link, m = _link(script, reconnect_min_ms=10, reconnect_max_ms=400)
+    try:
+        _post_every(link, 0.01, 1.5)
+    finally:
+        link.close()
+    # Connect, refused, then only every ~400 ms: never at tick rate, never growing from 10 ms.
+    assert 2 <= len(script.connects) <= 5, len(script.connects)
+    gaps = [b - a for a, b in zip(script.connects, script.connects[1:])]
+    assert all(g >= 0.8 * 0.4 - 0.02 for g in gaps), gaps
+    assert m.plc_errors.labels("config")._value.get() == len(script.connects)
+    assert "exception 02" in (link.last_error or "")
+
+
+def test_block_counts_as_written_when_only_the_read_after_it_failed():
+    script = Script(fail=PlcError("read timed out", written=True))
+    link, _ = _link(script, reconnect_min_ms=1000, reconnect_max_ms=1000)
+    try:
+        link.post(7, Outputs(heartbeat=7), token="result-7")
+        wait_for(lambda: link.written is not None, 2, "the write reported")
+        assert (link.written.block_id, link.written.token) == (7, "result-7")
+        assert link.reply is None  # nothing was read
+    finally:
+        link.close()
+
+
+def test_final_write_reconnects_within_its_budget():
+    script = Script(connect_error=PlcError("connection refused"))
+    link, _ = _link(script, reconnect_min_ms=5000, reconnect_max_ms=5000)
+    try:
+        wait_for(lambda: len(script.connects) >= 1, 2, "a first refused connect")
+        threading.Timer(0.2, lambda: setattr(script, "connect_error", None)).start()
+        t0 = time.monotonic()
+        ok = link.final_write(99, Outputs(heartbeat=99), budget_s=1.0)
+        took = time.monotonic() - t0
+    finally:
+        link.close()
+    # The backoff said 5 s; the final block does not wait for it, only for the PLC.
+    assert ok and took < 1.0, took
+    assert script.sent[-1] == 99
+
+
+def test_final_write_gives_up_after_its_budget():
+    script = Script(connect_error=PlcError("connection refused"))
+    link, _ = _link(script)
+    try:
+        t0 = time.monotonic()
+        assert link.final_write(1, Outputs(heartbeat=1), budget_s=0.3) is False
+        assert 0.3 <= time.monotonic() - t0 < 1.0
+    finally:
+        t1 = time.monotonic()
+        link.close()
+        assert time.monotonic() - t1 < 1.5
+
+
+def test_backoff_maximum_is_a_true_maximum():
+    b = Backoff(0.1, 5.0)
+    delays = [b.next() for _ in range(200)] + [b.maximum() for _ in range(200)]
+    assert max(delays) <= 5.0 and min(delays) >= 0.1
+    assert min(b.maximum() for _ in range(200)) >= 0.8 * 5.0
