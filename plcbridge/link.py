@@ -220,11 +220,13 @@ class PlcLink:
             t1 = time.monotonic()
             if e.written:
                 self._mark_written(posted, t1)
-            if e.keep_session:
+            if e.keep_session:  # the next tick's block goes out next, as after any reply
                 self.metrics.plc_errors.labels("refused").inc()
                 log_event(log, "plc_request_refused", logging.WARNING, target=adapter.describe(), reason=str(e),
                           rate_key=adapter.describe())
                 return 0.0
+            if not e.written:
+                self._requeue(posted)
             return self._drop(adapter, e, t1 - t0)
         t1 = time.monotonic()
         took = t1 - t0
@@ -237,6 +239,15 @@ class PlcLink:
         seq = self.reply.seq + 1 if self.reply is not None else 0
         self.reply = Reply(seq, inputs, t0, t1, posted.block_id)
         return 0.0
+
+    def _requeue(self, posted: _Posted) -> None:
+        """A block that did not reach the PLC goes out again on the next exchange (after a
+        reconnect if need be) unless a newer one was posted meanwhile: the final block
+        above all must not be lost to one failed attempt."""
+        with self._posted:
+            if self._slot is None:
+                self._slot = posted
+                self._last_sent_id = posted.block_id - 1
 
     def _mark_written(self, posted: _Posted, t: float) -> None:
         with self._delivered:

@@ -122,6 +122,19 @@ def test_backoff_does_not_reset_on_connect_when_every_exchange_fails():
     assert gaps[-1] >= 0.8 * 0.320 and max(gaps[:2]) < 0.1, [round(g, 3) for g in gaps]
 
 
+def test_a_busy_answer_keeps_the_session_and_never_spins():
+    script = Script(fail=PlcError("exception 06 DEVICE_BUSY", keep_session=True))
+    link, m = _link(script)
+    try:
+        n = _post_every(link, 0.01, 0.5)
+    finally:
+        link.close()
+    assert len(script.connects) == 1
+    assert 10 <= len(script.sent) <= n, (len(script.sent), n)  # at most one request per posted block
+    assert m.plc_errors.labels("refused")._value.get() == len(script.sent)
+    assert link.written is None and link.reply is None
+
+
 def test_configuration_error_is_retried_at_the_maximum_with_the_setting_named():
     script = Script(fail=PlcConfigError("the PLC answered the write of the output block 0..9 with exception 02",
                                         setting="plc.modbus.outputs_base", written=False))
@@ -164,6 +177,19 @@ def test_final_write_reconnects_within_its_budget():
     # The backoff said 5 s; the final block does not wait for it, only for the PLC.
     assert ok and took < 1.0, took
     assert script.sent[-1] == 99
+
+
+def test_final_block_whose_exchange_failed_goes_out_again_after_the_reconnect():
+    script = Script(fail=PlcError("connection reset by peer"))
+    link, m = _link(script, reconnect_min_ms=5000, reconnect_max_ms=5000)
+    try:
+        wait_for(lambda: len(script.connects) >= 1, 2, "connected")
+        threading.Timer(0.15, lambda: setattr(script, "fail", None)).start()
+        ok = link.final_write(42, Outputs(heartbeat=42), budget_s=1.0)
+    finally:
+        link.close()
+    assert ok and len(script.connects) >= 2, script.connects
+    assert script.sent.count(42) >= 2 and link.written.block_id == 42
 
 
 def test_final_write_gives_up_after_its_budget():
