@@ -175,7 +175,10 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
     model_info = _check_inputs(o)
     out_dir = o.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Runs that differ only in period or duration must not overwrite each other's files.
     stem = f"bench-{o.protocol}-{o.mode}-{model_info['name']}-{o.fps:g}fps"
+    stem += f"-period{o.period_ms:g}ms" if o.period_ms != 10 else ""
+    stem += f"-{o.seconds:g}s" if o.seconds != 60 else ""
     files = {name: out_dir / f"{stem}{suffix}" for name, suffix in (
         ("report", ".json"), ("plot", ".png"), ("trace", "-plc-trace.jsonl"), ("daemon_log", "-daemon-log.jsonl"),
         ("daemon_summary", "-daemon-summary.json"), ("config", "-station.toml"))}

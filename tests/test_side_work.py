@@ -52,8 +52,11 @@ def test_a_flood_of_idle_clients_on_the_metrics_port_does_not_stall_the_write_lo
 
 def test_sigterm_exits_within_about_a_second_when_nobody_reads_stdout(make_sim, tmp_path):
     sim = make_sim("free-run")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        metrics_port = s.getsockname()[1]
     cfg = tmp_path / "station.toml"
-    cfg.write_text(f'[station]\nmode = "free-run"\n[plc]\nport = {sim.port}\n[metrics]\nenabled = false\n')
+    cfg.write_text(f'[station]\nmode = "free-run"\n[plc]\nport = {sim.port}\n[metrics]\nport = {metrics_port}\n')
     proc = subprocess.Popen([sys.executable, "-m", "plcbridge", "run", "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
@@ -70,6 +73,9 @@ def test_sigterm_exits_within_about_a_second_when_nobody_reads_stdout(make_sim, 
         wait_for(lambda: sum(sim.summary()["results"].values()) >= 20, 30, "verdicts reaching the PLC")
         time.sleep(1.0)  # the daemon keeps logging into the full pipe meanwhile
         assert proc.poll() is None
+        body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        assert "plcbridge_log_events_dropped_total" in body  # how many the full pipe cost, on /metrics
+        assert "plcbridge_last_reload_ok 1.0" in body  # no reload asked for: not "refused"
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(15)
