@@ -57,7 +57,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except OSError as e:  # e.g. the metrics port is taken
             log_event(log, "start_failed", 40, reason=str(e))
             return 1
-        while not stop.wait(0.2):
+        # Every 20 ms until READY=1 has gone out (so systemd hears it promptly), then 0.2 s.
+        while not stop.wait(0.2 if daemon.ready_sent else 0.02):
             if hup.is_set():
                 hup.clear()
                 log_event(log, "reload_requested", 20, signal="SIGHUP", config=str(args.config or "<embedded default>"))

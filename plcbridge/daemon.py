@@ -130,6 +130,11 @@ class Daemon:
             parts.append(self.last_reload)
         return ", ".join(parts)
 
+    @property
+    def ready_sent(self) -> bool:
+        """systemd has been told READY=1."""
+        return self._ready_sent
+
     def poll(self) -> None:
         """The main thread's housekeeping, every fraction of a second: systemd's READY=1 the
         first time the bridge is ready, STATUS= on every change of readiness and every
