@@ -193,7 +193,10 @@ class TriggeredInspection:
         # Unhealthy on the last tick, including blind (inputs stale): this trigger may have
         # been raised long ago, and the frame it asked about is gone.
         fault = status_fault(self._health)
-        if fault is not FaultCode.NONE:
+        if fault is FaultCode.PLC_INPUTS_STALE:
+            self._settle_new(req, fault, now, "read after the bridge had been blind to its inputs for longer than "
+                                              "plc.max_input_age_ms: the part may have moved on")
+        elif fault is not FaultCode.NONE:
             self._settle_new(req, fault, now, "not healthy when the trigger arrived")
         elif self._undecided() >= self.capacity:
             self._settle_new(req, FaultCode.TRIGGER_OVERRUN, now, f"trigger queue full ({self.capacity} waiting)")

@@ -104,6 +104,19 @@ def test_unhealthy_station_answers_at_once():
     assert r.submitted == []
 
 
+def test_trigger_read_after_the_bridge_was_blind_is_answered_failsafe_not_judged():
+    r = Rig()
+    blind = Health(camera_ok=True, model_ok=True, model_version=3, plc_ok=False)
+    assert r.ins.trigger_ready(OK) and not r.ins.trigger_ready(blind)
+    r.step(health=blind)  # the bridge's inputs went stale on this tick
+    r.trigger_seq = 1  # ... and the next reply carries a trigger raised meanwhile
+    r.step(health=blind)
+    f = r.step()
+    assert (f.result_seq, f.failsafe, f.fault_code) == (1, True, FaultCode.PLC_INPUTS_STALE)
+    assert r.submitted == []  # never judged on a frame of a later part
+    assert r.journal.failsafes == {"PLC_INPUTS_STALE": 1}
+
+
 def test_counter_reset_is_a_resync_not_a_flood_of_overruns():
     r = Rig()
     r.trigger_seq = 500
