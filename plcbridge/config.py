@@ -251,6 +251,10 @@ class TimingSettings(_Strict):
     result_hold_ms: Annotated[int, Field(ge=0)] = 100
     # triggered: triggers waiting behind the one being judged; one more is TRIGGER_OVERRUN.
     trigger_queue: Annotated[int, Field(ge=0, le=64)] = 4
+    # triggered: a trigger is judged on the first frame captured after it was seen that no
+    # other trigger took, if that frame was captured within this long; else NO_FRAME. It is
+    # how long a part stays in view after its trigger: never a later part's frame.
+    frame_window_ms: Annotated[int, Field(ge=1, le=60_000)] = 100
 
 
 class FailsafeSettings(_Strict):

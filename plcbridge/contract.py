@@ -49,6 +49,7 @@ class FaultCode(enum.IntEnum):
     SHUTTING_DOWN = 7  # the daemon is stopping; this is its last write
     BAD_FRAME = 8  # the frame is not what the model expects (shape, dtype, empty)
     PLC_INPUTS_STALE = 9  # the newest PLC inputs the bridge has are older than plc.max_input_age_ms
+    NO_FRAME = 10  # triggered: no frame of the trigger's own within timing.frame_window_ms
 
 
 FAULT_MEANING: dict[FaultCode, str] = {
@@ -62,8 +63,46 @@ FAULT_MEANING: dict[FaultCode, str] = {
     FaultCode.SHUTTING_DOWN: "the daemon is stopping; this is its final write",
     FaultCode.BAD_FRAME: "the frame does not match the model's input (shape, dtype, empty)",
     FaultCode.PLC_INPUTS_STALE: "the bridge has had no answer from the PLC for longer than plc.max_input_age_ms: "
-                                "it cannot see triggers or acks (written in every block while it lasts)",
+                                "it cannot see triggers or acks (written in every block while it lasts); as a "
+                                "result's fault: the trigger was read too late to tie it to a frame",
+    FaultCode.NO_FRAME: "triggered: no frame captured within timing.frame_window_ms after the trigger was free for it "
+                        "(each frame judges at most one trigger)",
 }
+
+# What a PLC program should do when it reads each fault code: the docs' table comes from here.
+FAULT_PLC_ACTION: dict[FaultCode, str] = {
+    FaultCode.NONE: "nothing",
+    FaultCode.INFERENCE_TIMEOUT: "treat the part as the fail-safe says (reject); alarm if it repeats",
+    FaultCode.INFERENCE_ERROR: "reject the part; alarm (the model or the frame is broken)",
+    FaultCode.STALE_RESULT: "free-run: stop trusting verdicts; stop or divert the line until RESULT_VALID returns",
+    FaultCode.CAMERA_FAULT: "reject the part; alarm and check the camera (READY is cleared, stop triggering)",
+    FaultCode.MODEL_NOT_READY: "reject the part; do not trigger until READY returns (a model is being loaded or failed)",
+    FaultCode.TRIGGER_OVERRUN: "reject the parts it answers; trigger slower or wait for TRIGGER_READY",
+    FaultCode.SHUTTING_DOWN: "reject the part it answers; stop triggering; the heartbeat stops next",
+    FaultCode.BAD_FRAME: "reject the part; check the camera's format, resolution and exposure",
+    FaultCode.PLC_INPUTS_STALE: "reject the part it answers; stop triggering until READY returns; check the network "
+                                "and the PLC's communication load",
+    FaultCode.NO_FRAME: "reject the part; triggers come faster than the camera delivers frames, or the camera lags",
+}
+assert set(FAULT_PLC_ACTION) == set(FaultCode) == set(FAULT_MEANING)
+
+# trigger_seq and result_seq count 1..65535 and wrap to 1: 0 means "idle" (a PLC that has
+# not triggered since it started) and is never a trigger.
+SEQ_MAX = U16_MAX
+
+
+def next_seq(seq: int) -> int:
+    """The trigger_seq after `seq`: 65535 -> 1, and 0 (idle) -> 1."""
+    return seq % SEQ_MAX + 1
+
+
+def seq_delta(old: int, new: int) -> int:
+    """How many increments lead from `old` to `new` (1..65535 wrapping to 1; old may be 0)."""
+    if new == 0:
+        return 0
+    if old == 0:
+        return new
+    return (new - old) % SEQ_MAX
 
 SignalType = Literal["u16", "u32", "bits"]
 
@@ -93,7 +132,8 @@ OUTPUT_SIGNALS: tuple[Signal, ...] = (
 )
 
 INPUT_SIGNALS: tuple[Signal, ...] = (
-    Signal("trigger_seq", "u16", "the PLC increments it by 1 to ask for one inspection"),
+    Signal("trigger_seq", "u16", "the PLC increments it by 1 to ask for one inspection: 1..65535, wrapping to 1; "
+                                 "0 means idle (nothing asked since the PLC started) and is never a trigger"),
     Signal("part_id", "u32", "the PLC's identity of the part under the camera; latched with the trigger"),
     Signal("result_ack_seq", "u16", "the PLC copies result_seq here once it has taken the result"),
 )
@@ -246,9 +286,9 @@ def markdown_tables(rmap: RegisterMap | None = None) -> str:
     for r in ResultCode:
         lines.append(f"| {int(r)} | {r.name} |")
     lines.append("\n### Fault codes\n")
-    lines.append("| code | name | meaning |")
-    lines.append("|---|---|---|")
+    lines.append("| code | name | meaning | what the PLC should do |")
+    lines.append("|---|---|---|---|")
     for f in FaultCode:
-        lines.append(f"| {int(f)} | {f.name} | {FAULT_MEANING[f]} |")
+        lines.append(f"| {int(f)} | {f.name} | {FAULT_MEANING[f]} | {FAULT_PLC_ACTION[f]} |")
     lines.append("")
     return "\n".join(lines)
