@@ -13,11 +13,13 @@ class ModelError(Exception):
 
 
 class BadFrame(ValueError):
-    """The frame is not what the model expects (type, dtype, shape, empty)."""
+    """The frame is not what the model expects (type, dtype, shape, empty, or a size outside
+    the manifest's frame limits)."""
 
 
 class InferenceTimeout(RuntimeError):
-    """The run took longer than the model's timeout and was terminated."""
+    """Preprocessing plus the run took longer than the model's timeout: the run was
+    terminated, or never started when preprocessing alone used the budget."""
 
 
 class InferenceError(RuntimeError):

@@ -12,6 +12,25 @@ score in [0, 1]:
   (default [1]: two values in `labels` order). A network with more classes (e.g. the
   4-class orientation net the benchmarks use) names which classes mean FAIL.
 
+`frame` (optional) bounds the camera frames the model accepts, so that a frame it cannot
+judge meaningfully is a BAD_FRAME fault instead of a verdict (a 1x1 image upscaled to the
+input size is not an inspection; an oversized one costs its preprocessing time in full
+before any resize), checked before any preprocessing work:
+
+    "frame": {"min_size": [w, h], "max_size": [w, h]}
+
+both optional, each two positive integers, width first like `preprocessing.resize`; a frame
+is accepted when min_size <= (its width, its height) <= max_size in both dimensions.
+Defaults, so that a manifest without the section keeps working:
+- `min_size`: a quarter of `preprocessing.resize` (rounded up), at least 8 px per side
+  (DEFAULT_MIN_DIVISOR, DEFAULT_MIN_FLOOR): upscaling more than 4x makes detail the camera
+  never saw, and below 8 px there is nothing to inspect at all;
+- `max_size`: 4096x4096 (DEFAULT_MAX_SIDE), but never below `preprocessing.resize`: the
+  synthetic camera's own limit (config.py) and the largest sensor side common on
+  inspection cameras (12 MP, 4096x3000); one such frame is 48 MiB of BGR, and resizing
+  more than that on a 2-core line PC eats the whole inference budget.
+`min_size` must not exceed `max_size` (defaults included) in either dimension.
+
 `score >= threshold` is FAIL. `labels` must be ["pass", "fail"]: the PLC contract knows
 only PASS and FAIL, so a model with other classes is refused at load, not misread later.
 
@@ -26,6 +45,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -40,6 +60,11 @@ BUILTIN_PREFIX = "builtin:"
 PKG_PREFIX = "pkg:"
 
 TensorDtype = Literal["float32", "float16", "uint8"]
+
+# Frame limits when the manifest has no `frame` section (see the module docstring for why).
+DEFAULT_MIN_DIVISOR = 4  # min_size = ceil(resize / 4) ...
+DEFAULT_MIN_FLOOR = 8  # ... but at least 8 px per side
+DEFAULT_MAX_SIDE = 4096  # max_size = 4096x4096, but never below resize
 
 
 class _Strict(BaseModel):
@@ -110,6 +135,63 @@ class Preprocessing(_Strict):
         return [1, self.channels, h, w] if self.layout == "nchw" else [1, h, w, self.channels]
 
 
+# [w, h], strictly integers: `true` or "32" is a typo in a manifest, not a size.
+FrameSize = Annotated[list[Annotated[int, Field(ge=1, strict=True)]], Field(min_length=2, max_length=2)]
+
+
+class FrameSection(_Strict):
+    """The manifest's optional `frame` section, as written; `Manifest.frame_limits` resolves the defaults."""
+
+    min_size: FrameSize | None = None  # [w, h]
+    max_size: FrameSize | None = None  # [w, h]
+
+
+@dataclass(frozen=True)
+class FrameLimits:
+    """The frame sizes a model accepts, defaults resolved: min_size <= (w, h) <= max_size."""
+
+    min_size: tuple[int, int]  # (w, h)
+    max_size: tuple[int, int]  # (w, h)
+    min_is_default: bool = False
+    max_is_default: bool = False
+
+    @classmethod
+    def for_manifest(cls, pp: Preprocessing, section: FrameSection | None = None) -> "FrameLimits":
+        section = section or FrameSection()
+        rw, rh = pp.resize
+        default_min = tuple(max(DEFAULT_MIN_FLOOR, -(-side // DEFAULT_MIN_DIVISOR)) for side in (rw, rh))
+        default_max = tuple(max(DEFAULT_MAX_SIDE, side) for side in (rw, rh))
+        return cls(
+            min_size=tuple(section.min_size) if section.min_size is not None else default_min,  # type: ignore[arg-type]
+            max_size=tuple(section.max_size) if section.max_size is not None else default_max,  # type: ignore[arg-type]
+            min_is_default=section.min_size is None,
+            max_is_default=section.max_size is None,
+        )
+
+    def describe(self, which: Literal["min_size", "max_size"]) -> str:
+        """E.g. "frame.min_size 32x32", with "(default ...)" when the manifest did not set it."""
+        w, h = getattr(self, which)
+        text = f"frame.{which} {w}x{h}"
+        if which == "min_size" and self.min_is_default:
+            text += (f" (the default: 1/{DEFAULT_MIN_DIVISOR} of preprocessing.resize, "
+                     f"at least {DEFAULT_MIN_FLOOR} px)")
+        elif which == "max_size" and self.max_is_default:
+            text += " (the default)"
+        return text
+
+    def problem(self, w: int, h: int) -> str | None:
+        """Why a w x h frame is refused, or None if it is accepted."""
+        if w < self.min_size[0] or h < self.min_size[1]:
+            return f"frame {w}x{h} is smaller than the manifest's {self.describe('min_size')}"
+        if w > self.max_size[0] or h > self.max_size[1]:
+            return f"frame {w}x{h} is larger than the manifest's {self.describe('max_size')}"
+        return None
+
+    def clamp(self, w: int, h: int) -> tuple[int, int]:
+        """The accepted size nearest to w x h."""
+        return (min(max(w, self.min_size[0]), self.max_size[0]), min(max(h, self.min_size[1]), self.max_size[1]))
+
+
 class Manifest(_Strict):
     name: Annotated[str, Field(min_length=1)]
     version: Annotated[int, Field(ge=0, le=65535)]  # written to a u16 PLC register
@@ -121,6 +203,11 @@ class Manifest(_Strict):
     preprocessing: Preprocessing
     threshold: Annotated[float, Field(ge=0, le=1)]
     labels: tuple[str, str] = ("pass", "fail")
+    frame: FrameSection | None = None  # frame size limits; see the module docstring
+
+    @property
+    def frame_limits(self) -> FrameLimits:
+        return FrameLimits.for_manifest(self.preprocessing, self.frame)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Manifest":
@@ -139,6 +226,10 @@ class Manifest(_Strict):
                 f"(resize {pp.resize}, {pp.color}, {pp.layout}) "
                 f"which makes {expected}"
             )
+        limits = self.frame_limits
+        if any(lo > hi for lo, hi in zip(limits.min_size, limits.max_size)):
+            raise ValueError(f"{limits.describe('min_size')} is larger than {limits.describe('max_size')} "
+                             "in width or height: no frame could be judged")
         return self
 
 

@@ -2,8 +2,10 @@
 model's training script feeds its net through this very code, so training and run time
 cannot drift apart.
 
-Order: validate, resize (INTER_AREA, on the full BGR frame), colour-convert (on the small
-image, cheaper), then one fused multiply-add per channel for scale/mean/std, then layout.
+Order: validate (type, shape, dtype, and size against the manifest's frame limits: a look
+at the array's header, before any pixel is touched), resize (INTER_AREA, on the full BGR
+frame), colour-convert (on the small image, cheaper), then one fused multiply-add per
+channel for scale/mean/std, then layout.
 No encode/decode round trip, no per-pixel Python.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 from plcbridge.inference.errors import BadFrame
-from plcbridge.inference.manifest import Preprocessing, TensorSpec
+from plcbridge.inference.manifest import FrameLimits, Preprocessing, TensorSpec
 
 # OpenCV's own thread pool would compete with the 10 ms PLC write loop for the line PC's
 # two cores, and gains nothing on a 256x256 resize. This is process-wide, and this module
@@ -22,9 +24,10 @@ cv2.setNumThreads(1)
 _NUMPY_DTYPES: dict[str, type[np.generic]] = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
 
 
-def check_frame(image: object) -> np.ndarray:
-    """Return `image` if it is a non-empty HxWx3 uint8 (BGR) array, else raise BadFrame
-    saying what was expected and what came."""
+def check_frame(image: object, limits: FrameLimits | None = None) -> np.ndarray:
+    """Return `image` if it is a non-empty HxWx3 uint8 (BGR) array, within `limits` when
+    given (the manifest's `frame` section), else raise BadFrame saying what was expected
+    and what came. Only the array's header is read: nothing is copied or resized."""
     expected = "expected a non-empty HxWx3 uint8 BGR numpy array"
     if not isinstance(image, np.ndarray):
         raise BadFrame(f"{expected}, got {type(image).__name__}")
@@ -34,14 +37,23 @@ def check_frame(image: object) -> np.ndarray:
         raise BadFrame(f"{expected}, got an empty array of shape {image.shape}")
     if image.dtype != np.uint8:
         raise BadFrame(f"{expected}, got dtype {image.dtype}")
+    if limits is not None:
+        h, w = image.shape[:2]
+        problem = limits.problem(w, h)
+        if problem is not None:
+            raise BadFrame(problem)
     return image
 
 
 class Preprocessor:
-    """Precomputes the per-channel affine (x * scale - mean) / std = x * a + b once."""
+    """Precomputes the per-channel affine (x * scale - mean) / std = x * a + b once.
 
-    def __init__(self, pp: Preprocessing, input_spec: TensorSpec) -> None:
+    `limits`: the frame sizes accepted (`Manifest.frame_limits`); default: the manifest
+    defaults for `pp`, as for a manifest without a `frame` section."""
+
+    def __init__(self, pp: Preprocessing, input_spec: TensorSpec, limits: FrameLimits | None = None) -> None:
         self.pp = pp
+        self.limits = limits if limits is not None else FrameLimits.for_manifest(pp)
         self.size = (pp.resize[0], pp.resize[1])  # cv2 wants (w, h)
         std = np.asarray(pp.std, np.float32)
         self._a = (np.float32(pp.scale) / std).astype(np.float32)
@@ -49,7 +61,7 @@ class Preprocessor:
         self._dtype = _NUMPY_DTYPES[input_spec.dtype]
 
     def __call__(self, image: object) -> np.ndarray:
-        frame = check_frame(image)
+        frame = check_frame(image, self.limits)
         h, w = frame.shape[:2]
         interp = cv2.INTER_AREA if (w >= self.size[0] and h >= self.size[1]) else cv2.INTER_LINEAR
         small = cv2.resize(frame, self.size, interpolation=interp)

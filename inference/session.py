@@ -7,8 +7,12 @@ exception (see errors.py) because each is its own PLC fault code.
 
 Threading: `judge()` is meant to be called from ONE worker thread at a time (the daemon's
 inference worker); a concurrent call raises RuntimeError rather than queueing silently.
-A persistent watchdog thread enforces `timeout_ms` by setting `RunOptions.terminate` on
-the run in progress; ONNX Runtime checks that flag between nodes, so a run is cut short
+`timeout_ms` is ONE budget for the whole judge(): preprocessing is timed, and the ONNX
+Runtime run gets only what is left (a frame whose preprocessing alone used the budget is an
+InferenceTimeout, and the model is not run). Preprocessing cannot be interrupted, but its
+cost is bounded by the manifest's frame size limits, checked before any resize. A
+persistent watchdog thread enforces the rest of the budget by setting `RunOptions.terminate`
+on the run in progress; ONNX Runtime checks that flag between nodes, so a run is cut short
 at the next node boundary (a single huge node still finishes first; the daemon's own
 result timeout is the outer bound).
 
@@ -157,11 +161,12 @@ class Model:
             )
         self._check_interface(where)
 
-        self._preprocess = Preprocessor(m.preprocessing, m.input)
+        self._preprocess = Preprocessor(m.preprocessing, m.input, m.frame_limits)
         self._busy = threading.Lock()
         self._watchdog = _Watchdog(f"ort-watchdog-{m.name}")
         try:
-            w, h = m.preprocessing.resize
+            # The model's own input size, or the nearest size the manifest's frame limits accept.
+            w, h = m.frame_limits.clamp(*m.preprocessing.resize)
             self._score(self._run(self._preprocess(np.full((h, w, 3), 128, np.uint8)), None))
         except (InferenceError, InferenceTimeout) as e:
             self.close()
@@ -221,14 +226,21 @@ class Model:
             )
 
     def judge(self, image: np.ndarray) -> Verdict:
-        """Judge one HxWx3 uint8 BGR frame. Raises BadFrame, InferenceTimeout or InferenceError."""
+        """Judge one HxWx3 uint8 BGR frame within `timeout_ms`, preprocessing included.
+        Raises BadFrame, InferenceTimeout or InferenceError."""
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("Model.judge() called while another judge() is running; use one worker thread")
         try:
+            budget_ms = self.timeout_ms
             t0 = time.perf_counter()
             x = self._preprocess(image)
             t1 = time.perf_counter()
-            out = self._run(x, self.timeout_ms / 1000.0)
+            preprocess_ms = (t1 - t0) * 1000.0
+            left_ms = budget_ms - preprocess_ms
+            if left_ms <= 0:
+                raise InferenceTimeout(f"model {self.name}: preprocessing took {preprocess_ms:.1f} ms of the "
+                                       f"{budget_ms:g} ms budget; the model was not run")
+            out = self._run(x, left_ms / 1000.0, preprocess_ms)
             t2 = time.perf_counter()
             score = self._score(out)
         finally:
@@ -236,7 +248,9 @@ class Model:
         label = self.manifest.labels[1] if score >= self.manifest.threshold else self.manifest.labels[0]
         return Verdict(label, score, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0)
 
-    def _run(self, x: np.ndarray, timeout_s: float | None) -> np.ndarray:
+    def _run(self, x: np.ndarray, timeout_s: float | None, preprocess_ms: float = 0.0) -> np.ndarray:
+        """One ORT run, terminated after `timeout_s` (None: unbounded), which is what is left
+        of the budget after `preprocess_ms` of preprocessing."""
         session = self._session
         if session is None:
             raise InferenceError(f"model {self.name} is closed")
@@ -250,15 +264,20 @@ class Model:
         except Exception as e:
             elapsed_ms = (time.monotonic() - start) * 1000.0
             if self._watchdog.disarm():
-                raise InferenceTimeout(
-                    f"model {self.name}: run terminated after {elapsed_ms:.1f} ms (timeout {self.timeout_ms:g} ms)"
-                ) from None
+                raise InferenceTimeout(f"model {self.name}: run terminated after {elapsed_ms:.1f} ms "
+                                       f"({self._budget_note(timeout_s, preprocess_ms)})") from None
             raise InferenceError(f"model {self.name}: onnxruntime failed after {elapsed_ms:.1f} ms: {e}") from e
         fired = self._watchdog.disarm()
         elapsed_ms = (time.monotonic() - start) * 1000.0
         if timeout_s is not None and (fired or elapsed_ms > timeout_s * 1000.0):
-            raise InferenceTimeout(f"model {self.name}: run took {elapsed_ms:.1f} ms (timeout {self.timeout_ms:g} ms)")
+            raise InferenceTimeout(f"model {self.name}: run took {elapsed_ms:.1f} ms "
+                                   f"({self._budget_note(timeout_s, preprocess_ms)})")
         return out
+
+    def _budget_note(self, timeout_s: float | None, preprocess_ms: float) -> str:
+        left_ms = (timeout_s or 0.0) * 1000.0
+        return (f"timeout {self.timeout_ms:g} ms, of which preprocessing took {preprocess_ms:.1f} ms, "
+                f"leaving {left_ms:.1f} ms for the run")
 
     def _score(self, out: np.ndarray) -> float:
         """The output as one defect score in [0, 1]; anything else is an InferenceError,

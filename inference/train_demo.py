@@ -162,7 +162,7 @@ def main() -> None:
         threshold=0.5,
         labels=("pass", "fail"),
     )
-    (args.out / "manifest.json").write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    (args.out / "manifest.json").write_text(json.dumps(manifest.model_dump(mode="json", exclude_none=True), indent=2) + "\n")
     print(f"wrote {onnx_path} ({onnx_path.stat().st_size} bytes) and manifest.json")
 
     # The real check: the exported file through the daemon's own code path.

@@ -14,6 +14,7 @@ things. The checks, in order, each named in the report:
 - `interface`: onnxruntime loads the file and its input/output names, shapes and dtypes are
                the manifest's (`Model`'s build checks);
 - `smoke`:     one judge() of a mid-grey frame, through the real preprocessing, gives a score;
+               fails, saying so, when `frame_size` is outside the manifest's frame limits;
 - `range`:     black, white and noise frames too give finite outputs, in [0, 1] for
                probability/softmax outputs (a logit only needs to be finite);
 - `latency`:   `runs` judge() calls (preprocess + inference, as the daemon runs them) give
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
-from plcbridge.inference.errors import InferenceError, InferenceTimeout, ModelError
+from plcbridge.inference.errors import BadFrame, InferenceError, InferenceTimeout, ModelError
 from plcbridge.inference.manifest import load_manifest
 from plcbridge.inference.modelfile import default_opset, read_verified
 
@@ -69,7 +70,10 @@ MAX_OPSET: dict[tuple[int, int], int] = {
 }
 MIN_OPSET = 7  # every ONNX Runtime release supports opset 7 and newer, none anything older
 
-DEFAULT_FRAME_SIZE = (256, 256)  # (w, h): the synthetic camera's default in config.py
+# (w, h): the synthetic camera's default in config.py. Inside the default frame limits of
+# every manifest whose preprocessing.resize is at most 1024 per side (min_size is a quarter
+# of it); a manifest that sets its own frame limits may exclude it: see _judge_checks.
+DEFAULT_FRAME_SIZE = (256, 256)
 
 # X.Y, X.Y.Z, and PEP 440 suffixes as wheels report them: 1.21.0rc1, 1.21.0.dev2025, 1.21.0+cu124
 _VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?(?:(?:[.+-]|rc|a|b|dev)[0-9A-Za-z.+-]*)?$")
@@ -212,8 +216,9 @@ def validate_model(
     `runs`: timed judge() calls; with `p99_max_ms` set, timing stops as soon as enough runs
     were over budget that p99 cannot be met, so a far too slow model fails in a few runs.
     `timeout_ms`: any single run longer than this fails its check (a hung model must not
-    hang a pipeline or a reload). `frame_size`: (w, h) of the generated camera frames;
-    preprocessing cost depends on it. `progress(done, runs)` is called after each timed run.
+    hang a pipeline or a reload); it is the whole judge() budget, preprocessing included.
+    `frame_size`: (w, h) of the generated camera frames; preprocessing cost depends on it,
+    and it must be inside the manifest's frame limits (else the smoke check fails, saying so). `progress(done, runs)` is called after each timed run.
     `pause_s`: sleep between timed runs, so that a check run inside the daemon (SIGHUP
     reload) leaves the CPU to the write loop and the serving model; the timing is unaffected.
     `on_pass(model)`: called with the checked Model when every check passed; the caller then
@@ -306,12 +311,22 @@ def _judge_checks(model: Model, r: ValidationReport, runs: int, p99_max_ms: floa
                   frame_size: tuple[int, int], progress: Callable[[int, int], None] | None,
                   pause_s: float = 0.0) -> None:
     """smoke, range and latency: judge() calls on a built Model, exactly as the worker makes them."""
+    limits = model.manifest.frame_limits
+    w, h = frame_size
+    outside = limits.problem(w, h)
+    if outside is not None:
+        lo, hi = limits.min_size, limits.max_size
+        r._record("smoke", False, f"validate's generated frames ({w}x{h}, frame_size) are outside the manifest's "
+                                  f"frame limits {lo[0]}x{lo[1]} .. {hi[0]}x{hi[1]}: {outside}; "
+                                  f"pass a frame_size within the limits")
+        r._skip_rest("needs a smoke run that gives a score")
+        return
     frames = generated_frames(frame_size)
     scores: dict[str, float] = {}
     for name, frame in frames.items():
         try:
             scores[name] = model.judge(frame).score
-        except (InferenceError, InferenceTimeout) as e:
+        except (BadFrame, InferenceError, InferenceTimeout) as e:
             if name == "mid-grey":
                 r._record("smoke", False, f"{name} frame {frame_size[0]}x{frame_size[1]}: {e}")
                 r._skip_rest("needs a smoke run that gives a score")
@@ -335,7 +350,7 @@ def _judge_checks(model: Model, r: ValidationReport, runs: int, p99_max_ms: floa
         t0 = time.perf_counter()
         try:
             model.judge(cycle[n % len(cycle)])
-        except (InferenceError, InferenceTimeout) as e:
+        except (BadFrame, InferenceError, InferenceTimeout) as e:
             r.runs, r.latency_ms = len(samples), _percentiles(samples) if samples else {}
             r._record("latency", False, f"timed run {n}: {e}")
             return

