@@ -74,7 +74,7 @@ FAULT_PLC_ACTION: dict[FaultCode, str] = {
     FaultCode.NONE: "nothing",
     FaultCode.INFERENCE_TIMEOUT: "treat the part as the fail-safe says (reject); alarm if it repeats",
     FaultCode.INFERENCE_ERROR: "reject the part; alarm (the model or the frame is broken)",
-    FaultCode.STALE_RESULT: "free-run: stop trusting verdicts; stop or divert the line until RESULT_VALID returns",
+    FaultCode.STALE_RESULT: "free-run: stop trusting verdicts; stop or divert the line until FAILSAFE_ACTIVE clears",
     FaultCode.CAMERA_FAULT: "reject the part; alarm and check the camera (READY is cleared, stop triggering)",
     FaultCode.MODEL_NOT_READY: "reject the part; do not trigger until READY returns (a model is being loaded or failed)",
     FaultCode.TRIGGER_OVERRUN: "reject the parts it answers; trigger slower or wait for TRIGGER_READY",

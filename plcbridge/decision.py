@@ -31,6 +31,9 @@ class Decision:
     infer_ms: float | None = None
     request: Request | None = None
     reason: str = ""
+    # Triggered flood rule: how many older trigger values this TRIGGER_OVERRUN answer also
+    # answers (a collapsed run of skipped or refused values; see inspection.py).
+    collapsed: int = 0
 
     @property
     def is_failsafe(self) -> bool:
@@ -38,5 +41,7 @@ class Decision:
 
 
 def failsafe(fault: FaultCode, now: float, reason: str, *, model_version: int = 0, request: Request | None = None,
-             frame_seq: int | None = None, t_capture: float | None = None, label: str | None = None) -> Decision:
-    return Decision(ResultCode.FAILSAFE, fault, 1.0, now, model_version, frame_seq, t_capture, label, None, request, reason)
+             frame_seq: int | None = None, t_capture: float | None = None, label: str | None = None,
+             collapsed: int = 0) -> Decision:
+    return Decision(ResultCode.FAILSAFE, fault, 1.0, now, model_version, frame_seq, t_capture, label, None, request, reason,
+                    collapsed)

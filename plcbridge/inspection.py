@@ -6,7 +6,9 @@ no threads, no I/O, the clock passed in. The write loop calls, on its own thread
   tick(now, health) -> ResultFields   to build the output block; `token` says what it carries
   written(token, t)                   when the link reports that a block carrying `token`
                                       reached the PLC at time t (the PLC has the result)
-  on_inputs(inputs, t)                with each new reply the link read, t its arrival
+  on_inputs(inputs, t, new_session)   with each new reply the link read, t its arrival;
+                                      new_session on the first reply of a link session
+  shutdown(now) -> ResultFields|None  the final block's answer, if a trigger waits for one
 
 Fail-safe values come from the config (`FailsafeSettings`), never from code paths here.
 """
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from plcbridge.config import FailsafeSettings, TimingSettings
-from plcbridge.contract import U16_MAX, FaultCode, Inputs, ResultCode, score_to_register
+from plcbridge.contract import U16_MAX, FaultCode, Inputs, ResultCode, next_seq, score_to_register, seq_delta
 from plcbridge.decision import Decision, Request, failsafe
 from plcbridge.journal import Journal
 from plcbridge.logs import get_logger, log_event
@@ -29,6 +31,10 @@ log = get_logger("inspection")
 
 # A trigger_seq jump larger than this is a PLC restart or a reset counter, not lost triggers.
 MAX_SKIPPED_TRIGGERS = 16
+# A flood run closes (is journaled, takes no newer values) after this long without a new
+# value, or this long after it opened: the journal lags a flood by at most RUN_MAX_S.
+RUN_QUIET_S = 0.1
+RUN_MAX_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -97,8 +103,11 @@ class FreeRunInspection:
     def trigger_ready(self, health: Health) -> bool:
         return False  # free-run takes no triggers
 
-    def on_inputs(self, inputs: Inputs, now: float) -> None:
+    def on_inputs(self, inputs: Inputs, now: float, new_session: bool = False) -> None:
         pass
+
+    def shutdown(self, now: float) -> ResultFields | None:
+        return None  # no trigger waits for an answer
 
     def tick(self, now: float, health: Health) -> ResultFields:
         d = self._latest()
@@ -134,16 +143,33 @@ class _Slot:
     request: Request
     decision: Decision | None = None
     t_first_written: float | None = None
+    journaled: bool = False
+    # A flood run (TRIGGER_OVERRUN beyond the backlog limit) stays open to newer values and
+    # is journaled once, when it closes: RUN_QUIET_S without a new value, RUN_MAX_S after it
+    # opened, or when it is presented, discarded or shut down.
+    t_opened: float = 0.0
+    t_grown: float = 0.0
 
 
 class TriggeredInspection:
-    """Every trigger gets exactly one result, in trigger order, none skipped.
+    """Every trigger gets exactly one answer, in trigger order; the rules of
+    docs/plc-interface.md "Triggered mode", in one place:
 
-    A change of trigger_seq is a trigger. A jump of k > 1 means the PLC raised k-1 triggers
-    the bridge never saw separately: each gets FAILSAFE + TRIGGER_OVERRUN. Up to
-    1 + trigger_queue triggers may wait for a decision; one more gets TRIGGER_OVERRUN. A
-    result stays on the outputs until the PLC acks it (result_ack_seq) or result_hold_ms
-    has passed since it was first written, then the next settled result follows.
+    - trigger_seq counts 1..65535 and wraps to 1; 0 is idle, never a trigger. A change is a
+      trigger; a jump of k > 1 answers the k-1 values in between with TRIGGER_OVERRUN
+      (part_id 0); a jump of more than MAX_SKIPPED_TRIGGERS is a counter reset, one trigger.
+    - Session start (the first read of every PLC link session): 0 or a value the PLC has
+      acked is nothing to answer; another value the bridge has not answered was raised while
+      it could not see it: FAILSAFE + PLC_INPUTS_STALE at once. A PLC restart (the counter
+      back to 0, or moved while the link was down) discards answers held for the PLC's
+      previous session: they are never presented to the new one.
+    - A trigger read while unhealthy (including right after the inputs were stale) gets a
+      fail-safe with that fault at once, never a judgement on a later frame.
+    - Answers wait in order; one is presented at a time, until the PLC acks it
+      (result_ack_seq) or result_hold_ms after it was first written. At most
+      1 + trigger_queue answers wait: a trigger beyond that is TRIGGER_OVERRUN, and
+      consecutive TRIGGER_OVERRUN answers beyond it collapse into one for the newest value
+      (flood rule), so memory and backlog are bounded whatever the PLC does.
     """
 
     def __init__(self, timing: TimingSettings, fs: FailsafeSettings, submit: Callable[[Request], None],
@@ -163,47 +189,113 @@ class TriggeredInspection:
         self.presenting: _Slot | None = None
         self._health = Health(False, False, 0)
 
-    def _undecided(self) -> int:
-        return sum(1 for s in self.slots if s.decision is None)
-
     def trigger_ready(self, health: Health) -> bool:
-        return status_fault(health) is FaultCode.NONE and self._undecided() < self.capacity
+        return status_fault(health) is FaultCode.NONE and len(self.slots) < self.capacity
 
-    def on_inputs(self, inputs: Inputs, now: float) -> None:
+    # ------------------------------------------------------------------ inputs
+
+    def on_inputs(self, inputs: Inputs, now: float, new_session: bool = False) -> None:
         self.ack_seq = inputs.result_ack_seq
         seq = inputs.trigger_seq
-        if self.last_seq is None:  # first read: adopt the PLC's counter, it is not a trigger
-            self.last_seq = seq
-            log_event(log, "trigger_seq_adopted", logging.INFO, trigger_seq=seq)
+        if self.last_seq is None or new_session:
+            self._start_session(inputs, now)
             return
-        delta = (seq - self.last_seq) & U16_MAX
+        if seq == 0 and self.last_seq != 0:
+            self._plc_restarted(now, f"trigger_seq went from {self.last_seq} to 0 (idle)")
+            self.last_seq = 0
+            return
+        self._advance(seq, inputs.part_id, now)
+
+    def _start_session(self, inputs: Inputs, now: float) -> None:
+        """The first read of a PLC session: decide the pending trigger from the PLC's own
+        handshake registers, and drop what was held for a PLC session that has ended."""
+        seq, ack = inputs.trigger_seq, inputs.result_ack_seq
+        previous = self.last_seq
+        if previous is not None:
+            if seq == previous:  # the same PLC session after a link blip: nothing changed
+                return
+            delta = seq_delta(previous, seq)
+            if seq != 0 and delta <= MAX_SKIPPED_TRIGGERS:  # it went on counting: answer as usual
+                self._advance(seq, inputs.part_id, now)
+                return
+            self._plc_restarted(now, f"trigger_seq went from {previous} to {seq} while the link was down")
+        self.last_seq = seq
+        if seq == 0 or seq == ack:
+            log_event(log, "trigger_seq_adopted", logging.INFO, trigger_seq=seq, result_ack_seq=ack,
+                      reason="idle" if seq == 0 else "the PLC has taken its last answer: nothing pending")
+            return
+        self._settle_new(Request(seq, inputs.part_id, now), FaultCode.PLC_INPUTS_STALE, now,
+                         f"trigger {seq} was pending (result_ack_seq {ack}) when the bridge's session began: "
+                         "raised while the bridge could not see it, its frame cannot be identified")
+
+    def _plc_restarted(self, now: float, why: str) -> None:
+        """Answers held for the PLC's previous session are never shown to the next one."""
+        held = ([self.presenting] if self.presenting is not None and self.presenting.t_first_written is None else []) + list(self.slots)
+        for slot in held:
+            if slot.decision is None:  # journal its one answer: it ends here
+                self._settle(slot, failsafe(FaultCode.PLC_INPUTS_STALE, now, f"discarded: {why} before it was answered",
+                                            model_version=self._health.model_version, request=slot.request))
+            elif not slot.journaled:
+                self._journal(slot)
+        if held:
+            self.metrics.results_discarded.inc(len(held))
+        log_event(log, "results_discarded" if held else "plc_restarted", logging.WARNING, reason=why,
+                  trigger_seqs=[s.request.trigger_seq for s in held], rate_key="restart")
+        self.slots.clear()
+        self.presenting = None
+
+    def _advance(self, seq: int, part_id: int, now: float) -> None:
+        assert self.last_seq is not None
+        delta = seq_delta(self.last_seq, seq)
         if delta == 0:
             return
         if delta > MAX_SKIPPED_TRIGGERS:
             log_event(log, "trigger_seq_resync", logging.WARNING, previous=self.last_seq, trigger_seq=seq,
-                      reason=f"trigger_seq jumped by {delta}: PLC restart or counter reset; taken as one trigger")
+                      reason=f"trigger_seq jumped by {delta}: PLC restart or counter reset; taken as one trigger",
+                      rate_key="resync")
             skipped: list[int] = []
         else:
-            skipped = [(self.last_seq + i) & U16_MAX for i in range(1, delta)]
+            skipped, s = [], self.last_seq
+            for _ in range(delta - 1):
+                s = next_seq(s)
+                skipped.append(s)
+        before = self.last_seq
         self.last_seq = seq
         for s in skipped:
-            self._settle_new(Request(s, 0, now), FaultCode.TRIGGER_OVERRUN, now,
-                             f"trigger_seq went from {(seq - delta) & U16_MAX} to {seq}: this value was never seen on its own")
-        req = Request(seq, inputs.part_id, now)
-        # Unhealthy on the last tick, including blind (inputs stale): this trigger may have
-        # been raised long ago, and the frame it asked about is gone.
+            self._overrun(Request(s, 0, now), now, f"trigger_seq went from {before} to {seq}: this value was never seen on its own")
+        req = Request(seq, part_id, now)
         fault = status_fault(self._health)
-        if fault is FaultCode.PLC_INPUTS_STALE:
+        if len(self.slots) >= self.capacity:
+            self._overrun(req, now, f"{len(self.slots)} answers already waiting (1 + timing.trigger_queue = {self.capacity})")
+            self.metrics.queue_drops.labels("triggers").inc()
+        elif fault is FaultCode.PLC_INPUTS_STALE:
+            # Read after the inputs were stale: it may have been raised long ago.
             self._settle_new(req, fault, now, "read after the bridge had been blind to its inputs for longer than "
                                               "plc.max_input_age_ms: the part may have moved on")
         elif fault is not FaultCode.NONE:
             self._settle_new(req, fault, now, "not healthy when the trigger arrived")
-        elif self._undecided() >= self.capacity:
-            self._settle_new(req, FaultCode.TRIGGER_OVERRUN, now, f"trigger queue full ({self.capacity} waiting)")
-            self.metrics.queue_drops.labels("triggers").inc()
         else:
             self.slots.append(_Slot(req))
             self._submit(req)
+
+    def _overrun(self, req: Request, now: float, reason: str) -> None:
+        """A TRIGGER_OVERRUN answer. Within the backlog limit each value gets its own; beyond
+        it, values join the open run at the end of the queue, which answers the newest."""
+        last = self.slots[-1] if self.slots else None
+        flooding = len(self.slots) >= self.capacity
+        if flooding and last is not None and last.decision is not None and not last.journaled:
+            d = last.decision
+            last.request, last.t_grown = req, now
+            last.decision = failsafe(FaultCode.TRIGGER_OVERRUN, now, f"flood: answers trigger_seq {req.trigger_seq} "
+                                     f"and the {d.collapsed + 1} older value(s) of its run ({reason})",
+                                     model_version=self._health.model_version, request=req, collapsed=d.collapsed + 1)
+            self.metrics.triggers_collapsed.inc()
+            return
+        slot = _Slot(req, failsafe(FaultCode.TRIGGER_OVERRUN, now, reason, model_version=self._health.model_version,
+                                   request=req), t_opened=now, t_grown=now)
+        self.slots.append(slot)
+        if not flooding:
+            self._journal(slot)
 
     def _settle_new(self, req: Request, fault: FaultCode, now: float, reason: str) -> None:
         slot = _Slot(req)
@@ -212,7 +304,14 @@ class TriggeredInspection:
 
     def _settle(self, slot: _Slot, d: Decision) -> None:
         slot.decision = d
-        self.journal.decision(d)
+        self._journal(slot)
+
+    def _journal(self, slot: _Slot) -> None:
+        assert slot.decision is not None
+        slot.journaled = True
+        self.journal.decision(slot.decision)
+
+    # ------------------------------------------------------------------ decisions
 
     def on_decision(self, d: Decision) -> None:
         for slot in self.slots:
@@ -221,15 +320,22 @@ class TriggeredInspection:
                     self._settle(slot, d)
                     return
                 break
-        # Too late: the trigger already got its fail-safe result. Journal, never write.
+        # Too late: the trigger already got its fail-safe result, or was discarded with the
+        # PLC's previous session. Journal, never write.
         self.metrics.queue_drops.labels("late_decisions").inc()
         req = d.request
         log_event(log, "late_decision", logging.WARNING, trigger_seq=req.trigger_seq if req else None,
                   part_id=req.part_id if req else None, result=d.result.name, score=round(d.score, 4),
-                  reason="the result timeout had already written a fail-safe for this trigger")
+                  reason="this trigger had already been answered (result timeout) or discarded (PLC restart)")
+
+    # ------------------------------------------------------------------ outputs
 
     def tick(self, now: float, health: Health) -> ResultFields:
         self._health = health
+        last = self.slots[-1] if self.slots else None
+        if last is not None and not last.journaled and last.decision is not None and (
+                now - last.t_grown >= RUN_QUIET_S or now - last.t_opened >= RUN_MAX_S):
+            self._journal(last)  # the flood run closes: journaled even if the PLC never takes it
         for slot in self.slots:
             if slot.decision is None and now - slot.request.t_seen > self.timeout:
                 phase = self._phase(slot.request)
@@ -243,6 +349,8 @@ class TriggeredInspection:
             self.ack_seq == p.request.trigger_seq or now - p.t_first_written >= self.hold))
         if done and self.slots and self.slots[0].decision is not None:
             self.presenting = p = self.slots.popleft()
+            if not p.journaled:  # a collapsed run is journaled once, when it stops growing
+                self._journal(p)
         if p is None or p.decision is None:
             return ResultFields(fault_code=health_fault(health), model_version=health.model_version)
         return replace(fields_for(p.decision, p.request.trigger_seq, p.request.part_id, self.fs), token=p)
@@ -254,3 +362,32 @@ class TriggeredInspection:
             self.metrics.trigger_to_result_seconds.observe(t - p.request.t_seen)
             if p.decision is not None and p.decision.t_capture is not None:
                 self.metrics.capture_to_write_seconds.observe(t - p.decision.t_capture)
+
+    def shutdown(self, now: float) -> ResultFields | None:
+        """The final block's answer: the oldest trigger not yet delivered gets FAILSAFE +
+        SHUTTING_DOWN with its own result_seq and part_id. Every other answer still held is
+        journaled (if it was not) and logged as not delivered."""
+        held = ([self.presenting] if self.presenting is not None and self.presenting.t_first_written is None else []) + list(self.slots)
+        if not held:
+            return None
+        first, rest = held[0], held[1:]
+        if first.decision is None:
+            self._settle(first, failsafe(FaultCode.SHUTTING_DOWN, now, "the daemon is stopping: answered by the final block",
+                                         model_version=self._health.model_version, request=first.request))
+        elif not first.journaled:
+            self._journal(first)
+        for slot in rest:
+            if slot.decision is None:
+                self._settle(slot, failsafe(FaultCode.SHUTTING_DOWN, now, "the daemon stopped before this trigger "
+                                            "could be answered; not delivered", model_version=self._health.model_version,
+                                            request=slot.request))
+            elif not slot.journaled:
+                self._journal(slot)
+        if rest:
+            log_event(log, "results_not_delivered", logging.WARNING, trigger_seqs=[s.request.trigger_seq for s in rest],
+                      reason="the daemon stopped; the final block can carry one answer")
+        self.slots.clear()
+        self.presenting = None
+        req = first.request
+        return ResultFields(req.trigger_seq, self.fs.code, score_to_register(self.fs.score), FaultCode.SHUTTING_DOWN, 0,
+                            self._health.model_version, req.part_id, True, True)

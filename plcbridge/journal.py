@@ -53,6 +53,8 @@ class Journal:
             fields["truth"] = d.label
         if d.reason:
             fields["reason"] = d.reason
+        if d.collapsed:
+            fields["collapsed"] = d.collapsed  # older trigger values this answer also stands for
         level = logging.WARNING if d.is_failsafe else logging.INFO
         log_event(log, "decision", level, **fields)
         self._count(d.result, d.fault if d.is_failsafe else None)

@@ -54,6 +54,7 @@ class Reply:
     """The newest inputs read from the PLC."""
 
     seq: int  # +1 with every reply: the write loop hands each reply to the inspection once
+    session: int  # +1 with every connection: the first reply of a session starts the handshake anew
     inputs: Inputs
     t_sent: float  # time.monotonic() when the request went out: the inputs are no older
     t_answered: float
@@ -94,6 +95,7 @@ class PlcLink:
         self._final_id: int | None = None
         self._delivered = threading.Condition(threading.Lock())
         self._ever_connected = False
+        self.sessions = 0
         self._t_connected = 0.0
         self._answered = 0  # replies on the current session
         self._last_sent_id = -1
@@ -199,6 +201,7 @@ class PlcLink:
                       retry_in_ms=round(delay * 1000), rate_key=target)
             return delay
         self._adapter = adapter
+        self.sessions += 1
         self._t_connected = time.monotonic()
         self._answered = 0
         self.last_error = None
@@ -237,7 +240,7 @@ class PlcLink:
             self.metrics.plc_late_exchanges.inc()
         self._mark_written(posted, t1)
         seq = self.reply.seq + 1 if self.reply is not None else 0
-        self.reply = Reply(seq, inputs, t0, t1, posted.block_id)
+        self.reply = Reply(seq, self.sessions, inputs, t0, t1, posted.block_id)
         return 0.0
 
     def _requeue(self, posted: _Posted) -> None:

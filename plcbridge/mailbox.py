@@ -44,14 +44,16 @@ class FrameMailbox:
                         return None
             return self._frames[-1]
 
-    def first_after(self, t: float, timeout: float) -> Frame | None:
-        """The first frame captured after monotonic time t, waiting up to timeout for one."""
+    def first_after(self, t: float, timeout: float, *, after_seq: int = -1, until: float | None = None) -> Frame | None:
+        """The first frame captured after monotonic time t with seq > after_seq, waiting up
+        to timeout for one. With `until`, a frame captured after it is not the one wanted:
+        None at once (the caller's window has closed)."""
         end = time.monotonic() + timeout
         with self._cond:
             while True:
                 for f in self._frames:
-                    if f.t_capture > t:
-                        return f
+                    if f.t_capture > t and f.seq > after_seq:
+                        return None if until is not None and f.t_capture > until else f
                 left = end - time.monotonic()
                 if left <= 0:
                     return None

@@ -50,6 +50,10 @@ class Metrics:
                 self.failsafes.labels(f.name)
         self.decisions = Counter("plcbridge_decisions", "Decisions journaled, by result", ["result"], registry=r)
         self.queue_drops = Counter("plcbridge_queue_drops", "Items overwritten or refused by a bounded queue", ["queue"], registry=r)
+        self.triggers_collapsed = Counter("plcbridge_triggers_collapsed", "Trigger values answered by a collapsed "
+                                          "TRIGGER_OVERRUN answer for a newer value (flood rule), not one of their own", registry=r)
+        self.results_discarded = Counter("plcbridge_results_discarded", "Answers held for a PLC session that ended "
+                                         "(the PLC restarted) before they were delivered", registry=r)
         self.plc_late_exchanges = Counter("plcbridge_plc_late_exchanges", "PLC replies that came more than one period after the request (used, not fatal)", registry=r)
         self.plc_blocks_superseded = Counter("plcbridge_plc_blocks_superseded", "Output blocks replaced by a newer one before an exchange was free to send them", registry=r)
         self.plc_input_age_seconds = Gauge("plcbridge_plc_input_age_seconds", "Age of the newest PLC inputs at the last write tick (since their request was sent)", registry=r)

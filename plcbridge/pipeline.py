@@ -122,6 +122,7 @@ class InferenceWorker:
         self.load_error: str | None = None
         self._next_model: Model | None = None  # set by swap_model(), adopted by the worker thread
         self.phase: tuple[Request | None, str] = (None, "loading")  # read lock-free by the write loop
+        self._last_judged = -1  # seq of the last frame a trigger was judged on: a frame judges one trigger
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
 
@@ -238,20 +239,47 @@ class InferenceWorker:
         return frame.seq
 
     def _triggered_step(self) -> None:
+        """One trigger, one frame: the first frame captured after the trigger was seen that no
+        earlier trigger took, captured within timing.frame_window_ms and before the next
+        trigger was seen (a later frame may show the next part). None: NO_FRAME, or
+        CAMERA_FAULT when no frame at all came after the trigger."""
         try:
             req = self.requests.get(timeout=0.1)
         except queue.Empty:
             return
         self.phase = (req, "waiting_frame")
-        timeout = self.config.timing.result_timeout_ms / 1000
-        frame = self.frames.first_after(req.t_seen, timeout=max(0.0, req.t_seen + timeout - time.monotonic()))
-        if frame is None:
-            d = failsafe(FaultCode.CAMERA_FAULT, time.monotonic(), "no frame captured after the trigger",
+        timing = self.config.timing
+        until = req.t_seen + timing.frame_window_ms / 1000
+        nxt = self._next_request()
+        if nxt is not None:
+            until = min(until, nxt.t_seen)
+        deadline = min(until, req.t_seen + timing.result_timeout_ms / 1000)
+        frame = self.frames.first_after(req.t_seen, timeout=max(0.0, deadline - time.monotonic()),
+                                        after_seq=self._last_judged, until=until)
+        nxt = self._next_request()  # seen while we waited? then a frame after it is its part's
+        if frame is not None and nxt is not None and frame.t_capture > nxt.t_seen:
+            frame = None
+        cut_short = nxt is not None and nxt.t_seen < req.t_seen + timing.frame_window_ms / 1000
+        now = time.monotonic()
+        if frame is not None:
+            self._last_judged = frame.seq
+            d = self.judge(frame, req)
+        elif not cut_short and (self.frames.last_capture or 0.0) <= req.t_seen:  # the camera gave nothing
+            d = failsafe(FaultCode.CAMERA_FAULT, now, "no frame captured after the trigger",
                          model_version=self.model_version, request=req)
         else:
-            d = self.judge(frame, req)
+            d = failsafe(FaultCode.NO_FRAME, now, f"no frame of its own within timing.frame_window_ms = "
+                         f"{timing.frame_window_ms} after the trigger{' and before the next one' if nxt else ''} "
+                         f"(frames up to seq {self._last_judged} judged earlier triggers)",
+                         model_version=self.model_version, request=req)
+            self.metrics.queue_drops.labels("no_frame").inc()
         self.phase = (None, "idle")
         self.results.put(d)
+
+    def _next_request(self) -> Request | None:
+        """The trigger queued after the current one, if the write loop has seen it yet."""
+        with self.requests.mutex:
+            return self.requests.queue[0] if self.requests.queue else None
 
     def judge(self, frame: Frame, req: Request | None) -> Decision:
         assert self.model is not None

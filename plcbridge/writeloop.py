@@ -84,6 +84,7 @@ class WriteLoop:
         self.inputs_ok = False
         self._started = 0.0
         self._reply_seq = -1  # the last link reply handed to the inspection
+        self._session = -1  # the link session of that reply
         self._written_id = -1  # the last delivered block handed to the inspection
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="write-loop", daemon=True)
@@ -147,10 +148,14 @@ class WriteLoop:
         r = self.link.reply
         if r is not None and r.seq != self._reply_seq:
             self._reply_seq = r.seq
-            self.inspection.on_inputs(r.inputs, r.t_answered)
+            new_session = r.session != self._session
+            self._session = r.session
+            self.inspection.on_inputs(r.inputs, r.t_answered, new_session)
 
     def _inputs_fresh(self, now: float) -> bool:
         r = self.link.reply
+        if r is not None and r.session != self.link.sessions:
+            r = None  # inputs of a session that has ended say nothing about the PLC now
         self.input_age = None if r is None else now - r.t_sent
         age = self.input_age if self.input_age is not None else now - self._started
         self.metrics.plc_input_age_seconds.set(age)
@@ -224,8 +229,14 @@ class WriteLoop:
         fs = self.config.failsafe
         last = self._last_fields
         status = StatusBit.FAILSAFE_ACTIVE
-        outputs = Outputs(self.heartbeat, int(status), getattr(last, "result_seq", 0), fs.code,
-                          score_to_register(fs.score), FaultCode.SHUTTING_DOWN, 0, getattr(last, "model_version", 0), 0)
+        pending = self.inspection.shutdown(time.monotonic())
+        if pending is not None:  # a trigger waits: its own answer, SHUTTING_DOWN
+            status |= StatusBit.RESULT_VALID
+            outputs = Outputs(self.heartbeat, int(status), pending.result_seq, pending.result_code, pending.score,
+                              FaultCode.SHUTTING_DOWN, 0, pending.model_version, pending.part_id)
+        else:
+            outputs = Outputs(self.heartbeat, int(status), getattr(last, "result_seq", 0), fs.code,
+                              score_to_register(fs.score), FaultCode.SHUTTING_DOWN, 0, getattr(last, "model_version", 0), 0)
         ok = self.link.final_write(self.ticks, outputs, FINAL_WRITE_BUDGET_S)
         self.final_write_ok = ok
         self.status = int(status)

@@ -70,8 +70,10 @@ def test_full_queue_gives_overrun_and_never_drops():
         r.trigger_seq += 1
         r.step()
     assert [q.trigger_seq for q in r.submitted] == [1, 2]
-    assert r.journal.failsafes == {"TRIGGER_OVERRUN": 1}
     assert r.ins.trigger_ready(OK) is False
+    for _ in range(12):  # the overrun beyond the limit is journaled once its run has closed (100 ms quiet)
+        r.step()
+    assert r.journal.failsafes == {"TRIGGER_OVERRUN": 1}
 
 
 def test_timeout_names_the_stage_that_was_late():
@@ -167,3 +169,138 @@ def test_late_decision_is_counted_and_never_written():
     assert r.metrics.queue_drops.labels("late_decisions")._value.get() == 1
     f = r.step()
     assert f.failsafe and f.fault_code == FaultCode.INFERENCE_TIMEOUT
+
+
+# ---------------------------------------------------------------- start, restart, flood, shutdown
+
+def _rig_at(trigger_seq: int, ack: int, **timing) -> Rig:
+    """A rig whose first read (the session start) sees trigger_seq and result_ack_seq."""
+    r = Rig.__new__(Rig)
+    r.submitted, r.phase = [], {}
+    r.metrics = Metrics()
+    r.journal = Journal(r.metrics, "test")
+    r.ins = TriggeredInspection(TimingSettings(**timing), FailsafeSettings(), r.submitted.append,
+                                lambda q: r.phase.get(id(q)), r.journal, r.metrics)
+    r.t, r.trigger_seq, r.ack = 0.0, trigger_seq, ack
+    r.ins.tick(r.t, OK)
+    r.ins.on_inputs(Inputs(trigger_seq, 77, ack), r.t)
+    return r
+
+
+def _answers(r: Rig, steps: int = 30) -> list[tuple[int, int, int]]:
+    """(result_seq, result_code, fault_code) of each new answer presented, the PLC acking each."""
+    seen = []
+    for _ in range(steps):
+        f = r.step()
+        if f.valid and (not seen or seen[-1][0] != f.result_seq):
+            seen.append((f.result_seq, f.result_code, f.fault_code))
+        if f.valid:
+            r.ack = f.result_seq
+    return seen
+
+
+def test_session_start_idle_or_acked_is_nothing_to_answer():
+    for seq, ack in ((0, 0), (7, 7)):
+        r = _rig_at(seq, ack)
+        assert _answers(r, 5) == [] and r.journal.results == {}
+        r.trigger_seq = seq + 1  # the next trigger is an ordinary one (0 -> 1, 7 -> 8)
+        r.step()
+        assert [q.trigger_seq for q in r.submitted] == [seq + 1]
+
+
+def test_session_start_with_an_unacked_trigger_answers_it_failsafe_at_once():
+    r = _rig_at(5, 4)
+    assert _answers(r, 3) == [(5, ResultCode.FAILSAFE, FaultCode.PLC_INPUTS_STALE)]
+    assert r.submitted == [] and r.journal.failsafes == {"PLC_INPUTS_STALE": 1}
+
+
+def test_plc_restart_is_no_phantom_part_and_old_answers_are_never_shown_to_the_new_session():
+    r = Rig(result_hold_ms=1000)
+    r.trigger_seq = 1
+    r.step(part_id=11)
+    r.trigger_seq = 2
+    r.step(part_id=12)
+    r.answer(r.submitted[0])
+    f = r.step()
+    assert (f.result_seq, f.valid) == (1, True)  # presented, not yet acked; trigger 2 still judging
+    r.trigger_seq, r.ack = 0, 0  # the PLC restarts: idle counter, no ack
+    r.step()  # the read that sees it (the rig composes before it reads; the write loop reads first)
+    for _ in range(3):
+        f = r.step()
+        assert not f.valid, f  # neither answer of the old session is presented to the new one
+    r.answer(r.submitted[1])  # the old trigger's verdict comes in late: journaled, never written
+    assert not r.step().valid
+    assert r.metrics.results_discarded._value.get() == 1  # trigger 2: never delivered (1 was, unacked)
+    r.trigger_seq = 1  # the new session's first trigger is answered normally
+    r.step(part_id=21)
+    assert [q.part_id for q in r.submitted] == [11, 12, 21]
+    r.answer(r.submitted[2])
+    assert _answers(r, 5) == [(1, ResultCode.PASS, FaultCode.NONE)]
+
+
+def test_reconnect_to_the_same_plc_session_keeps_the_pending_answer():
+    r = Rig()
+    r.trigger_seq = 1
+    r.step()
+    r.ins.on_inputs(Inputs(1, 0, 0), r.t, new_session=True)  # link blip: same counter
+    r.answer(r.submitted[0])
+    assert _answers(r, 5) == [(1, ResultCode.PASS, FaultCode.NONE)]
+
+
+def test_counter_wraps_65535_to_1_without_a_skipped_value():
+    r = _rig_at(65534, 65534)
+    r.trigger_seq = 65535
+    r.step()
+    r.trigger_seq = 1
+    r.step()
+    assert [q.trigger_seq for q in r.submitted] == [65535, 1]
+    assert r.journal.failsafes == {}
+
+
+def test_stuck_trigger_edge_flood_stays_bounded_and_the_next_real_trigger_is_answered_in_time():
+    r = Rig(result_timeout_ms=500)
+    seq = 0
+    for _ in range(1000):  # 10 s of a PLC bug: +10 values per 10 ms read
+        seq += 10
+        r.trigger_seq = seq
+        r.step()
+        assert len(r.ins.slots) <= r.ins.capacity + 1, len(r.ins.slots)
+        for q in r.submitted:
+            r.answer(q)
+        r.submitted.clear()
+        r.ack = r.step(dt=0.0).result_seq  # the PLC acks whatever it is shown
+    for _ in range(30):  # the last run closes and everything waiting is presented and acked
+        r.ack = r.step().result_seq
+    assert not r.ins.slots
+    # Exactly once: every value the PLC raised is in the journal, on its own line or counted
+    # in the one line of the collapsed run that answered it.
+    lines = sum(r.journal.results.values())
+    collapsed = r.metrics.triggers_collapsed._value.get()
+    assert lines + collapsed == seq, (lines, collapsed, seq)
+    assert collapsed > 0.8 * seq  # most of the flood was answered by collapsed runs
+    # The bug stops; a legitimate trigger is answered within result_timeout_ms.
+    seq += 1
+    r.trigger_seq = seq
+    t0 = r.t
+    r.step(part_id=4242)
+    legit = r.submitted[-1]
+    assert legit.part_id == 4242
+    r.answer(legit)
+    for _ in range(60):
+        f = r.step()
+        r.ack = f.result_seq
+        if f.result_seq == seq and f.result_code == ResultCode.PASS:
+            break
+    assert f.result_seq == seq and r.t - t0 < 0.5, (f, r.t - t0)
+
+
+def test_shutdown_answers_the_pending_trigger_with_its_own_seq_and_part_id():
+    r = _rig_at(8, 8)
+    r.trigger_seq = 9
+    r.step(part_id=99)
+    f = r.ins.shutdown(r.t)
+    assert f is not None
+    assert (f.result_seq, f.part_id, f.result_code, f.fault_code, f.valid, f.failsafe) == (
+        9, 99, ResultCode.FAILSAFE, FaultCode.SHUTTING_DOWN, True, True)
+    assert r.journal.failsafes == {"SHUTTING_DOWN": 1}
+    assert Rig().ins.shutdown(0.0) is None  # nothing pending: no answer to carry

@@ -53,3 +53,56 @@ def test_unloadable_model_answers_triggers_with_model_not_ready(tmp_path):
     finally:
         w._stop.set()
         w._thread.join(2)
+
+
+def _triggered_worker(**timing):
+    cfg = station_config(1, "triggered", timing=timing)
+    m = Metrics()
+    w = InferenceWorker(cfg, FrameMailbox(), Journal(m, "t"), m)
+    return w.start()
+
+
+def _frame(seq: int) -> Frame:
+    return Frame(np.full((256, 256, 3), 128, np.uint8), seq, time.monotonic(), "pass")
+
+
+def test_one_frame_judges_one_trigger_and_a_trigger_without_its_own_frame_gets_no_frame():
+    w = _triggered_worker(frame_window_ms=80)
+    try:
+        t = time.monotonic()
+        first, second = Request(1, 11, t), Request(2, 12, t + 0.001)  # two triggers, one frame between them
+        w.submit(first)
+        w.submit(second)
+        time.sleep(0.005)
+        w.frames.put(_frame(1))  # after both triggers: it belongs to the second, the newer part
+        a = w.results.get(timeout=2)
+        b = w.results.get(timeout=2)
+    finally:
+        w.stop()
+    assert a.request is first and (a.result, a.fault) == (ResultCode.FAILSAFE, FaultCode.NO_FRAME), a
+    assert "frame_window_ms" in a.reason
+    assert b.request is second and b.fault is FaultCode.NONE and b.frame_seq == 1
+
+
+def test_a_frame_taken_by_one_trigger_is_never_judged_for_the_next():
+    w = _triggered_worker(frame_window_ms=60)
+    try:
+        first = Request(1, 11, time.monotonic())
+        w.submit(first)
+        time.sleep(0.002)
+        w.frames.put(_frame(1))
+        a = w.results.get(timeout=2)
+        second = Request(2, 12, first.t_seen + 0.0005)  # seen before frame 1 was captured too
+        w.submit(second)
+        b = w.results.get(timeout=2)  # frame 1 is taken, none follows within 60 ms
+        third = Request(3, 13, time.monotonic())
+        w.submit(third)
+        time.sleep(0.01)
+        w.frames.put(_frame(2))
+        c = w.results.get(timeout=2)
+    finally:
+        w.stop()
+    assert a.frame_seq == 1 and a.fault is FaultCode.NONE
+    assert (b.request, b.fault, b.frame_seq) == (second, FaultCode.NO_FRAME, None)
+    assert c.request is third and c.frame_seq == 2 and c.fault is FaultCode.NONE
+    assert len({d.frame_seq for d in (a, c)}) == 2

@@ -19,6 +19,7 @@ class FakeLink:
 
     connected = True
     last_error = None
+    sessions = 1
 
     def __init__(self) -> None:
         self.times: list[float] = []
@@ -35,7 +36,7 @@ class FakeLink:
         self.written = Written(block_id, token, t)
         if self.answering:
             seq = self.reply.seq + 1 if self.reply else 0
-            self.reply = Reply(seq, Inputs(), t, t, block_id)
+            self.reply = Reply(seq, 1, Inputs(), t, t, block_id)
 
     def final_write(self, block_id, outputs, budget_s):
         self.final = outputs
