@@ -29,6 +29,12 @@ class StationSettings(_Strict):
 
 
 class _CameraCommon(_Strict):
+    # "free-run": the camera streams and a trigger takes the first free frame after it.
+    # "software": on each trigger the bridge asks the camera for exactly one frame and
+    # judges that frame (triggered stations only; the source must be able to do it).
+    trigger: Literal["free-run", "software"] = "free-run"
+    # free-run: no frame for this long is CAMERA_FAULT. software: the camera has not
+    # answered a trigger, or its source has not been seen alive, for this long.
     stall_timeout_ms: Annotated[int, Field(ge=10, le=60_000)] = 500
     reconnect_min_ms: Annotated[int, Field(ge=1)] = 100
     reconnect_max_ms: Annotated[int, Field(ge=1)] = 5_000
@@ -59,6 +65,14 @@ class OpenCvCameraSettings(_CameraCommon):
     width: int | None = None
     height: int | None = None
     fps: float | None = None  # asked of the device; a video file plays at this rate if set
+
+    @model_validator(mode="after")
+    def _streams_only(self) -> "OpenCvCameraSettings":
+        if self.trigger != "free-run":
+            raise ValueError(f"trigger = {self.trigger!r}: an OpenCV source (a UVC device, RTSP, a video file) streams "
+                             "and cannot be told when to take a frame; use trigger = \"free-run\", or a source that "
+                             "can be triggered (synthetic, folder)")
+        return self
 
 
 CameraSettings = Annotated[
@@ -301,6 +315,9 @@ class Config(_Strict):
             )
         if self.timing.result_timeout_ms <= self.timing.period_ms:
             raise ValueError("timing.result_timeout_ms must be longer than timing.period_ms")
+        if self.camera.trigger != "free-run" and self.station.mode != "triggered":
+            raise ValueError(f"camera.trigger = {self.camera.trigger!r} needs station.mode = \"triggered\": "
+                             "in free-run nothing asks the camera for a frame")
         return self
 
 

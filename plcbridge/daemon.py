@@ -74,6 +74,8 @@ class Daemon:
         self.frames = FrameMailbox()
         self.grab = GrabLoop(config, self.frames, self.metrics)
         self.worker = InferenceWorker(config, self.frames, self.journal, self.metrics)
+        if config.camera.trigger == "software":
+            self.worker.request_frame = self.grab.trigger
         self.link = PlcLink(config.plc, self.metrics, config.timing.period_ms / 1000)
         if config.station.mode == "free-run":
             self.inspection: FreeRunInspection | TriggeredInspection = FreeRunInspection(
@@ -88,7 +90,7 @@ class Daemon:
         self._stall_s = config.camera.stall_timeout_ms / 1000
 
     def health(self, now: float) -> Health:
-        last = self.frames.last_capture
+        last = self.grab.alive_at
         return Health(last is not None and now - last < self._stall_s, self.worker.model_ok, self.worker.model_version)
 
     def _drain_decisions(self) -> None:

@@ -51,16 +51,18 @@ def stop_simulator(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return json.loads(out[start:]) if start >= 0 else {"error": f"no summary (exit code {proc.returncode})"}
 
 
-def demo_config(mode: str, port: int, protocol: str = "modbus"):
+def demo_config(mode: str, port: int, protocol: str = "modbus", camera_trigger: str = "free-run"):
     base = load_config(None).model_dump(mode="json")
     base["station"]["mode"] = mode
+    base["camera"]["trigger"] = camera_trigger
     base["plc"]["protocol"] = protocol
     base["plc"]["port"] = port
     base["metrics"]["port"] = 0  # any free port: the demo must not collide with a running daemon
     return parse_config(base, "<demo>", env={})
 
 
-def run_demo(seconds: float, mode: str, trigger_hz: float, protocol: str = "modbus", verbose: bool = False) -> int:
+def run_demo(seconds: float, mode: str, trigger_hz: float, protocol: str = "modbus", verbose: bool = False,
+             camera_trigger: str = "free-run") -> int:
     from plcbridge.daemon import Daemon
     from plcbridge.logs import LogPipeline
 
@@ -69,7 +71,7 @@ def run_demo(seconds: float, mode: str, trigger_hz: float, protocol: str = "modb
     logs = LogPipeline("text", "info" if verbose else "warning", stream=sys.stderr).start()
     daemon = None
     try:
-        daemon = Daemon(demo_config(mode, port, protocol)).start()
+        daemon = Daemon(demo_config(mode, port, protocol, camera_trigger)).start()
         t0 = time.monotonic()
         while (elapsed := time.monotonic() - t0) < seconds:
             time.sleep(min(1.0, seconds - elapsed))
@@ -86,6 +88,7 @@ def run_demo(seconds: float, mode: str, trigger_hz: float, protocol: str = "modb
     summary = {
         "protocol": protocol,
         "mode": mode,
+        "camera_trigger": camera_trigger,
         "seconds": seconds,
         "results": s["results"],
         "accuracy": s["accuracy"],

@@ -60,6 +60,20 @@ class FrameMailbox:
                 self._cond.wait(left)
 
 
+    def frame_for(self, trigger: object, timeout: float) -> Frame | None:
+        """The frame a software trigger asked for (matched by identity), waiting up to timeout."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for f in self._frames:
+                    if f.trigger is trigger:
+                        return f
+                left = end - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+
+
 class LatestValue(Generic[T]):
     """A one-slot mailbox: the reader always sees the newest value, never a queue of old ones."""
 

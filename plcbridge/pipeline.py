@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from plcbridge.adapters.camera.base import CameraError, CameraSource, Frame, open_camera
 from plcbridge.backoff import Backoff
@@ -39,16 +39,42 @@ model_log = get_logger("model")
 
 
 class GrabLoop:
-    """Grabs frames into the mailbox; reopens a fresh source with backoff after a failure."""
+    """Grabs frames into the mailbox; reopens a fresh source with backoff after a failure.
+
+    `camera.trigger = "free-run"`: grabs as fast as the source delivers. "software": grabs
+    exactly one frame per `trigger(request)`, stamped with that request, so the worker
+    pairs frame and trigger by identity.
+    """
 
     def __init__(self, config: Config, frames: FrameMailbox, metrics: Metrics) -> None:
         self.settings = config.camera
+        self.software = config.camera.trigger == "software"
         self.frames = frames
         self.metrics = metrics
         self.seq = 0
         self._first: CameraSource | None = None
         self._stop = threading.Event()
+        self._asked: queue.Queue[object] = queue.Queue(maxsize=1 + config.timing.trigger_queue)
+        self._alive_at: float | None = None  # software: the source was last seen working (idle or grabbing)
         self._thread = threading.Thread(target=self._run, name="camera-grab", daemon=True)
+
+    @property
+    def alive_at(self) -> float | None:
+        """When the camera last showed it works: its last frame (free-run), or also its last
+        idle wait for a trigger while open (software: no trigger, no frame, still healthy)."""
+        if not self.software:
+            return self.frames.last_capture
+        seen = [t for t in (self._alive_at, self.frames.last_capture) if t is not None]
+        return max(seen) if seen else None
+
+    def trigger(self, request: object) -> bool:
+        """Software trigger: ask for one frame for `request` (never blocks). False if the
+        camera already has as many requests as the trigger queue allows."""
+        try:
+            self._asked.put_nowait(request)
+            return True
+        except queue.Full:
+            return False
 
     def start(self) -> "GrabLoop":
         """Construct the first source on the caller's thread (before the write loop runs:
@@ -84,8 +110,17 @@ class GrabLoop:
             opened_before = True
             try:
                 while not self._stop.is_set():
+                    request = None
+                    if self.software:
+                        try:
+                            request = self._asked.get(timeout=0.1)
+                        except queue.Empty:
+                            self._alive_at = time.monotonic()
+                            continue
                     image, label = source.grab()
-                    self.frames.put(Frame(image, self.seq, time.monotonic(), label))
+                    now = time.monotonic()
+                    self.frames.put(Frame(image, self.seq, now, label, request))
+                    self._alive_at = now
                     self.seq += 1
                     backoff.reset()
             except Exception as e:  # noqa: BLE001 - CameraError or a driver's own exception
@@ -125,6 +160,8 @@ class InferenceWorker:
         self._last_judged = -1  # seq of the last frame a trigger was judged on: a frame judges one trigger
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        # camera.trigger = "software": asks the grab loop for the request's own frame
+        self.request_frame: Callable[[Request], bool] | None = None
 
     def start(self) -> "InferenceWorker":
         """Load the model here, on the caller's thread, then start judging.
@@ -238,6 +275,24 @@ class InferenceWorker:
         self.journal.decision(d)
         return frame.seq
 
+    def _software_triggered_step(self, req: Request) -> None:
+        """camera.trigger = "software": one frame taken for this trigger and no other."""
+        assert self.request_frame is not None
+        timing = self.config.timing
+        frame = None
+        if self.request_frame(req):
+            deadline = req.t_seen + timing.result_timeout_ms / 1000
+            frame = self.frames.frame_for(req, timeout=max(0.0, deadline - time.monotonic()))
+        if frame is not None:
+            self._last_judged = frame.seq
+            d = self.judge(frame, req)
+        else:
+            d = failsafe(FaultCode.CAMERA_FAULT, time.monotonic(), "the camera did not deliver the frame this "
+                         "trigger asked for (software trigger) within timing.result_timeout_ms",
+                         model_version=self.model_version, request=req)
+        self.phase = (None, "idle")
+        self.results.put(d)
+
     def _triggered_step(self) -> None:
         """One trigger, one frame: the first frame captured after the trigger was seen that no
         earlier trigger took, captured within timing.frame_window_ms and before the next
@@ -248,6 +303,9 @@ class InferenceWorker:
         except queue.Empty:
             return
         self.phase = (req, "waiting_frame")
+        if self.request_frame is not None:
+            self._software_triggered_step(req)
+            return
         timing = self.config.timing
         until = req.t_seen + timing.frame_window_ms / 1000
         nxt = self._next_request()

@@ -21,12 +21,15 @@ class Frame:
     `seq` counts frames from the source since the daemon started (it keeps counting across
     reconnects), `t_capture` is time.monotonic() when the grab returned, and `label` is
     the ground truth where the source knows it (synthetic: "pass"/"fail"), else None.
+    `trigger` is the request a software-triggered frame was taken for: the pairing is by
+    identity, never by time.
     """
 
     image: np.ndarray  # HxWx3 uint8, BGR (OpenCV's order)
     seq: int
     t_capture: float
     label: str | None = None
+    trigger: Any = None
 
 
 class CameraError(RuntimeError):
@@ -45,7 +48,9 @@ class CameraSource(abc.ABC):
         """Block until the next image; return (BGR uint8 image, ground-truth label or None).
 
         Raise CameraError when the source failed. Pacing (fps) is the source's job: a real
-        camera paces itself, file-backed sources sleep to their configured rate.
+        camera paces itself, file-backed sources sleep to their configured rate. With
+        `trigger = "software"` the grab loop calls grab() once per trigger and the source
+        takes that frame now, unpaced.
         """
 
     def close(self) -> None:  # noqa: B027 - optional

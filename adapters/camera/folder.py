@@ -82,7 +82,8 @@ class FolderCamera(CameraSource):
     def grab(self) -> tuple[np.ndarray, str | None]:
         image, label = self._next_image()
         # Decode first, then wait: the decode time is spent inside the slot, not added to it.
-        self._pacer.wait()
+        if self.settings.trigger == "free-run":  # triggered: this frame is wanted now
+            self._pacer.wait()
         return image, label
 
     def _next_image(self) -> tuple[np.ndarray, str | None]:

@@ -205,7 +205,8 @@ class SyntheticCamera(CameraSource):
             raise CameraError("synthetic camera: grab() before open()")
         defect = bool(rng.random() < self.settings.defect_fraction)
         image = render_surface(rng, self.settings.width, self.settings.height, defect)
-        self._pacer.wait()
+        if self.settings.trigger == "free-run":  # triggered: this frame is wanted now
+            self._pacer.wait()
         return image, ("fail" if defect else "pass")
 
     def close(self) -> None:

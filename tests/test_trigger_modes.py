@@ -1,0 +1,80 @@
+"""One part, one frame: the camera trigger modes end to end over a real Modbus socket.
+
+free-run camera: a trigger takes the first frame after it that no other trigger took, within
+timing.frame_window_ms; software trigger: the bridge asks the camera for exactly one frame per
+trigger and pairs them by identity. Either way no frame is ever judged for two parts."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import station_config, wait_for
+
+from plcbridge.config import ConfigError, parse_config
+from plcbridge.contract import FaultCode, ResultCode
+from plcbridge.daemon import Daemon
+from plcbridge.decision import Decision
+
+
+def _recording_daemon(cfg) -> tuple[Daemon, list[Decision]]:
+    d = Daemon(cfg)
+    seen: list[Decision] = []
+    journal = d.journal.decision
+
+    def record(decision: Decision) -> None:
+        seen.append(decision)
+        journal(decision)
+
+    d.journal.decision = record  # type: ignore[method-assign]
+    return d.start(), seen
+
+
+def test_software_trigger_takes_exactly_one_frame_per_trigger(make_sim):
+    sim = make_sim("triggered", trigger_hz=10)
+    cfg = station_config(sim.port, "triggered", camera={"trigger": "software"})
+    d, seen = _recording_daemon(cfg)
+    try:
+        wait_for(lambda: sum(sim.summary()["results"].values()) >= 30, 30, "30 answered triggers")
+    finally:
+        d.stop()
+    judged = [x for x in seen if x.request is not None and x.frame_seq is not None]
+    s = sim.summary()
+    assert s["missing"] == 0 and s["skipped"] == 0 and s["protocol_errors"] == 0, s
+    assert len(judged) >= 30
+    # The camera took a frame only when asked: one frame per judged trigger, each its own.
+    assert len({x.frame_seq for x in judged}) == len(judged)
+    assert d.grab.seq == len(judged), (d.grab.seq, len(judged))
+    assert d.journal.summary()["accuracy"]["agreement"] >= 0.9
+
+
+def test_triggers_faster_than_the_camera_never_share_a_frame(make_sim):
+    # 50 triggers/s against a 30 fps camera: some parts cannot have a frame of their own.
+    sim = make_sim("triggered", trigger_hz=50, max_outstanding=3, watchdog_ms=500, result_timeout_ms=2000)
+    cfg = station_config(sim.port, "triggered", timing={"frame_window_ms": 40})
+    d, seen = _recording_daemon(cfg)
+    try:
+        wait_for(lambda: sum(sim.summary()["results"].values()) >= 100, 30, "100 answered triggers")
+    finally:
+        d.stop()
+    judged = [x for x in seen if x.request is not None and x.frame_seq is not None]
+    frames = [x.frame_seq for x in judged]
+    assert len(frames) == len(set(frames)), "a frame was judged for two parts"
+    no_frame = [x for x in seen if x.fault is FaultCode.NO_FRAME]
+    assert no_frame, "at 50 triggers/s and 30 fps some triggers must go without a frame of their own"
+    assert all(x.result is ResultCode.FAILSAFE and "frame_window_ms" in x.reason for x in no_frame)
+    # Every trigger the PLC raised got exactly one answer (judged or a named fail-safe).
+    s = sim.summary()
+    assert s["missing"] == 0 and s["protocol_errors"] == 0, s
+    answered = {x.request.trigger_seq for x in seen if x.request is not None}
+    assert len(answered) == len([x for x in seen if x.request is not None]), "a trigger answered twice"
+
+
+@pytest.mark.parametrize("camera, mode, words", [
+    ({"source": "opencv", "url": "0", "trigger": "software"}, "triggered", ("OpenCV", "cannot be told")),
+    ({"source": "synthetic", "trigger": "software"}, "free-run", ("station.mode", "triggered")),
+])
+def test_a_trigger_mode_the_station_cannot_run_is_refused_with_the_reason(camera, mode, words):
+    raw = station_config(1, mode).model_dump(mode="json")
+    raw["camera"] = camera
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw, "<test>", env={})
+    assert all(w in str(e.value) for w in words), str(e.value)
