@@ -8,7 +8,10 @@ Output is meant to be scripted: stdout carries exactly one `listening on HOST:PO
 (flushed, so a demo can wait for it; with a reply delay, the network relay's address) and, at
 the end, the JSON summary; the live status goes to stderr. `--reply-delay-ms` and
 `--reply-jitter-ms` put the network relay (simulators/network.py) in front of the server, as
-`[network]` in the device file does; like every flag they override single fields of it.
+`[network]` in the device file does; like every flag they override single fields of it. The
+scenario flags (--max-outstanding, --early-first-trigger, --wait-trigger-ready,
+--restart-after-s, --stuck-trigger-after-s, --stuck-trigger-for-s) override the [program]
+fields of the same names (simulators/program.py, devices/default.toml).
 """
 
 from __future__ import annotations
@@ -46,6 +49,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=None, help="TCP port; 0 lets the OS choose (printed)")
     parser.add_argument("--mode", choices=["triggered", "free-run"], default=None)
     parser.add_argument("--trigger-hz", type=float, default=None, help="triggers per second (triggered mode)")
+    scenarios = parser.add_argument_group(
+        "scenarios", "PLC behaviours to rehearse; each overrides one [program] field of the device file "
+                     "(see devices/default.toml)")
+    scenarios.add_argument("--max-outstanding", type=int, default=None, metavar="N",
+                           help="triggers that may wait for a result at once; > 1 with a --trigger-hz above the "
+                                "camera's frame rate: triggers faster than the camera (program.max_outstanding)")
+    scenarios.add_argument("--early-first-trigger", action=argparse.BooleanOptionalAction, default=None,
+                           help="raise the first trigger as soon as TRIGGER_READY is seen, not one trigger period "
+                                "after READY (program.early_first_trigger)")
+    scenarios.add_argument("--wait-trigger-ready", action=argparse.BooleanOptionalAction, default=None,
+                           help="trigger only while the bridge's TRIGGER_READY bit is set (program.wait_trigger_ready)")
+    scenarios.add_argument("--restart-after-s", type=float, default=None, metavar="S",
+                           help="restart the PLC once, S seconds after the bridge's first write: trigger_seq, part_id "
+                                "and result_ack_seq to 0, client connections dropped behind the network relay "
+                                "(program.restart_after_s)")
+    scenarios.add_argument("--stuck-trigger-after-s", type=float, default=None, metavar="S",
+                           help="a stuck trigger edge S seconds after the bridge's first write: trigger_seq + 1 on "
+                                "every program tick (program.stuck_trigger_after_s)")
+    scenarios.add_argument("--stuck-trigger-for-s", type=float, default=None, metavar="S",
+                           help="how long the trigger edge stays stuck (program.stuck_trigger_for_s, default 0.1)")
     parser.add_argument("--reply-delay-ms", type=float, default=None, metavar="MS",
                         help="answer every request this much later, through a relay in front of the server "
                              "(device file network.reply_delay_ms)")
@@ -65,6 +88,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         f"{args.frontend}.port": args.port,
         "program.mode": args.mode,
         "program.trigger_hz": args.trigger_hz,
+        "program.max_outstanding": getattr(args, "max_outstanding", None),
+        "program.early_first_trigger": getattr(args, "early_first_trigger", None),
+        "program.wait_trigger_ready": getattr(args, "wait_trigger_ready", None),
+        "program.restart_after_s": getattr(args, "restart_after_s", None),
+        "program.stuck_trigger_after_s": getattr(args, "stuck_trigger_after_s", None),
+        "program.stuck_trigger_for_s": getattr(args, "stuck_trigger_for_s", None),
         "network.reply_delay_ms": args.reply_delay_ms,
         "network.reply_jitter_ms": args.reply_jitter_ms,
     }

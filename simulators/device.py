@@ -2,8 +2,10 @@
 
 Commissioning engineers adapt the simulator to a station by editing data, not code (the
 pyvisa-sim idea): a device file has one section for the PLC program, which every protocol
-front-end shares, one for the network in front of it (a reply delay, for every front-end;
-simulators/network.py), and one section per front-end. Unknown keys are rejected and every error
+front-end shares (with the scenarios to rehearse: an early first trigger, a line that waits
+for TRIGGER_READY, a PLC restart, a stuck trigger edge, triggers faster than the camera), one
+for the network in front of it (a reply delay, for every front-end; simulators/network.py),
+and one section per front-end. Unknown keys are rejected and every error
 names the file and the field, because a silently ignored typo in a commissioning tool proves
 the wrong thing.
 """
@@ -24,6 +26,8 @@ from plcbridge.contract import U32_MAX, RegisterMap
 DEFAULT_DEVICE = "default"
 #: Upper bound of reply_delay_ms / reply_jitter_ms: far above any PLC timeout worth testing.
 MAX_REPLY_DELAY_MS = 10_000.0
+#: Upper bound of the [program] scenario times (restart_after_s, stuck_trigger_*): a week.
+MAX_SCENARIO_S = 7 * 24 * 3600.0
 
 
 class _Strict(BaseModel):
@@ -31,7 +35,14 @@ class _Strict(BaseModel):
 
 
 class ProgramSettings(_Strict):
-    """What the PLC program does; protocol-agnostic."""
+    """What the PLC program does; protocol-agnostic.
+
+    Besides the line's rate (`trigger_hz`, `max_outstanding`: above 1 with a rate faster than
+    the camera is the "triggers faster than the camera" scenario), scenarios to rehearse:
+    `early_first_trigger`, `wait_trigger_ready`, one PLC restart `restart_after_s` after the
+    bridge's first write, and a stuck trigger edge from `stuck_trigger_after_s` after the first
+    write for `stuck_trigger_for_s` (simulators/program.py; devices/default.toml explains each).
+    """
 
     mode: Literal["triggered", "free-run"] = "triggered"
     trigger_hz: Annotated[float, Field(gt=0, le=1000)] = 10.0
@@ -39,6 +50,11 @@ class ProgramSettings(_Strict):
     watchdog_ms: Annotated[int, Field(ge=1, le=600_000)] = 100
     result_timeout_ms: Annotated[int, Field(ge=1, le=600_000)] = 1000
     first_part_id: Annotated[int, Field(ge=0, le=U32_MAX)] = 1
+    early_first_trigger: bool = False
+    wait_trigger_ready: bool = False
+    restart_after_s: Annotated[float, Field(ge=0, le=MAX_SCENARIO_S, allow_inf_nan=False)] | None = None
+    stuck_trigger_after_s: Annotated[float, Field(ge=0, le=MAX_SCENARIO_S, allow_inf_nan=False)] | None = None
+    stuck_trigger_for_s: Annotated[float, Field(gt=0, le=MAX_SCENARIO_S, allow_inf_nan=False)] = 0.1
 
 
 class NetworkSettings(_Strict):

@@ -17,7 +17,8 @@ call is one request from the wire, so:
 - after the whole request has been applied, if it wrote output tags, the output block is
   decoded once and passed to `program.on_outputs(..., time.monotonic())`. Decoding per tag
   would show the program half-written blocks. A request that writes only some of the
-  output tags, or a value outside the contract, is counted as a protocol error: the
+  output tags ("partial_block", as on OPC UA and Modbus: stored and passed on all the same),
+  or a value outside the contract ("out_of_range"), is counted as a protocol error: the
   contract says one request carries the whole block.
 
 The controller identifies itself as revision 32, so pycomm3 addresses tags by symbol
@@ -182,7 +183,9 @@ class EnipSimulator(ThreadedFrontend):
                 self.program.protocol_error("out_of_range", f"{tag.name} ({spec.signal.name}): {why}")
         if len(self._written) < len(self._outputs):
             missing = [spec.signal.name for spec, _ in self._outputs.values() if spec.signal.name not in self._written]
-            self.program.protocol_error("partial_output_write", f"one request left {', '.join(missing)} unwritten")
+            self.program.protocol_error(
+                "partial_block", f"one request wrote {len(self._written)} of the {len(self._outputs)} output tags, "
+                                 f"leaving {', '.join(missing)} unwritten")
         self.program.on_outputs(decode_outputs(raw), t)
 
 

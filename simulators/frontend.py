@@ -12,12 +12,17 @@ is always the one clients connect to, and `network` gives the relay's runtime co
 (`sim.network.set_reply_delay(30, 5)`, `.blackhole(True)`, `.drop_connections()`).
 summary() adds a program-independent "network" entry: {"relay": false} without the relay,
 else its settings and connection counts (Relay.stats()).
+
+A PLC restart (`restart_plc()` from any thread, or the device file's `restart_after_s`)
+resets the program (SimulatedPlc.restart) and, with the relay in the path, drops every client
+connection as a real restart does; without the relay the connections stay up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 from .device import DeviceSettings
@@ -43,6 +48,7 @@ class ThreadedFrontend:
         self._error: BaseException | None = None
         net = settings.network
         self._relay = Relay(net.reply_delay_ms, net.reply_jitter_ms) if net.relayed else None
+        self.program.add_restart_listener(self._on_program_restart)
 
     @property
     def host(self) -> str:
@@ -98,6 +104,31 @@ class ThreadedFrontend:
             summary = self.program.summary()
         summary["network"] = self._relay.stats() if self._relay is not None else {"relay": False}
         return summary
+
+    def restart_plc(self) -> None:
+        """Restart the simulated PLC now (SimulatedPlc.restart under the program's lock); with
+        the network relay, every client connection is dropped too. Callable from any thread."""
+        with self._lock:
+            self.program.restart(time.monotonic())
+
+    def _on_program_restart(self) -> None:
+        """The program restarted (on its loop, or in restart_plc's thread): drop the clients.
+
+        Never waits for the loop: the caller may hold the program lock the loop needs."""
+        relay, loop = self._relay, self._loop
+        if relay is None or loop is None or loop.is_closed():
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            relay.drop_connections()
+            return
+        try:
+            loop.call_soon_threadsafe(relay.drop_connections)
+        except RuntimeError:  # the loop closed meanwhile: no connections left to drop
+            pass
 
     def status_line(self) -> str:
         with self._lock:

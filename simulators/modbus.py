@@ -8,7 +8,10 @@ read or written, with the live register list and the values to be written. That 
 where a PLC program sees a bridge write, so:
 
 - a write inside the output block is decoded (registers as they will be after the write) and
-  passed to `program.on_outputs(..., time.monotonic())` before the response is sent;
+  passed to `program.on_outputs(..., time.monotonic())` before the response is sent; a write
+  that covers only part of the output block is stored and passed on all the same, and counted
+  as a "partial_block" protocol error (the contract says one request carries the whole
+  block), exactly as the OPC UA and EtherNet/IP front-ends treat a partial block;
 - every access then copies `program.inputs` into the input block, so a read always returns
   the program's current state (an ack is visible to the bridge's very next read);
 - anything else that writes (input block, gap, coils, a block straddling the outputs) is
@@ -182,6 +185,12 @@ class ModbusSimulator(ThreadedFrontend):
                 "write_outside_outputs", f"{where}: the bridge may write only {self._out_lo}..{self._out_hi - 1}"
             )
             return ExcCodes.ILLEGAL_ADDRESS
+        if count != self._rmap.outputs_count:
+            # Stored and passed on like a whole block, as OPC UA and EtherNet/IP do: the
+            # contract says one request carries the whole block.
+            self.program.protocol_error(
+                "partial_block", f"{where}: one write carried {count} of the {self._rmap.outputs_count} output registers"
+            )
         # The action runs before pymodbus stores the values: decode the block as it will be.
         lo = self._out_lo - start_address
         block = list(registers[lo : lo + self._rmap.outputs_count])

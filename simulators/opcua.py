@@ -13,7 +13,8 @@ commissioning engineer browsing with UaExpert sees what every value is.
   sees a half-written block, then passed to `program.on_outputs(..., time.monotonic())`,
   and the program's inputs are written back at once: the read that follows in the same
   session (asyncua answers a session's requests in order) already sees the ack.
-- A Write that carries only some of the output nodes, a refused write (wrong type, input
+- A Write that carries only some of the output nodes ("partial_block", as on Modbus and
+  EtherNet/IP: applied and passed on all the same), a refused write (wrong type, input
   node) and a written value carrying timestamps (an S7-1200/1500 refuses that with
   BadWriteNotSupported) are protocol errors.
 - An asyncio task calls `program.tick()` every 2 ms and writes the input nodes

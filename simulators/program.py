@@ -1,45 +1,83 @@
 """The simulated PLC program: the handshake logic a real PLC would run, without any I/O.
 
-Protocol front-ends (Modbus today, OPC UA / EtherNet/IP later) own the transport and call
-into one `SimulatedPlc` from a single thread:
+Protocol front-ends (Modbus, OPC UA, EtherNet/IP) own the transport and call into one
+`SimulatedPlc` from a single thread:
 
 - `on_outputs(outputs, t)` whenever the bridge wrote its output block,
 - `tick(t)` often (about every millisecond) to raise triggers and run the timers,
 - `inputs` to learn what to present to the bridge,
-- `protocol_error(kind, detail)` for transport-level misuse (bad address, wrong unit id).
+- `protocol_error(kind, detail)` for transport-level misuse (bad address, wrong unit id),
+- `restart(t)` for a PLC restart on demand (front-ends: `restart_plc()`, which takes their
+  lock and, behind the network relay, drops the client connections as a real restart does).
 
 Time is passed in rather than read, so unit tests run on a fake clock and the front-ends
 pass time.monotonic(): CLOCK_MONOTONIC is one clock for all processes on Linux, so a latency
 measured here is comparable with the daemon's own timestamps.
 
+The handshake (triggered mode), as the bridge plays it:
+
+- trigger_seq counts 1..65535 and wraps to 1 (contract.next_seq); 0 is idle, never a
+  trigger: after a start or a restart trigger_seq and result_ack_seq are 0 and the next
+  trigger is 1.
+- Every trigger gets exactly one answer, in trigger order: a verdict (PASS/FAIL with
+  RESULT_VALID) or a fail-safe. A fail-safe is recognised by the FAILSAFE_ACTIVE bit (or
+  result_code FAILSAFE), never by result_code alone, since a plant may configure the bridge's
+  failsafe.result_code = "FAIL": it is counted in results["FAILSAFE"] and under its fault code
+  in failsafe_faults, and the result code it arrived with in failsafe_result_codes.
+- A trigger_seq that moved by more than one between two bridge reads: each skipped value is
+  answered with TRIGGER_OVERRUN and part_id 0 (the bridge never saw its part id), which is
+  not a part_id mismatch.
+- Flood rule: a TRIGGER_OVERRUN answer for seq N also answers, as rejected, every older
+  outstanding trigger that got no answer of its own (the bridge collapses a run of overruns
+  into one answer when its queue is full); those count as "collapsed", not as protocol
+  errors. Any other answer that jumps over outstanding triggers is an out_of_order error and
+  the triggers jumped over count as "skipped".
+- On shutdown the bridge's last block answers the oldest pending trigger with FAILSAFE +
+  SHUTTING_DOWN (FAILSAFE_ACTIVE set; taken as an answer even without RESULT_VALID).
+
 The accounting is kept closed on purpose: every trigger sent ends up in exactly one of
-results / missing / skipped / outstanding, so a summary that does not add up is itself a
-finding.
+results / collapsed / missing / skipped / lost_in_restart / outstanding, so a summary that
+does not add up (its "unaccounted" is not 0) is itself a finding.
+
+Scenarios a commissioning engineer can rehearse ([program] in the device file, `plcbridge
+sim` flags): `early_first_trigger` (the first trigger as soon as TRIGGER_READY is seen),
+`wait_trigger_ready` (a line that triggers only while TRIGGER_READY is set), `restart_after_s`
+(one PLC restart), `stuck_trigger_after_s`/`stuck_trigger_for_s` (a stuck trigger edge: one
+new trigger_seq value per program tick, whatever the answers), and `trigger_hz` with
+`max_outstanding` > 1 (triggers faster than the camera).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from plcbridge.contract import (
-    U16_MAX,
     U32_MAX,
     FaultCode,
     Inputs,
     Outputs,
     ResultCode,
     StatusBit,
+    next_seq,
 )
 
 from .device import ProgramSettings
 
-# Triggers given up on are remembered this long (by count) to tell a late result from a
-# result for a seq that was never raised.
+# Triggers given up on (or forgotten in a restart) are remembered this long (by count) to tell
+# a late result from a result for a seq that was never raised.
 _EXPIRED_MEMORY = 256
 _RECENT_ERRORS = 10
+
+FAILSAFE_COUNTING = (
+    "an answer with FAILSAFE_ACTIVE set (or result_code FAILSAFE) is a fail-safe, whatever result_code it "
+    "carries (a plant may configure failsafe.result_code = FAIL): it counts in results['FAILSAFE'], under its "
+    "fault code in failsafe_faults and under the result code it arrived with in failsafe_result_codes; "
+    "results['PASS'] and results['FAIL'] are real verdicts only"
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +100,18 @@ def _code_name(enum_type: type[ResultCode] | type[FaultCode], value: int) -> str
         return None
 
 
+def is_failsafe(outputs: Outputs) -> bool:
+    """A fail-safe answer: FAILSAFE_ACTIVE set, or (leniently) result_code FAILSAFE."""
+    return bool(outputs.status & StatusBit.FAILSAFE_ACTIVE) or outputs.result_code == ResultCode.FAILSAFE
+
+
+def _remember(memory: OrderedDict[int, _Trigger], trig: _Trigger) -> None:
+    memory.pop(trig.seq, None)
+    memory[trig.seq] = trig
+    while len(memory) > _EXPIRED_MEMORY:
+        memory.popitem(last=False)
+
+
 class SimulatedPlc:
     """Protocol-agnostic PLC program; single-threaded, clock passed in (seconds)."""
 
@@ -74,26 +124,41 @@ class SimulatedPlc:
         self._ack_seq = 0
         self._next_part_id = self.settings.first_part_id
         self._next_trigger_t: float | None = None
-        # Handshake bookkeeping: outstanding triggers oldest first, and recently given-up ones.
+        self._first_after_ready = False  # no trigger raised yet since the bridge became READY
+        # Handshake bookkeeping: outstanding triggers oldest first, recently given-up ones, and
+        # the ones forgotten in a restart.
         self._pending: OrderedDict[int, _Trigger] = OrderedDict()
         self._expired: OrderedDict[int, _Trigger] = OrderedDict()
-        self._last_result_key: tuple[int, ...] | None = None
+        self._lost: OrderedDict[int, _Trigger] = OrderedDict()
+        self._last_result: tuple[int, int] | None = None  # (result_seq, part_id) last taken
+        self._last_result_key: tuple[int, ...] | None = None  # free-run: (seq, code, fault)
         # Bridge liveness.
         self._last_outputs: Outputs | None = None
         self._hb_value: int | None = None
         self._hb_changed_t = 0.0
         self._hb_alarm_active = False
         self._shutdown_announced = False
+        self._trigger_ready_seen = False  # a triggered bridge sets TRIGGER_READY; a free-run one never
         # Clock.
         self._t_first: float | None = None
+        self._t_first_write: float | None = None  # scenarios are timed from the bridge's first write
         self._t_now = 0.0
+        self._scheduled_restart_done = False
+        self._restart_listeners: list[Callable[[], None]] = []
         # Counters.
         self.writes_seen = 0
         self.triggers_sent = 0
         self.missing = 0
         self.skipped = 0
+        self.collapsed = 0
+        self.lost_in_restart = 0
+        self.answers_after_restart = 0
+        self.restarts = 0
+        self.stuck_edge_values = 0
+        self._answered = 0  # triggers answered by an answer of their own (triggered mode)
         self.results: Counter[str] = Counter()
         self.failsafe_faults: Counter[str] = Counter()
+        self.failsafe_result_codes: Counter[str] = Counter()
         self.protocol_errors: Counter[str] = Counter()
         self._recent_errors: deque[str] = deque(maxlen=_RECENT_ERRORS)
         self.latencies_ms: list[float] = []
@@ -110,17 +175,33 @@ class SimulatedPlc:
     def on_outputs(self, outputs: Outputs, t: float) -> None:
         """The bridge wrote its output block at time t."""
         self._touch(t)
+        if self._t_first_write is None:
+            self._t_first_write = t
         self.writes_seen += 1
         self._watch_heartbeat(outputs, t)
+        if outputs.status & StatusBit.TRIGGER_READY:
+            self._trigger_ready_seen = True
         if self.settings.mode == "triggered":
             self._take_triggered_result(outputs, t)
         else:
             self._take_free_run_result(outputs)
         self._last_outputs = outputs
+        if (
+            self.settings.mode == "triggered"
+            and self.settings.early_first_trigger
+            and (self._next_trigger_t is None or self._first_after_ready)
+            and not self._stuck(t)
+        ):
+            # As soon as TRIGGER_READY is seen: within this very write (a Modbus FC23's read
+            # part, the read that follows) rather than at the next tick.
+            self._maybe_trigger(t)
 
     def tick(self, t: float) -> None:
-        """Advance the program to time t: watchdog, result timeouts, next trigger."""
+        """Advance the program to time t: watchdog, result timeouts, scenarios, next trigger."""
         self._touch(t)
+        if self._restart_due(t):
+            self._scheduled_restart_done = True
+            self.restart(t)
         if (
             self._hb_value is not None
             and not self._shutdown_announced
@@ -132,12 +213,50 @@ class SimulatedPlc:
             self.heartbeat_alarms += 1
         self._expire_pending(t)
         if self.settings.mode == "triggered":
-            self._maybe_trigger(t)
+            if self._stuck(t):
+                # A PLC bug: the trigger rung fires on every scan, whatever the bridge says.
+                self._raise_trigger(t, new_part=False)
+                self.stuck_edge_values += 1
+            else:
+                self._maybe_trigger(t)
 
     def protocol_error(self, kind: str, detail: str) -> None:
         """Count a misuse of the interface; `kind` groups them, `detail` is for humans."""
         self.protocol_errors[kind] += 1
         self._recent_errors.append(f"{kind}: {detail}")
+
+    def restart(self, t: float | None = None) -> None:
+        """A PLC restart at time t (default: the latest time seen).
+
+        trigger_seq, part_id and result_ack_seq go to 0 (the next trigger is 1); outstanding
+        triggers are forgotten and counted as lost_in_restart (their answers, if they still
+        come, as answers_after_restart); the watchdog and the bridge's last block are
+        forgotten, so triggering resumes only after the bridge has written READY again. Part ids
+        keep counting, so no part id is reused. Restart listeners (a front-end dropping its
+        client connections) run last.
+        """
+        t = self._t_now if t is None else t
+        self._touch(t)
+        self.restarts += 1
+        for trig in self._pending.values():
+            _remember(self._lost, trig)
+        self.lost_in_restart += len(self._pending)
+        self._pending.clear()
+        self._trigger_seq = self._part_id = self._ack_seq = 0
+        self._next_trigger_t = None
+        self._first_after_ready = False
+        if self._hb_value is not None and not self._shutdown_announced:
+            self._hb_longest_gap_s = max(self._hb_longest_gap_s, t - self._hb_changed_t)
+        self._hb_value = None
+        self._hb_alarm_active = False
+        self._shutdown_announced = False
+        self._last_outputs = None
+        for listener in list(self._restart_listeners):
+            listener()
+
+    def add_restart_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` (on the program's thread, inside restart()) after every restart."""
+        self._restart_listeners.append(listener)
 
     # ------------------------------------------------------------------ reporting
 
@@ -152,16 +271,25 @@ class SimulatedPlc:
                 p99=round(_percentile(lat, 99), 3),
                 max=round(lat[-1], 3),
             )
+        s = self.settings
         return {
-            "mode": self.settings.mode,
+            "mode": s.mode,
             "duration_s": round(self._t_now - self._t_first, 3) if self._t_first is not None else 0.0,
             "writes_seen": self.writes_seen,
             "triggers_sent": self.triggers_sent,
             "results": dict(sorted(self.results.items())),
             "failsafe_faults": dict(sorted(self.failsafe_faults.items())),
+            "failsafe_result_codes": dict(sorted(self.failsafe_result_codes.items())),
+            "failsafe_counting": FAILSAFE_COUNTING,
             "outstanding": len(self._pending),
             "missing": self.missing,
             "skipped": self.skipped,
+            "collapsed": self.collapsed,
+            "lost_in_restart": self.lost_in_restart,
+            "unaccounted": self._unaccounted(),
+            "answers_after_restart": self.answers_after_restart,
+            "restarts": self.restarts,
+            "stuck_edge_values": self.stuck_edge_values,
             "protocol_errors": sum(self.protocol_errors.values()),
             "protocol_errors_by_kind": dict(sorted(self.protocol_errors.items())),
             "recent_protocol_errors": list(self._recent_errors),
@@ -169,6 +297,15 @@ class SimulatedPlc:
             "heartbeat_alarms": self.heartbeat_alarms,
             "heartbeat_longest_gap_ms": round(self._longest_gap_s() * 1000.0, 3),
             "bridge_state": self._bridge_state(),
+            "scenario": {
+                "trigger_hz": s.trigger_hz,
+                "max_outstanding": s.max_outstanding,
+                "early_first_trigger": s.early_first_trigger,
+                "wait_trigger_ready": s.wait_trigger_ready,
+                "restart_after_s": s.restart_after_s,
+                "stuck_trigger_after_s": s.stuck_trigger_after_s,
+                "stuck_trigger_for_s": s.stuck_trigger_for_s if s.stuck_trigger_after_s is not None else None,
+            },
         }
 
     def status_line(self) -> str:
@@ -177,19 +314,48 @@ class SimulatedPlc:
         last = f"{self.latencies_ms[-1]:.1f}ms" if self.latencies_ms else "-"
         worst = f"{max(self.latencies_ms):.1f}ms" if self.latencies_ms else "-"
         dur = self._t_now - self._t_first if self._t_first is not None else 0.0
+        extra = ""
+        if self.restarts:
+            extra += f" restarts={self.restarts} lost={self.lost_in_restart}"
+        if self.stuck_edge_values:
+            extra += f" stuck_values={self.stuck_edge_values}"
         return (
             f"{self.settings.mode} {dur:6.0f}s bridge={self._bridge_state()} writes={self.writes_seen} "
             f"trig={self.triggers_sent} pass={r['PASS']} fail={r['FAIL']} failsafe={r['FAILSAFE']} "
-            f"missing={self.missing} skipped={self.skipped} proto_err={sum(self.protocol_errors.values())} "
+            f"missing={self.missing} skipped={self.skipped} collapsed={self.collapsed}{extra} "
+            f"proto_err={sum(self.protocol_errors.values())} "
             f"lat={last} max={worst} hb_alarms={self.heartbeat_alarms}"
         )
 
     # ------------------------------------------------------------------ internals
 
+    def _unaccounted(self) -> int:
+        """Triggers sent that ended nowhere; 0 unless the program itself has a bug."""
+        ended = (self._answered + self.collapsed + self.missing + self.skipped + self.lost_in_restart
+                 + len(self._pending))
+        return self.triggers_sent - ended
+
     def _touch(self, t: float) -> None:
         if self._t_first is None:
             self._t_first = t
         self._t_now = max(self._t_now, t)
+
+    def _restart_due(self, t: float) -> bool:
+        after = self.settings.restart_after_s
+        return (
+            after is not None
+            and not self._scheduled_restart_done
+            and self._t_first_write is not None
+            and t >= self._t_first_write + after
+        )
+
+    def _stuck(self, t: float) -> bool:
+        """Inside the stuck-trigger-edge window (timed from the bridge's first write)?"""
+        after = self.settings.stuck_trigger_after_s
+        if after is None or self._t_first_write is None:
+            return False
+        start = self._t_first_write + after
+        return start <= t < start + self.settings.stuck_trigger_for_s
 
     def _bridge_state(self) -> str:
         if self._last_outputs is None:
@@ -226,26 +392,47 @@ class SimulatedPlc:
 
     def _maybe_trigger(self, t: float) -> None:
         # Like a real line, send no parts to a bridge that is not READY or whose heartbeat is
-        # lost. Overload is deliberately NOT gated on TRIGGER_READY: a conveyor does not wait,
-        # and max_outstanding > 1 is how an overrun is provoked.
+        # lost. Overload is deliberately NOT gated on TRIGGER_READY unless wait_trigger_ready
+        # says so: a conveyor does not wait, and max_outstanding > 1 is how an overrun is provoked.
         if not self._bridge_ready():
             self._next_trigger_t = None
             return
+        assert self._last_outputs is not None
+        trigger_ready = bool(self._last_outputs.status & StatusBit.TRIGGER_READY)
+        early = self.settings.early_first_trigger
         if self._next_trigger_t is None:
             # First trigger one period after READY, so the bridge has read the idle
-            # trigger_seq at least once and takes the next change as a trigger.
+            # trigger_seq at least once and takes the next change as a trigger; with
+            # early_first_trigger, as soon as TRIGGER_READY is seen instead.
             self._next_trigger_t = t + self._period_s
-            return
+            self._first_after_ready = True
+            if not early:
+                return
+        if early and self._first_after_ready and trigger_ready:
+            self._next_trigger_t = min(self._next_trigger_t, t)
         if t < self._next_trigger_t or len(self._pending) >= self.settings.max_outstanding:
             return
-        self._trigger_seq = (self._trigger_seq + 1) & U16_MAX
-        self._part_id = self._next_part_id
-        self._next_part_id = (self._next_part_id + 1) & U32_MAX
-        self._pending[self._trigger_seq] = _Trigger(self._trigger_seq, self._part_id, t)
-        self.triggers_sent += 1
+        if self.settings.wait_trigger_ready and not trigger_ready:
+            return  # a well-behaved line holds the part until the bridge can take it
+        self._raise_trigger(t, new_part=True)
+        self._first_after_ready = False
         nxt = self._next_trigger_t + self._period_s
         # Keep the rate when on time; after a wait (bridge busy) do not fire a burst.
         self._next_trigger_t = nxt if nxt > t else t + self._period_s
+
+    def _raise_trigger(self, t: float, *, new_part: bool) -> None:
+        """trigger_seq + 1 (65535 -> 1); a new part id unless the edge is stuck on the same part."""
+        seq = next_seq(self._trigger_seq)
+        old = self._pending.pop(seq, None)
+        if old is not None:  # the counter came all the way round to a trigger still unanswered
+            _remember(self._expired, old)
+            self.missing += 1
+        self._trigger_seq = seq
+        if new_part:
+            self._part_id = self._next_part_id
+            self._next_part_id = (self._next_part_id + 1) & U32_MAX
+        self._pending[seq] = _Trigger(seq, self._part_id, t)
+        self.triggers_sent += 1
 
     def _expire_pending(self, t: float) -> None:
         limit_s = self.settings.result_timeout_ms / 1000.0
@@ -254,47 +441,75 @@ class SimulatedPlc:
             if t - trig.t <= limit_s:
                 break
             del self._pending[trig.seq]
-            self._remember_expired(trig)
+            _remember(self._expired, trig)
             self.missing += 1
 
-    def _remember_expired(self, trig: _Trigger) -> None:
-        self._expired[trig.seq] = trig
-        while len(self._expired) > _EXPIRED_MEMORY:
-            self._expired.popitem(last=False)
-
     def _take_triggered_result(self, outputs: Outputs, t: float) -> None:
-        if not outputs.status & StatusBit.RESULT_VALID:
+        status = outputs.status
+        seq, part_id = outputs.result_seq, outputs.part_id
+        # An answer: RESULT_VALID, or a fail-safe block (the bridge's shutdown block) naming a seq.
+        if not (status & StatusBit.RESULT_VALID or (status & StatusBit.FAILSAFE_ACTIVE and seq != 0)):
             return
-        seq = outputs.result_seq
         # The bridge keeps presenting a result until it sees the ack (or its hold time runs
-        # out): the same result written again is not a new one.
-        if self._last_result_key == (seq,):
-            return
-        self._last_result_key = (seq,)
+        # out): the same result written again is not a new one. The same seq with another part
+        # id is new only when a trigger with that number is outstanding (after a wrap or a
+        # restart the numbers come round again).
+        if self._last_result is not None:
+            last_seq, last_part = self._last_result
+            if seq == last_seq and (part_id == last_part or seq not in self._pending):
+                return
+        self._last_result = (seq, part_id)
         self._ack_seq = seq  # always take what is presented, so the bridge can move on
-        if seq in self._pending:
+        failsafe = is_failsafe(outputs)
+        overrun = failsafe and outputs.fault_code == FaultCode.TRIGGER_OVERRUN
+        trig = self._pending.get(seq)
+        if trig is not None and part_id not in (trig.part_id, 0):
+            earlier = self._lost.get(seq) or self._expired.get(seq)
+            if earlier is not None and earlier.part_id == part_id:
+                trig = None  # the answer to an earlier trigger with the same number
+        if trig is not None:
             older = []
             for s in self._pending:
                 if s == seq:
                     break
                 older.append(s)
             if older:
-                self.skipped += len(older)
                 for s in older:
-                    self._remember_expired(self._pending.pop(s))
-                self.protocol_error(
-                    "out_of_order", f"result for seq {seq} while older trigger(s) {older} were unanswered"
-                )
-            trig = self._pending.pop(seq)
+                    _remember(self._expired, self._pending.pop(s))
+                if overrun:
+                    # The flood rule: one TRIGGER_OVERRUN answer for the newest of a run.
+                    self.collapsed += len(older)
+                else:
+                    self.skipped += len(older)
+                    self.protocol_error(
+                        "out_of_order", f"result for seq {seq} while older trigger(s) {older} were unanswered"
+                    )
+            del self._pending[seq]
+            self._answered += 1
             self.latencies_ms.append((t - trig.t) * 1000.0)
-            if outputs.part_id != trig.part_id:
+            if part_id != trig.part_id and not (overrun and part_id == 0):
                 self.protocol_error(
-                    "part_id_mismatch", f"seq {seq}: bridge echoed part_id {outputs.part_id}, PLC sent {trig.part_id}"
+                    "part_id_mismatch", f"seq {seq}: bridge echoed part_id {part_id}, PLC sent {trig.part_id}"
                 )
             self._count_result(outputs, triggered=True)
+        elif seq == 0:
+            self.protocol_error("unexpected_seq", "result for seq 0, which is never a trigger (0 means idle)")
+        elif seq in self._lost:
+            # Outstanding when the PLC restarted: the bridge still answers it, as it should.
+            del self._lost[seq]
+            self.answers_after_restart += 1
         elif seq in self._expired:
             del self._expired[seq]
             self.protocol_error("late_result", f"result for seq {seq} came after result_timeout_ms or was skipped")
+        elif not self._pending:
+            self.protocol_error(
+                "unexpected_seq", f"result for seq {seq}, but no trigger is outstanding: is the bridge in free-run mode?"
+            )
+        elif not self._trigger_ready_seen:
+            self.protocol_error(
+                "unexpected_seq", f"result for seq {seq}, which is not an outstanding trigger, from a bridge that "
+                                  "has never set TRIGGER_READY: is the bridge in free-run mode?"
+            )
         else:
             self.protocol_error("unexpected_seq", f"result for seq {seq}, which is not an outstanding trigger")
 
@@ -312,9 +527,15 @@ class SimulatedPlc:
         code = _code_name(ResultCode, outputs.result_code)
         if code is None or (triggered and outputs.result_code == ResultCode.NONE):
             self.protocol_error("bad_result_code", f"seq {outputs.result_seq}: result_code {outputs.result_code}")
-        self.results[code or f"UNKNOWN_{outputs.result_code}"] += 1
-        if outputs.result_code != ResultCode.FAILSAFE:
+        code_name = code or f"UNKNOWN_{outputs.result_code}"
+        if not is_failsafe(outputs):
+            self.results[code_name] += 1
             return
+        # A fail-safe, whatever result_code the plant configured for it (see FAILSAFE_COUNTING).
+        self.results[ResultCode.FAILSAFE.name] += 1
+        self.failsafe_result_codes[code_name] += 1
+        if outputs.result_code == ResultCode.PASS:
+            self.protocol_error("failsafe_pass", f"seq {outputs.result_seq}: a fail-safe must never pass the part")
         fault = _code_name(FaultCode, outputs.fault_code)
         if fault is None:
             self.protocol_error("bad_fault_code", f"seq {outputs.result_seq}: fault_code {outputs.fault_code}")

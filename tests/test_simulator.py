@@ -166,15 +166,18 @@ def test_overrun_can_be_provoked_and_skipped_triggers_are_counted() -> None:
         t += 0.01
         plc.tick(t)
     assert plc.triggers_sent == 3  # capped by max_outstanding
-    o = dict(heartbeat=2, status=VALID, result_code=ResultCode.FAILSAFE, fault_code=FaultCode.TRIGGER_OVERRUN)
-    plc.on_outputs(Outputs(result_seq=1, part_id=1, **o), t)
-    plc.on_outputs(Outputs(result_seq=3, part_id=3, **o), t)  # seq 2 never answered
+    o = dict(heartbeat=2, status=VALID, result_code=ResultCode.FAILSAFE)
+    plc.on_outputs(Outputs(result_seq=1, part_id=1, fault_code=FaultCode.TRIGGER_OVERRUN, **o), t)
+    # seq 2 never answered. (Had seq 3's answer been a TRIGGER_OVERRUN, it would answer seq 2
+    # too, under the bridge's flood rule: "collapsed", see test_sim_scenarios.py.)
+    plc.on_outputs(Outputs(result_seq=3, part_id=3, fault_code=FaultCode.INFERENCE_TIMEOUT, **o), t)
     s = plc.summary()
     assert s["results"] == {"FAILSAFE": 2}
-    assert s["failsafe_faults"] == {"TRIGGER_OVERRUN": 2}
-    assert s["skipped"] == 1
+    assert s["failsafe_faults"] == {"INFERENCE_TIMEOUT": 1, "TRIGGER_OVERRUN": 1}
+    assert s["skipped"] == 1 and s["collapsed"] == 0
     assert s["protocol_errors_by_kind"] == {"out_of_order": 1}
     assert s["triggers_sent"] == sum(s["results"].values()) + s["missing"] + s["skipped"] + s["outstanding"]
+    assert s["unaccounted"] == 0
 
 
 def test_result_for_a_seq_never_triggered_and_bad_codes() -> None:
@@ -187,7 +190,7 @@ def test_result_for_a_seq_never_triggered_and_bad_codes() -> None:
     assert plc.inputs.result_ack_seq == 1
 
 
-def test_trigger_seq_wraps_65535_to_0() -> None:
+def test_trigger_seq_wraps_65535_to_1() -> None:
     plc = _plc(trigger_hz=1000, watchdog_ms=10_000)
     t = _bring_up(plc)
     hb = 1
@@ -196,7 +199,7 @@ def test_trigger_seq_wraps_65535_to_0() -> None:
         _answer(plc, t, hb=hb)
         t += 0.001
         plc.tick(t)
-    assert plc.inputs.trigger_seq == 1  # 65537 triggers: ..., 65535, 0, 1
+    assert plc.inputs.trigger_seq == 2  # 65537 triggers: 1, ..., 65535, 1, 2 (0 is idle, never a trigger)
     s = plc.summary()
     assert s["results"] == {"PASS": 65536} and s["outstanding"] == 1 and s["protocol_errors"] == 0
 
