@@ -495,7 +495,8 @@ class SimulatedPlc:
         elif seq == 0:
             self.protocol_error("unexpected_seq", "result for seq 0, which is never a trigger (0 means idle)")
         elif seq in self._lost:
-            # Outstanding when the PLC restarted: the bridge still answers it, as it should.
+            # Outstanding when the PLC restarted: an answer meant for the PLC's previous session.
+            # plcbridge discards those (docs/plc-interface.md), so this stays 0 against it.
             del self._lost[seq]
             self.answers_after_restart += 1
         elif seq in self._expired:
