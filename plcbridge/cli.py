@@ -87,7 +87,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from plcbridge.demo import run_demo
 
     if args.camera_trigger != "free-run" and args.mode != "triggered":
-        print("plcbridge demo: --camera-trigger software needs --mode triggered", file=sys.stderr)
+        print(f"plcbridge demo: --camera-trigger {args.camera_trigger} needs --mode triggered", file=sys.stderr)
         return 2
     return run_demo(args.seconds, args.mode, args.trigger_hz, protocol=args.protocol, verbose=args.verbose,
                     camera_trigger=args.camera_trigger)
@@ -172,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--mode", choices=["triggered", "free-run"], default="triggered")
     d.add_argument("--protocol", choices=["modbus", "opcua", "enip"], default="modbus")
     d.add_argument("--trigger-hz", type=float, default=10.0, help="simulated line rate in triggered mode")
-    d.add_argument("--camera-trigger", choices=["free-run", "software"], default="free-run",
-                   help="software: one frame taken per trigger (camera.trigger); free-run: the camera streams")
+    d.add_argument("--camera-trigger", choices=["free-run", "software", "hardware"], default="free-run",
+                   help="software: one frame taken per trigger; hardware: the simulated PLC pulses the camera's "
+                        "trigger input (camera.trigger); free-run: the camera streams")
     d.add_argument("--verbose", action="store_true", help="show the daemon's info logs on stderr")
     d.set_defaults(func=_cmd_demo)
 

@@ -31,8 +31,13 @@ class StationSettings(_Strict):
 class _CameraCommon(_Strict):
     # "free-run": the camera streams and a trigger takes the first free frame after it.
     # "software": on each trigger the bridge asks the camera for exactly one frame and
-    # judges that frame (triggered stations only; the source must be able to do it).
-    trigger: Literal["free-run", "software"] = "free-run"
+    # judges that frame. "hardware": the PLC's output is wired to the camera's trigger
+    # input; the camera sends one frame per part, paired with triggers in order by time
+    # (triggered stations only; the source must be able to do it).
+    trigger: Literal["free-run", "software", "hardware"] = "free-run"
+    # hardware: the longest time from the trigger edge to the frame reaching the bridge
+    # (exposure + readout + transfer); it bounds the pairing window.
+    trigger_latency_ms: Annotated[int, Field(ge=1, le=10_000)] = 20
     # free-run: no frame for this long is CAMERA_FAULT. software: the camera has not
     # answered a trigger, or its source has not been seen alive, for this long.
     stall_timeout_ms: Annotated[int, Field(ge=10, le=60_000)] = 500
@@ -47,6 +52,18 @@ class SyntheticCameraSettings(_CameraCommon):
     height: Annotated[int, Field(ge=32, le=4096)] = 256
     defect_fraction: Annotated[float, Field(ge=0, le=1)] = 0.3
     seed: int = 0
+    # trigger = "hardware": the emulated trigger input, a UDP port on 127.0.0.1 the PLC
+    # simulator pulses once per trigger (`plcbridge sim ... --camera-line-port PORT`).
+    trigger_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+
+    @model_validator(mode="after")
+    def _wired_for_hardware_trigger(self) -> "SyntheticCameraSettings":
+        if self.trigger == "hardware" and self.trigger_port is None:
+            raise ValueError("trigger = \"hardware\" needs trigger_port: the UDP port on 127.0.0.1 that stands in "
+                             "for the camera's trigger input (the simulator's camera_line.port)")
+        if self.trigger != "hardware" and self.trigger_port is not None:
+            raise ValueError("trigger_port is set but trigger is not \"hardware\"")
+        return self
 
 
 class FolderCameraSettings(_CameraCommon):
@@ -55,6 +72,13 @@ class FolderCameraSettings(_CameraCommon):
     fps: Annotated[float, Field(gt=0, le=1000)] = 10.0
     pattern: str = "*.png"
     loop: bool = True
+
+    @model_validator(mode="after")
+    def _no_trigger_input(self) -> "FolderCameraSettings":
+        if self.trigger == "hardware":
+            raise ValueError("trigger = \"hardware\": a folder of images has no trigger input; use \"software\" "
+                             "(one file per trigger) or \"free-run\"")
+        return self
 
 
 class OpenCvCameraSettings(_CameraCommon):

@@ -14,6 +14,9 @@ class Request:
     trigger_seq: int
     part_id: int
     t_seen: float  # time.monotonic() of the read that saw the trigger
+    # The trigger was raised after this moment: the request time of the read before the one
+    # that saw it (None when unknown, e.g. the first read of a session). Hardware pairing.
+    t_after: float | None = None
 
 
 @dataclass(frozen=True)

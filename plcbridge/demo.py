@@ -38,6 +38,15 @@ def start_simulator(mode: str, trigger_hz: float, extra: list[str] | None = None
     raise RuntimeError(f"the PLC simulator did not start (exit code {proc.poll()}); command: {' '.join(cmd)}")
 
 
+def _free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 for the emulated camera trigger wire (hardware trigger)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def stop_simulator(proc: subprocess.Popen[str]) -> dict[str, Any]:
     """SIGINT the simulator and parse the JSON summary it prints on the way out."""
     proc.send_signal(signal.SIGINT)
@@ -51,10 +60,13 @@ def stop_simulator(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return json.loads(out[start:]) if start >= 0 else {"error": f"no summary (exit code {proc.returncode})"}
 
 
-def demo_config(mode: str, port: int, protocol: str = "modbus", camera_trigger: str = "free-run"):
+def demo_config(mode: str, port: int, protocol: str = "modbus", camera_trigger: str = "free-run",
+                trigger_port: int | None = None):
     base = load_config(None).model_dump(mode="json")
     base["station"]["mode"] = mode
     base["camera"]["trigger"] = camera_trigger
+    if trigger_port is not None:
+        base["camera"]["trigger_port"] = trigger_port
     base["plc"]["protocol"] = protocol
     base["plc"]["port"] = port
     base["metrics"]["port"] = 0  # any free port: the demo must not collide with a running daemon
@@ -67,11 +79,13 @@ def run_demo(seconds: float, mode: str, trigger_hz: float, protocol: str = "modb
     from plcbridge.logs import LogPipeline
 
     print(f"plcbridge demo: {protocol}, {mode}, {seconds:g} s, starting the PLC simulator ...", file=sys.stderr)
-    sim, port = start_simulator(mode, trigger_hz, protocol=protocol)
+    trigger_port = _free_udp_port() if camera_trigger == "hardware" else None
+    wire = ["--camera-line-port", str(trigger_port)] if trigger_port is not None else []
+    sim, port = start_simulator(mode, trigger_hz, extra=wire, protocol=protocol)
     logs = LogPipeline("text", "info" if verbose else "warning", stream=sys.stderr).start()
     daemon = None
     try:
-        daemon = Daemon(demo_config(mode, port, protocol, camera_trigger)).start()
+        daemon = Daemon(demo_config(mode, port, protocol, camera_trigger, trigger_port)).start()
         t0 = time.monotonic()
         while (elapsed := time.monotonic() - t0) < seconds:
             time.sleep(min(1.0, seconds - elapsed))

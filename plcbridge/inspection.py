@@ -103,7 +103,7 @@ class FreeRunInspection:
     def trigger_ready(self, health: Health) -> bool:
         return False  # free-run takes no triggers
 
-    def on_inputs(self, inputs: Inputs, now: float, new_session: bool = False) -> None:
+    def on_inputs(self, inputs: Inputs, now: float, new_session: bool = False, t_after: float | None = None) -> None:
         pass
 
     def shutdown(self, now: float) -> ResultFields | None:
@@ -188,14 +188,16 @@ class TriggeredInspection:
         self.slots: collections.deque[_Slot] = collections.deque()
         self.presenting: _Slot | None = None
         self._health = Health(False, False, 0)
+        self._t_after: float | None = None
 
     def trigger_ready(self, health: Health) -> bool:
         return status_fault(health) is FaultCode.NONE and len(self.slots) < self.capacity
 
     # ------------------------------------------------------------------ inputs
 
-    def on_inputs(self, inputs: Inputs, now: float, new_session: bool = False) -> None:
+    def on_inputs(self, inputs: Inputs, now: float, new_session: bool = False, t_after: float | None = None) -> None:
         self.ack_seq = inputs.result_ack_seq
+        self._t_after = None if new_session else t_after
         seq = inputs.trigger_seq
         if self.last_seq is None or new_session:
             self._start_session(inputs, now)
@@ -263,7 +265,7 @@ class TriggeredInspection:
         self.last_seq = seq
         for s in skipped:
             self._overrun(Request(s, 0, now), now, f"trigger_seq went from {before} to {seq}: this value was never seen on its own")
-        req = Request(seq, part_id, now)
+        req = Request(seq, part_id, now, self._t_after)
         fault = status_fault(self._health)
         if len(self.slots) >= self.capacity:
             self._overrun(req, now, f"{len(self.slots)} answers already waiting (1 + timing.trigger_queue = {self.capacity})")

@@ -66,6 +66,8 @@ class Metrics:
         for kind in ("connect", "exchange", "config", "refused"):
             self.plc_errors.labels(kind)
         self.camera_errors = Counter("plcbridge_camera_errors", "Camera source failures, by kind (open, grab)", ["kind"], registry=r)
+        self.camera_frames_unpaired = Counter("plcbridge_camera_frames_unpaired", "Hardware-triggered frames that "
+                                              "came with no trigger to pair them with (extra pulses)", registry=r)
         self.camera_reconnects = Counter("plcbridge_camera_reconnects", "Camera source reopened after a failure", registry=r)
         self.camera_ok = Gauge("plcbridge_camera_ok", "1 while frames arrive within the stall limit", registry=r)
         self.model_ok = Gauge("plcbridge_model_ok", "1 while a model session is loaded and healthy", registry=r)

@@ -49,6 +49,7 @@ class GrabLoop:
     def __init__(self, config: Config, frames: FrameMailbox, metrics: Metrics) -> None:
         self.settings = config.camera
         self.software = config.camera.trigger == "software"
+        self.triggered = config.camera.trigger != "free-run"
         self.frames = frames
         self.metrics = metrics
         self.seq = 0
@@ -62,7 +63,7 @@ class GrabLoop:
     def alive_at(self) -> float | None:
         """When the camera last showed it works: its last frame (free-run), or also its last
         idle wait for a trigger while open (software: no trigger, no frame, still healthy)."""
-        if not self.software:
+        if not self.triggered:
             return self.frames.last_capture
         seen = [t for t in (self._alive_at, self.frames.last_capture) if t is not None]
         return max(seen) if seen else None
@@ -117,8 +118,12 @@ class GrabLoop:
                         except queue.Empty:
                             self._alive_at = time.monotonic()
                             continue
-                    image, label = source.grab()
+                    got = source.grab()
                     now = time.monotonic()
+                    if got is None:  # hardware trigger: no pulse for a while, the camera is fine
+                        self._alive_at = now
+                        continue
+                    image, label = got
                     self.frames.put(Frame(image, self.seq, now, label, request))
                     self._alive_at = now
                     self.seq += 1
@@ -293,6 +298,37 @@ class InferenceWorker:
         self.phase = (None, "idle")
         self.results.put(d)
 
+    def _hardware_triggered_step(self, req: Request) -> None:
+        """camera.trigger = "hardware": the camera took one frame per edge of the PLC's output.
+        Trigger k was raised after `req.t_after` (the read before the one that saw it) and
+        seen at `req.t_seen`; its frame reached us after t_after and no later than t_seen +
+        camera.trigger_latency_ms. Frames pair with triggers in order: the first frame no
+        trigger took, inside that window. A frame from before the window had no trigger
+        (counted, left); no frame in the window is NO_FRAME, and the next part's frame is
+        never taken instead."""
+        cam = self.config.camera
+        after = req.t_after if req.t_after is not None else req.t_seen - self.config.plc.max_input_age_ms / 1000
+        until = req.t_seen + cam.trigger_latency_ms / 1000
+        while True:
+            frame = self.frames.first_after(after - 1e9, timeout=max(0.0, until - time.monotonic()),
+                                            after_seq=self._last_judged, until=until)
+            if frame is None or frame.t_capture > after:
+                break
+            self._last_judged = frame.seq  # before the window: a pulse no trigger stands for
+            self.metrics.camera_frames_unpaired.inc()
+            log_event(cam_log, "camera_frame_unpaired", logging.WARNING, frame_seq=frame.seq, rate_key="unpaired",
+                      reason="a hardware-triggered frame came with no trigger to pair it with (an extra pulse)")
+        if frame is not None:
+            self._last_judged = frame.seq
+            d = self.judge(frame, req)
+        else:
+            d = failsafe(FaultCode.NO_FRAME, time.monotonic(), "no frame from the camera between the trigger's "
+                         f"edge and camera.trigger_latency_ms = {cam.trigger_latency_ms} after it was seen "
+                         "(a lost pulse, or a camera that did not fire)", model_version=self.model_version, request=req)
+            self.metrics.queue_drops.labels("no_frame").inc()
+        self.phase = (None, "idle")
+        self.results.put(d)
+
     def _triggered_step(self) -> None:
         """One trigger, one frame: the first frame captured after the trigger was seen that no
         earlier trigger took, captured within timing.frame_window_ms and before the next
@@ -305,6 +341,9 @@ class InferenceWorker:
         self.phase = (req, "waiting_frame")
         if self.request_frame is not None:
             self._software_triggered_step(req)
+            return
+        if self.config.camera.trigger == "hardware":
+            self._hardware_triggered_step(req)
             return
         timing = self.config.timing
         until = req.t_seen + timing.frame_window_ms / 1000

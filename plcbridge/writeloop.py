@@ -85,6 +85,7 @@ class WriteLoop:
         self._started = 0.0
         self._reply_seq = -1  # the last link reply handed to the inspection
         self._session = -1  # the link session of that reply
+        self._t_prev_sent: float | None = None  # its request time
         self._written_id = -1  # the last delivered block handed to the inspection
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="write-loop", daemon=True)
@@ -150,7 +151,9 @@ class WriteLoop:
             self._reply_seq = r.seq
             new_session = r.session != self._session
             self._session = r.session
-            self.inspection.on_inputs(r.inputs, r.t_answered, new_session)
+            # A trigger in this reply was raised after the request of the reply before it.
+            self.inspection.on_inputs(r.inputs, r.t_answered, new_session, self._t_prev_sent)
+            self._t_prev_sent = r.t_sent
 
     def _inputs_fresh(self, now: float) -> bool:
         r = self.link.reply

@@ -72,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reply-delay-ms", type=float, default=None, metavar="MS",
                         help="answer every request this much later, through a relay in front of the server "
                              "(device file network.reply_delay_ms)")
+    parser.add_argument("--camera-line-port", type=int, default=None, metavar="PORT",
+                        help="pulse a hardware-triggered synthetic camera: one UDP datagram to 127.0.0.1:PORT per "
+                             "trigger (camera_line.port; the bridge's camera.trigger_port)")
     parser.add_argument("--reply-jitter-ms", type=float, default=None, metavar="MS",
                         help="plus a uniformly random 0..MS, replies kept in order (network.reply_jitter_ms)")
     parser.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until SIGINT/SIGTERM)")
@@ -94,6 +97,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "program.restart_after_s": getattr(args, "restart_after_s", None),
         "program.stuck_trigger_after_s": getattr(args, "stuck_trigger_after_s", None),
         "program.stuck_trigger_for_s": getattr(args, "stuck_trigger_for_s", None),
+        "camera_line.port": getattr(args, "camera_line_port", None),
         "network.reply_delay_ms": args.reply_delay_ms,
         "network.reply_jitter_ms": args.reply_jitter_ms,
     }

@@ -178,9 +178,19 @@ class EnipSimSettings(_Strict):
         return self
 
 
+class CameraLineSettings(_Strict):
+    """The PLC output wired to the camera's trigger input (simulators/camera_line.py): one UDP
+    datagram to 127.0.0.1:port per trigger, for a synthetic camera with trigger = "hardware"."""
+
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None  # None: no camera wired
+    drop_every: Annotated[int, Field(ge=0, le=1_000_000)] = 0  # lose every Nth pulse (0: never)
+    extra_every: Annotated[int, Field(ge=0, le=1_000_000)] = 0  # an extra pulse after every Nth trigger
+
+
 class DeviceSettings(_Strict):
     program: ProgramSettings = ProgramSettings()
     network: NetworkSettings = NetworkSettings()
+    camera_line: CameraLineSettings = CameraLineSettings()
     modbus: ModbusSimSettings = ModbusSimSettings()
     opcua: OpcUaSimSettings = OpcUaSimSettings()
     enip: EnipSimSettings = EnipSimSettings()

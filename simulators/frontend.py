@@ -27,6 +27,7 @@ from typing import Any
 
 from .device import DeviceSettings
 from .network import INTERNAL_HOST, Relay
+from .camera_line import CameraLine
 from .program import SimulatedPlc
 
 
@@ -49,6 +50,10 @@ class ThreadedFrontend:
         net = settings.network
         self._relay = Relay(net.reply_delay_ms, net.reply_jitter_ms) if net.relayed else None
         self.program.add_restart_listener(self._on_program_restart)
+        self.camera_line: CameraLine | None = None
+        if settings.camera_line.port is not None:
+            self.camera_line = CameraLine(settings.camera_line)
+            self.program.add_trigger_listener(self.camera_line.on_trigger)
 
     @property
     def host(self) -> str:
@@ -94,6 +99,8 @@ class ThreadedFrontend:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Close the server (every client connection ends) and its thread; idempotent."""
+        if self.camera_line is not None:
+            self.camera_line.close()
         if self._loop is not None and self._stop is not None and self.running:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
@@ -103,6 +110,8 @@ class ThreadedFrontend:
         with self._lock:
             summary = self.program.summary()
         summary["network"] = self._relay.stats() if self._relay is not None else {"relay": False}
+        if self.camera_line is not None:
+            summary["camera_line"] = self.camera_line.stats()
         return summary
 
     def restart_plc(self) -> None:

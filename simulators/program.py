@@ -145,6 +145,7 @@ class SimulatedPlc:
         self._t_now = 0.0
         self._scheduled_restart_done = False
         self._restart_listeners: list[Callable[[], None]] = []
+        self._trigger_listeners: list[Callable[[int, float], None]] = []
         # Counters.
         self.writes_seen = 0
         self.triggers_sent = 0
@@ -253,6 +254,11 @@ class SimulatedPlc:
         self._last_outputs = None
         for listener in list(self._restart_listeners):
             listener()
+
+    def add_trigger_listener(self, listener: Callable[[int, float], None]) -> None:
+        """Call `listener(trigger_seq, t)` (on the program's thread) as each trigger is raised:
+        the PLC output wired to a hardware-triggered camera (simulators/camera_line.py)."""
+        self._trigger_listeners.append(listener)
 
     def add_restart_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener()` (on the program's thread, inside restart()) after every restart."""
@@ -433,6 +439,8 @@ class SimulatedPlc:
             self._next_part_id = (self._next_part_id + 1) & U32_MAX
         self._pending[seq] = _Trigger(seq, self._part_id, t)
         self.triggers_sent += 1
+        for listener in self._trigger_listeners:
+            listener(seq, t)
 
     def _expire_pending(self, t: float) -> None:
         limit_s = self.settings.result_timeout_ms / 1000.0

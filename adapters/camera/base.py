@@ -44,8 +44,9 @@ class CameraSource(abc.ABC):
         """Open the device; raise CameraError with the reason when it cannot."""
 
     @abc.abstractmethod
-    def grab(self) -> tuple[np.ndarray, str | None]:
+    def grab(self) -> tuple[np.ndarray, str | None] | None:
         """Block until the next image; return (BGR uint8 image, ground-truth label or None).
+        A hardware-triggered source returns None when no trigger came for a short while.
 
         Raise CameraError when the source failed. Pacing (fps) is the source's job: a real
         camera paces itself, file-backed sources sleep to their configured rate. With

@@ -16,6 +16,7 @@ the state of the `rng` it is given.
 from __future__ import annotations
 
 import functools
+import socket
 
 import cv2
 import numpy as np
@@ -25,6 +26,9 @@ from plcbridge.adapters.camera.pacing import Pacer
 from plcbridge.config import SyntheticCameraSettings
 
 DEFECT_KINDS: tuple[str, ...] = ("scratch", "spot", "crack")
+# Hardware trigger: how long grab() waits for a pulse before saying "idle" (None), so that
+# the grab loop can see a stop and the camera counts as alive while no part comes.
+_IDLE_S = 0.1
 
 _BANK_SEED = 20240917
 _BANK_TEXTURES = 8
@@ -191,6 +195,7 @@ class SyntheticCamera(CameraSource):
         self.settings = settings
         self._pacer = Pacer(settings.fps)
         self._rng: np.random.Generator | None = None
+        self._line: socket.socket | None = None
         # Build the texture bank now: numpy's generators hold the GIL for tens of ms, and the
         # daemon constructs its first source before the write loop starts (see GrabLoop.start).
         _bank(settings.width, settings.height)
@@ -198,11 +203,27 @@ class SyntheticCamera(CameraSource):
     def open(self) -> None:
         self._rng = np.random.default_rng(self.settings.seed)
         self._pacer = Pacer(self.settings.fps)
+        if self.settings.trigger == "hardware":
+            # The trigger input: one datagram per edge (simulators/camera_line.py).
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.bind(("127.0.0.1", self.settings.trigger_port))
+            except OSError as e:
+                sock.close()
+                raise CameraError(f"synthetic camera: cannot listen for trigger pulses on 127.0.0.1:"
+                                  f"{self.settings.trigger_port}: {e.strerror}") from None
+            sock.settimeout(_IDLE_S)
+            self._line = sock
 
-    def grab(self) -> tuple[np.ndarray, str | None]:
+    def grab(self) -> tuple[np.ndarray, str | None] | None:
         rng = self._rng
         if rng is None:
             raise CameraError("synthetic camera: grab() before open()")
+        if self._line is not None:  # hardware trigger: one frame per pulse, None while idle
+            try:
+                self._line.recv(64)
+            except TimeoutError:
+                return None
         defect = bool(rng.random() < self.settings.defect_fraction)
         image = render_surface(rng, self.settings.width, self.settings.height, defect)
         if self.settings.trigger == "free-run":  # triggered: this frame is wanted now
@@ -211,3 +232,6 @@ class SyntheticCamera(CameraSource):
 
     def close(self) -> None:
         self._rng = None
+        if self._line is not None:
+            self._line.close()
+            self._line = None
