@@ -25,9 +25,9 @@ import threading
 import time
 from typing import Any
 
+from .camera_line import CameraLine
 from .device import DeviceSettings
 from .network import INTERNAL_HOST, Relay
-from .camera_line import CameraLine
 from .program import SimulatedPlc
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import station_config
 from onnx_models import copy_demo, nan_model, slow_model
 from plcbridge.inference import preprocess as preprocess_mod
@@ -157,6 +156,7 @@ def test_the_tiny_models_default_minimum_is_8_px(tmp_path: Path) -> None:
 
 def test_a_tiny_frame_is_a_bad_frame_failsafe_in_the_pipeline() -> None:
     from plcbridge.adapters.camera.base import Frame
+
     from plcbridge.contract import FaultCode, ResultCode
     from plcbridge.decision import Request
     from plcbridge.journal import Journal

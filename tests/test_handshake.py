@@ -103,3 +103,26 @@ def test_a_trigger_pending_at_stop_is_answered_shutting_down_with_its_own_seq_an
     assert last.status & StatusBit.RESULT_VALID and last.result_seq == 1 and last.part_id == 1, last
     s = sim.summary()
     assert s["outstanding"] == 0 and s["failsafe_faults"].get("SHUTTING_DOWN") == 1, s
+
+
+def test_a_degenerate_frame_reaches_the_plc_as_bad_frame_never_as_a_verdict(make_sim, tmp_path):
+    import cv2
+    import numpy as np
+
+    from plcbridge.config import parse_config
+
+    cv2.imwrite(str(tmp_path / "pass_tiny.png"), np.full((1, 1, 3), 128, np.uint8))  # upscaled, it would "pass"
+    sim = make_sim("triggered", trigger_hz=5)
+    raw = station_config(sim.port, "triggered").model_dump(mode="json")
+    raw["camera"] = {"source": "folder", "path": str(tmp_path), "fps": 30}
+    d, seen = _recording_daemon(parse_config(raw, "<test>", env={}))
+    try:
+        wait_for(lambda: sum(sim.summary()["results"].values()) >= 3, 30, "answered triggers")
+    finally:
+        d.stop()
+    s = sim.summary()
+    assert s["results"].get("PASS", 0) == 0 and s["results"].get("FAIL", 0) == 0, s
+    assert s["failsafe_faults"].get("BAD_FRAME", 0) >= 3, s
+    bad = [x for x in seen if x.fault is FaultCode.BAD_FRAME]
+    assert bad and "smaller than the manifest's frame.min_size" in bad[0].reason
+    _closed(s)
