@@ -334,10 +334,10 @@ class TriggeredInspection:
 
     def tick(self, now: float, health: Health) -> ResultFields:
         self._health = health
-        last = self.slots[-1] if self.slots else None
-        if last is not None and not last.journaled and last.decision is not None and (
-                now - last.t_grown >= RUN_QUIET_S or now - last.t_opened >= RUN_MAX_S):
-            self._journal(last)  # the flood run closes: journaled even if the PLC never takes it
+        for i, slot in enumerate(self.slots):  # a flood run closes: journaled even if the PLC never takes it
+            if not slot.journaled and slot.decision is not None and (
+                    i < len(self.slots) - 1 or now - slot.t_grown >= RUN_QUIET_S or now - slot.t_opened >= RUN_MAX_S):
+                self._journal(slot)
         for slot in self.slots:
             if slot.decision is None and now - slot.request.t_seen > self.timeout:
                 phase = self._phase(slot.request)
