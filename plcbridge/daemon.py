@@ -65,6 +65,8 @@ class Daemon:
         self._next_status = 0.0
         self._reload_thread: threading.Thread | None = None
         self._cancel_reload = threading.Event()
+        self._applied_version: int | None = None  # of the last reload applied, and what it replaced
+        self._previous_version: int | None = None
         self.last_reload: str | None = None
         self.metrics = Metrics()
         if log_pipeline is not None:
@@ -184,7 +186,10 @@ class Daemon:
         self.metrics.last_reload_ok.set(1 if ok else 0)
         self.last_reload = "last reload applied" if ok else f"LAST RELOAD REFUSED: {detail}"
         if ok:
-            log_event(log, "reload_applied", logging.INFO, detail=detail, model_version=self.worker.model_version)
+            # The worker adopts the new session between two decisions: name the version that
+            # was applied, not the one still serving this instant.
+            log_event(log, "reload_applied", logging.INFO, detail=detail, model_version=self._applied_version,
+                      previous_model_version=self._previous_version)
         # systemd's reload protocol ends with READY=1 (only for a unit that was ever ready);
         # STATUS= says whether the bridge is ready now.
         if self._ready_sent:
@@ -227,6 +232,7 @@ class Daemon:
         if not checked:
             return self._refuse("model", f"{m.manifest}: {report.failure}")
         model = checked[0]
+        self._previous_version, self._applied_version = self.worker.model_version, model.version
         self.worker.swap_model(model)
         self.inspection.fs = new.failsafe
         self.loop.config = new

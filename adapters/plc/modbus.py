@@ -39,6 +39,27 @@ log = get_logger("plc")
 _BUSY = frozenset({ExcCodes.ACKNOWLEDGE, ExcCodes.DEVICE_BUSY})
 
 
+def _why_no_connection(host: str, port: int, timeout_s: float) -> str:
+    """pymodbus's connect() says only False: find the cause (name, refused, timeout) the way
+    the OPC UA and EtherNet/IP drivers report it. Runs only after a failed connect."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        return f"cannot resolve the host name {host!r} ({e.strerror}); check plc.host / PLCBRIDGE_PLC_HOST"
+    try:
+        family, kind, proto, _, addr = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.settimeout(timeout_s)
+            probe.connect(addr)
+    except TimeoutError:
+        return f"no answer within plc.connect_timeout_ms = {round(timeout_s * 1000)} (host down, or a firewall drops it)"
+    except ConnectionRefusedError:
+        return "connection refused: nothing listens on that port (is the PLC's Modbus server enabled? plc.port)"
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return "it refused this client, then accepted a plain TCP connection (a server with no free connection slot?)"
+
+
 class ModbusAdapter(PlcAdapter):
     def __init__(self, settings) -> None:  # settings: plcbridge.config.PlcSettings
         super().__init__(settings)
@@ -58,7 +79,7 @@ class ModbusAdapter(PlcAdapter):
         client = ModbusTcpClient(s.host, port=s.port, timeout=s.connect_timeout_ms / 1000, retries=0, reconnect_delay=0)
         if not client.connect():
             client.close()
-            raise PlcError(f"cannot connect to modbus://{s.host}:{s.port}")
+            raise PlcError(f"cannot connect to modbus://{s.host}:{s.port}: {_why_no_connection(s.host, s.port, s.connect_timeout_ms / 1000)}")
         assert client.socket is not None
         client.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._client = client
