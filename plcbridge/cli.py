@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -16,35 +17,73 @@ from pathlib import Path
 from plcbridge.threads import limit_native_pools
 
 
-def _load_config_or_report(path: Path | None):
-    """The validated config, or None after printing why it is not valid (to stderr)."""
-    from plcbridge.config import ConfigError, load_config
+def _load_config_or_report(path: Path | None, *, check: bool = True, warnings: list | None = None):
+    """The validated config, or None after printing why it is not usable (to stderr).
 
+    `path` None: the embedded demo station; "-": a station file on stdin. `check`: also make
+    the station checks (plcbridge.checks: the model loads, certificate files parse, a folder
+    camera's folder holds images). `warnings` gets (source, field, reason) for each warning.
+    """
+    from plcbridge.checks import config_warnings, station_problems
+    from plcbridge.config import ConfigError, load_config, load_config_text
+
+    stdin = path is not None and str(path) == "-"
+    source = "<stdin>" if stdin else "<embedded default.toml>" if path is None else str(path)
     try:
-        return load_config(path)
+        cfg = load_config_text(sys.stdin.read(), source) if stdin else load_config(path)
     except ConfigError as e:
-        print(f"plcbridge: {e}", file=sys.stderr)
+        print("\n".join(f"plcbridge: {line}" for line in str(e).splitlines()), file=sys.stderr)
         return None
+    if warnings is not None:
+        warnings.extend((source, where, why) for where, why in config_warnings(cfg))
+    if check:
+        problems = station_problems(cfg)
+        if problems:
+            print("\n".join(f"plcbridge: {source}: {where}: {why}" for where, why in problems), file=sys.stderr)
+            return None
+    return cfg
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load_config_or_report(args.file)
-    if cfg is None:
-        return 2
-    print(json.dumps(cfg.model_dump(mode="json"), indent=2))
-    return 0
+    resolved: dict[str, dict] = {}
+    bad = 0
+    for path in args.files:
+        warnings: list = []
+        cfg = _load_config_or_report(path, warnings=warnings)
+        for source, where, why in warnings:
+            print(f"plcbridge: warning: {source}: {where}: {why}", file=sys.stderr)
+        if cfg is None:
+            bad += 1
+        else:
+            resolved["<stdin>" if str(path) == "-" else str(path)] = cfg.model_dump(mode="json")
+    if len(args.files) == 1:
+        for one in resolved.values():
+            print(json.dumps(one, indent=2))
+    elif resolved:
+        print(json.dumps(resolved, indent=2))  # {file: resolved config} for the good ones
+    return 2 if bad else 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    cfg = _load_config_or_report(args.config)
+    from plcbridge.checks import metrics_bind_message, writable_file_problem
+
+    warnings: list = []
+    cfg = _load_config_or_report(args.config, warnings=warnings)
     if cfg is None:
         return 2
+    if args.summary_json is not None:
+        problem = writable_file_problem(args.summary_json)
+        if problem is not None:  # found now, not after the whole run
+            print(f"plcbridge: --summary-json: {problem}", file=sys.stderr)
+            return 2
     from plcbridge.daemon import Daemon
     from plcbridge.logs import LogPipeline, get_logger, log_event
     from plcbridge.sdnotify import Notifier
 
     logs = LogPipeline(cfg.logging.format, cfg.logging.level, cfg.logging.rate_limit_s).start()
     log = get_logger("daemon")
+    for source, where, why in warnings:
+        log_event(log, "config_warning", 30, config=source, field=where, reason=why)
     stop, hup = threading.Event(), threading.Event()
     # Handlers only set flags: the work happens on the main thread, never in a signal handler.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -52,11 +91,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, lambda *_: hup.set())
     notifier = Notifier()
     try:
+        daemon = Daemon(cfg, config_path=args.config, notifier=notifier, log_pipeline=logs)
         try:
-            daemon = Daemon(cfg, config_path=args.config, notifier=notifier, log_pipeline=logs).start()
-        except OSError as e:  # e.g. the metrics port is taken
-            log_event(log, "start_failed", 40, reason=str(e))
-            return 1
+            daemon.start()
+        except OSError as e:
+            # The metrics/health endpoint listens first: no http server yet means it is what failed.
+            metrics = cfg.metrics.enabled and daemon.http is None
+            reason = metrics_bind_message(cfg, e) if metrics else str(e)
+            log_event(log, "start_failed", 40, reason=reason)
+            print(f"plcbridge: {args.config or '<embedded default.toml>'}: {reason}", file=sys.stderr)
+            return 2 if metrics else 1
         # Every 20 ms until READY=1 has gone out (so systemd hears it promptly), then 0.2 s.
         while not stop.wait(0.2 if daemon.ready_sent else 0.02):
             if hup.is_set():
@@ -84,8 +128,14 @@ def _write_run_summary(path: Path, daemon) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import math
+
     from plcbridge.demo import run_demo
 
+    for flag, value in (("--seconds", args.seconds), ("--trigger-hz", args.trigger_hz)):
+        if not (value > 0 and math.isfinite(value)):
+            print(f"plcbridge demo: {flag} must be a positive number, got {value:g}", file=sys.stderr)
+            return 2
     if args.camera_trigger != "free-run" and args.mode != "triggered":
         print(f"plcbridge demo: --camera-trigger {args.camera_trigger} needs --mode triggered", file=sys.stderr)
         return 2
@@ -96,14 +146,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_docs(args: argparse.Namespace) -> int:
     from plcbridge.docs import render_interface_doc
 
-    text = render_interface_doc(Path(args.output))
+    import os
+
+    out = Path(args.output)
+    # The document is both template and output: its hand-written prose is kept, so it must exist.
+    try:
+        text = render_interface_doc(out)
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or str(e)
+        print(f"plcbridge docs: cannot read {out} (from {os.getcwd()}): {why}; run it from the repository root "
+              "or pass --output PATH to the checked-out docs/plc-interface.md", file=sys.stderr)
+        return 2
+    except ValueError as e:  # not the interface document: its generated sections are missing
+        print(f"plcbridge docs: {e}", file=sys.stderr)
+        return 2
     if args.check:
-        current = Path(args.output).read_text() if Path(args.output).exists() else ""
-        if current != text:
+        if out.read_text() != text:
             print(f"plcbridge: {args.output} is out of date; run `plcbridge docs`", file=sys.stderr)
             return 1
         return 0
-    Path(args.output).write_text(text)
+    try:
+        out.write_text(text)
+    except OSError as e:
+        print(f"plcbridge docs: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+        return 2
     print(f"wrote {args.output}")
     return 0
 
@@ -147,6 +213,9 @@ def _cmd_validate_model(args: argparse.Namespace) -> int:
     report = validate_model(args.path, target_ort_version=args.target_ort_version, runs=args.runs,
                             p99_max_ms=args.p99_max_ms, device=args.device, progress=progress)
     print(report.to_json())
+    if report.bad_spec:  # a wrong path is not a bad model: exit 2, so CI can tell them apart
+        print(f"plcbridge validate-model: {args.path}: {report.check('manifest').detail}", file=sys.stderr)
+        return 2
     if not report.ok:
         print(f"plcbridge validate-model: {args.path}: FAILED {report.failure}", file=sys.stderr)
         return 1
@@ -155,16 +224,19 @@ def _cmd_validate_model(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="plcbridge", description="Camera -> ONNX Runtime -> PLC bridge, fail-safe by design")
+    p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the daemon")
-    r.add_argument("--config", type=Path, default=None, help="station TOML (default: the embedded demo station)")
+    r.add_argument("--config", type=Path, default=None,
+                   help="station TOML; it must name its [camera] and [model] (default: the embedded demo station)")
     r.add_argument("--summary-json", type=Path, default=None, metavar="FILE",
                    help="at exit, write the run's summary and write-loop lateness samples to FILE (used by bench)")
     r.set_defaults(func=_cmd_run)
 
-    c = sub.add_parser("check-config", help="validate a config file and print it resolved")
-    c.add_argument("file", type=Path)
+    c = sub.add_parser("check-config", help="validate station files (and what they name: model, certificates, "
+                                            "camera folder) and print them resolved; exit 2 if any is bad")
+    c.add_argument("files", type=Path, nargs="+", metavar="FILE", help="station TOML; - reads one from stdin")
     c.set_defaults(func=_cmd_check_config)
 
     d = sub.add_parser("demo", help="simulator + daemon + bundled model + synthetic camera; prints a JSON summary")
@@ -208,7 +280,54 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def version_text() -> str:
+    """"plcbridge X.Y.Z", plus " (git abc1234)" when the package runs from a git checkout."""
+    import subprocess
+    from importlib import metadata
+
+    try:
+        text = f"plcbridge {metadata.version('plcbridge')}"
+    except metadata.PackageNotFoundError:
+        text = "plcbridge (version unknown: not installed)"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return text
+    if commit.returncode == 0 and commit.stdout.strip():
+        text += f" (git {commit.stdout.strip()})"
+    return text
+
+
+class _VersionAction(argparse.Action):
+    """`--version`, computed only when asked for (it may run git)."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version (and git commit, in a checkout) and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def main(argv: list[str] | None = None) -> int:
     limit_native_pools()
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+            rc = args.func(args)
+        except SystemExit:  # argparse: --help, --version, usage errors; their text may meet a closed pipe too
+            sys.stdout.flush()
+            raise
+        except KeyboardInterrupt:  # Ctrl-C in a command without its own handling: no traceback
+            print("plcbridge: interrupted", file=sys.stderr)
+            return 130
+        sys.stdout.flush()  # here, not at interpreter exit, so that a closed pipe is caught below
+        return rc
+    except BrokenPipeError:
+        # Python docs, "Note on SIGPIPE": the reader (e.g. `| head`) went away. Point stdout at
+        # devnull so the interpreter's own flush at exit cannot fail again, and exit like SIGPIPE.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141

@@ -23,6 +23,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class FieldsError(ValueError):
+    """A cross-field problem: `fields` are the paths (relative to the model that raises it)
+    it is about, so that the report names them instead of the section or "(top level)"."""
+
+    def __init__(self, fields: tuple[str, ...] | list[str], message: str) -> None:
+        super().__init__(message)
+        self.fields = tuple(fields)
+
+
 class StationSettings(_Strict):
     name: str = "station-1"
     mode: Literal["triggered", "free-run"] = "triggered"
@@ -59,10 +68,10 @@ class SyntheticCameraSettings(_CameraCommon):
     @model_validator(mode="after")
     def _wired_for_hardware_trigger(self) -> "SyntheticCameraSettings":
         if self.trigger == "hardware" and self.trigger_port is None:
-            raise ValueError("trigger = \"hardware\" needs trigger_port: the UDP port on 127.0.0.1 that stands in "
+            raise FieldsError(("trigger", "trigger_port"), "trigger = \"hardware\" needs trigger_port: the UDP port on 127.0.0.1 that stands in "
                              "for the camera's trigger input (the simulator's camera_line.port)")
         if self.trigger != "hardware" and self.trigger_port is not None:
-            raise ValueError("trigger_port is set but trigger is not \"hardware\"")
+            raise FieldsError(("trigger_port", "trigger"), "trigger_port is set but trigger is not \"hardware\"")
         return self
 
 
@@ -76,7 +85,7 @@ class FolderCameraSettings(_CameraCommon):
     @model_validator(mode="after")
     def _no_trigger_input(self) -> "FolderCameraSettings":
         if self.trigger == "hardware":
-            raise ValueError("trigger = \"hardware\": a folder of images has no trigger input; use \"software\" "
+            raise FieldsError(("trigger",), "trigger = \"hardware\": a folder of images has no trigger input; use \"software\" "
                              "(one file per trigger) or \"free-run\"")
         return self
 
@@ -93,7 +102,7 @@ class OpenCvCameraSettings(_CameraCommon):
     @model_validator(mode="after")
     def _streams_only(self) -> "OpenCvCameraSettings":
         if self.trigger != "free-run":
-            raise ValueError(f"trigger = {self.trigger!r}: an OpenCV source (a UVC device, RTSP, a video file) streams "
+            raise FieldsError(("trigger",), f"trigger = {self.trigger!r}: an OpenCV source (a UVC device, RTSP, a video file) streams "
                              "and cannot be told when to take a frame; use trigger = \"free-run\", or a source that "
                              "can be triggered (synthetic, folder)")
         return self
@@ -188,12 +197,12 @@ class OpcUaSettings(_Strict):
         if self.security_policy == "None":
             given = [k for k, v in files.items() if v is not None]
             if given:
-                raise ValueError(f"{', '.join(given)} set but security_policy is \"None\": "
+                raise FieldsError((*given, "security_policy"), f"{', '.join(given)} set but security_policy is \"None\": "
                                  "set security_policy = \"Basic256Sha256\" or remove them")
         else:
             missing = [k for k, v in files.items() if v is None]
             if missing:
-                raise ValueError(f"security_policy {self.security_policy} needs {', '.join(missing)}")
+                raise FieldsError(("security_policy", *missing), f"security_policy {self.security_policy} needs {', '.join(missing)}")
         return self
 
 
@@ -265,17 +274,17 @@ class PlcSettings(_Strict):
         if isinstance(data, dict):
             for key, why in REMOVED_PLC_SETTINGS.items():
                 if key in data:
-                    raise ValueError(why)
+                    raise FieldsError((key,), why)
         return data
 
     @model_validator(mode="after")
     def _stale_before_dead(self) -> "PlcSettings":
         if self.max_input_age_ms > self.link_timeout_ms:
-            raise ValueError(f"max_input_age_ms ({self.max_input_age_ms}) must not exceed link_timeout_ms "
+            raise FieldsError(("max_input_age_ms", "link_timeout_ms"), f"max_input_age_ms ({self.max_input_age_ms}) must not exceed link_timeout_ms "
                              f"({self.link_timeout_ms}): the PLC must be told the bridge is blind before the "
                              "session is given up")
         if self.reconnect_max_ms < self.reconnect_min_ms:
-            raise ValueError(f"reconnect_max_ms ({self.reconnect_max_ms}) is below reconnect_min_ms "
+            raise FieldsError(("reconnect_max_ms", "reconnect_min_ms"), f"reconnect_max_ms ({self.reconnect_max_ms}) is below reconnect_min_ms "
                              f"({self.reconnect_min_ms})")
         return self
 
@@ -333,14 +342,17 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _deadlines_fit_the_period(self) -> "Config":
         if self.plc.max_input_age_ms < 2 * self.timing.period_ms:
-            raise ValueError(
+            raise FieldsError(
+                ("plc.max_input_age_ms", "timing.period_ms"),
                 f"plc.max_input_age_ms ({self.plc.max_input_age_ms}) must be at least two periods "
                 f"(timing.period_ms = {self.timing.period_ms}): inputs are refreshed at most once a period"
             )
         if self.timing.result_timeout_ms <= self.timing.period_ms:
-            raise ValueError("timing.result_timeout_ms must be longer than timing.period_ms")
+            raise FieldsError(("timing.result_timeout_ms", "timing.period_ms"),
+                              f"timing.result_timeout_ms ({self.timing.result_timeout_ms}) must be longer than "
+                              f"timing.period_ms ({self.timing.period_ms})")
         if self.camera.trigger != "free-run" and self.station.mode != "triggered":
-            raise ValueError(f"camera.trigger = {self.camera.trigger!r} needs station.mode = \"triggered\": "
+            raise FieldsError(("camera.trigger", "station.mode"), f"camera.trigger = {self.camera.trigger!r} needs station.mode = \"triggered\": "
                              "in free-run nothing asks the camera for a frame")
         return self
 
@@ -355,49 +367,141 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot be used; str() names the file, each field path and why."""
+    """A configuration that cannot be used; str() names the file, each field path and why:
+    one line per problem, each "FILE: FIELD: REASON" (or "VARIABLE=...: REASON" for an
+    environment override), so that the first line alone names the cause."""
 
 
-def validation_problems(e: ValidationError) -> list[tuple[str, str]]:
-    """(dotted field path, reason) for each error: the form every schema error is reported in."""
-    return [(".".join(str(p) for p in err["loc"]) or "(top level)", err["msg"]) for err in e.errors()]
+# Unions whose tag pydantic inserts into an error's location: (prefix, tag field). The user
+# writes `camera.path`, never `camera.folder.path`.
+TAGGED_UNIONS: tuple[tuple[tuple[str, ...], str], ...] = ((("camera",), "source"),)
+
+_VALUE_ERROR_PREFIXES = ("Value error, ", "Assertion failed, ")
 
 
-def _apply_env(raw: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+def validation_problems(e: ValidationError,
+                        tagged: tuple[tuple[tuple[str, ...], str], ...] = ()) -> list[tuple[str, str]]:
+    """(dotted field path, reason) for each error: the form every schema error is reported in.
+
+    `tagged`: (location prefix, tag field) of discriminated unions whose tag pydantic puts in
+    the location; it is taken out (and a missing or unknown tag is reported at the tag field).
+    A cross-field problem raised as FieldsError is reported at the fields it names.
+    """
+    out: list[tuple[str, str]] = []
+    for err in e.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        msg = err["msg"]
+        for prefix, tag_field in tagged:
+            n = len(prefix)
+            if loc[:n] == prefix:
+                if err["type"] in ("union_tag_invalid", "union_tag_not_found") and len(loc) == n:
+                    loc = (*prefix, tag_field)
+                elif len(loc) > n:
+                    loc = (*prefix, *loc[n + 1:])
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldsError):
+            base = ".".join(loc)
+            where = ", ".join(f"{base}.{f}" if base else f for f in cause.fields)
+            msg = str(cause)
+        else:
+            where = ".".join(loc) or "(top level)"
+            for pre in _VALUE_ERROR_PREFIXES:
+                if msg.startswith(pre):
+                    msg = msg[len(pre):]
+        out.append((where, msg))
+    return out
+
+
+def _apply_env(raw: dict[str, Any], env: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The raw config with the overrides applied, and {dotted field path: variable} of those applied."""
+    applied: dict[str, str] = {}
     for var, path in ENV_OVERRIDES.items():
         if var in env:
             node = raw
             for key in path[:-1]:
-                node = node.setdefault(key, {})
+                child = node.get(key)
+                # Copy on the way down: the caller's dict (a parsed file) is never changed.
+                node[key] = node = dict(child) if isinstance(child, dict) else ({} if child is None else child)
                 if not isinstance(node, dict):
                     break
             else:
                 node[path[-1]] = env[var]
-    return raw
+                applied[".".join(path)] = var
+    return raw, applied
 
 
-def parse_config(raw: dict[str, Any], source: str = "<config>", env: dict[str, str] | None = None) -> Config:
-    raw = _apply_env(dict(raw), dict(os.environ) if env is None else env)
+def _problems_text(source: str, problems: list[tuple[str, str]], env_vars: dict[str, str],
+                   env: dict[str, str]) -> str:
+    lines = []
+    for where, why in problems:
+        var = env_vars.get(where)
+        if var is not None:
+            # The value came from the environment (e.g. /etc/plcbridge/plcbridge.env), not the file.
+            lines.append(f"{var}={env.get(var, '')!r} (environment variable, overrides {where} of {source}): {why}")
+        else:
+            lines.append(f"{source}: {where}: {why}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>", env: dict[str, str] | None = None,
+                 problems: list[tuple[str, str]] | None = None) -> Config:
+    """Validate a parsed config; `problems` found before (e.g. missing sections) are reported with the rest."""
+    env = dict(os.environ) if env is None else env
+    raw, env_vars = _apply_env(dict(raw), env)
+    found = list(problems or [])
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as e:
-        problems = "\n".join(f"  {where}: {why}" for where, why in validation_problems(e))
-        raise ConfigError(f"{source}: invalid configuration\n{problems}") from None
+        found += validation_problems(e, TAGGED_UNIONS)
+        cfg = None
+    if found:
+        raise ConfigError(_problems_text(source, found, env_vars, env))
+    assert cfg is not None
+    return cfg
 
 
-def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> Config:
-    """Load and validate a TOML file; None loads the embedded default (the demo station)."""
-    if path is None:
-        text = resources.files("plcbridge").joinpath("default.toml").read_text()
-        source = "<embedded default.toml>"
-    else:
-        source = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise ConfigError(f"{source}: cannot read: {e.strerror}") from None
+# What a station file must name itself: the embedded demo default is never a fallback for them.
+REQUIRED_SECTIONS: dict[str, tuple[str, str]] = {
+    "camera": ("source", 'add [camera] with source = "opencv", "folder" or "synthetic" and its settings'),
+    "model": ("manifest", "add [model] with manifest = the model directory, its manifest.json, or builtin:NAME"),
+}
+
+
+def missing_sections(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field path, reason) for each section a station file must name and does not."""
+    out = []
+    for section, (key, how) in REQUIRED_SECTIONS.items():
+        table = raw.get(section)
+        if not isinstance(table, dict):
+            out.append((section, f"no [{section}] section: a station file must name its {section} ({how}); "
+                                 "the demo station (synthetic camera, demo model) is used only by "
+                                 "`plcbridge run` without --config"))
+        elif key not in table:
+            out.append((f"{section}.{key}", f"[{section}] does not name its {key}: {how}"))
+    return out
+
+
+def load_config_text(text: str, source: str, env: dict[str, str] | None = None, *, station: bool = True) -> Config:
+    """Validate TOML text; `station`: it is a station file, which must name its camera and model."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
-    return parse_config(raw, source, env)
+    return parse_config(raw, source, env, missing_sections(raw) if station else None)
+
+
+def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> Config:
+    """Load and validate a TOML station file; None loads the embedded default (the demo station).
+
+    A station file must name its [camera] (source) and [model] (manifest): a truncated file
+    is refused, never completed with the demo's synthetic camera and model.
+    """
+    if path is None:
+        text = resources.files("plcbridge").joinpath("default.toml").read_text()
+        return load_config_text(text, "<embedded default.toml>", env, station=False)
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read: {e.strerror}") from None
+    return load_config_text(text, source, env)

@@ -21,6 +21,10 @@ def test_embedded_default_is_the_demo_station():
     assert (cfg.camera.source, cfg.model.manifest, cfg.plc.protocol) == ("synthetic", "builtin:demo", "modbus")
 
 
+# What every station file must name (the demo default never completes a file).
+_NAMED = '[camera]\nsource = "synthetic"\n[model]\nmanifest = "builtin:demo"\n'
+
+
 def _write(tmp_path, text):
     p = tmp_path / "station.toml"
     p.write_text(text)
@@ -28,16 +32,18 @@ def _write(tmp_path, text):
 
 
 def test_unknown_key_and_bad_value_name_the_field(tmp_path):
-    p = _write(tmp_path, '[plc]\nport = 70000\nhots = "x"\n[camera]\nsource = "synthetic"\nfps = -1\n')
+    p = _write(tmp_path, '[plc]\nport = 70000\nhots = "x"\n[camera]\nsource = "synthetic"\nfps = -1\n'
+                         '[model]\nmanifest = "builtin:demo"\n')
     with pytest.raises(ConfigError) as e:
         load_config(p, env={})
     msg = str(e.value)
-    assert str(p) in msg
-    assert "plc.port" in msg and "plc.hots" in msg and "camera.synthetic.fps" in msg
+    assert all(line.startswith(f"{p}: ") for line in msg.splitlines()), msg  # every line: file, field, reason
+    # The field paths a user writes: the camera union's tag is not one of them.
+    assert "plc.port" in msg and "plc.hots" in msg and "camera.fps" in msg and "camera.synthetic" not in msg
 
 
 def test_removed_call_timeout_is_refused_naming_its_replacement(tmp_path):
-    p = _write(tmp_path, "[plc]\ncall_timeout_ms = 8\n")
+    p = _write(tmp_path, _NAMED + "[plc]\ncall_timeout_ms = 8\n")
     with pytest.raises(ConfigError) as e:
         load_config(p, env={})
     msg = str(e.value)
@@ -47,11 +53,11 @@ def test_removed_call_timeout_is_refused_naming_its_replacement(tmp_path):
 
 def test_input_age_limit_fits_between_the_period_and_the_link_timeout(tmp_path):
     with pytest.raises(ConfigError, match="at least two periods"):
-        load_config(_write(tmp_path, "[plc]\nmax_input_age_ms = 15\n[timing]\nperiod_ms = 10\n"), env={})
+        load_config(_write(tmp_path, _NAMED + "[plc]\nmax_input_age_ms = 15\n[timing]\nperiod_ms = 10\n"), env={})
     with pytest.raises(ConfigError, match="must not exceed link_timeout_ms"):
-        load_config(_write(tmp_path, "[plc]\nmax_input_age_ms = 300\nlink_timeout_ms = 200\n"), env={})
+        load_config(_write(tmp_path, _NAMED + "[plc]\nmax_input_age_ms = 300\nlink_timeout_ms = 200\n"), env={})
     with pytest.raises(ConfigError, match="plc.modbus.exchange"):
-        load_config(_write(tmp_path, '[plc.modbus]\nexchange = "fc99"\n'), env={})
+        load_config(_write(tmp_path, _NAMED + '[plc.modbus]\nexchange = "fc99"\n'), env={})
 
 
 def test_not_toml_and_missing_file(tmp_path):
@@ -62,7 +68,7 @@ def test_not_toml_and_missing_file(tmp_path):
 
 
 def test_environment_overrides_host_and_port_and_are_validated(tmp_path):
-    p = _write(tmp_path, '[plc]\nhost = "10.0.0.5"\n')
+    p = _write(tmp_path, _NAMED + '[plc]\nhost = "10.0.0.5"\n')
     cfg = load_config(p, env={"PLCBRIDGE_PLC_HOST": "127.0.0.1", "PLCBRIDGE_PLC_PORT": "1502"})
     assert (cfg.plc.host, cfg.plc.port) == ("127.0.0.1", 1502)
     with pytest.raises(ConfigError, match="plc.port"):
@@ -70,9 +76,50 @@ def test_environment_overrides_host_and_port_and_are_validated(tmp_path):
 
 
 def test_check_config_command_refuses_bad_file(tmp_path, capsys):
-    p = _write(tmp_path, "[timing]\nperiod_ms = 0\n")
+    p = _write(tmp_path, _NAMED + "[timing]\nperiod_ms = 0\n")
     assert main(["check-config", str(p)]) == 2
     err = capsys.readouterr().err
     assert "timing.period_ms" in err and str(p) in err
     assert main(["check-config", str(ROOT / "config" / "station-free-run.toml")]) == 0
     assert '"mode": "free-run"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text", ["", "[plc]\nport = 502\n", '[camera]\nsource = "synthetic"\n[plc]\nport = 502\n'])
+def test_a_station_file_must_name_its_camera_and_model(tmp_path, text):
+    p = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p, env={"PLCBRIDGE_PLC_HOST": "192.0.2.10"})
+    first = str(e.value).splitlines()[0]
+    assert first.startswith(f"{p}: ") and ("[model]" in first or "[camera]" in first), first
+    assert "no [model] section" in str(e.value)
+    # A section without what it must name is refused too, at that key.
+    with pytest.raises(ConfigError, match=r"camera\.source"):
+        load_config(_write(tmp_path, '[camera]\nfps = 5\n[model]\nmanifest = "builtin:demo"\n'), env={})
+    with pytest.raises(ConfigError, match=r"model\.manifest: \[model\] does not name its manifest"):
+        load_config(_write(tmp_path, '[camera]\nsource = "synthetic"\n[model]\ndevice = "cpu"\n'), env={})
+    assert load_config(_write(tmp_path, _NAMED + "[plc]\nport = 502\n"), env={}).camera.source == "synthetic"
+
+
+def test_an_environment_override_error_names_the_variable(tmp_path):
+    p = _write(tmp_path, _NAMED)
+    with pytest.raises(ConfigError) as e:
+        load_config(p, env={"PLCBRIDGE_METRICS_PORT": "nine"})
+    first = str(e.value).splitlines()[0]
+    assert first.startswith("PLCBRIDGE_METRICS_PORT='nine' (environment variable, overrides metrics.port"), first
+
+
+def test_cross_field_errors_name_their_fields(tmp_path):
+    cases = {
+        "[plc]\nmax_input_age_ms = 15\n[timing]\nperiod_ms = 10\n": "plc.max_input_age_ms, timing.period_ms: ",
+        "[plc]\nmax_input_age_ms = 300\nlink_timeout_ms = 200\n": "plc.max_input_age_ms, plc.link_timeout_ms: ",
+        '[camera]\nsource = "synthetic"\ntrigger = "hardware"\n[model]\nmanifest = "builtin:demo"\n':
+            "camera.trigger, camera.trigger_port: ",
+        '[station]\nmode = "free-run"\n[camera]\nsource = "synthetic"\ntrigger = "software"\n'
+        '[model]\nmanifest = "builtin:demo"\n': "camera.trigger, station.mode: ",
+    }
+    for text, where in cases.items():
+        body = text if "[camera]" in text else _NAMED + text
+        with pytest.raises(ConfigError) as e:
+            load_config(_write(tmp_path, body), env={})
+        msg = str(e.value)
+        assert where in msg and "(top level)" not in msg and "Value error" not in msg, msg

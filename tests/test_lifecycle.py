@@ -55,7 +55,7 @@ def _daemon_cmd(config_path):
 def test_sigterm_under_load_writes_failsafe_with_ready_cleared_and_exits_0(make_sim, tmp_path):
     sim = make_sim("triggered", trigger_hz=25, max_outstanding=3)  # triggers in flight when SIGTERM lands
     cfg = tmp_path / "station.toml"
-    cfg.write_text(f'[plc]\nport = {sim.port}\n[metrics]\nenabled = false\n[logging]\nformat = "json"\n')
+    cfg.write_text(f'[camera]\nsource = "synthetic"\n[model]\nmanifest = "builtin:demo"\n[plc]\nport = {sim.port}\n[metrics]\nenabled = false\n[logging]\nformat = "json"\n')
     proc = subprocess.Popen(_daemon_cmd(cfg), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         plc = sim.program

@@ -61,7 +61,7 @@ class DaemonProcess:
 
 
 def _station(path: Path, port: int, manifest: Path | str, extra: str = "") -> None:
-    path.write_text(f'[model]\nmanifest = "{manifest}"\n[plc]\nport = {port}\n[metrics]\nenabled = false\n'
+    path.write_text(f'[camera]\nsource = "synthetic"\n[model]\nmanifest = "{manifest}"\n[plc]\nport = {port}\n[metrics]\nenabled = false\n'
                     f'[logging]\nformat = "json"\n{extra}')
 
 
@@ -101,7 +101,7 @@ def test_reload_swaps_good_models_and_refuses_bad_ones(make_sim, tmp_path):
         _station(cfg, sim.port, v2)
         t_hup = time.monotonic()
         applied = d.hup_and_wait("reload_applied")
-        assert applied["model_version"] in (1, 2)
+        assert (applied["model_version"], applied["previous_model_version"]) == (2, 1)
         wait_for(lambda: _results_with_version(plc, 2, t_hup) >= 3, 10, "results from model v2")
         window = [t for t, o in plc.seen if t >= t_hup - 0.1]
         gaps = [b - a for a, b in zip(window, window[1:])]

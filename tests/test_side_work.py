@@ -56,7 +56,7 @@ def test_sigterm_exits_within_about_a_second_when_nobody_reads_stdout(make_sim, 
         s.bind(("127.0.0.1", 0))
         metrics_port = s.getsockname()[1]
     cfg = tmp_path / "station.toml"
-    cfg.write_text(f'[station]\nmode = "free-run"\n[plc]\nport = {sim.port}\n[metrics]\nport = {metrics_port}\n')
+    cfg.write_text(f'[station]\nmode = "free-run"\n[camera]\nsource = "synthetic"\n[model]\nmanifest = "builtin:demo"\n[plc]\nport = {sim.port}\n[metrics]\nport = {metrics_port}\n')
     proc = subprocess.Popen([sys.executable, "-m", "plcbridge", "run", "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
@@ -123,7 +123,8 @@ def test_systemd_ready_waits_for_the_plc_and_status_says_why(make_sim, tmp_path)
         port = s.getsockname()[1]
     ns = NotifySocket(tmp_path / "notify.sock")
     cfg = tmp_path / "station.toml"
-    cfg.write_text(f"[plc]\nport = {port}\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n[metrics]\nenabled = false\n")
+    cfg.write_text(f'[camera]\nsource = "synthetic"\n[model]\nmanifest = "builtin:demo"\n'
+                   f"[plc]\nport = {port}\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n[metrics]\nenabled = false\n")
     env = {**os.environ, "NOTIFY_SOCKET": str(ns.path)}
     proc = subprocess.Popen([sys.executable, "-m", "plcbridge", "run", "--config", str(cfg)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

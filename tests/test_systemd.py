@@ -37,7 +37,7 @@ def test_notify_sequence_ready_watchdog_reload_stopping(make_sim, tmp_path):
     sim = make_sim("triggered", trigger_hz=10)
     ns = NotifySocket(tmp_path / "notify.sock")
     cfg = tmp_path / "station.toml"
-    cfg.write_text(f"[plc]\nport = {sim.port}\n[metrics]\nenabled = false\n")
+    cfg.write_text(f'[camera]\nsource = "synthetic"\n[model]\nmanifest = "builtin:demo"\n[plc]\nport = {sim.port}\n[metrics]\nenabled = false\n')
     env = {**os.environ, "NOTIFY_SOCKET": str(ns.path), "WATCHDOG_USEC": "200000"}
     proc = subprocess.Popen([sys.executable, "-m", "plcbridge", "run", "--config", str(cfg)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
