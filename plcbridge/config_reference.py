@@ -1,0 +1,305 @@
+"""The station file's key reference (docs/configuration.md), generated from the schema.
+
+`markdown_reference()` walks `plcbridge.config.Config`: one table per TOML section (the
+camera once per `source`), one row per key with its type, default, constraints and what it
+means. The text of a key comes, in this order, from `Field(description=...)`, from the
+comment written above (or beside) the field in plcbridge/config.py, or from `EXTRA` below
+for the keys that have neither. So the reference cannot drift from the schema: a test
+renders it and compares it with the document, like the PLC tables (`plcbridge docs`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import types
+import typing
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import annotated_types
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from plcbridge.config import ENV_OVERRIDES, Config
+
+SECTION_NAME = "config"
+DEFAULT_PATH = Path("docs/configuration.md")
+
+# TOML path -> text, for keys whose field has neither a description nor a comment.
+EXTRA: dict[str, str] = {
+    "station.name": "Station name: in log events, `STATUS=` and the bench report.",
+    "station.mode": "`triggered`: one result per PLC trigger (discrete parts). `free-run`: every frame is judged, "
+                    "each write tick carries the newest decision (continuous web).",
+    "camera.source": "Which camera source; selects the keys below.",
+    "camera.reconnect_min_ms": "Reconnect backoff of the camera: doubles from min to max.",
+    "camera.reconnect_max_ms": "Reconnect backoff of the camera: doubles from min to max.",
+    "camera.fps": "Frame rate (synthetic, folder: generated/read at this rate).",
+    "camera.width": "Frame width in pixels.",
+    "camera.height": "Frame height in pixels.",
+    "camera.defect_fraction": "Share of generated frames that show a defect (scratch, spot, crack).",
+    "camera.seed": "Random seed of the generated images (reproducible runs).",
+    "camera.path": "Folder of images, played in name order; a `pass*`/`fail*` name or a `pass/`/`fail/` subfolder "
+                   "gives the label.",
+    "camera.pattern": "Glob of the image files in `path`.",
+    "camera.loop": "Start over at the end of the folder.",
+    "camera.backend": "OpenCV capture backend.",
+    "plc.protocol": "Transport to the PLC: Modbus TCP, OPC UA or EtherNet/IP (docs/plc-interface.md).",
+    "plc.host": "PLC address (`PLCBRIDGE_PLC_HOST` overrides).",
+    "plc.port": "PLC port (`PLCBRIDGE_PLC_PORT` overrides): 502 Modbus, 4840 OPC UA, 44818 EtherNet/IP on a real PLC.",
+    "plc.connect_timeout_ms": "How long one connection attempt may take.",
+    "plc.modbus.device_id": "Modbus unit / device id.",
+    "plc.modbus.outputs_base": "Holding-register address of the first output register (what the bridge writes).",
+    "plc.modbus.inputs_base": "Holding-register address of the first input register (what the PLC writes).",
+    "plc.modbus.word_order": "Order of the two registers of a 32-bit value (`part_id`).",
+    "plc.opcua.output_template": "Identifier of each output node; `{signal}` is the contract name.",
+    "plc.opcua.input_template": "Identifier of each input node; `{signal}` is the contract name.",
+    "plc.opcua.security_mode": "With Basic256Sha256: sign only, or sign and encrypt.",
+    "plc.opcua.password_env": "Environment variable holding the user's password, read at each connect.",
+    "plc.enip.output_tags": "signal name -> controller tag, for the signals the bridge writes (renames only; the "
+                            "rest keep `PB_<Signal>`).",
+    "plc.enip.input_tags": "signal name -> controller tag, for the signals the PLC writes (default `PB_Plc<Signal>`).",
+    "timing.period_ms": "Write-loop period: one output block to the PLC per period, on absolute deadlines.",
+    "failsafe.result_code": "Result code written instead of a verdict (FAIL where the line treats a fail-safe as a reject).",
+    "failsafe.score": "Score written with the fail-safe result.",
+    "logging.format": "`json`: one object per line (journald); `text` for a terminal.",
+    "logging.level": "Lowest level logged.",
+    "metrics.enabled": "Serve Prometheus metrics, `/healthz` and `/readyz`.",
+    "metrics.host": "Metrics listen address (`PLCBRIDGE_METRICS_HOST` overrides).",
+    "metrics.port": "Metrics port (`PLCBRIDGE_METRICS_PORT` overrides).",
+    "model.device": "Execution provider: `cuda` falls back to the CPU loudly (`model_loaded` at ERROR, "
+                    "`fell_back: true`) if the CUDA provider does not load.",
+    "plc.reconnect_max_ms": "Longest reconnect backoff (see reconnect_min_ms); also how often a PLC that refuses "
+                            "the configuration is retried.",
+    "plc.reconnect_reset_ms": "A session must answer this long before the backoff falls back to reconnect_min_ms.",
+    "plc.opcua.namespace_uri": "Namespace of the nodes; its index is looked up at every connect.",
+    "plc.opcua.input_nodes": "signal name -> identifier, for the inputs (renames only).",
+}
+
+# The marker syntax of plcbridge/docs.py, so that `plcbridge docs` can take this section over.
+_SECTION = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+)[^>]*-->)(?P<body>.*?)(<!-- END GENERATED: (?P=name) -->)", re.S)
+_FIELD_LINE = re.compile(r"^(?P<indent>\s+)(?P<name>[a-z_][a-z0-9_]*)\s*:\s*[^=]")
+
+
+def _source_comments(cls: type) -> dict[str, str]:
+    """field name -> the comment block above it in the class body, or its trailing comment."""
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    found: dict[str, str] = {}
+    block: list[str] = []
+    for line in lines[1:]:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            block.append(stripped.lstrip("#").strip())
+            continue
+        m = _FIELD_LINE.match(line)
+        if m and m.group("name") in cls.model_fields and len(m.group("indent")) == 4:
+            text = " ".join(block)
+            code, hash_, trailing = line.partition("  #")
+            if hash_ and trailing.strip():
+                text = f"{text} {trailing.strip()}".strip()
+            if text:
+                found.setdefault(m.group("name"), text)
+        block = []
+    return found
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) < len(typing.get_args(tp)) and len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _unwrap(tp: Any) -> tuple[Any, list[Any]]:
+    """Annotated[T, ...] -> (T, metadata)."""
+    meta: list[Any] = []
+    while typing.get_origin(tp) is typing.Annotated:
+        tp, *extra = typing.get_args(tp)
+        for m in extra:
+            meta.extend(m.metadata if isinstance(m, FieldInfo) else [m])
+    return tp, meta
+
+
+def _type_name(tp: Any) -> str:
+    tp, _ = _unwrap(tp)
+    tp, optional = _strip_optional(tp)
+    tp, _ = _unwrap(tp)
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        text = " \\| ".join(f'`"{v}"`' if isinstance(v, str) else f"`{v}`" for v in typing.get_args(tp))
+    elif origin is dict:
+        text = "table (signal -> name)" if typing.get_args(tp) == (str, str) else "table"
+    elif origin is list:
+        text = f"array of {_type_name(typing.get_args(tp)[0])}"
+    elif tp is Path:
+        text = "path"
+    elif isinstance(tp, type) and issubclass(tp, Enum):
+        text = " \\| ".join(f'`"{m.name}"`' for m in tp)
+    elif isinstance(tp, type):
+        text = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(tp.__name__, tp.__name__)
+    else:
+        text = str(tp)
+    return f"{text} (optional)" if optional else text
+
+
+def _constraints(info: FieldInfo) -> str:
+    meta = list(info.metadata)
+    inner, _ = _strip_optional(_unwrap(info.annotation)[0])
+    meta += _unwrap(inner)[1]
+    parts: list[str] = []
+    symbols = {annotated_types.Ge: (">=", "ge"), annotated_types.Gt: (">", "gt"),
+               annotated_types.Le: ("<=", "le"), annotated_types.Lt: ("<", "lt")}
+    for m in meta:
+        for kind, (sym, attr) in symbols.items():
+            if isinstance(m, kind):
+                parts.append(f"{sym} {_number(getattr(m, attr))}")
+        if isinstance(m, annotated_types.MinLen) and m.min_length:
+            parts.append("not empty" if m.min_length == 1 else f"length >= {m.min_length}")
+        if isinstance(m, annotated_types.MaxLen):
+            parts.append(f"length <= {m.max_length}")
+        pattern = getattr(m, "pattern", None)
+        if isinstance(pattern, str):
+            parts.append(f"matches `{pattern}`")
+    return ", ".join(parts)
+
+
+def _number(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return f"{v:_}".replace("_", " ") if abs(v) >= 10_000 else str(v)
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _default(info: FieldInfo) -> str:
+    if info.is_required():
+        return "**required**"
+    v = info.get_default(call_default_factory=True)
+    if v is None:
+        return "unset"
+    if isinstance(v, str):
+        return f'`"{v}"`'
+    if isinstance(v, Enum):
+        return f'`"{v.name}"`'
+    if isinstance(v, (bool, int, float)):
+        return f"`{_number(v) if not isinstance(v, bool) else str(v).lower()}`"
+    if isinstance(v, dict):
+        return "`{}`" if not v else f"`{v}`"
+    if isinstance(v, Path):
+        return f'`"{v}"`'
+    return f"`{v}`"
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _model_of(tp: Any) -> type[BaseModel] | None:
+    tp, _ = _unwrap(tp)
+    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+
+def _variants(tp: Any) -> list[type[BaseModel]]:
+    """The models of a discriminated union (the camera sources)."""
+    tp, _ = _unwrap(tp)
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return [m for a in typing.get_args(tp) if (m := _model_of(a)) is not None]
+    return []
+
+
+def _table(model: type[BaseModel], prefix: str) -> list[str]:
+    comments = _source_comments(model)
+    for base in model.__mro__[1:]:
+        if isinstance(base, type) and issubclass(base, BaseModel) and base is not BaseModel:
+            for k, v in _source_comments(base).items():
+                comments.setdefault(k, v)
+    rows = ["| key | type | default | constraints | meaning |", "|---|---|---|---|---|"]
+    for name, info in model.model_fields.items():
+        if _model_of(info.annotation) is not None:
+            continue  # a sub-section: its own table
+        path = f"{prefix}.{name}"
+        text = info.description or comments.get(name) or EXTRA.get(path, "")
+        rows.append(f"| `{name}` | {_type_name(info.annotation)} | {_default(info)} | {_constraints(info)} | "
+                    f"{_escape(text)} |")
+    return rows
+
+
+def _doc(model: type[BaseModel]) -> str:
+    doc = inspect.getdoc(model) or ""
+    if not doc or model.__doc__ is None or "__doc__" not in model.__dict__:
+        return ""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def _sections(model: type[BaseModel], prefix: str, out: list[str]) -> None:
+    scalars = [n for n, i in model.model_fields.items() if _model_of(i.annotation) is None and not _variants(i.annotation)]
+    if prefix and scalars:
+        out.append(f"### `[{prefix}]`")
+        out.append("")
+        if doc := _doc(model):
+            out += [doc, ""]
+        out += _table(model, prefix)
+        out.append("")
+    for name, info in model.model_fields.items():
+        path = f"{prefix}.{name}" if prefix else name
+        if (sub := _model_of(info.annotation)) is not None:
+            _sections(sub, path, out)
+        elif variants := _variants(info.annotation):
+            for v in variants:
+                source = v.model_fields["source"]
+                value = typing.get_args(_unwrap(source.annotation)[0])[0]
+                default = " (the default)" if not source.is_required() else ""
+                out.append(f'### `[{path}]` with `source = "{value}"`{default}')
+                out.append("")
+                if doc := _doc(v):
+                    out += [doc, ""]
+                out += _table(v, path)
+                out.append("")
+
+
+def markdown_reference() -> str:
+    """Every key of the station file, section by section, as Markdown tables."""
+    out = [
+        "Generated from `plcbridge/config.py` by `plcbridge.config_reference` (do not edit by hand). "
+        "Every key is optional unless marked required; a section left out takes all its defaults. "
+        "Unknown keys are errors. Durations are in milliseconds (`_ms`) or seconds (`_s`).",
+        "",
+    ]
+    _sections(Config, "", out)
+    out += ["### Environment overrides", "",
+            "Applied before validation, so they are validated like the file.", "",
+            "| variable | overrides |", "|---|---|"]
+    out += [f"| `{var}` | `{'.'.join(path)}` |" for var, path in ENV_OVERRIDES.items()]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def render(path: Path = DEFAULT_PATH) -> str:
+    """`path` with its `config` generated section rewritten (the rest of the file kept)."""
+    text = path.read_text()
+    names = [m.group("name") for m in _SECTION.finditer(text)]
+    if SECTION_NAME not in names:
+        raise ValueError(f"{path}: no generated section for {SECTION_NAME}")
+
+    def sub(m: re.Match) -> str:
+        if m.group("name") != SECTION_NAME:
+            return m.group(0)
+        return f"{m.group(1)}\n\n{markdown_reference().strip()}\n\n{m.group(4)}"
+
+    return _SECTION.sub(sub, text)
+
+
+if __name__ == "__main__":  # python -m plcbridge.config_reference [--check]
+    import sys
+
+    rendered = render()
+    if "--check" in sys.argv[1:]:
+        sys.exit(0 if DEFAULT_PATH.read_text() == rendered else 1)
+    DEFAULT_PATH.write_text(rendered)
+    print(f"wrote {DEFAULT_PATH}")
