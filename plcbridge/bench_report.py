@@ -11,6 +11,7 @@ from typing import Any
 from plcbridge.bench_stats import (
     VERDICTS,
     by_fault,
+    capture_time,
     dropped_frames,
     join_capture_to_plc,
     split_startup,
@@ -37,12 +38,12 @@ def build_report(*, options: Any, model: dict[str, Any], events: list[dict[str, 
     # capture -> PLC, split at the decision: capture -> decided (inference stage) and
     # decided -> first write that carried it (waiting for the next write tick + the exchange).
     pairs = join_capture_to_plc(decisions, trace, o.mode)
-    to_plc = [(rec["t"] - d["t_capture"]) * 1000 for d, rec in pairs]
+    to_plc = [(rec["t"] - capture_time(d)) * 1000 for d, rec in pairs]
     to_decided = [d["latency_ms"] for d, _ in pairs if d.get("latency_ms") is not None]
-    decided_to_plc = [(rec["t"] - d["t_capture"]) * 1000 - d["latency_ms"] for d, rec in pairs if d.get("latency_ms") is not None]
+    decided_to_plc = [(rec["t"] - capture_time(d)) * 1000 - d["latency_ms"] for d, rec in pairs if d.get("latency_ms") is not None]
 
     judged = [d for d in decisions if d.get("infer_ms") is not None]
-    in_window = [d for d in judged if t_ready <= d.get("t_capture", -1) <= t_end]
+    in_window = [d for d in judged if t_ready <= (capture_time(d) or -1) <= t_end]
     inferences_per_s = len(in_window) / window
 
     startup, in_service = split_startup(events)

@@ -3,8 +3,8 @@
 Pure functions over plain data (parsed log events, trace lines, summaries), so that the
 joins and the accounting are unit-testable without starting any process.
 
-Every time here is CLOCK_MONOTONIC in seconds: `t_capture` in the daemon's `decision`
-events and `t` in the simulator's trace come from two processes but from one clock.
+Every time here is CLOCK_MONOTONIC in seconds: `t_capture_mono` in the daemon's `decision`
+events (`t_capture` in logs from before the rename: `capture_time()` reads either) and `t` in the simulator's trace come from two processes but from one clock.
 Percentiles are numpy's default (linear interpolation), as the daemon's own lateness figures.
 """
 
@@ -18,6 +18,12 @@ import numpy as np
 
 U16 = 0xFFFF
 VERDICTS = ("PASS", "FAIL")
+
+
+def capture_time(d: dict[str, Any]) -> float | None:
+    """A decision event's CLOCK_MONOTONIC capture stamp (`t_capture_mono`; `t_capture` in older logs)."""
+    t = d.get("t_capture_mono")
+    return d.get("t_capture") if t is None else t
 
 
 def stats_ms(values_ms: Iterable[float]) -> dict[str, Any]:
@@ -62,9 +68,9 @@ def join_capture_to_plc(decisions: list[dict[str, Any]], trace: list[dict[str, A
     key = "frame_seq" if mode == "free-run" else "trigger_seq"
     by_seq: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for d in decisions:
-        if d.get("result") in VERDICTS and d.get(key) is not None and d.get("t_capture") is not None:
+        if d.get("result") in VERDICTS and d.get(key) is not None and capture_time(d) is not None:
             by_seq[int(d[key]) & U16].append(d)
-    times = {seq: [d["t_capture"] for d in ds] for seq, ds in by_seq.items()}
+    times = {seq: [capture_time(d) for d in ds] for seq, ds in by_seq.items()}
     pairs: list[tuple[dict, dict]] = []
     used: set[int] = set()
     for rec in trace:

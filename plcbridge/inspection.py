@@ -120,7 +120,8 @@ class FreeRunInspection:
             else:
                 reason = f"newest decision is {(now - d.t_capture) * 1000:.0f} ms old (limit {self.max_age * 1000:.0f} ms)"
             if fault != self._episode:  # counted once per episode, not once per tick
-                self.journal.failsafe_episode(fault, reason)
+                self.journal.failsafe_episode(fault, reason, model_version=health.model_version,
+                                              frame_seq=None if d is None else d.frame_seq)
                 self._episode = fault
             d = failsafe(fault, now, reason, model_version=health.model_version, frame_seq=None if d is None else d.frame_seq)
             return fields_for(d, d.frame_seq or 0, 0, self.fs)

@@ -3,6 +3,25 @@
 Journaling does not depend on the PLC: a decision is logged when it is made (free-run) or
 settled (triggered), whether or not the PLC is reachable. The counts feed the metrics and
 the demo's summary, including agreement with the synthetic camera's ground truth.
+
+One shape for a fail-safe in both modes: event "decision", result "FAILSAFE", with `fault`
+and `reason` (WARNING level), so `jq 'select(.event=="decision" and .result=="FAILSAFE")'`
+finds them all.
+
+* triggered: the fail-safe answer to a trigger is a decision like any other (trigger_seq,
+  part_id, t_trigger_mono, ...);
+* free-run: a fail-safe *episode* (the outputs switched to the fail-safe result because the
+  newest decision is missing or too old) is one line per episode, not one per write tick,
+  with `episode: true`, and `frame_seq` of the decision it stands in for when there is one.
+  A fail-safe decision made by the inference stage (BAD_FRAME, INFERENCE_*) is a plain
+  decision line, without `episode`.
+
+Counts and metrics are as before: one FAILSAFE result per fail-safe decision or episode.
+
+Times: `ts` (every line) is wall clock. The decision's CLOCK_MONOTONIC stamps (seconds since
+boot, comparable only with each other and with the PLC simulator's trace) are named for it:
+`t_capture_mono` (frame captured), `t_trigger_mono` (trigger seen). `latency_ms` is
+decided minus captured.
 """
 
 from __future__ import annotations
@@ -41,11 +60,11 @@ class Journal:
             "model_version": d.model_version,
         }
         if req is not None:
-            fields.update(trigger_seq=req.trigger_seq, part_id=req.part_id, t_trigger=round(req.t_seen, 6))
+            fields.update(trigger_seq=req.trigger_seq, part_id=req.part_id, t_trigger_mono=round(req.t_seen, 6))
         if d.frame_seq is not None:
             fields["frame_seq"] = d.frame_seq
         if d.t_capture is not None:
-            fields["t_capture"] = round(d.t_capture, 6)
+            fields["t_capture_mono"] = round(d.t_capture, 6)
             fields["latency_ms"] = round((d.t_decided - d.t_capture) * 1000, 2)
         if d.infer_ms is not None:
             fields["infer_ms"] = round(d.infer_ms, 2)
@@ -64,8 +83,13 @@ class Journal:
                 self.agreed += (d.label == "fail") == (d.result is ResultCode.FAIL)
 
     def failsafe_episode(self, fault: FaultCode, reason: str, **fields: Any) -> None:
-        """Free-run: the outputs switched to fail-safe (counted once per episode, not per tick)."""
-        log_event(log, "failsafe", logging.WARNING, station=self.station, fault=fault.name, reason=reason, **fields)
+        """Free-run: the outputs switched to fail-safe (counted once per episode, not per tick).
+
+        Logged in the shape of a fail-safe decision (see the module docstring), with `episode`.
+        """
+        fields = {k: v for k, v in fields.items() if v is not None}
+        log_event(log, "decision", logging.WARNING, station=self.station, result=ResultCode.FAILSAFE.name,
+                  fault=fault.name, reason=reason, episode=True, **fields)
         self._count(ResultCode.FAILSAFE, fault)
 
     def _count(self, result: ResultCode, fault: FaultCode | None) -> None:

@@ -7,6 +7,9 @@ demo can run several daemons in one process. The HTTP endpoint that serves them,
 
 from __future__ import annotations
 
+import functools
+import subprocess
+from pathlib import Path
 from typing import Callable
 
 from prometheus_client import (
@@ -15,6 +18,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily
@@ -76,6 +80,13 @@ class Metrics:
         self.last_reload_ok = Gauge("plcbridge_last_reload_ok", "0 if the last reload was refused; 1 if it was applied or none was asked for", registry=r)
         self.last_reload_ok.set(1)
         self.ready = Gauge("plcbridge_ready", "1 while the READY status bit is written", registry=r)
+        # What is running, and what it costs: process_resident_memory_bytes,
+        # process_cpu_seconds_total, process_open_fds, process_start_time_seconds, ... (Linux /proc).
+        self.build_info = Info("plcbridge_build", "The plcbridge build running", registry=r)
+        self.build_info.info(build_info())
+        ProcessCollector(registry=r)
+        self.threads = Gauge("process_threads", "Threads in this process, native ones included (/proc/self/task)", registry=r)
+        self.threads.set_function(_thread_count)
 
     def watch(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """Export a counter kept elsewhere (the log pipeline, the HTTP endpoint) as
@@ -84,6 +95,42 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+@functools.lru_cache(maxsize=1)
+def build_info() -> dict[str, str]:
+    """{"version": the installed package version, "commit": the short git commit of the
+    source tree when it is a checkout, else "unknown"}; computed once per process."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            ver = version("plcbridge")
+        except PackageNotFoundError:
+            ver = "unknown"
+    except Exception:  # pragma: no cover
+        ver = "unknown"
+    commit = "unknown"
+    src = Path(__file__).resolve().parent.parent
+    if (src / ".git").exists():
+        try:
+            out = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True, timeout=2.0, check=False)
+            if out.returncode == 0 and out.stdout.strip():
+                commit = out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return {"version": ver, "commit": commit}
+
+
+def _thread_count() -> float:
+    import os
+    import threading
+
+    try:
+        return float(len(os.listdir(f"/proc/{os.getpid()}/task")))  # native threads too (ORT, OpenCV)
+    except OSError:
+        return float(threading.active_count())
 
 
 class _ReadCounter:

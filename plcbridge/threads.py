@@ -26,6 +26,12 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 def limit_native_pools() -> None:
     for var in _POOL_VARS:
         os.environ.setdefault(var, "1")
+    # OpenCV and FFmpeg print on stderr, which journald mixes into our JSON lines: only
+    # errors (OpenCV reads this once, when cv2 is imported), and the camera captures those
+    # around its calls into OpenCV (plcbridge.logs.native_stderr) and puts them in its events.
+    # FFmpeg: OpenCV's default is AV_LOG_ERROR on stderr. Do NOT set OPENCV_FFMPEG_LOGLEVEL:
+    # with it OpenCV prints FFmpeg's messages with printf on *stdout*, buffered, into the JSON lines.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 
 def tune_interpreter() -> None:

@@ -167,14 +167,15 @@ class WriteLoop:
             self.inputs_ok = fresh
             self.metrics.plc_inputs_ok.set(1 if fresh else 0)
             if fresh:
-                log_event(log, "plc_inputs_fresh", logging.INFO, input_age_ms=round(age * 1000, 1), rate_key="inputs")
+                log_event(log, "plc_inputs_fresh", logging.INFO, input_age_ms=round(age * 1000, 1), rate_key="inputs",
+                          rate_last=True)
             elif self.input_age is not None:  # before the first reply the link logs why
                 self.metrics.plc_inputs_stale.inc()
                 log_event(log, "plc_inputs_stale", logging.WARNING, input_age_ms=round(age * 1000, 1),
                           limit_ms=self.config.plc.max_input_age_ms, fault=FaultCode.PLC_INPUTS_STALE.name,
                           link=self.link.last_error or ("connected, replies late" if self.link.connected else "not connected"),
                           reason="no PLC inputs within plc.max_input_age_ms: triggers cannot be seen; "
-                                 "TRIGGER_READY and READY cleared", rate_key="inputs")
+                                 "TRIGGER_READY and READY cleared", rate_key="inputs", rate_last=True)
         return fresh
 
     def _tick(self, now: float) -> None:
@@ -224,7 +225,12 @@ class WriteLoop:
         raised = [b.name for b in StatusBit if changed & b and new & b]
         cleared = [b.name for b in StatusBit if changed & b and not new & b]
         level = logging.WARNING if any(n in ("CAMERA_OK", "MODEL_OK", "READY", "PLC_INPUTS_OK") for n in cleared) else logging.INFO
-        log_event(log, "status_changed", level, raised=raised, cleared=cleared, fault=FaultCode(fault).name)
+        # Rate-limited per kind of change (which bits moved; a flapping CAMERA_OK raises and
+        # clears the same bits), never lost: `status` is the whole word after the change, and
+        # the latest suppressed line is written when the window ends, with `suppressed`.
+        kind = ",".join(sorted(raised + cleared)) or "fault"
+        log_event(log, "status_changed", level, raised=raised, cleared=cleared, fault=FaultCode(fault).name,
+                  status=[b.name for b in StatusBit if new & b], rate_key=kind, rate_last=True)
 
     def _final_write(self) -> None:
         """The last block: READY cleared, fail-safe result, SHUTTING_DOWN; retried through a

@@ -66,8 +66,8 @@ def test_folder_plays_in_order_with_labels_and_skips_corrupt_file(images: Path, 
     assert all(img.shape == (24, 32, 3) and img.dtype == np.uint8 for img, _ in got)
     # Warned once, naming the file, and not again on the second round.
     warnings = [r for r in caplog.records if r.name == "plcbridge.camera" and r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "broken.png" in warnings[0].getMessage()
-    assert "1 of 5" in warnings[0].getMessage()
+    assert len(warnings) == 1 and warnings[0].event == "folder_camera_file_skipped" and "broken.png" in warnings[0].file
+    assert (warnings[0].skipped, warnings[0].files) == (1, 5)
     assert cam.skipped_files == 1
 
 
@@ -265,7 +265,8 @@ def test_opencv_device_index_backend_and_settings(fake_cv, caplog) -> None:
     cap = fake_cv.instances[0]
     assert cap.source == 0 and cap.api == cv2.CAP_V4L2
     assert cap.props[cv2.CAP_PROP_FRAME_HEIGHT] == 960 and cap.props[cv2.CAP_PROP_FPS] == 60
-    assert any("width=1280" in r.getMessage() for r in caplog.records)  # device refused it
+    assert any(getattr(r, "event", None) == "camera_setting_refused" and (r.setting, r.asked) == ("width", 1280)
+               for r in caplog.records)  # device refused it
     cam.grab()
     with pytest.raises(CameraError, match="unplugged or stream dropped"):
         cam.grab()

@@ -247,7 +247,7 @@ def test_text_format_through_the_fd_keeps_unicode(pipe):
     p.stop(timeout=2.0)
     os.set_blocking(fds["r"], False)
     text = os.read(fds["r"], 65536).decode("utf-8")
-    assert "camera_failed" in text and "reason=câble débranché" in text and text.endswith("\n")
+    assert "camera_failed" in text and 'reason="câble débranché"' in text and text.endswith("\n")
 
 
 def test_process_exits_while_stdout_is_never_read():

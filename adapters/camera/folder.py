@@ -26,8 +26,9 @@ from plcbridge.adapters.camera.base import CameraError, CameraSource
 from plcbridge.adapters.camera.pacing import Pacer
 
 from plcbridge.config import FolderCameraSettings
+from plcbridge.logs import get_logger, log_event, native_stderr
 
-log = logging.getLogger("plcbridge.camera")
+log = get_logger("camera")
 
 _LABELS = ("pass", "fail")
 # "pass" / "fail" followed by anything but a letter: pass_1, pass-1, pass1, pass; not passive.
@@ -77,7 +78,8 @@ class FolderCamera(CameraSource):
         self._index = 0
         self._bad.clear()
         self._pacer = Pacer(self.settings.fps)
-        log.info("folder camera: %d images in %s (pattern %r)", len(paths), root, self.settings.pattern)
+        log_event(log, "folder_camera_opened", logging.INFO, images=len(paths), path=str(root),
+                  pattern=self.settings.pattern)
 
     def grab(self) -> tuple[np.ndarray, str | None]:
         image, label = self._next_image()
@@ -102,16 +104,18 @@ class FolderCamera(CameraSource):
             self._index += 1
             if path in self._bad:
                 continue
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            with native_stderr() as native:  # libpng/libjpeg warnings: into the event, not stderr
+                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is not None:
+                if native.lines:
+                    log_event(log, "folder_camera_decoder_output", logging.WARNING, file=str(path),
+                              said=native.text(), rate_key="decoder")
                 return image, label
             self._bad.add(path)
-            log.warning(
-                "folder camera: skipping %s: cannot be read or decoded as an image (%d of %d files skipped)",
-                path,
-                len(self._bad),
-                len(files),
-            )
+            fields = {"said": native.text()} if native.lines else {}
+            log_event(log, "folder_camera_file_skipped", logging.WARNING, file=str(path),
+                      reason="cannot be read or decoded as an image", skipped=len(self._bad), files=len(files),
+                      **fields)
             if len(self._bad) == len(files):
                 raise CameraError(
                     f"folder camera: none of the {len(files)} files matching "

@@ -21,8 +21,9 @@ from plcbridge.adapters.camera.base import CameraError, CameraSource
 from plcbridge.adapters.camera.pacing import Pacer
 
 from plcbridge.config import OpenCvCameraSettings
+from plcbridge.logs import NativeOutput, get_logger, log_event, native_stderr
 
-log = logging.getLogger("plcbridge.camera")
+log = get_logger("camera")
 
 BACKENDS: dict[str, int] = {
     "any": cv2.CAP_ANY,
@@ -91,11 +92,15 @@ class OpenCvCamera(CameraSource):
                 f"opencv camera: cannot open {self._describe()}: this OpenCV build has no "
                 f"{backend} backend"
             )
+        # What OpenCV/FFmpeg print on stderr goes into the error (and so into the JSON
+        # camera_open_failed event), not between the JSON lines of the journal.
         try:
-            cap = cv2.VideoCapture(self._source, api)
+            with native_stderr() as native:
+                cap = cv2.VideoCapture(self._source, api)
+                opened = cap.isOpened()
         except cv2.error as e:
-            raise CameraError(f"opencv camera: cannot open {self._describe()}: {e}") from None
-        if not cap.isOpened():
+            raise CameraError(f"opencv camera: cannot open {self._describe()}: {_one_line(e)}{_said(native)}") from None
+        if not opened:
             cap.release()
             hint = ""
             if (
@@ -104,36 +109,50 @@ class OpenCvCamera(CameraSource):
                 and not os.path.exists(self._source)
             ):
                 hint = ": no such file"
-            raise CameraError(f"opencv camera: cannot open {self._describe()}{hint}")
+            raise CameraError(f"opencv camera: cannot open {self._describe()}{hint}{_said(native)}")
         self._cap = cap
+        self._report_native(native, "open")
         if self._is_file:
             self._pacer = Pacer(self.settings.fps) if self.settings.fps else None
         else:
             self._request(cv2.CAP_PROP_FRAME_WIDTH, "width", self.settings.width)
             self._request(cv2.CAP_PROP_FRAME_HEIGHT, "height", self.settings.height)
             self._request(cv2.CAP_PROP_FPS, "fps", self.settings.fps)
-        log.info("opencv camera: opened %s", self._describe())
+        log_event(log, "opencv_camera_opened", logging.INFO, url=redact_url(self.settings.url),
+                  backend=self.settings.backend, backend_used=_backend_name(cap), file=self._is_file)
 
     def _request(self, prop: int, name: str, value: float | None) -> None:
         """Ask the device for a setting and warn when it does not take it: a camera that
         silently stays at 640x480 otherwise only shows up as a worse model score."""
         if value is None or self._cap is None:
             return
-        self._cap.set(prop, float(value))
-        got = self._cap.get(prop)
+        with native_stderr() as native:
+            self._cap.set(prop, float(value))
+            got = self._cap.get(prop)
+        self._report_native(native, "set")
         if abs(got - value) > 1e-3 * max(1.0, abs(value)):
-            log.warning("opencv camera: %s asked %s=%s, device gives %s", self._describe(), name, value, got)
+            log_event(log, "camera_setting_refused", logging.WARNING, url=redact_url(self.settings.url),
+                      backend=self.settings.backend, setting=name, asked=value, got=got)
+
+    def _report_native(self, native: NativeOutput, during: str) -> None:
+        """Native stderr output from a call that worked: logged as an event, rate-limited."""
+        if native.lines:
+            log_event(log, "camera_native_output", logging.WARNING, url=redact_url(self.settings.url),
+                      backend=self.settings.backend, during=during, said=redact_url(native.text()),
+                      lines=len(native.lines), rate_key=f"opencv-{during}")
 
     def grab(self) -> tuple[np.ndarray, str | None]:
         if self._cap is None:
             raise CameraError("opencv camera: grab() before open()")
         try:
-            ok, frame = self._cap.read()
+            with native_stderr() as native:
+                ok, frame = self._cap.read()
         except cv2.error as e:
-            raise CameraError(f"opencv camera: read from {self._describe()} failed: {e}") from None
+            raise CameraError(f"opencv camera: read from {self._describe()} failed: {_one_line(e)}{_said(native)}") from None
         if not ok or frame is None:
             what = "end of file" if self._is_file else "device unplugged or stream dropped?"
-            raise CameraError(f"opencv camera: no frame from {self._describe()} ({what})")
+            raise CameraError(f"opencv camera: no frame from {self._describe()} ({what}){_said(native)}")
+        self._report_native(native, "read")
         if self._pacer is not None:
             self._pacer.wait()
         return frame, None
@@ -142,6 +161,22 @@ class OpenCvCamera(CameraSource):
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+
+def _said(native: NativeOutput) -> str:
+    """What OpenCV/FFmpeg printed during the failed call, for the error's text (redacted)."""
+    return f"; OpenCV/FFmpeg said: {redact_url(native.text())}" if native.lines else ""
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def _backend_name(cap: "cv2.VideoCapture") -> str | None:
+    try:
+        return cap.getBackendName()
+    except (cv2.error, AttributeError):
+        return None
 
 
 def _looks_like_stream(source: str) -> bool:
