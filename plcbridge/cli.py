@@ -146,8 +146,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_docs(args: argparse.Namespace) -> int:
     from plcbridge.docs import render_interface_doc
 
-    import os
-
     out = Path(args.output)
     # The document is both template and output: its hand-written prose is kept, so it must exist.
     try:
@@ -269,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_arguments(sub.add_parser("gate", help="hardware-in-the-loop promotion gate: bench against a budget TOML, exit 1 if broken"))
 
     v = sub.add_parser("validate-model", help="check a model before promotion; prints a JSON report, exit 1 if a check fails")
-    v.add_argument("path", help="manifest.json, the model directory holding it, or builtin:NAME")
+    v.add_argument("path", help="manifest.json, the model directory holding it, the .onnx file named by the "
+                                "manifest.json beside it, or builtin:NAME (a path that leads to no manifest: exit 2)")
     v.add_argument("--target-ort-version", type=_ort_version_arg, default=None, metavar="X.Y",
                    help="ONNX Runtime the model will run on, for the opset check (default: the installed one)")
     v.add_argument("--runs", type=_positive(int), default=200, help="timed runs for the latency figures (default 200)")
@@ -291,7 +290,7 @@ def version_text() -> str:
         text = "plcbridge (version unknown: not installed)"
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
-                                capture_output=True, text=True, timeout=5)
+                                check=False, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return text
     if commit.returncode == 0 and commit.stdout.strip():

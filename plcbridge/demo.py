@@ -4,20 +4,41 @@ The PLC simulator runs as a separate process (as a real PLC would be; it also ke
 simulator's Python work off the daemon's GIL), the daemon runs in this process on the
 embedded default config, the bundled model and the synthetic camera. Progress goes to
 stderr once a second; the JSON summary goes to stdout.
+
+The summary's `verdict` says whether the run was healthy: `{"ok": bool, "problems": [...]}`,
+each problem one sentence; the exit status is 1 when it is not ok. The rules:
+
+- no verdict (PASS/FAIL) was written at all;
+- triggered mode: a trigger the simulator saw no answer for (`missing`), skipped, or
+  otherwise unaccounted for, or no trigger raised at all;
+- protocol errors or heartbeat alarms seen by the simulated PLC;
+- fail-safes in service: any fail-safe after the first PASS/FAIL verdict, except
+  SHUTTING_DOWN (the final answer at stop); the fail-safe output a free-run daemon writes
+  before its first decision ("no decision yet") is the start-up one and is expected;
+- write-loop overruns above 1 % of the ticks (OVERRUN_MAX_FRACTION);
+- PLC link reconnects (the simulator is on the same machine: there is no reason for one);
+- the simulator's summary is missing (it did not stop cleanly);
+- the run was interrupted (SIGINT/SIGTERM): then the exit status is 130/143, not 1.
+
+SIGINT and SIGTERM stop the run cleanly: the daemon and the simulator process are stopped,
+the summary of what ran is printed, and the exit status is 128 + the signal number.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
 from plcbridge.config import load_config, parse_config
 
 SIM_START_TIMEOUT_S = 15.0
+OVERRUN_MAX_FRACTION = 0.01  # verdict: write-loop overruns above 1 % of ticks are a problem
 
 
 def start_simulator(mode: str, trigger_hz: float, extra: list[str] | None = None,
@@ -25,7 +46,9 @@ def start_simulator(mode: str, trigger_hz: float, extra: list[str] | None = None
     """Start `plcbridge sim PROTOCOL` on 127.0.0.1 with an OS-chosen port; return (process, port)."""
     cmd = [sys.executable, "-m", "plcbridge", "sim", protocol, "--host", "127.0.0.1", "--port", "0",
            "--mode", mode, "--trigger-hz", str(trigger_hz), "--quiet", *(extra or [])]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    # Its own session: a Ctrl-C at the terminal reaches only this process, which stops the
+    # daemon first and then the simulator (stop_simulator), so the daemon never sees its PLC vanish.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert proc.stdout is not None
     end = time.monotonic() + SIM_START_TIMEOUT_S
     while time.monotonic() < end:
@@ -73,31 +96,112 @@ def demo_config(mode: str, port: int, protocol: str = "modbus", camera_trigger: 
     return parse_config(base, "<demo>", env={})
 
 
+class _FailsafeTimeline:
+    """Wraps the daemon's journal to tell the start-up fail-safe (before the first PASS/FAIL
+    verdict) from fail-safes in service, which the journal's counts do not."""
+
+    def __init__(self, journal: Any) -> None:
+        self._lock = threading.Lock()
+        self.served = False
+        self.startup: collections.Counter[str] = collections.Counter()
+        self.in_service: collections.Counter[str] = collections.Counter()
+        decision, episode = journal.decision, journal.failsafe_episode
+
+        def on_decision(d: Any) -> None:
+            if d.is_failsafe:
+                self._count(d.fault.name)
+            elif d.result.name in ("PASS", "FAIL"):
+                with self._lock:
+                    self.served = True
+            decision(d)
+
+        def on_episode(fault: Any, reason: str, **fields: Any) -> None:
+            self._count(fault.name)
+            episode(fault, reason, **fields)
+
+        journal.decision, journal.failsafe_episode = on_decision, on_episode
+
+    def _count(self, fault: str) -> None:
+        with self._lock:
+            (self.in_service if self.served else self.startup)[fault] += 1
+
+
+def demo_verdict(summary: dict[str, Any], in_service_failsafes: dict[str, int],
+                 interrupted: str | None = None) -> dict[str, Any]:
+    """{"ok": bool, "problems": [...]} by the rules in the module docstring."""
+    problems: list[str] = []
+    sim = summary.get("plc_simulator") or {}
+    results = summary.get("results") or {}
+    if interrupted:
+        problems.append(f"the run was {interrupted}")
+    if "error" in sim:
+        problems.append(f"PLC simulator: {sim['error']}")
+    if not results.get("PASS", 0) + results.get("FAIL", 0):
+        problems.append("no PASS/FAIL verdict was written")
+    if summary.get("mode") == "triggered" and "error" not in sim:
+        if not sim.get("triggers_sent"):
+            problems.append("the simulated PLC raised no trigger")
+        for key in ("missing", "skipped", "unaccounted"):
+            if sim.get(key):
+                problems.append(f"{sim[key]} trigger(s) {key} (seen by the simulated PLC)")
+    if sim.get("protocol_errors"):
+        problems.append(f"{sim['protocol_errors']} protocol error(s): {sim.get('protocol_errors_by_kind')}")
+    if summary.get("heartbeat_alarms"):
+        problems.append(f"{summary['heartbeat_alarms']} heartbeat alarm(s) at the simulated PLC")
+    failsafes = {k: v for k, v in in_service_failsafes.items() if k != "SHUTTING_DOWN"}
+    if failsafes:
+        problems.append(f"{sum(failsafes.values())} fail-safe(s) in service (after the first verdict): {failsafes}")
+    loop = summary.get("write_loop") or {}
+    ticks, overruns = loop.get("ticks") or 0, loop.get("overruns") or 0
+    if overruns > OVERRUN_MAX_FRACTION * max(ticks, 1):
+        problems.append(f"{overruns} write-loop overruns in {ticks} ticks (more than {OVERRUN_MAX_FRACTION:.0%})")
+    reconnects = (summary.get("plc_link") or {}).get("reconnects") or 0
+    if reconnects:
+        problems.append(f"{reconnects} PLC reconnect(s)")
+    return {"ok": not problems, "problems": problems}
+
+
 def run_demo(seconds: float, mode: str, trigger_hz: float, protocol: str = "modbus", verbose: bool = False,
              camera_trigger: str = "free-run") -> int:
+    from plcbridge.bench import StopSignals
     from plcbridge.daemon import Daemon
     from plcbridge.logs import LogPipeline
 
-    print(f"plcbridge demo: {protocol}, {mode}, {seconds:g} s, starting the PLC simulator ...", file=sys.stderr)
-    trigger_port = _free_udp_port() if camera_trigger == "hardware" else None
-    wire = ["--camera-line-port", str(trigger_port)] if trigger_port is not None else []
-    sim, port = start_simulator(mode, trigger_hz, extra=wire, protocol=protocol)
-    logs = LogPipeline("text", "info" if verbose else "warning", stream=sys.stderr).start()
-    daemon = None
-    try:
-        daemon = Daemon(demo_config(mode, port, protocol, camera_trigger, trigger_port)).start()
-        t0 = time.monotonic()
-        while (elapsed := time.monotonic() - t0) < seconds:
-            time.sleep(min(1.0, seconds - elapsed))
-            j = daemon.journal.summary()
-            late = daemon.loop.lateness.summary_ms()
-            print(f"  {time.monotonic() - t0:5.1f}/{seconds:g} s  results {j['results']}  "
-                  f"lateness p99 {late['p99']} ms  plc {'up' if daemon.link.connected else 'DOWN'}", file=sys.stderr)
-    finally:
-        if daemon is not None:
-            daemon.stop()
-        sim_summary = stop_simulator(sim)
-        logs.stop()
+    with StopSignals() as stop:  # SIGINT/SIGTERM: stop the daemon and the simulator, then exit
+        print(f"plcbridge demo: {protocol}, {mode}, {seconds:g} s, starting the PLC simulator ...", file=sys.stderr)
+        trigger_port = _free_udp_port() if camera_trigger == "hardware" else None
+        wire = ["--camera-line-port", str(trigger_port)] if trigger_port is not None else []
+        try:
+            sim, port = start_simulator(mode, trigger_hz, extra=wire, protocol=protocol)
+        except RuntimeError as e:
+            print(f"plcbridge demo: {e}", file=sys.stderr)
+            return 1
+        logs = LogPipeline("text", "info" if verbose else "warning", stream=sys.stderr).start()
+        daemon = None
+        try:
+            if stop.signum is None:
+                daemon = Daemon(demo_config(mode, port, protocol, camera_trigger, trigger_port))
+                timeline = _FailsafeTimeline(daemon.journal)
+                daemon.start()
+                t0 = time.monotonic()
+                while (elapsed := time.monotonic() - t0) < seconds:
+                    if stop.event.wait(min(1.0, seconds - elapsed)):
+                        break
+                    j = daemon.journal.summary()
+                    late = daemon.loop.lateness.summary_ms()
+                    print(f"  {time.monotonic() - t0:5.1f}/{seconds:g} s  results {j['results']}  "
+                          f"lateness p99 {late['p99']} ms  plc {'up' if daemon.link.connected else 'DOWN'}",
+                          file=sys.stderr, flush=True)
+        finally:
+            if daemon is not None:
+                daemon.stop()
+            sim_summary = stop_simulator(sim)
+            logs.stop()
+    interrupted = None if stop.signum is None else f"interrupted by {signal.Signals(stop.signum).name}"
+    if interrupted:
+        print(f"plcbridge demo: {interrupted}; the daemon and the simulator were stopped", file=sys.stderr)
+    if daemon is None:
+        return 128 + (stop.signum or 0)
     s = daemon.summary()
     summary = {
         "protocol": protocol,
@@ -114,5 +218,12 @@ def run_demo(seconds: float, mode: str, trigger_hz: float, protocol: str = "modb
         "model": s["model"],
         "plc_simulator": sim_summary,
     }
+    summary["verdict"] = demo_verdict(summary, dict(timeline.in_service), interrupted)
+    summary["failsafes_at_startup"] = dict(timeline.startup)
     print(json.dumps(summary, indent=2))
+    if interrupted:
+        return 128 + (stop.signum or 0)
+    if not summary["verdict"]["ok"]:
+        print("plcbridge demo: NOT OK: " + "; ".join(summary["verdict"]["problems"]), file=sys.stderr)
+        return 1
     return 0

@@ -19,7 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plcbridge.bench import BenchError, add_run_arguments, command_line, options_from_args, progress_printer, run_bench
+from plcbridge.bench import (
+    BenchError,
+    Interrupted,
+    StopSignals,
+    add_run_arguments,
+    command_line,
+    options_from_args,
+    progress_printer,
+    run_bench,
+)
 
 DEFAULT_BUDGET = Path(__file__).resolve().parent / "budgets" / "default.toml"  # package data
 
@@ -109,25 +118,40 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     opts = type(opts)(**{**opts.__dict__, "plot": False})
     say = progress_printer(args.quiet, "plcbridge gate")
     try:
-        report = run_bench(opts, say, command_line())
+        with StopSignals() as stop:
+            report = run_bench(opts, say, command_line(), stop)
     except BenchError as e:
         print(f"plcbridge gate: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"plcbridge gate: {e}; the daemon and the simulator were stopped, no verdict", file=sys.stderr)
+        return e.exit_code
+    return print_gate_result(report, budget, args.budget, minutes, shortened=(
+        args.duration_minutes is not None and args.duration_minutes < budget.duration_minutes))
+
+
+def print_gate_result(report: dict[str, Any], budget: Any, budget_file: Path, minutes: float, *,
+                      shortened: bool = False, out: Any = None, err: Any = None) -> int:
+    """Add the gate section to the report, rewrite the report file, print the report as JSON
+    on stdout (exactly that: `gate > report.json` is JSON) and the verdict lines on stderr.
+    Returns the exit status: 1 when a budget is broken."""
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
     checks = check_report(report, budget)
     broken = [c for c in checks if not c.ok]
-    report["gate"] = {"budget_file": str(args.budget), "budget": budget.model_dump(),
+    report["gate"] = {"budget_file": str(budget_file), "budget": budget.model_dump(),
                       "duration_minutes": minutes, "passed": not broken,
                       "checks": [{"name": c.name, "measured": c.measured, "limit": c.limit, "ok": c.ok} for c in checks]}
     Path(report["files"]["report"]).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    if args.duration_minutes is not None and args.duration_minutes < budget.duration_minutes:
+    print(json.dumps(report, indent=2), file=out)
+    if shortened:
         print(f"NOTE: shortened run, {minutes:g} of the budget's {budget.duration_minutes:g} minutes: "
-              "not a promotion result")
+              "not a promotion result", file=err)
     for c in checks:
-        print(("ok      " if c.ok else "BROKEN  ") + c.line())
+        print(("ok      " if c.ok else "BROKEN  ") + c.line(), file=err)
     print(f"GATE {'PASSED' if not broken else 'FAILED'}: " +
           (f"all {len(checks)} budgets met" if not broken else f"{len(broken)} budget(s) broken: "
-           + ", ".join(c.name for c in broken)) + f" (report: {report['files']['report']})")
+           + ", ".join(c.name for c in broken)) + f" (report: {report['files']['report']})", file=err)
     return 1 if broken else 0
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
@@ -155,12 +156,18 @@ def run(args: argparse.Namespace) -> int:
     sim = resolve(FRONTENDS, args.frontend, "simulator front-end")(settings, program)
     status = None if args.quiet else _StatusLine(sys.stderr)
     try:
+        # asyncua logs a failed start with its traceback on its own; the message below says it all.
+        start_logger = logging.getLogger("asyncua.server.server")
+        start_level = start_logger.level
+        start_logger.setLevel(logging.CRITICAL)
         try:
             sim.start()
         except (OSError, RuntimeError) as e:  # pymodbus reports a busy port as RuntimeError
             where = getattr(settings, args.frontend)
             print(f"plcbridge sim {args.frontend}: cannot listen on {where.host}:{where.port}: {e}", file=sys.stderr)
             return 1
+        finally:
+            start_logger.setLevel(start_level)
         print(f"listening on {sim.host}:{sim.port}", flush=True)
         deadline = None if args.seconds is None else time.monotonic() + args.seconds
         while sim.running:

@@ -146,14 +146,14 @@ def test_gate_names_each_broken_budget_with_the_measured_value(tmp_path):
                       "rss_max_mb = 1\nmax_failsafe_events = 1000\nlateness_p99_max_ms = 10000\n")
     r = _gate(["--budget", str(budget), "--duration-minutes", "0.05"], tmp_path)
     assert r.returncode == 1, r.stderr
-    verdict = r.stdout[r.stdout.rindex("}") + 1:]
+    verdict = r.stderr  # the verdict lines go to stderr: stdout is exactly the JSON report
     broken = {line.split()[1].rstrip(":") for line in verdict.splitlines() if line.startswith("BROKEN")}
     assert broken == {"p99_max_ms", "rss_max_mb"}, verdict
     assert "BROKEN  p99_max_ms: measured " in verdict and "> limit 0.001 ms" in verdict
     assert "BROKEN  rss_max_mb: measured " in verdict and "> limit 1 MB" in verdict
     assert "ok      p95_max_ms: measured" in verdict and "<= limit 10000 ms" in verdict and "shortened run" in verdict
     assert "GATE FAILED: 2 budget(s) broken: p99_max_ms, rss_max_mb" in verdict
-    report = json.loads(r.stdout[: r.stdout.rindex("}") + 1])
+    report = json.loads(r.stdout)
     assert report["gate"]["passed"] is False
     assert {c["name"] for c in report["gate"]["checks"] if not c["ok"]} == {"p99_max_ms", "rss_max_mb"}
 
