@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from plcbridge.inference.errors import ModelError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from plcbridge.config import validation_problems
 
@@ -196,7 +196,9 @@ class Manifest(_Strict):
     name: Annotated[str, Field(min_length=1)]
     version: Annotated[int, Field(ge=0, le=65535)]  # written to a u16 PLC register
     file: Annotated[str, Field(min_length=1)]  # relative to the manifest's directory
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    # Hex digits in either case (sha256sum prints lower case, some tools upper); kept lower.
+    sha256: Annotated[str, BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v),
+                      Field(pattern=r"^[0-9a-f]{64}$")]
     opset: Annotated[int, Field(ge=1)]
     input: TensorSpec
     output: OutputSpec

@@ -210,6 +210,7 @@ def validate_model(
     progress: Callable[[int, int], None] | None = None,
     pause_s: float = 0.0,
     on_pass: Callable[["Model"], None] | None = None,
+    require_device: bool = False,
 ) -> ValidationReport:
     """Run every check on the model at `spec` (manifest path, model directory or
     "builtin:NAME") and return the report; see the module docstring for the checks.
@@ -226,6 +227,9 @@ def validate_model(
     reload) leaves the CPU to the write loop and the serving model; the timing is unaffected.
     `on_pass(model)`: called with the checked Model when every check passed; the caller then
     owns it (it is not closed), so a reload serves the very session it checked, built once.
+    `require_device`: a model that fell back from `device` to the CPU fails the interface
+    check (the promotion gate must not pass CPU figures as the GPU's); the daemon's reload
+    accepts it, logged, as its start-up load does.
     Bad arguments raise ValueError; problems with the model are failed checks.
     """
     if runs < 1:
@@ -298,6 +302,10 @@ def validate_model(
             r._record("interface", False, f"{where}: the model changed while it was being checked")
             return r._skip_rest("needs the same model throughout")
         fallback = f"; asked for {device}, running on CPU: {model.fallback_reason}" if model.fell_back else ""
+        if model.fell_back and require_device:
+            r._record("interface", False, f"asked for {device}, but ONNX Runtime runs it on {r.providers[0]} "
+                                          f"({model.fallback_reason}): the latency figures would be the CPU's")
+            return r._skip_rest(f"needs the model running on {device}")
         i, o = manifest.input, manifest.output
         r._record("interface", True, f"onnxruntime {installed} loads it on {r.providers[0]}; input {i.name!r} "
                                      f"{i.shape} {i.dtype}, output {o.name!r} {o.shape} {o.dtype}{fallback}")

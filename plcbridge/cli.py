@@ -144,9 +144,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_docs(args: argparse.Namespace) -> int:
+    from plcbridge.docs import DOCUMENTS
+
+    paths = [Path(args.output)] if args.output is not None else list(DOCUMENTS)
+    return max(_render_doc(out, args.check) for out in paths)
+
+
+def _render_doc(out: Path, check: bool) -> int:
     from plcbridge.docs import render_interface_doc
 
-    out = Path(args.output)
     # The document is both template and output: its hand-written prose is kept, so it must exist.
     try:
         text = render_interface_doc(out)
@@ -158,9 +164,9 @@ def _cmd_docs(args: argparse.Namespace) -> int:
     except ValueError as e:  # not the interface document: its generated sections are missing
         print(f"plcbridge docs: {e}", file=sys.stderr)
         return 2
-    if args.check:
+    if check:
         if out.read_text() != text:
-            print(f"plcbridge: {args.output} is out of date; run `plcbridge docs`", file=sys.stderr)
+            print(f"plcbridge: {out} is out of date; run `plcbridge docs`", file=sys.stderr)
             return 1
         return 0
     try:
@@ -168,7 +174,7 @@ def _cmd_docs(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"plcbridge docs: cannot write {out}: {e.strerror or e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.output}")
+    print(f"wrote {out}")
     return 0
 
 
@@ -208,7 +214,7 @@ def _cmd_validate_model(args: argparse.Namespace) -> int:
             last = time.monotonic()
             print(f"plcbridge validate-model: latency: {done}/{total} runs", file=sys.stderr, flush=True)
 
-    report = validate_model(args.path, target_ort_version=args.target_ort_version, runs=args.runs,
+    report = validate_model(args.path, target_ort_version=args.target_ort_version, runs=args.runs, require_device=True,
                             p99_max_ms=args.p99_max_ms, device=args.device, progress=progress)
     print(report.to_json())
     if report.bad_spec:  # a wrong path is not a bad model: exit 2, so CI can tell them apart
@@ -256,12 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(ssub.add_parser(name, help=f"{name} PLC simulator"))
     s.set_defaults(func=run)
 
-    g = sub.add_parser("docs", help="regenerate docs/plc-interface.md from the signal contract")
-    g.add_argument("--output", default="docs/plc-interface.md")
+    g = sub.add_parser("docs", help="regenerate the generated tables of docs/plc-interface.md (signal contract) and "
+                                    "docs/configuration.md (config schema)")
+    g.add_argument("--output", default=None, metavar="PATH",
+                   help="one document to render (default: both, from the repository root)")
     g.add_argument("--check", action="store_true", help="exit 1 if the file differs from what would be written")
     g.set_defaults(func=_cmd_docs)
 
-    from plcbridge import bench, gate
+    from plcbridge import bench, gate, manifest_tool
+
+    manifest_tool.add_arguments(sub.add_parser("manifest", help=manifest_tool.HELP))
 
     bench.add_arguments(sub.add_parser("bench", help="benchmark the whole pipeline against the PLC simulator; JSON report + PNG"))
     gate.add_arguments(sub.add_parser("gate", help="hardware-in-the-loop promotion gate: bench against a budget TOML, exit 1 if broken"))

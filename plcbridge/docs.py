@@ -23,6 +23,13 @@ GENERATORS: dict[str, str] = {
     "modbus": "plcbridge.contract:markdown_tables",
     "enip": "plcbridge.adapters.plc.enip_tags:markdown_tables",
     "opcua": "plcbridge.adapters.plc.opcua_nodes:markdown_table",
+    "config": "plcbridge.config_reference:markdown_reference",
+}
+
+# Which generated sections each document holds; `plcbridge docs` renders them all.
+DOCUMENTS: dict[Path, tuple[str, ...]] = {
+    DEFAULT_PATH: ("modbus", "enip", "opcua"),
+    Path("docs/configuration.md"): ("config",),
 }
 
 _SECTION = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+)[^>]*-->)(?P<body>.*?)(<!-- END GENERATED: (?P=name) -->)", re.S)
@@ -33,10 +40,20 @@ def _generator(name: str) -> Callable[[], str]:
     return getattr(importlib.import_module(module), func)
 
 
+def sections_of(path: Path) -> tuple[str, ...]:
+    """The generated sections a document must hold: by its path, or by its file name for a
+    copy elsewhere (`--output`), else those of the PLC interface document."""
+    for known, names in DOCUMENTS.items():
+        if path == known or path.name == known.name:
+            return names
+    return DOCUMENTS[DEFAULT_PATH]
+
+
 def render_interface_doc(path: Path = DEFAULT_PATH) -> str:
+    """`path` with every generated section rewritten (the name is historical: any document)."""
     text = path.read_text()
     names = [m.group("name") for m in _SECTION.finditer(text)]
-    missing = sorted(set(GENERATORS) - set(names))
+    missing = sorted(set(sections_of(path)) - set(names))
     if missing:
         raise ValueError(f"{path}: no generated section for {', '.join(missing)}")
     unknown = sorted(set(names) - set(GENERATORS))

@@ -338,3 +338,24 @@ def test_a_frame_size_inside_the_limits_passes(tmp_path: Path) -> None:
 def test_a_bad_frame_section_fails_the_manifest_check(tmp_path: Path) -> None:
     path = copy_demo(tmp_path, frame={"min_size": [0, 32]})
     assert_fails_at(validate_model(path), "manifest", str(path), "frame.min_size.0")
+
+
+def test_cuda_asked_on_a_host_where_it_did_not_load_fails_the_promotion_check(tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA loads here: nothing falls back")
+    done = subprocess.run([sys.executable, "-m", "plcbridge", "validate-model", "builtin:demo", "--runs", "5",
+                           "--device", "cuda"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    interface = next(c for c in report["checks"] if c["name"] == "interface")
+    assert interface["status"] == "failed" and "the latency figures would be the CPU's" in interface["detail"], interface
+
+
+def test_a_sha256_in_upper_case_is_accepted(tmp_path):
+    manifest = copy_demo(tmp_path)
+    raw = json.loads(manifest.read_text())
+    raw["sha256"] = raw["sha256"].upper()
+    manifest.write_text(json.dumps(raw))
+    assert validate_model(manifest, runs=5).ok
