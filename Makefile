@@ -11,7 +11,10 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[cpu,test]'
+	# The package-dir mapping needs setuptools' meta-path-finder editable mode, which always
+	# prints an informational "be careful with folders named like your package" banner;
+	# silenced for this one module, so that real warnings still show.
+	PYTHONWARNINGS="ignore:::setuptools.command.editable_wheel" $(BIN)/python -m pip install --quiet -e '.[cpu,test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
