@@ -8,12 +8,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test bench-deps clean
 
+# The package-dir mapping needs setuptools' meta-path-finder editable mode, which always
+# prints an informational "be careful with folders named like your package" banner;
+# it is silenced for that one module only, so that real warnings still show.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# The package-dir mapping needs setuptools' meta-path-finder editable mode, which always
-	# prints an informational "be careful with folders named like your package" banner;
-	# silenced for this one module, so that real warnings still show.
 	PYTHONWARNINGS="ignore:::setuptools.command.editable_wheel" $(BIN)/python -m pip install --quiet -e '.[cpu,test]'
 	touch $(STAMP)
 
