@@ -269,9 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--check", action="store_true", help="exit 1 if the file differs from what would be written")
     g.set_defaults(func=_cmd_docs)
 
-    from plcbridge import bench, gate, manifest_tool
+    from plcbridge import bench, camera_tool, gate, manifest_tool
 
     manifest_tool.add_arguments(sub.add_parser("manifest", help=manifest_tool.HELP))
+    cam = sub.add_parser("camera", help="GenICam commissioning: list (discovery), info, grab one frame")
+    camera_tool.add_arguments(cam)
+    cam.set_defaults(func=camera_tool.run)
 
     bench.add_arguments(sub.add_parser("bench", help="benchmark the whole pipeline against the PLC simulator; JSON report + PNG"))
     gate.add_arguments(sub.add_parser("gate", help="hardware-in-the-loop promotion gate: bench against a budget TOML, exit 1 if broken"))

@@ -108,8 +108,55 @@ class OpenCvCameraSettings(_CameraCommon):
         return self
 
 
+class GenicamCameraSettings(_CameraCommon):
+    """A GigE Vision / USB3 Vision camera through Aravis (plcbridge/adapters/camera/genicam.py)."""
+
+    source: Literal["genicam"]
+    # An IP address (opened directly, nothing broadcast), or a serial number / Aravis device
+    # id ("Vendor-Model-Serial"), which makes Aravis run discovery: a GVCP broadcast on every
+    # interface and a USB scan. `plcbridge camera list` shows the ids.
+    address: Annotated[str, Field(min_length=1)]
+    # Converted to BGR for the pipeline (Bayer: demosaiced by OpenCV).
+    pixel_format: Literal["Mono8", "BayerRG8", "BayerGR8", "BayerGB8", "BayerBG8", "RGB8", "BGR8"] = "Mono8"
+    # Written to ExposureTime or ExposureTimeAbs, whichever the camera has (auto exposure off).
+    exposure_us: Annotated[float, Field(gt=0)] | None = None
+    gain: Annotated[float, Field(ge=0)] | None = None  # Gain (dB on most cameras); auto gain off
+    # Region of interest [x, y, width, height] in pixels (OffsetX, OffsetY, Width, Height).
+    roi: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)],
+               Annotated[int, Field(ge=1)]] | None = None
+    buffers: Annotated[int, Field(ge=2, le=64)] = 4  # stream buffers allocated
+    # GigE only: stream packet size in bytes (GevSCPSPacketSize; 9000-ish needs jumbo frames on the NIC).
+    packet_size: Annotated[int, Field(ge=576, le=16_384)] | None = None
+    # GigE only: inter-packet delay in ns (GevSCPD, converted to the camera's ticks by Aravis).
+    packet_delay: Annotated[int, Field(ge=0, le=1_000_000_000)] | None = None
+    # Any other GenICam feature: name -> value, each checked against the camera's node map
+    # at open (unknown or read-only is refused by name, before anything is written).
+    features: dict[str, Union[bool, int, float, str]] = {}
+    # The longest wait of any blocking call: a software-triggered frame, a buffer pop.
+    timeout_ms: Annotated[int, Field(ge=10, le=60_000)] = 1_000
+    # trigger = "hardware": the camera's input line (TriggerSource).
+    trigger_line: Annotated[str, Field(min_length=1)] = "Line0"
+    # trigger = "hardware": the edge or level of that line that fires (TriggerActivation).
+    trigger_activation: Literal["RisingEdge", "FallingEdge", "AnyEdge", "LevelHigh", "LevelLow"] = "RisingEdge"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GenicamCameraSettings":
+        reserved = {"PixelFormat": "pixel_format", "ExposureTime": "exposure_us", "ExposureTimeAbs": "exposure_us",
+                    "Gain": "gain", "OffsetX": "roi", "OffsetY": "roi", "Width": "roi", "Height": "roi",
+                    "TriggerMode": "trigger", "TriggerSource": "trigger", "TriggerSelector": "trigger",
+                    "TriggerActivation": "trigger_activation", "AcquisitionMode": "trigger",
+                    "GevSCPSPacketSize": "packet_size", "GevSCPD": "packet_delay"}
+        clash = [f"{k} (use camera.{reserved[k]})" for k in self.features if k in reserved]
+        if clash:
+            raise FieldsError(("features",), f"camera.features sets what a camera setting owns: {', '.join(clash)}")
+        bad = [k for k in self.features if not k.replace("_", "").isalnum()]
+        if bad:
+            raise FieldsError(("features",), f"not GenICam feature names: {', '.join(map(repr, bad))}")
+        return self
+
+
 CameraSettings = Annotated[
-    Union[SyntheticCameraSettings, FolderCameraSettings, OpenCvCameraSettings],
+    Union[SyntheticCameraSettings, FolderCameraSettings, OpenCvCameraSettings, GenicamCameraSettings],
     Field(discriminator="source"),
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from plcbridge.contract import FaultCode, ResultCode
 
@@ -37,6 +38,8 @@ class Decision:
     # Triggered flood rule: how many older trigger values this TRIGGER_OVERRUN answer also
     # answers (a collapsed run of skipped or refused values; see inspection.py).
     collapsed: int = 0
+    # The camera's identity of the frame (Frame.meta: camera_frame_id, camera_ts_ns, ...).
+    frame_meta: dict[str, Any] | None = None
 
     @property
     def is_failsafe(self) -> bool:
@@ -45,6 +48,6 @@ class Decision:
 
 def failsafe(fault: FaultCode, now: float, reason: str, *, model_version: int = 0, request: Request | None = None,
              frame_seq: int | None = None, t_capture: float | None = None, label: str | None = None,
-             collapsed: int = 0) -> Decision:
+             collapsed: int = 0, frame_meta: dict[str, Any] | None = None) -> Decision:
     return Decision(ResultCode.FAILSAFE, fault, 1.0, now, model_version, frame_seq, t_capture, label, None, request, reason,
-                    collapsed)
+                    collapsed, frame_meta)

@@ -66,6 +66,10 @@ class Journal:
         if d.t_capture is not None:
             fields["t_capture_mono"] = round(d.t_capture, 6)
             fields["latency_ms"] = round((d.t_decided - d.t_capture) * 1000, 2)
+        if d.frame_meta:
+            # The camera's own identity of the frame (genicam: camera_frame_id, camera_ts_ns,
+            # camera_host_ts_ns, pixel_format), to find it in the camera's or a recorder's log.
+            fields.update({k: v for k, v in d.frame_meta.items() if k.startswith("camera_") and v is not None})
         if d.infer_ms is not None:
             fields["infer_ms"] = round(d.infer_ms, 2)
         if d.label is not None:

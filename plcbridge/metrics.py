@@ -73,6 +73,12 @@ class Metrics:
         self.camera_frames_unpaired = Counter("plcbridge_camera_frames_unpaired", "Hardware-triggered frames that "
                                               "came with no trigger to pair them with (extra pulses)", registry=r)
         self.camera_reconnects = Counter("plcbridge_camera_reconnects", "Camera source reopened after a failure", registry=r)
+        self.camera_buffers_failed = Counter("plcbridge_camera_buffers_failed", "Camera buffers that arrived "
+                                             "incomplete or failed (genicam), by Aravis buffer status", ["status"], registry=r)
+        self.camera_packets = Counter("plcbridge_camera_packets", "GigE Vision stream packet events (genicam): "
+                                      "resent, missing, resend_requests", ["kind"], registry=r)
+        for kind in ("resent", "missing", "resend_requests"):
+            self.camera_packets.labels(kind)
         self.camera_ok = Gauge("plcbridge_camera_ok", "1 while frames arrive within the stall limit", registry=r)
         self.model_ok = Gauge("plcbridge_model_ok", "1 while a model session is loaded and healthy", registry=r)
         self.model_info = Info("plcbridge_model", "The model serving now", registry=r)
@@ -87,6 +93,16 @@ class Metrics:
         ProcessCollector(registry=r)
         self.threads = Gauge("process_threads", "Threads in this process, native ones included (/proc/self/task)", registry=r)
         self.threads.set_function(_thread_count)
+
+    def camera_counts(self, counts: dict) -> None:
+        """Add a camera source's counts since its previous frame: {"buffers_failed": {status: n},
+        "packets": {kind: n}} (the "counts" entry of a genicam frame's meta)."""
+        for status, n in (counts.get("buffers_failed") or {}).items():
+            if n > 0:
+                self.camera_buffers_failed.labels(str(status)).inc(n)
+        for kind, n in (counts.get("packets") or {}).items():
+            if n > 0:
+                self.camera_packets.labels(str(kind)).inc(n)
 
     def watch(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """Export a counter kept elsewhere (the log pipeline, the HTTP endpoint) as

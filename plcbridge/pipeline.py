@@ -123,8 +123,11 @@ class GrabLoop:
                     if got is None:  # hardware trigger: no pulse for a while, the camera is fine
                         self._alive_at = now
                         continue
-                    image, label = got
-                    self.frames.put(Frame(image, self.seq, now, label, request))
+                    image, label, *extra = got
+                    meta = dict(extra[0]) if extra and extra[0] else None
+                    if meta is not None and "counts" in meta:
+                        self.metrics.camera_counts(meta.pop("counts"))
+                    self.frames.put(Frame(image, self.seq, now, label, request, meta))
                     self._alive_at = now
                     self.seq += 1
                     backoff.reset()
@@ -389,9 +392,9 @@ class InferenceWorker:
             log_event(model_log, "inference_failed", logging.ERROR, fault=fault.name, reason=str(e), frame_seq=frame.seq,
                       rate_key=fault.name)
             return failsafe(fault, time.monotonic(), str(e), model_version=self.model_version, request=req,
-                            frame_seq=frame.seq, t_capture=frame.t_capture, label=frame.label)
+                            frame_seq=frame.seq, t_capture=frame.t_capture, label=frame.label, frame_meta=frame.meta)
         now = time.monotonic()
         self.metrics.inference_seconds.observe(now - t0)
         result = ResultCode.FAIL if v.label == "fail" else ResultCode.PASS
         return Decision(result, FaultCode.NONE, v.score, now, self.model_version, frame.seq, frame.t_capture,
-                        frame.label, v.preprocess_ms + v.infer_ms, req)
+                        frame.label, v.preprocess_ms + v.infer_ms, req, frame_meta=frame.meta)

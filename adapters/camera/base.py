@@ -30,6 +30,9 @@ class Frame:
     t_capture: float
     label: str | None = None
     trigger: Any = None
+    # The camera's own identity of the frame, where the source has one (genicam:
+    # camera_frame_id, camera_ts_ns, camera_host_ts_ns, pixel_format); journaled with the decision.
+    meta: dict[str, Any] | None = None
 
 
 class CameraError(RuntimeError):
@@ -44,8 +47,10 @@ class CameraSource(abc.ABC):
         """Open the device; raise CameraError with the reason when it cannot."""
 
     @abc.abstractmethod
-    def grab(self) -> tuple[np.ndarray, str | None] | None:
-        """Block until the next image; return (BGR uint8 image, ground-truth label or None).
+    def grab(self) -> tuple[np.ndarray, str | None] | tuple[np.ndarray, str | None, dict[str, Any]] | None:
+        """Block until the next image; return (BGR uint8 image, ground-truth label or None),
+        optionally with a third item, the frame's meta (Frame.meta; a "counts" entry in it
+        is taken out for the metrics, see Metrics.camera_counts).
         A hardware-triggered source returns None when no trigger came for a short while.
 
         Raise CameraError when the source failed. Pacing (fps) is the source's job: a real
@@ -64,6 +69,7 @@ REGISTRY: dict[str, str] = {
     "synthetic": "plcbridge.adapters.camera.synthetic:SyntheticCamera",
     "folder": "plcbridge.adapters.camera.folder:FolderCamera",
     "opencv": "plcbridge.adapters.camera.opencv:OpenCvCamera",
+    "genicam": "plcbridge.adapters.camera.genicam:GenicamCamera",
 }
 
 
