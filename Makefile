@@ -33,7 +33,7 @@ $(GENICAM): $(STAMP)
 	  dpkg -s $(GENICAM_DEBS) >/dev/null 2>&1 || \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(GENICAM_DEBS) >/dev/null; } ; \
 	  if PYTHONWARNINGS="ignore:::setuptools.command.editable_wheel" $(BIN)/python -m pip install --quiet -e '.[cpu,test,genicam]'; then \
-	    touch $(GENICAM); else echo "plcbridge: GenICam support could not be installed; its tests will be skipped"; fi; \
+	    touch $(GENICAM) && echo "plcbridge: GenICam support installed: its tests run"; else echo "plcbridge: GenICam support could not be installed; its tests will be skipped"; fi; \
 	else \
 	  echo "plcbridge: GenICam tests will be skipped: as root run 'make genicam-deps' (apt: $(GENICAM_DEBS); pip: .[genicam])"; \
 	fi
