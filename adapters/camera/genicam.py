@@ -131,6 +131,13 @@ class GenicamCamera(CameraSource):
             self._packets_seen = self._packet_stats()
             cam.start_acquisition()
             self._last_probe = time.monotonic()
+            if s.trigger == "software":
+                # The first triggered frame takes 70-85 ms (the stream settles): pay it here,
+                # at open, not on the first part. Bounded by timeout_ms; nothing is judged.
+                cam.software_trigger()
+                warm = self._pop_ok(s.timeout_ms / 1000)
+                if warm is not None:
+                    stream.push_buffer(warm)
         except GLib.Error as e:
             self.close()
             raise CameraError(f"genicam camera {s.address}: {e.message}") from None
