@@ -57,6 +57,7 @@ class GrabLoop:
         self._stop = threading.Event()
         self._asked: queue.Queue[object] = queue.Queue(maxsize=1 + config.timing.trigger_queue)
         self._alive_at: float | None = None  # software: the source was last seen working (idle or grabbing)
+        self._give_up_s = config.timing.result_timeout_ms / 1000  # a request older than this has its fail-safe
         self._thread = threading.Thread(target=self._run, name="camera-grab", daemon=True)
 
     @property
@@ -118,6 +119,8 @@ class GrabLoop:
                         except queue.Empty:
                             self._alive_at = time.monotonic()
                             continue
+                        if time.monotonic() > getattr(request, "t_seen", 0.0) + self._give_up_s:
+                            continue  # asked for while the camera was reconnecting: its part is long gone
                     got = source.grab()
                     now = time.monotonic()
                     if got is None:  # hardware trigger: no pulse for a while, the camera is fine
