@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(BIN)/plcbridge demo --seconds 20
 
 test: $(STAMP) $(GENICAM)
+	$(BIN)/ruff check --quiet .
 	$(BIN)/python -m pytest -q
 
 # GenICam cameras through Aravis: system packages (root + apt) and the [genicam] extra. As root

@@ -50,10 +50,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from plcbridge.inference.errors import ModelError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from plcbridge.config import validation_problems
+from plcbridge.inference.errors import ModelError
 
 MANIFEST_NAME = "manifest.json"
 BUILTIN_PREFIX = "builtin:"

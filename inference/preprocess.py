@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+
 from plcbridge.inference.errors import BadFrame
 from plcbridge.inference.manifest import FrameLimits, Preprocessing, TensorSpec
 

@@ -33,6 +33,8 @@ from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
+
+from plcbridge.config import ModelSettings
 from plcbridge.inference.errors import (
     BadFrame,
     InferenceError,
@@ -42,8 +44,6 @@ from plcbridge.inference.errors import (
 from plcbridge.inference.manifest import load_manifest
 from plcbridge.inference.modelfile import default_opset, read_verified
 from plcbridge.inference.preprocess import Preprocessor
-
-from plcbridge.config import ModelSettings
 
 __all__ = ["Model", "Verdict", "BadFrame", "InferenceError", "InferenceTimeout", "ModelError"]
 

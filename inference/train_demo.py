@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from plcbridge.adapters.camera.synthetic import render_surface
 from plcbridge.inference.manifest import Manifest, Preprocessing, TensorSpec
 from plcbridge.inference.preprocess import Preprocessor
-from torch import nn
 
 SEED = 1234
 HELD_OUT_SEED = 777  # tests use yet other seeds

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
+
 from plcbridge.inference.errors import BadFrame, InferenceError, InferenceTimeout, ModelError
 from plcbridge.inference.manifest import ModelSpecError, load_manifest
 from plcbridge.inference.modelfile import default_opset, read_verified

@@ -44,6 +44,7 @@ from ethernetip.logix.logix_dispatcher import LogixDispatcher
 from ethernetip.logix.tag import Tag
 from ethernetip.logix.tag_database import TagDatabase
 from ethernetip.protocol.eip_adapter import EipAdapter
+
 from plcbridge.adapters.plc.enip_tags import (
     INPUT_TAGS,
     OUTPUT_TAGS,

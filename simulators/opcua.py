@@ -48,8 +48,8 @@ from asyncua import Server, ua
 from asyncua.common.callback import CallbackType, ServerItemCallback
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.user_managers import UserManager
-from plcbridge.adapters.plc.opcua_nodes import NodeSpec, node_specs
 
+from plcbridge.adapters.plc.opcua_nodes import NodeSpec, node_specs
 from plcbridge.contract import Inputs, Outputs
 
 from .device import DeviceSettings

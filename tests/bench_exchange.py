@@ -20,8 +20,8 @@ import sys
 import time
 
 import numpy as np
-from plcbridge.adapters.plc.base import adapter_class
 
+from plcbridge.adapters.plc.base import adapter_class
 from plcbridge.config import load_config, parse_config
 from plcbridge.contract import Outputs, StatusBit
 

@@ -8,14 +8,14 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import pytest
+
 from plcbridge.adapters.registry import resolve
+from plcbridge.config import Config, load_config, parse_config
+from plcbridge.contract import Outputs
 from plcbridge.simulators.cli import FRONTENDS
 from plcbridge.simulators.device import load_device
 from plcbridge.simulators.frontend import ThreadedFrontend
 from plcbridge.simulators.program import SimulatedPlc
-
-from plcbridge.config import Config, load_config, parse_config
-from plcbridge.contract import Outputs
 
 
 class RecordingPlc(SimulatedPlc):

@@ -17,8 +17,8 @@ import pytest
 from plcbridge.adapters.camera import opencv as opencv_mod
 from plcbridge.adapters.camera.base import CameraError, camera_class, open_camera
 from plcbridge.adapters.camera.folder import FolderCamera, label_for
-from plcbridge.adapters.camera.pacing import Pacer
 from plcbridge.adapters.camera.opencv import OpenCvCamera, parse_source, redact_url
+from plcbridge.adapters.camera.pacing import Pacer
 from plcbridge.config import FolderCameraSettings, OpenCvCameraSettings
 
 

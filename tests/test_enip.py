@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import running, station_config, wait_for
+
 from plcbridge.adapters.plc.base import PlcError
 from plcbridge.adapters.plc.enip import EnipAdapter
 from plcbridge.adapters.plc.enip_tags import (
@@ -25,9 +26,6 @@ from plcbridge.adapters.plc.enip_tags import (
     encode_outputs,
     resolve_names,
 )
-from plcbridge.simulators.device import DeviceFileError, load_device
-from plcbridge.simulators.enip import EnipSimulator
-
 from plcbridge.config import ConfigError, parse_config
 from plcbridge.contract import (
     INPUT_SIGNALS,
@@ -38,6 +36,8 @@ from plcbridge.contract import (
     StatusBit,
 )
 from plcbridge.demo import start_simulator, stop_simulator
+from plcbridge.simulators.device import DeviceFileError, load_device
+from plcbridge.simulators.enip import EnipSimulator
 
 ENIP = {"protocol": "enip"}
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import station_config
 from onnx_models import copy_demo, nan_model, slow_model
+
 from plcbridge.inference import preprocess as preprocess_mod
 from plcbridge.inference.errors import BadFrame, InferenceTimeout, ModelError
 from plcbridge.inference.manifest import FrameLimits, Preprocessing, load_manifest
@@ -156,7 +157,6 @@ def test_the_tiny_models_default_minimum_is_8_px(tmp_path: Path) -> None:
 
 def test_a_tiny_frame_is_a_bad_frame_failsafe_in_the_pipeline() -> None:
     from plcbridge.adapters.camera.base import Frame
-
     from plcbridge.contract import FaultCode, ResultCode
     from plcbridge.decision import Request
     from plcbridge.journal import Journal

@@ -27,11 +27,11 @@ try:
 except (ImportError, ValueError):
     pytest.skip("Aravis not installed: make genicam-deps (apt packages + [genicam] extra)", allow_module_level=True)
 
+from pydantic import ValidationError
+
 from plcbridge.adapters.camera import genicam
 from plcbridge.adapters.camera.base import CameraError, camera_class
 from plcbridge.adapters.camera.genicam import GenicamCamera, to_bgr
-from pydantic import ValidationError
-
 from plcbridge.config import GenicamCameraSettings
 from plcbridge.metrics import Metrics
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from onnx_models import copy_demo, nan_model, slow_model, write_manifest
+
 from plcbridge.adapters.camera.synthetic import render_surface
 from plcbridge.config import ModelSettings
 from plcbridge.inference.errors import BadFrame, InferenceError, InferenceTimeout, ModelError

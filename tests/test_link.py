@@ -9,8 +9,8 @@ import threading
 import time
 
 from conftest import station_config, wait_for
-from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
 
+from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
 from plcbridge.backoff import Backoff
 from plcbridge.contract import Inputs, Outputs
 from plcbridge.link import PlcLink

@@ -21,15 +21,15 @@ from conftest import RecordingPlc, running, station_config, wait_for
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
+
 from plcbridge.adapters.plc.base import PlcError
 from plcbridge.adapters.plc.opcua import OpcUaAdapter
 from plcbridge.adapters.plc.opcua_nodes import markdown_table, node_specs, resolve_nodes
-from plcbridge.simulators.device import DeviceFileError, load_device
-from plcbridge.simulators.opcua import OpcUaSimulator
-
 from plcbridge.config import Config, ConfigError
 from plcbridge.contract import INPUT_SIGNALS, OUTPUT_SIGNALS, Outputs, StatusBit
 from plcbridge.demo import start_simulator, stop_simulator
+from plcbridge.simulators.device import DeviceFileError, load_device
+from plcbridge.simulators.opcua import OpcUaSimulator
 
 SIM_PASSWORD = "sim-pw-Zq8!"  # what the simulator accepts
 WRONG_PASSWORD = "wrong-pw-Xk3?"

@@ -4,7 +4,6 @@ BAD_FRAME fail-safe decision, never an exception out of the stage."""
 import time
 
 import numpy as np
-
 from conftest import station_config
 
 from plcbridge.adapters.camera.base import Frame

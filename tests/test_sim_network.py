@@ -19,16 +19,16 @@ from typing import Any
 
 import pytest
 from conftest import RecordingPlc, wait_for
-from plcbridge.adapters.plc.enip_tags import INPUT_TAGS, OUTPUT_TAGS
-from plcbridge.adapters.plc.opcua_nodes import node_specs
-from plcbridge.adapters.registry import resolve
-from plcbridge.simulators.cli import FRONTENDS
-from plcbridge.simulators.device import DeviceFileError, load_device
-from plcbridge.simulators.frontend import ThreadedFrontend
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 
+from plcbridge.adapters.plc.enip_tags import INPUT_TAGS, OUTPUT_TAGS
+from plcbridge.adapters.plc.opcua_nodes import node_specs
+from plcbridge.adapters.registry import resolve
 from plcbridge.contract import Outputs, StatusBit
+from plcbridge.simulators.cli import FRONTENDS
+from plcbridge.simulators.device import DeviceFileError, load_device
+from plcbridge.simulators.frontend import ThreadedFrontend
 
 DELAY_MS = 30.0
 PLCBRIDGE = Path(sys.executable).with_name("plcbridge")

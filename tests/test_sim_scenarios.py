@@ -13,9 +13,6 @@ from itertools import pairwise
 
 import pytest
 from conftest import wait_for
-from plcbridge.simulators.cli import _overrides, add_arguments
-from plcbridge.simulators.device import DeviceFileError, ProgramSettings, load_device
-from plcbridge.simulators.program import SimulatedPlc
 from pymodbus.client import ModbusTcpClient
 
 from plcbridge.contract import (
@@ -27,6 +24,9 @@ from plcbridge.contract import (
     next_seq,
     seq_delta,
 )
+from plcbridge.simulators.cli import _overrides, add_arguments
+from plcbridge.simulators.device import DeviceFileError, ProgramSettings, load_device
+from plcbridge.simulators.program import SimulatedPlc
 
 READY = int(StatusBit.READY)
 TREADY = int(StatusBit.READY | StatusBit.TRIGGER_READY)

@@ -15,15 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from plcbridge.simulators.device import (
-    DeviceFileError,
-    DeviceSettings,
-    ProgramSettings,
-    load_device,
-    parse_device,
-)
-from plcbridge.simulators.modbus import ModbusSimulator
-from plcbridge.simulators.program import SimulatedPlc
 from pymodbus.client import ModbusTcpClient
 
 from plcbridge.contract import (
@@ -34,6 +25,15 @@ from plcbridge.contract import (
     ResultCode,
     StatusBit,
 )
+from plcbridge.simulators.device import (
+    DeviceFileError,
+    DeviceSettings,
+    ProgramSettings,
+    load_device,
+    parse_device,
+)
+from plcbridge.simulators.modbus import ModbusSimulator
+from plcbridge.simulators.program import SimulatedPlc
 
 READY = int(StatusBit.READY)
 VALID = int(StatusBit.READY | StatusBit.RESULT_VALID)

@@ -13,8 +13,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
-
 from onnx_models import copy_demo, nan_model, slow_model, write_manifest
+
 from plcbridge.cli import main
 from plcbridge.inference.manifest import load_manifest
 from plcbridge.inference.validate import (

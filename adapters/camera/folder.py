@@ -22,9 +22,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from plcbridge.adapters.camera.base import CameraError, CameraSource
 from plcbridge.adapters.camera.pacing import Pacer
-
 from plcbridge.config import FolderCameraSettings
 from plcbridge.logs import get_logger, log_event, native_stderr
 

@@ -36,6 +36,7 @@ import time
 from typing import Any
 
 import numpy as np
+
 from plcbridge.adapters.camera.base import CameraError, CameraSource
 
 INSTALL_HINT = "install the system packages and the [genicam] extra: see README (make genicam-deps)"

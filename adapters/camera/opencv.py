@@ -17,9 +17,9 @@ import re
 
 import cv2
 import numpy as np
+
 from plcbridge.adapters.camera.base import CameraError, CameraSource
 from plcbridge.adapters.camera.pacing import Pacer
-
 from plcbridge.config import OpenCvCameraSettings
 from plcbridge.logs import NativeOutput, get_logger, log_event, native_stderr
 

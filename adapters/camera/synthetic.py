@@ -20,9 +20,9 @@ import socket
 
 import cv2
 import numpy as np
+
 from plcbridge.adapters.camera.base import CameraError, CameraSource
 from plcbridge.adapters.camera.pacing import Pacer
-
 from plcbridge.config import SyntheticCameraSettings
 
 DEFECT_KINDS: tuple[str, ...] = ("scratch", "spot", "crack")

@@ -14,7 +14,6 @@ import abc
 from typing import Any
 
 from plcbridge.adapters.registry import resolve
-
 from plcbridge.contract import Inputs, Outputs
 
 

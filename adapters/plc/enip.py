@@ -27,6 +27,8 @@ import logging
 import socket
 from typing import Any
 
+from pycomm3 import LogixDriver
+
 from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
 from plcbridge.adapters.plc.enip_tags import (
     INPUT_TAGS,
@@ -35,8 +37,6 @@ from plcbridge.adapters.plc.enip_tags import (
     decode_inputs,
     encode_outputs,
 )
-from pycomm3 import LogixDriver
-
 from plcbridge.contract import Inputs, Outputs
 
 # pycomm3 logs every failed request at ERROR with a traceback, and every request at INFO;

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import socket
 
-from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
 from pymodbus.client import ModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
+from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
 from plcbridge.contract import Inputs, Outputs, RegisterMap
 from plcbridge.logs import get_logger, log_event
 

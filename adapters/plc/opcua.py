@@ -48,9 +48,9 @@ from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
 from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
 from plcbridge.adapters.plc.opcua_nodes import node_specs
-
 from plcbridge.contract import OUTPUT_SIGNALS, Inputs, Outputs, check_range
 
 # asyncua logs every lost connection, failed close and revised session timeout, at WARNING
