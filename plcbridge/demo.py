@@ -61,7 +61,7 @@ def start_simulator(mode: str, trigger_hz: float, extra: list[str] | None = None
     raise RuntimeError(f"the PLC simulator did not start (exit code {proc.poll()}); command: {' '.join(cmd)}")
 
 
-def _free_udp_port() -> int:
+def free_udp_port() -> int:
     """A UDP port on 127.0.0.1 for the emulated camera trigger wire (hardware trigger)."""
     import socket
 
@@ -169,7 +169,7 @@ def run_demo(seconds: float, mode: str, trigger_hz: float, protocol: str = "modb
 
     with StopSignals() as stop:  # SIGINT/SIGTERM: stop the daemon and the simulator, then exit
         print(f"plcbridge demo: {protocol}, {mode}, {seconds:g} s, starting the PLC simulator ...", file=sys.stderr)
-        trigger_port = _free_udp_port() if camera_trigger == "hardware" else None
+        trigger_port = free_udp_port() if camera_trigger == "hardware" else None
         wire = ["--camera-line-port", str(trigger_port)] if trigger_port is not None else []
         try:
             sim, port = start_simulator(mode, trigger_hz, extra=wire, protocol=protocol)

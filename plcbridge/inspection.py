@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from plcbridge.config import FailsafeSettings, TimingSettings
@@ -77,14 +77,17 @@ def status_fault(h: Health) -> FaultCode:
     return health_fault(h)
 
 
-def fields_for(d: Decision, seq: int, part_id: int, fs: FailsafeSettings) -> ResultFields:
-    """Output fields for a decision; a fail-safe decision gets the configured fail-safe values."""
+def fields_for(d: Decision, seq: int, part_id: int, fs: FailsafeSettings, token: Any = None) -> ResultFields:
+    """Output fields for a decision; a fail-safe decision gets the configured fail-safe values.
+    `token` is what the block presents, handed back to written() (ResultFields.token)."""
     latency = 0
     if d.t_capture is not None:
         latency = min(U16_MAX, max(0, round((d.t_decided - d.t_capture) * 1000)))
     if d.is_failsafe:
-        return ResultFields(seq & U16_MAX, fs.code, score_to_register(fs.score), d.fault, latency, d.model_version, part_id, True, True)
-    return ResultFields(seq & U16_MAX, d.result, score_to_register(d.score), FaultCode.NONE, latency, d.model_version, part_id, True, False)
+        return ResultFields(seq & U16_MAX, fs.code, score_to_register(fs.score), d.fault, latency, d.model_version, part_id,
+                            True, True, token)
+    return ResultFields(seq & U16_MAX, d.result, score_to_register(d.score), FaultCode.NONE, latency, d.model_version,
+                        part_id, True, False, token)
 
 
 class FreeRunInspection:
@@ -129,7 +132,7 @@ class FreeRunInspection:
             log_event(log, "failsafe_cleared", logging.INFO, previous=self._episode.name)
             self._episode = None
         # A fail-safe decision from the worker (BAD_FRAME, INFERENCE_*) was journaled there.
-        return replace(fields_for(d, d.frame_seq or 0, 0, self.fs), token=d)
+        return fields_for(d, d.frame_seq or 0, 0, self.fs, token=d)
 
     def written(self, token: Any, t: float) -> None:
         d = token
@@ -356,7 +359,7 @@ class TriggeredInspection:
                 self._journal(p)
         if p is None or p.decision is None:
             return ResultFields(fault_code=health_fault(health), model_version=health.model_version)
-        return replace(fields_for(p.decision, p.request.trigger_seq, p.request.part_id, self.fs), token=p)
+        return fields_for(p.decision, p.request.trigger_seq, p.request.part_id, self.fs, token=p)
 
     def written(self, token: Any, t: float) -> None:
         p = token

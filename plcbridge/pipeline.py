@@ -9,6 +9,7 @@ trigger with MODEL_NOT_READY (READY cleared) instead of taking the daemon down.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -316,7 +317,7 @@ class InferenceWorker:
         after = req.t_after if req.t_after is not None else req.t_seen - self.config.plc.max_input_age_ms / 1000
         until = req.t_seen + cam.trigger_latency_ms / 1000
         while True:
-            frame = self.frames.first_after(after - 1e9, timeout=max(0.0, until - time.monotonic()),
+            frame = self.frames.first_after(-math.inf, timeout=max(0.0, until - time.monotonic()),
                                             after_seq=self._last_judged, until=until)
             if frame is None or frame.t_capture > after:
                 break

@@ -157,19 +157,18 @@ class WriteLoop:
 
     def _inputs_fresh(self, now: float) -> bool:
         r = self.link.reply
-        if r is not None and r.session != self.link.sessions:
-            r = None  # inputs of a session that has ended say nothing about the PLC now
         self.input_age = None if r is None else now - r.t_sent
         age = self.input_age if self.input_age is not None else now - self._started
         self.metrics.plc_input_age_seconds.set(age)
-        fresh = self.input_age is not None and age <= self.max_input_age
+        # Inputs of a session that has ended say nothing about the PLC now, however young.
+        fresh = r is not None and r.session == self.link.sessions and age <= self.max_input_age
         if fresh != self.inputs_ok:
             self.inputs_ok = fresh
             self.metrics.plc_inputs_ok.set(1 if fresh else 0)
             if fresh:
                 log_event(log, "plc_inputs_fresh", logging.INFO, input_age_ms=round(age * 1000, 1), rate_key="inputs",
                           rate_last=True)
-            elif self.input_age is not None:  # before the first reply the link logs why
+            else:  # only after having been fresh: before the first reply the link says why
                 self.metrics.plc_inputs_stale.inc()
                 log_event(log, "plc_inputs_stale", logging.WARNING, input_age_ms=round(age * 1000, 1),
                           limit_ms=self.config.plc.max_input_age_ms, fault=FaultCode.PLC_INPUTS_STALE.name,

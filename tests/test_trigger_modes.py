@@ -13,6 +13,7 @@ from plcbridge.config import ConfigError, parse_config
 from plcbridge.contract import FaultCode, ResultCode
 from plcbridge.daemon import Daemon
 from plcbridge.decision import Decision
+from plcbridge.demo import free_udp_port
 
 
 def _recording_daemon(cfg) -> tuple[Daemon, list[Decision]]:
@@ -80,17 +81,9 @@ def test_a_trigger_mode_the_station_cannot_run_is_refused_with_the_reason(camera
     assert all(w in str(e.value) for w in words), str(e.value)
 
 
-def _free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("line", [{}, {"camera_line.drop_every": 3, "camera_line.extra_every": 4}])
 def test_hardware_trigger_pairs_each_frame_with_its_own_trigger_even_on_a_rude_wire(make_sim, line):
-    port = _free_udp_port()
+    port = free_udp_port()
     sim = make_sim("triggered", trigger_hz=5, device={"camera_line.port": port, **line})
     raised: dict[int, float] = {}
     sim.program.add_trigger_listener(lambda seq, t: raised.setdefault(seq, t))

@@ -102,3 +102,19 @@ def test_inputs_older_than_the_limit_clear_ready_and_say_plc_inputs_stale_then_r
         assert m.plc_inputs_ok._value.get() == 1
     finally:
         loop.stop()
+
+
+def test_a_new_link_session_without_its_first_reply_is_blind_and_says_so():
+    cfg = station_config(1, "triggered", plc={"max_input_age_ms": 1000, "link_timeout_ms": 2000})
+    m = Metrics()
+    link = FakeLink()
+    loop = _loop(cfg, link, m).start()
+    try:
+        wait_for(lambda: link.blocks and link.blocks[-1].status & StatusBit.READY, 2, "READY with fresh inputs")
+        link.answering = False
+        link.sessions = 2  # reconnected at once: the young reply belongs to the session that ended
+        wait_for(lambda: link.blocks[-1].fault_code == FaultCode.PLC_INPUTS_STALE, 2, "PLC_INPUTS_STALE")
+        assert not link.blocks[-1].status & (StatusBit.READY | StatusBit.TRIGGER_READY)
+        assert m.plc_inputs_stale._value.get() == 1  # counted (and logged) like any other blindness
+    finally:
+        loop.stop()
