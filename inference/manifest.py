@@ -50,10 +50,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
-from plcbridge.config import validation_problems
 from plcbridge.inference.errors import ModelError
+from plcbridge.schema import Strict, validation_problems
 
 MANIFEST_NAME = "manifest.json"
 BUILTIN_PREFIX = "builtin:"
@@ -67,11 +67,7 @@ DEFAULT_MIN_FLOOR = 8  # ... but at least 8 px per side
 DEFAULT_MAX_SIDE = 4096  # max_size = 4096x4096, but never below resize
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TensorSpec(_Strict):
+class TensorSpec(Strict):
     name: Annotated[str, Field(min_length=1)]
     shape: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]
     dtype: TensorDtype
@@ -109,7 +105,7 @@ class OutputSpec(TensorSpec):
         return self.fail_classes or [1]
 
 
-class Preprocessing(_Strict):
+class Preprocessing(Strict):
     resize: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=2)]  # [w, h]
     color: Literal["rgb", "bgr", "gray"]
     scale: float = 1.0
@@ -139,7 +135,7 @@ class Preprocessing(_Strict):
 FrameSize = Annotated[list[Annotated[int, Field(ge=1, strict=True)]], Field(min_length=2, max_length=2)]
 
 
-class FrameSection(_Strict):
+class FrameSection(Strict):
     """The manifest's optional `frame` section, as written; `Manifest.frame_limits` resolves the defaults."""
 
     min_size: FrameSize | None = None  # [w, h]
@@ -192,7 +188,7 @@ class FrameLimits:
         return (min(max(w, self.min_size[0]), self.max_size[0]), min(max(h, self.min_size[1]), self.max_size[1]))
 
 
-class Manifest(_Strict):
+class Manifest(Strict):
     name: Annotated[str, Field(min_length=1)]
     version: Annotated[int, Field(ge=0, le=65535)]  # written to a u16 PLC register
     file: Annotated[str, Field(min_length=1)]  # relative to the manifest's directory

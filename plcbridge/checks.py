@@ -16,7 +16,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from plcbridge.config import Config
+from plcbridge.config import Config, OpcUaPlcSettings
 
 Problem = tuple[str, str]  # (field path as written in the TOML, reason)
 
@@ -79,9 +79,9 @@ def _readable_file(where: str, path: Path) -> tuple[bytes | None, list[Problem]]
 
 def _pki_problems(cfg: Config, env: dict[str, str]) -> list[Problem]:
     """The OPC UA certificate, key and trusted server certificate: exist, readable, parse."""
-    o = cfg.plc.opcua
-    if cfg.plc.protocol != "opcua" or o.security_policy == "None":
+    if not isinstance(cfg.plc, OpcUaPlcSettings) or cfg.plc.opcua.security_policy == "None":
         return []
+    o = cfg.plc.opcua
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
@@ -163,10 +163,6 @@ def config_warnings(cfg: Config) -> list[Problem]:
                         f"{cam.stall_timeout_ms} ms is shorter than two frame periods (camera.fps = {fps:g}: a frame "
                         f"every {period_ms:.0f} ms): one late frame would be a CAMERA_FAULT; use at least "
                         f"{int(-(-2 * period_ms // 1))}"))
-    for proto in ("modbus", "opcua", "enip"):
-        if proto != cfg.plc.protocol and proto in cfg.plc.model_fields_set:
-            out.append((f"plc.{proto}", f"[plc.{proto}] is set but plc.protocol is {cfg.plc.protocol!r}: "
-                                        "these settings are not used"))
     m = cfg.metrics
     if m.enabled and m.host.strip("[]") in _WILDCARD_HOSTS:
         out.append(("metrics.host", f"{m.host!r} exposes the metrics and health endpoint on every network "

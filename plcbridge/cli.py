@@ -14,6 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
+from plcbridge import protocols
 from plcbridge.threads import limit_native_pools
 
 
@@ -130,7 +131,7 @@ def _write_run_summary(path: Path, daemon) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import math
 
-    from plcbridge.demo import run_demo
+    from plcbridge.tools.demo import run_demo
 
     for flag, value in (("--seconds", args.seconds), ("--trigger-hz", args.trigger_hz)):
         if not (value > 0 and math.isfinite(value)):
@@ -144,14 +145,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_docs(args: argparse.Namespace) -> int:
-    from plcbridge.docs import DOCUMENTS
+    from plcbridge.tools.docs import DOCUMENTS
 
     paths = [Path(args.output)] if args.output is not None else list(DOCUMENTS)
     return max(_render_doc(out, args.check) for out in paths)
 
 
 def _render_doc(out: Path, check: bool) -> int:
-    from plcbridge.docs import render_interface_doc
+    from plcbridge.tools.docs import render_interface_doc
 
     # The document is both template and output: its hand-written prose is kept, so it must exist.
     try:
@@ -246,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="simulator + daemon + bundled model + synthetic camera; prints a JSON summary")
     d.add_argument("--seconds", type=float, default=20.0)
     d.add_argument("--mode", choices=["triggered", "free-run"], default="triggered")
-    d.add_argument("--protocol", choices=["modbus", "opcua", "enip"], default="modbus")
+    d.add_argument("--protocol", choices=protocols.SIMULATED, default="modbus")
     d.add_argument("--trigger-hz", type=float, default=10.0, help="simulated line rate in triggered mode")
     d.add_argument("--camera-trigger", choices=["free-run", "software", "hardware"], default="free-run",
                    help="software: one frame taken per trigger; hardware: the simulated PLC pulses the camera's "
@@ -256,10 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sim", help="PLC simulator for commissioning")
     ssub = s.add_subparsers(dest="frontend", required=True)
-    from plcbridge.simulators.cli import FRONTENDS, add_arguments, run
+    from plcbridge.simulators.cli import add_arguments, run
 
-    for name in FRONTENDS:
-        add_arguments(ssub.add_parser(name, help=f"{name} PLC simulator"))
+    for name in protocols.SIMULATED:
+        add_arguments(ssub.add_parser(name, help=f"{protocols.get(name).title} PLC simulator"))
     s.set_defaults(func=run)
 
     g = sub.add_parser("docs", help="regenerate the generated tables of docs/plc-interface.md (signal contract) and "
@@ -269,7 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--check", action="store_true", help="exit 1 if the file differs from what would be written")
     g.set_defaults(func=_cmd_docs)
 
-    from plcbridge import bench, camera_tool, gate, manifest_tool
+    from plcbridge.tools import camera as camera_tool
+    from plcbridge.tools import manifest as manifest_tool
+    from plcbridge.tools.bench import gate
+    from plcbridge.tools.bench import run as bench
 
     manifest_tool.add_arguments(sub.add_parser("manifest", help=manifest_tool.HELP))
     cam = sub.add_parser("camera", help="GenICam commissioning: list (discovery), info, grab one frame")

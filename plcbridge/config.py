@@ -14,30 +14,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
 
+from plcbridge import protocols
 from plcbridge.contract import ResultCode
+from plcbridge.contract.enip import EnipTagMap
+from plcbridge.contract.modbus import ModbusMap
+from plcbridge.contract.opcua import OpcUaNodeMap
+from plcbridge.schema import FieldsError, Strict, validation_problems
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FieldsError(ValueError):
-    """A cross-field problem: `fields` are the paths (relative to the model that raises it)
-    it is about, so that the report names them instead of the section or "(top level)"."""
-
-    def __init__(self, fields: tuple[str, ...] | list[str], message: str) -> None:
-        super().__init__(message)
-        self.fields = tuple(fields)
-
-
-class StationSettings(_Strict):
+class StationSettings(Strict):
     name: str = "station-1"
     mode: Literal["triggered", "free-run"] = "triggered"
 
 
-class _CameraCommon(_Strict):
+class _CameraCommon(Strict):
     # "free-run": the camera streams and a trigger takes the first free frame after it.
     # "software": on each trigger the bridge asks the camera for exactly one frame and
     # judges that frame. "hardware": the PLC's output is wired to the camera's trigger
@@ -161,7 +153,7 @@ CameraSettings = Annotated[
 ]
 
 
-class ModelSettings(_Strict):
+class ModelSettings(Strict):
     # A manifest.json path, a directory holding one, or "builtin:demo" for the bundled model.
     manifest: str = "builtin:demo"
     device: Literal["cpu", "cuda"] = "cpu"
@@ -181,11 +173,10 @@ class ModelSettings(_Strict):
         return self.latency_budget_ms if self.latency_budget_ms is not None else self.inference_timeout_ms / 2
 
 
-class ModbusSettings(_Strict):
-    device_id: Annotated[int, Field(ge=0, le=255)] = 1
-    outputs_base: Annotated[int, Field(ge=0, le=65535)] = 0
-    inputs_base: Annotated[int, Field(ge=0, le=65535)] = 100
-    word_order: Literal["high_first", "low_first"] = "high_first"
+class ModbusSettings(ModbusMap):
+    """`[plc.modbus]`: the register layout shared with the simulator (plcbridge/contract/modbus.py),
+    and how an exchange travels."""
+
     # How one exchange travels. "fc23": Read/Write Multiple Registers, one round trip.
     # "fc16+fc3": write the outputs, then read the inputs (two round trips; every PLC has
     # them). "auto": FC23 on the first exchange of each connection, and FC16 + FC3 from then
@@ -193,14 +184,15 @@ class ModbusSettings(_Strict):
     exchange: Literal["auto", "fc23", "fc16+fc3"] = "auto"
 
 
-class OpcUaSettings(_Strict):
-    """OPC UA client settings (asyncua). The endpoint is opc.tcp://{plc.host}:{plc.port}{endpoint_path}.
+class OpcUaSettings(OpcUaNodeMap):
+    """`[plc.opcua]`: OPC UA client settings (asyncua). The endpoint is
+    opc.tcp://{plc.host}:{plc.port}{endpoint_path}.
 
     Nodes are namespace URI + identifier (never a namespace index, which a server may change
     when it restarts); identifiers come from the two templates, `{signal}` replaced by the
     contract name, and single signals can be renamed. After validation the node maps are
-    complete, so `check-config` prints every node the bridge will use. See
-    plcbridge/adapters/plc/opcua_nodes.py.
+    complete, so `check-config` prints every node the bridge will use. The node map is shared
+    with the simulator: plcbridge/contract/opcua.py.
 
     Secrets are never in this file: the password (and a key password) are read from the
     environment variables named here when connecting, so they never appear in the resolved
@@ -208,12 +200,6 @@ class OpcUaSettings(_Strict):
     """
 
     endpoint_path: str = ""  # e.g. "/OPCUA/SimulationServer"; most PLCs need none
-    namespace_uri: Annotated[str, Field(min_length=1)] = "urn:plcbridge:plc"
-    output_template: str = "plcbridge.outputs.{signal}"
-    input_template: str = "plcbridge.inputs.{signal}"
-    # signal name -> identifier ("s=..." string, "i=1234" numeric; plain text is a string id).
-    output_nodes: dict[str, str] = {}
-    input_nodes: dict[str, str] = {}
     # "None" is for commissioning only. Basic256Sha256 needs all three files below.
     security_policy: Literal["None", "Basic256Sha256"] = "None"
     security_mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
@@ -229,13 +215,6 @@ class OpcUaSettings(_Strict):
     # A session the bridge abandons (crash, cable) is freed by the PLC after this long; PLCs
     # have few session slots (S7-1500: a handful), so keep it short.
     session_timeout_ms: Annotated[int, Field(ge=1_000, le=3_600_000)] = 30_000
-
-    @model_validator(mode="before")
-    @classmethod
-    def _complete_node_names(cls, data: Any) -> Any:
-        from plcbridge.adapters.plc.opcua_nodes import complete_node_names  # the one node table
-
-        return complete_node_names(data)
 
     @model_validator(mode="after")
     def _security_is_complete(self) -> "OpcUaSettings":
@@ -253,32 +232,18 @@ class OpcUaSettings(_Strict):
         return self
 
 
-class EnipSettings(_Strict):
-    """EtherNet/IP client settings for an Allen-Bradley Logix controller (pycomm3 LogixDriver).
+class EnipSettings(EnipTagMap):
+    """`[plc.enip]`: EtherNet/IP client settings for an Allen-Bradley Logix controller (pycomm3
+    LogixDriver).
 
-    Tag names default to the set in plcbridge/adapters/plc/enip_tags.py (PB_Heartbeat, ...);
-    a table here renames single signals. After validation both maps are complete, so
-    `check-config` prints every tag the bridge will use.
+    Tag names default to the set in plcbridge/contract/enip.py (PB_Heartbeat, ...); a table
+    here renames single signals. After validation both maps are complete, so `check-config`
+    prints every tag the bridge will use.
     """
 
     # Backplane slot of the controller: the CPU's slot in a ControlLogix chassis, 0 for a
     # CompactLogix. The CIP route is host:port/backplane/slot.
     slot: Annotated[int, Field(ge=0, le=255)] = 0
-    # signal name -> tag name ("PB_Status" or "Program:MainProgram.PB_Status").
-    output_tags: dict[str, str] = {}
-    input_tags: dict[str, str] = {}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _complete_tag_names(cls, data: Any) -> Any:
-        from plcbridge.adapters.plc.enip_tags import complete_tag_names  # the one tag table
-
-        return complete_tag_names(data)
-
-    @property
-    def program_scoped(self) -> bool:
-        """True if any tag is program-scoped: only then must a connect upload program tags."""
-        return any(n.startswith("Program:") for n in (*self.output_tags.values(), *self.input_tags.values()))
 
 
 # Settings that were removed, and what replaced them: an old station file is refused with
@@ -291,10 +256,13 @@ REMOVED_PLC_SETTINGS: dict[str, str] = {
 }
 
 
-class PlcSettings(_Strict):
-    protocol: Literal["modbus", "opcua", "enip"] = "modbus"
+class PlcCommon(Strict):
+    """`[plc]`: what every protocol shares. `protocol` picks one of the variants below, and
+    only that protocol's own section (`[plc.modbus]`, `[plc.opcua]`, ...) is accepted."""
+
+    protocol: str
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 5020
+    port: Annotated[int, Field(ge=1, le=65535)]
     # The session is rebuilt when the PLC has answered nothing for this long; a reply that is
     # merely slower than the period is used, counted and kept. 200 ms is well above a slow
     # PLC's answer (OPC UA servers on S7-1500 / TwinCAT: 5-30 ms, p99 ~31 ms measured) and
@@ -311,21 +279,27 @@ class PlcSettings(_Strict):
     reconnect_min_ms: Annotated[int, Field(ge=1)] = 100
     reconnect_max_ms: Annotated[int, Field(ge=1)] = 5_000
     reconnect_reset_ms: Annotated[int, Field(ge=0)] = 10_000
-    modbus: ModbusSettings = ModbusSettings()
-    opcua: OpcUaSettings = OpcUaSettings()
-    enip: EnipSettings = EnipSettings()
+
+    @property
+    def title(self) -> str:
+        return protocols.get(self.protocol).title
 
     @model_validator(mode="before")
     @classmethod
-    def _refuse_removed_settings(cls, data: Any) -> Any:
+    def _refuse_removed_and_foreign_settings(cls, data: Any) -> Any:
         if isinstance(data, dict):
             for key, why in REMOVED_PLC_SETTINGS.items():
                 if key in data:
                     raise FieldsError((key,), why)
+            own = data.get("protocol", DEFAULT_PROTOCOL)
+            for key in protocols.NAMES:
+                if key != own and key in data:
+                    raise FieldsError((key,), f"[plc.{key}] configures protocol {key!r}, but plc.protocol is {own!r}: "
+                                              f"remove the section, or set plc.protocol = {key!r}")
         return data
 
     @model_validator(mode="after")
-    def _stale_before_dead(self) -> "PlcSettings":
+    def _stale_before_dead(self) -> "PlcCommon":
         if self.max_input_age_ms > self.link_timeout_ms:
             raise FieldsError(("max_input_age_ms", "link_timeout_ms"), f"max_input_age_ms ({self.max_input_age_ms}) must not exceed link_timeout_ms "
                              f"({self.link_timeout_ms}): the PLC must be told the bridge is blind before the "
@@ -336,7 +310,49 @@ class PlcSettings(_Strict):
         return self
 
 
-class TimingSettings(_Strict):
+DEFAULT_PROTOCOL = "modbus"
+
+
+class ModbusPlcSettings(PlcCommon):
+    """`[plc]` with `protocol = "modbus"`."""
+
+    protocol: Literal["modbus"] = "modbus"
+    port: Annotated[int, Field(ge=1, le=65535)] = protocols.get("modbus").default_port
+    modbus: ModbusSettings = ModbusSettings()
+
+
+class OpcUaPlcSettings(PlcCommon):
+    """`[plc]` with `protocol = "opcua"`."""
+
+    protocol: Literal["opcua"]
+    port: Annotated[int, Field(ge=1, le=65535)] = protocols.get("opcua").default_port
+    opcua: OpcUaSettings = OpcUaSettings()
+
+
+class EnipPlcSettings(PlcCommon):
+    """`[plc]` with `protocol = "enip"`."""
+
+    protocol: Literal["enip"]
+    port: Annotated[int, Field(ge=1, le=65535)] = protocols.get("enip").default_port
+    enip: EnipSettings = EnipSettings()
+
+
+def _protocol_of(value: Any) -> str | None:
+    """The tag of a [plc] table: "modbus" when it names none (the default protocol)."""
+    if isinstance(value, dict):
+        return value.get("protocol", DEFAULT_PROTOCOL)
+    return getattr(value, "protocol", None)
+
+
+# One variant per row of plcbridge/protocols.py (a test holds them equal).
+PlcSettings = Annotated[
+    Union[Annotated[ModbusPlcSettings, Tag("modbus")], Annotated[OpcUaPlcSettings, Tag("opcua")],
+          Annotated[EnipPlcSettings, Tag("enip")]],
+    Discriminator(_protocol_of),
+]
+
+
+class TimingSettings(Strict):
     period_ms: Annotated[float, Field(ge=1, le=10_000)] = 10.0
     # free-run: a decision whose frame is older than this is not written (STALE_RESULT).
     max_result_age_ms: Annotated[int, Field(ge=1)] = 250
@@ -352,7 +368,7 @@ class TimingSettings(_Strict):
     frame_window_ms: Annotated[int, Field(ge=1, le=60_000)] = 100
 
 
-class FailsafeSettings(_Strict):
+class FailsafeSettings(Strict):
     """What the PLC gets instead of a verdict. Data, not code: plants differ."""
 
     result_code: Literal["FAILSAFE", "FAIL"] = "FAILSAFE"
@@ -363,24 +379,24 @@ class FailsafeSettings(_Strict):
         return ResultCode[self.result_code]
 
 
-class LoggingSettings(_Strict):
+class LoggingSettings(Strict):
     format: Literal["json", "text"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
     # A repeated error event is logged at most once per this window, with a suppressed count.
     rate_limit_s: Annotated[float, Field(ge=0)] = 5.0
 
 
-class MetricsSettings(_Strict):
+class MetricsSettings(Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 9108
 
 
-class Config(_Strict):
+class Config(Strict):
     station: StationSettings = StationSettings()
     camera: CameraSettings = SyntheticCameraSettings()
     model: ModelSettings = ModelSettings()
-    plc: PlcSettings = PlcSettings()
+    plc: PlcSettings = ModbusPlcSettings()
     timing: TimingSettings = TimingSettings()
     failsafe: FailsafeSettings = FailsafeSettings()
     logging: LoggingSettings = LoggingSettings()
@@ -421,43 +437,7 @@ class ConfigError(ValueError):
 
 # Unions whose tag pydantic inserts into an error's location: (prefix, tag field). The user
 # writes `camera.path`, never `camera.folder.path`.
-TAGGED_UNIONS: tuple[tuple[tuple[str, ...], str], ...] = ((("camera",), "source"),)
-
-_VALUE_ERROR_PREFIXES = ("Value error, ", "Assertion failed, ")
-
-
-def validation_problems(e: ValidationError,
-                        tagged: tuple[tuple[tuple[str, ...], str], ...] = ()) -> list[tuple[str, str]]:
-    """(dotted field path, reason) for each error: the form every schema error is reported in.
-
-    `tagged`: (location prefix, tag field) of discriminated unions whose tag pydantic puts in
-    the location; it is taken out (and a missing or unknown tag is reported at the tag field).
-    A cross-field problem raised as FieldsError is reported at the fields it names.
-    """
-    out: list[tuple[str, str]] = []
-    for err in e.errors():
-        loc = tuple(str(p) for p in err["loc"])
-        msg = err["msg"]
-        for prefix, tag_field in tagged:
-            n = len(prefix)
-            if loc[:n] == prefix:
-                if err["type"] in ("union_tag_invalid", "union_tag_not_found") and len(loc) == n:
-                    loc = (*prefix, tag_field)
-                elif len(loc) > n:
-                    loc = (*prefix, *loc[n + 1:])
-        cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, FieldsError):
-            base = ".".join(loc)
-            where = ", ".join(f"{base}.{f}" if base else f for f in cause.fields)
-            msg = str(cause)
-        else:
-            where = ".".join(loc) or "(top level)"
-            for pre in _VALUE_ERROR_PREFIXES:
-                if msg.startswith(pre):
-                    msg = msg[len(pre):]
-        out.append((where, msg))
-    return out
-
+TAGGED_UNIONS: tuple[tuple[tuple[str, ...], str], ...] = ((("camera",), "source"), (("plc",), "protocol"))
 
 def _apply_env(raw: dict[str, Any], env: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     """The raw config with the overrides applied, and {dotted field path: variable} of those applied."""

@@ -36,11 +36,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError, adapter_class
+from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
 from plcbridge.backoff import Backoff
 from plcbridge.contract import Inputs, Outputs
 from plcbridge.logs import get_logger, log_event
 from plcbridge.metrics import Metrics
+from plcbridge.protocols import adapter_class
 
 log = get_logger("plc")
 

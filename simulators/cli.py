@@ -1,6 +1,7 @@
 """`plcbridge sim PROTOCOL`: run the simulated PLC behind one protocol front-end until stopped.
 
-The main CLI (plcbridge/cli.py) creates one `sim NAME` sub-parser per entry of FRONTENDS,
+The main CLI (plcbridge/cli.py) creates one `sim NAME` sub-parser per simulated protocol of
+the protocol table (plcbridge/protocols.py),
 calls `add_arguments(parser)` on it and `run(args)` for it (`args.frontend` names the
 front-end). `python -m plcbridge.simulators.cli modbus ...` does the same standalone.
 
@@ -27,20 +28,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from plcbridge.adapters.registry import resolve
+from plcbridge import protocols
 
 from .device import DeviceFileError, load_device
 from .program import SimulatedPlc
 from .trace import TracingPlc
-
-# Protocol front-ends of the one simulated PLC program, imported only when chosen. Each takes
-# (DeviceSettings, SimulatedPlc) and offers start(), stop(), host, port, running, error,
-# summary() and status_line(), like ModbusSimulator.
-FRONTENDS: dict[str, str] = {
-    "modbus": "plcbridge.simulators.modbus:ModbusSimulator",
-    "opcua": "plcbridge.simulators.opcua:OpcUaSimulator",
-    "enip": "plcbridge.simulators.enip:EnipSimulator",
-}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -153,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"plcbridge sim: cannot open the trace file {trace}: {e.strerror}", file=sys.stderr)
         return 2
-    sim = resolve(FRONTENDS, args.frontend, "simulator front-end")(settings, program)
+    sim = protocols.frontend_class(args.frontend)(settings, program)
     status = None if args.quiet else _StatusLine(sys.stderr)
     try:
         # asyncua logs a failed start with its traceback on its own; the message below says it all.
@@ -206,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     """Standalone entry point mirroring `plcbridge sim ...`."""
     parser = argparse.ArgumentParser(prog="python -m plcbridge.simulators.cli", description="PLC simulator")
     sub = parser.add_subparsers(dest="frontend", required=True)
-    for name in FRONTENDS:
-        add_arguments(sub.add_parser(name, help=f"{name} PLC simulator"))
+    for name in protocols.SIMULATED:
+        add_arguments(sub.add_parser(name, help=f"{protocols.get(name).title} PLC simulator"))
     return run(parser.parse_args(argv))
 
 

@@ -18,10 +18,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from plcbridge.config import validation_problems
-from plcbridge.contract import U32_MAX, RegisterMap
+from plcbridge import protocols
+from plcbridge.contract import U32_MAX
+from plcbridge.contract.enip import EnipTagMap
+from plcbridge.contract.modbus import ModbusMap
+from plcbridge.contract.opcua import OpcUaNodeMap
+from plcbridge.schema import Strict, validation_problems
 
 DEFAULT_DEVICE = "default"
 #: Upper bound of reply_delay_ms / reply_jitter_ms: far above any PLC timeout worth testing.
@@ -30,11 +34,7 @@ MAX_REPLY_DELAY_MS = 10_000.0
 MAX_SCENARIO_S = 7 * 24 * 3600.0
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ProgramSettings(_Strict):
+class ProgramSettings(Strict):
     """What the PLC program does; protocol-agnostic.
 
     Besides the line's rate (`trigger_hz`, `max_outstanding`: above 1 with a rate faster than
@@ -57,7 +57,7 @@ class ProgramSettings(_Strict):
     stuck_trigger_for_s: Annotated[float, Field(gt=0, le=MAX_SCENARIO_S, allow_inf_nan=False)] = 0.1
 
 
-class NetworkSettings(_Strict):
+class NetworkSettings(Strict):
     """The network between the bridge and the simulated PLC, for every front-end.
 
     With a reply delay or jitter, or `relay = true`, a TCP relay (simulators/network.py)
@@ -76,56 +76,29 @@ class NetworkSettings(_Strict):
         return self.relay or self.reply_delay_ms > 0 or self.reply_jitter_ms > 0
 
 
-class ModbusSimSettings(_Strict):
-    """The Modbus TCP front-end: where it listens and where the contract's blocks live."""
+class ModbusSimSettings(ModbusMap):
+    """The Modbus TCP front-end: where it listens; the register layout is the bridge's own
+    model (plcbridge/contract/modbus.py), so both ends check it alike."""
 
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 5020
-    device_id: Annotated[int, Field(ge=0, le=255)] = 1
-    outputs_base: Annotated[int, Field(ge=0, le=65535)] = 0
-    inputs_base: Annotated[int, Field(ge=0, le=65535)] = 100
-    word_order: Literal["high_first", "low_first"] = "high_first"
+    port: Annotated[int, Field(ge=0, le=65535)] = protocols.get("modbus").default_port
     # FC23 Read/Write Multiple Registers; false answers it with exception 01 ILLEGAL_FUNCTION,
     # as many PLC servers do (Siemens MB_SERVER, for one).
     fc23: bool = True
 
-    @property
-    def register_map(self) -> RegisterMap:
-        return RegisterMap(self.outputs_base, self.inputs_base, self.word_order)
 
-    @model_validator(mode="after")
-    def _blocks_fit_and_do_not_overlap(self) -> "ModbusSimSettings":
-        # RegisterMap itself does not check this; an overlap would make the bridge's writes
-        # clobber the PLC's inputs, which no real PLC would allow either.
-        rmap = self.register_map
-        out = range(rmap.outputs_base, rmap.outputs_base + rmap.outputs_count)
-        inp = range(rmap.inputs_base, rmap.inputs_base + rmap.inputs_count)
-        if out.stop > 65536 or inp.stop > 65536:
-            raise ValueError("a register block runs past address 65535")
-        if out.start < inp.stop and inp.start < out.stop:
-            raise ValueError(
-                f"output block {out.start}..{out.stop - 1} overlaps input block {inp.start}..{inp.stop - 1}"
-            )
-        return self
-
-
-class OpcUaSimSettings(_Strict):
+class OpcUaSimSettings(OpcUaNodeMap):
     """The OPC UA front-end: where it listens, the nodes it exposes, and its endpoints' security.
 
-    Node identifiers default to the bridge's defaults (adapters/plc/opcua_nodes.py) and are
-    renamed exactly like the bridge's `[plc.opcua]` templates and tables. `endpoints` lists
+    The node map is the bridge's own model (plcbridge/contract/opcua.py): identifiers default
+    alike and are renamed exactly like the bridge's `[plc.opcua]` templates and tables. `endpoints` lists
     the security configurations offered; any secured one needs `certificate` and
     `private_key`. With `username` set, anonymous sessions are refused and the password is
     read from the environment variable `password_env` when the simulator starts.
     """
 
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 4840
-    namespace_uri: Annotated[str, Field(min_length=1)] = "urn:plcbridge:plc"
-    output_template: str = "plcbridge.outputs.{signal}"
-    input_template: str = "plcbridge.inputs.{signal}"
-    output_nodes: dict[str, str] = {}
-    input_nodes: dict[str, str] = {}
+    port: Annotated[int, Field(ge=0, le=65535)] = protocols.get("opcua").default_port
     endpoints: Annotated[
         list[Literal["None", "Basic256Sha256_Sign", "Basic256Sha256_SignAndEncrypt"]], Field(min_length=1)
     ] = ["None"]
@@ -136,13 +109,6 @@ class OpcUaSimSettings(_Strict):
     username: str | None = None
     password_env: Annotated[str, Field(min_length=1)] = "PLCBRIDGE_SIM_OPCUA_PASSWORD"
 
-    @model_validator(mode="before")
-    @classmethod
-    def _complete_node_names(cls, data: Any) -> Any:
-        from plcbridge.adapters.plc.opcua_nodes import complete_node_names  # the one node table
-
-        return complete_node_names(data)
-
     @model_validator(mode="after")
     def _secured_endpoints_have_a_certificate(self) -> "OpcUaSimSettings":
         secured = [e for e in self.endpoints if e != "None"]
@@ -151,24 +117,16 @@ class OpcUaSimSettings(_Strict):
         return self
 
 
-class EnipSimSettings(_Strict):
+class EnipSimSettings(EnipTagMap):
     """The EtherNet/IP front-end: where it listens and what its controller tags are called.
 
-    Tag names default to the bridge's defaults (adapters/plc/enip_tags.py) and are renamed
-    per signal exactly like the bridge's `[plc.enip.output_tags]` / `[plc.enip.input_tags]`.
+    The tag map is the bridge's own model (plcbridge/contract/enip.py): names default alike
+    and are renamed per signal exactly like the bridge's `[plc.enip.output_tags]` /
+    `[plc.enip.input_tags]`.
     """
 
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 44818
-    output_tags: dict[str, str] = {}
-    input_tags: dict[str, str] = {}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _complete_tag_names(cls, data: Any) -> Any:
-        from plcbridge.adapters.plc.enip_tags import complete_tag_names  # the one tag table
-
-        return complete_tag_names(data)
+    port: Annotated[int, Field(ge=0, le=65535)] = protocols.get("enip").default_port
 
     @model_validator(mode="after")
     def _controller_scoped_only(self) -> "EnipSimSettings":
@@ -178,7 +136,7 @@ class EnipSimSettings(_Strict):
         return self
 
 
-class CameraLineSettings(_Strict):
+class CameraLineSettings(Strict):
     """The PLC output wired to the camera's trigger input (simulators/camera_line.py): one UDP
     datagram to 127.0.0.1:port per trigger, for a synthetic camera with trigger = "hardware"."""
 
@@ -187,7 +145,7 @@ class CameraLineSettings(_Strict):
     extra_every: Annotated[int, Field(ge=0, le=1_000_000)] = 0  # an extra pulse after every Nth trigger
 
 
-class DeviceSettings(_Strict):
+class DeviceSettings(Strict):
     program: ProgramSettings = ProgramSettings()
     network: NetworkSettings = NetworkSettings()
     camera_line: CameraLineSettings = CameraLineSettings()

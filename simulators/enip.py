@@ -45,7 +45,7 @@ from ethernetip.logix.tag import Tag
 from ethernetip.logix.tag_database import TagDatabase
 from ethernetip.protocol.eip_adapter import EipAdapter
 
-from plcbridge.adapters.plc.enip_tags import (
+from plcbridge.contract.enip import (
     INPUT_TAGS,
     OUTPUT_TAGS,
     TagSpec,

@@ -2,7 +2,7 @@
 
 The address space holds the contract's nodes in the configured namespace, under
 Objects/PlcBridge/Outputs and Objects/PlcBridge/Inputs, typed from the contract
-(adapters/plc/opcua_nodes.py), each with the contract's meaning as its Description, so a
+(plcbridge/contract/opcua.py), each with the contract's meaning as its Description, so a
 commissioning engineer browsing with UaExpert sees what every value is.
 
 - Output nodes are writable; input nodes are read-only to clients (the PLC owns them, as the
@@ -49,8 +49,8 @@ from asyncua.common.callback import CallbackType, ServerItemCallback
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.user_managers import UserManager
 
-from plcbridge.adapters.plc.opcua_nodes import NodeSpec, node_specs
 from plcbridge.contract import Inputs, Outputs
+from plcbridge.contract.opcua import NodeSpec, node_specs
 
 from .device import DeviceSettings
 from .frontend import ThreadedFrontend

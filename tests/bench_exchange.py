@@ -21,9 +21,9 @@ import time
 
 import numpy as np
 
-from plcbridge.adapters.plc.base import adapter_class
 from plcbridge.config import load_config, parse_config
 from plcbridge.contract import Outputs, StatusBit
+from plcbridge.protocols import adapter_class
 
 CASES = {  # name -> (protocol, extra [plc] settings)
     "modbus fc23": ("modbus", {"modbus": {"exchange": "fc23"}}),
@@ -49,6 +49,7 @@ def measure(name: str, count: int, gap_s: float) -> dict:
     sim, port = _start_sim(protocol)
     try:
         raw = load_config(None, env={}).model_dump(mode="json")
+        raw["plc"] = {k: v for k, v in raw["plc"].items() if k != "modbus"} if protocol != "modbus" else raw["plc"]
         raw["plc"].update({"protocol": protocol, "port": port, **extra})
         settings = parse_config(raw, "<bench>", env={}).plc
         adapter = adapter_class(protocol)(settings)

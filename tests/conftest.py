@@ -9,10 +9,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from plcbridge.adapters.registry import resolve
+from plcbridge import protocols
 from plcbridge.config import Config, load_config, parse_config
 from plcbridge.contract import Outputs
-from plcbridge.simulators.cli import FRONTENDS
 from plcbridge.simulators.device import load_device
 from plcbridge.simulators.frontend import ThreadedFrontend
 from plcbridge.simulators.program import SimulatedPlc
@@ -36,6 +35,8 @@ def station_config(port: int, mode: str = "triggered", **sections: dict[str, Any
     raw["station"]["mode"] = mode
     raw["plc"]["port"] = port
     raw["metrics"]["enabled"] = False
+    if sections.get("plc", {}).get("protocol", "modbus") != "modbus":
+        del raw["plc"]["modbus"]  # [plc] carries the chosen protocol's section only
     for name, values in sections.items():
         raw[name].update(values)
     return parse_config(raw, "<test>", env={})
@@ -54,7 +55,7 @@ def make_sim() -> Iterator[Callable[..., ThreadedFrontend]]:
         overrides.update({f"program.{k}": v for k, v in program.items()})
         overrides.update(device or {})
         settings = load_device(None, overrides)
-        frontend = resolve(FRONTENDS, protocol, "simulator front-end")
+        frontend = protocols.frontend_class(protocol)
         sim = frontend(settings, RecordingPlc(settings.program)).start()
         sims.append(sim)
         return sim

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from plcbridge.bench import BenchOptions, run_bench
-from plcbridge.bench_stats import cpu_seconds, dropped_frames, join_capture_to_plc, split_startup, stats_ms, vm_kib
-from plcbridge.gate import DEFAULT_BUDGET, load_budget
+from plcbridge.tools.bench.gate import DEFAULT_BUDGET, load_budget
+from plcbridge.tools.bench.run import BenchOptions, run_bench
+from plcbridge.tools.bench.stats import cpu_seconds, dropped_frames, join_capture_to_plc, split_startup, stats_ms, vm_kib
 
 PERCENTILES = ("p50", "p95", "p99", "max")
 

@@ -215,19 +215,30 @@ def test_summary_json_that_cannot_be_written_fails_at_start(tmp_path):
 
 def test_check_config_warns_about_settings_probably_not_meant(tmp_path):
     p = station(tmp_path, '[camera]\nsource = "synthetic"\nfps = 2\nstall_timeout_ms = 500\n' + MODEL
-                + '[plc.opcua]\nnamespace_uri = "urn:x"\n[metrics]\nhost = "0.0.0.0"\n')
+                + '[metrics]\nhost = "0.0.0.0"\n')
     r = plcbridge("check-config", str(p))
     assert r.returncode == 0, r.stderr
     warnings = [line for line in r.stderr.splitlines() if line.startswith(f"plcbridge: warning: {p}: ")]
-    assert len(warnings) == 3, r.stderr
+    assert len(warnings) == 2, r.stderr
     text = "\n".join(warnings)
     assert "camera.stall_timeout_ms" in text and "two frame periods" in text
-    assert "plc.opcua" in text and "'modbus'" in text
     assert "metrics.host" in text and "every network interface" in text
     r = plcbridge("check-config", str(station(tmp_path, NAMED + '[metrics]\nhost = "::"\n')))
     assert r.returncode == 0 and "metrics.host" in r.stderr
     r = plcbridge("check-config", str(station(tmp_path, NAMED)))
     assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
+
+def test_another_protocols_section_is_refused_and_check_config_shows_only_the_chosen_one(tmp_path):
+    # [plc] carries one protocol: a section of another is an error naming both, not dead
+    # settings, and check-config prints only the chosen protocol's section.
+    p = station(tmp_path, NAMED + '[plc.opcua]\nnamespace_uri = "urn:x"\n')
+    r = plcbridge("check-config", str(p))
+    refused(r, str(p), "plc.opcua", "plc.protocol is 'modbus'")
+    r = plcbridge("check-config", str(station(tmp_path, NAMED)))
+    assert r.returncode == 0, r.stderr
+    assert "[plc.modbus]" in r.stdout or "modbus" in r.stdout
+    assert "opcua" not in r.stdout and "PB_Heartbeat" not in r.stdout, r.stdout
 
 
 def test_run_logs_the_warnings_as_config_warning_events(tmp_path):

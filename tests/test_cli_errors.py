@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from plcbridge.gate import DEFAULT_BUDGET, load_budget, print_gate_result
+from plcbridge.tools.bench.gate import DEFAULT_BUDGET, load_budget, print_gate_result
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_MODEL = REPO / "inference" / "models" / "demo"
@@ -178,7 +178,7 @@ def test_demo_summary_has_a_verdict() -> None:
 
 
 def test_demo_verdict_rules() -> None:
-    from plcbridge.demo import demo_verdict
+    from plcbridge.tools.demo import demo_verdict
 
     good = {"mode": "triggered", "results": {"PASS": 5, "FAIL": 2}, "heartbeat_alarms": 0,
             "write_loop": {"ticks": 1000, "overruns": 10}, "plc_link": {"reconnects": 0},

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from plcbridge import config_reference
 from plcbridge.config import Config, load_config
+from plcbridge.tools import config_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def _keys(model: type[BaseModel], prefix: str = "") -> set[str]:
 def test_configuration_doc_is_current():
     path = ROOT / "docs" / "configuration.md"
     assert path.read_text() == config_reference.render(path), (
-        "docs/configuration.md is out of date: run `python -m plcbridge.config_reference` (or `plcbridge docs` "
+        "docs/configuration.md is out of date: run `python -m plcbridge.tools.config_reference` (or `plcbridge docs` "
         "once it renders the config section)")
 
 
@@ -57,7 +57,7 @@ def test_every_key_is_documented_with_a_meaning():
 def test_reference_shows_types_defaults_and_constraints():
     text = config_reference.markdown_reference()
     assert '| `mode` | `"triggered"` \\| `"free-run"` | `"triggered"` |' in text
-    assert "| `port` | integer | `5020` | >= 1, <= 65 535 |" in text
+    assert "| `port` | integer | `5020` (modbus), `4840` (opcua), `44 818` (enip) | >= 1, <= 65 535 |" in text
     assert "| `source` | `\"folder\"` | **required** |" in text
     assert "`PLCBRIDGE_PLC_HOST` | `plc.host`" in text
     assert typing.get_type_hints(config_reference.markdown_reference)["return"] is str

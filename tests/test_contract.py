@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from plcbridge.contract import INPUT_SIGNALS, OUTPUT_SIGNALS, Inputs, Outputs, RegisterMap, score_to_register
-from plcbridge.docs import render_interface_doc
+from plcbridge.contract import INPUT_SIGNALS, OUTPUT_SIGNALS, Inputs, Outputs, score_to_register
+from plcbridge.contract.modbus import RegisterMap
+from plcbridge.tools.docs import render_interface_doc
 
 ROOT = Path(__file__).resolve().parents[1]
 

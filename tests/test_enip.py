@@ -17,15 +17,6 @@ from conftest import running, station_config, wait_for
 
 from plcbridge.adapters.plc.base import PlcError
 from plcbridge.adapters.plc.enip import EnipAdapter
-from plcbridge.adapters.plc.enip_tags import (
-    INPUT_TAGS,
-    OUTPUT_TAGS,
-    decode_inputs,
-    decode_outputs,
-    encode_inputs,
-    encode_outputs,
-    resolve_names,
-)
 from plcbridge.config import ConfigError, parse_config
 from plcbridge.contract import (
     INPUT_SIGNALS,
@@ -35,9 +26,18 @@ from plcbridge.contract import (
     Outputs,
     StatusBit,
 )
-from plcbridge.demo import start_simulator, stop_simulator
+from plcbridge.contract.enip import (
+    INPUT_TAGS,
+    OUTPUT_TAGS,
+    decode_inputs,
+    decode_outputs,
+    encode_inputs,
+    encode_outputs,
+    resolve_names,
+)
 from plcbridge.simulators.device import DeviceFileError, load_device
 from plcbridge.simulators.enip import EnipSimulator
+from plcbridge.simulators.process import start_simulator, stop_simulator
 
 ENIP = {"protocol": "enip"}
 

@@ -244,7 +244,7 @@ def test_metrics_count_failed_buffers_and_packets() -> None:
 
 
 def _tool(*argv: str) -> int:
-    from plcbridge import camera_tool
+    from plcbridge.tools import camera as camera_tool
 
     parser = argparse.ArgumentParser()
     camera_tool.add_arguments(parser)

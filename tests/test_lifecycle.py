@@ -14,7 +14,7 @@ import pytest
 from conftest import running, station_config, wait_for
 
 from plcbridge.contract import FaultCode, ResultCode, StatusBit
-from plcbridge.demo import start_simulator, stop_simulator
+from plcbridge.simulators.process import start_simulator, stop_simulator
 
 
 @pytest.mark.parametrize("protocol", ["modbus", "enip"])  # OPC UA: tests/test_opcua.py (its own session checks)

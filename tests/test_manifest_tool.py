@@ -13,8 +13,8 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
-from plcbridge import manifest_tool  # noqa: E402
 from plcbridge.inference.manifest import load_manifest  # noqa: E402
+from plcbridge.tools import manifest as manifest_tool  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "inference" / "models" / "demo" / "defect_cnn.onnx"
 

@@ -24,12 +24,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from plcbridge.adapters.plc.base import PlcError
 from plcbridge.adapters.plc.opcua import OpcUaAdapter
-from plcbridge.adapters.plc.opcua_nodes import markdown_table, node_specs, resolve_nodes
 from plcbridge.config import Config, ConfigError
 from plcbridge.contract import INPUT_SIGNALS, OUTPUT_SIGNALS, Outputs, StatusBit
-from plcbridge.demo import start_simulator, stop_simulator
+from plcbridge.contract.opcua import markdown_tables, node_specs, resolve_nodes
 from plcbridge.simulators.device import DeviceFileError, load_device
 from plcbridge.simulators.opcua import OpcUaSimulator
+from plcbridge.simulators.process import start_simulator, stop_simulator
 
 SIM_PASSWORD = "sim-pw-Zq8!"  # what the simulator accepts
 WRONG_PASSWORD = "wrong-pw-Xk3?"
@@ -79,7 +79,7 @@ def test_nodes_are_the_contract_with_its_types():
     assert types["outputs.part_id"] == types["inputs.part_id"] == "UInt32"
     assert types["outputs.status"] == types["outputs.score"] == types["inputs.trigger_seq"] == "UInt16"
     assert outs[0].expanded("urn:x") == "nsu=urn:x;s=plcbridge.outputs.heartbeat"
-    table = markdown_table()
+    table = markdown_tables()
     assert "`plcbridge.outputs.score`" in table and "| UInt32 | UDINT |" in table
 
 

@@ -22,11 +22,10 @@ from conftest import RecordingPlc, wait_for
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 
-from plcbridge.adapters.plc.enip_tags import INPUT_TAGS, OUTPUT_TAGS
-from plcbridge.adapters.plc.opcua_nodes import node_specs
-from plcbridge.adapters.registry import resolve
+from plcbridge import protocols
 from plcbridge.contract import Outputs, StatusBit
-from plcbridge.simulators.cli import FRONTENDS
+from plcbridge.contract.enip import INPUT_TAGS, OUTPUT_TAGS
+from plcbridge.contract.opcua import node_specs
 from plcbridge.simulators.device import DeviceFileError, load_device
 from plcbridge.simulators.frontend import ThreadedFrontend
 
@@ -43,7 +42,7 @@ def start() -> Iterator[Callable[..., ThreadedFrontend]]:
         settings = load_device(None, {
             f"{protocol}.host": "127.0.0.1", f"{protocol}.port": 0, "program.mode": "free-run",
             "program.watchdog_ms": 60_000, **{f"network.{k}": v for k, v in network.items()}})
-        sim = resolve(FRONTENDS, protocol, "simulator front-end")(settings, RecordingPlc(settings.program)).start()
+        sim = protocols.frontend_class(protocol)(settings, RecordingPlc(settings.program)).start()
         sims.append(sim)
         return sim
 

@@ -21,10 +21,10 @@ from plcbridge.contract import (
     FaultCode,
     Inputs,
     Outputs,
-    RegisterMap,
     ResultCode,
     StatusBit,
 )
+from plcbridge.contract.modbus import RegisterMap
 from plcbridge.simulators.device import (
     DeviceFileError,
     DeviceSettings,

@@ -13,7 +13,7 @@ from plcbridge.config import ConfigError, parse_config
 from plcbridge.contract import FaultCode, ResultCode
 from plcbridge.daemon import Daemon
 from plcbridge.decision import Decision
-from plcbridge.demo import free_udp_port
+from plcbridge.simulators.process import free_udp_port
 
 
 def _recording_daemon(cfg) -> tuple[Daemon, list[Decision]]:

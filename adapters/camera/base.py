@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from plcbridge.adapters.registry import resolve
+from plcbridge.registry import resolve
 
 
 @dataclass(frozen=True)

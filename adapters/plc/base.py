@@ -1,4 +1,5 @@
-"""The PLC adapter interface, and the registry that picks a protocol by name.
+"""The PLC adapter interface. Which class serves which protocol is a column of the protocol
+table (plcbridge/protocols.py).
 
 An adapter is one connection. The link never repairs one: after a failure that leaves the
 session in doubt, the connection is dropped and `plcbridge.link.PlcLink` builds a *fresh*
@@ -13,7 +14,6 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-from plcbridge.adapters.registry import resolve
 from plcbridge.contract import Inputs, Outputs
 
 
@@ -71,15 +71,3 @@ class PlcAdapter(abc.ABC):
     def describe(self) -> str:
         """Where this adapter connects to, for logs (never credentials)."""
         return f"{self.settings.protocol}://{self.settings.host}:{self.settings.port}"
-
-
-# protocol name -> "module:Class", imported only when chosen.
-REGISTRY: dict[str, str] = {
-    "modbus": "plcbridge.adapters.plc.modbus:ModbusAdapter",
-    "opcua": "plcbridge.adapters.plc.opcua:OpcUaAdapter",
-    "enip": "plcbridge.adapters.plc.enip:EnipAdapter",
-}
-
-
-def adapter_class(protocol: str) -> type[PlcAdapter]:
-    return resolve(REGISTRY, protocol, "PLC protocol")

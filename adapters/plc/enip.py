@@ -30,14 +30,14 @@ from typing import Any
 from pycomm3 import LogixDriver
 
 from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
-from plcbridge.adapters.plc.enip_tags import (
+from plcbridge.contract import Inputs, Outputs
+from plcbridge.contract.enip import (
     INPUT_TAGS,
     OUTPUT_TAGS,
     TagSpec,
     decode_inputs,
     encode_outputs,
 )
-from plcbridge.contract import Inputs, Outputs
 
 # pycomm3 logs every failed request at ERROR with a traceback, and every request at INFO;
 # the link logs its own rate-limited events, and a disabled logger costs nothing per tick.

@@ -24,6 +24,7 @@ setting), 05/06 say "busy, try again" (the session is kept), anything else drops
 from __future__ import annotations
 
 import socket
+from typing import TYPE_CHECKING
 
 from pymodbus.client import ModbusTcpClient
 from pymodbus.constants import ExcCodes
@@ -31,8 +32,11 @@ from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
 from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
-from plcbridge.contract import Inputs, Outputs, RegisterMap
+from plcbridge.contract import Inputs, Outputs
 from plcbridge.logs import get_logger, log_event
+
+if TYPE_CHECKING:
+    from plcbridge.config import ModbusPlcSettings
 
 log = get_logger("plc")
 
@@ -61,10 +65,10 @@ def _why_no_connection(host: str, port: int, timeout_s: float) -> str:
 
 
 class ModbusAdapter(PlcAdapter):
-    def __init__(self, settings) -> None:  # settings: plcbridge.config.PlcSettings
+    def __init__(self, settings: ModbusPlcSettings) -> None:
         super().__init__(settings)
         m = settings.modbus
-        self.map = RegisterMap(m.outputs_base, m.inputs_base, m.word_order)
+        self.map = m.register_map
         self.device_id = m.device_id
         self.mode = m.exchange
         # None: not known yet (auto probes on the first exchange); True/False: FC23 or FC16+FC3.

@@ -50,8 +50,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
-from plcbridge.adapters.plc.opcua_nodes import node_specs
 from plcbridge.contract import OUTPUT_SIGNALS, Inputs, Outputs, check_range
+from plcbridge.contract.opcua import node_specs
 
 # asyncua logs every lost connection, failed close and revised session timeout, at WARNING
 # or ERROR with tracebacks, to its own loggers, and a certificate warning at every secured

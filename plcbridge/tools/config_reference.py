@@ -77,7 +77,7 @@ EXTRA: dict[str, str] = {
     "plc.opcua.input_nodes": "signal name -> identifier, for the inputs (renames only).",
 }
 
-# The marker syntax of plcbridge/docs.py, so that `plcbridge docs` can take this section over.
+# The marker syntax of plcbridge/tools/docs.py, so that `plcbridge docs` can take this section over.
 _SECTION = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+)[^>]*-->)(?P<body>.*?)(<!-- END GENERATED: (?P=name) -->)", re.S)
 _FIELD_LINE = re.compile(r"^(?P<indent>\s+)(?P<name>[a-z_][a-z0-9_]*)\s*:\s*[^=]")
 
@@ -252,11 +252,14 @@ def _sections(model: type[BaseModel], prefix: str, out: list[str]) -> None:
         if (sub := _model_of(info.annotation)) is not None:
             _sections(sub, path, out)
         elif variants := _variants(info.annotation):
+            tag = _tag_field(variants)
+            if any(_model_of(i.annotation) for v in variants for i in v.model_fields.values()):
+                _shared_table_sections(variants, tag, path, out)
+                continue
             for v in variants:
-                source = v.model_fields["source"]
-                value = typing.get_args(_unwrap(source.annotation)[0])[0]
-                default = " (the default)" if not source.is_required() else ""
-                out.append(f'### `[{path}]` with `source = "{value}"`{default}')
+                field = v.model_fields[tag]
+                default = " (the default)" if not field.is_required() else ""
+                out.append(f'### `[{path}]` with `{tag} = "{_tag_value(v, tag)}"`{default}')
                 out.append("")
                 if doc := _doc(v):
                     out += [doc, ""]
@@ -264,10 +267,54 @@ def _sections(model: type[BaseModel], prefix: str, out: list[str]) -> None:
                 out.append("")
 
 
+def _tag_field(variants: list[type[BaseModel]]) -> str:
+    """The discriminator: the field every variant has as a one-value Literal (camera: source)."""
+    for name in variants[0].model_fields:
+        if all(name in v.model_fields and len(typing.get_args(_unwrap(v.model_fields[name].annotation)[0])) == 1
+               and typing.get_origin(_unwrap(v.model_fields[name].annotation)[0]) is Literal for v in variants):
+            return name
+    raise ValueError(f"no discriminator field common to {', '.join(v.__name__ for v in variants)}")
+
+
+def _tag_value(variant: type[BaseModel], tag: str) -> str:
+    return typing.get_args(_unwrap(variant.model_fields[tag].annotation)[0])[0]
+
+
+def _shared_table_sections(variants: list[type[BaseModel]], tag: str, path: str, out: list[str]) -> None:
+    """A union whose variants share their keys and differ by a sub-section (the PLC protocols):
+    one table of the shared keys (a default that differs per variant is listed per variant),
+    then each variant's own sections."""
+    first = variants[0]
+    out.append(f"### `[{path}]`")
+    out.append("")
+    common = next((b for b in first.__mro__[1:] if all(issubclass(v, b) for v in variants)), None)
+    if common is not None and (doc := _doc(common)):
+        out += [doc, ""]
+    rows = _table(first, path)
+    tags = [_tag_value(v, tag) for v in variants]
+    for i, (name, info) in enumerate((n, f) for n, f in first.model_fields.items() if _model_of(f.annotation) is None):
+        if name == tag:
+            row = rows[i + 2].split(" | ")
+            row[1], row[2] = " / ".join(f'`"{t}"`' for t in tags), f'`"{tags[0]}"`'
+            rows[i + 2] = " | ".join(row)
+            continue
+        defaults = [_default(v.model_fields[name]) for v in variants]
+        if len(set(defaults)) > 1:
+            row = rows[i + 2].split(" | ")
+            row[2] = ", ".join(f"{d} ({t})" for d, t in zip(defaults, tags))
+            rows[i + 2] = " | ".join(row)
+    out += rows
+    out.append("")
+    for v in variants:
+        for name, info in v.model_fields.items():
+            if (sub := _model_of(info.annotation)) is not None:
+                _sections(sub, f"{path}.{name}", out)
+
+
 def markdown_reference() -> str:
     """Every key of the station file, section by section, as Markdown tables."""
     out = [
-        "Generated from `plcbridge/config.py` by `plcbridge.config_reference` (do not edit by hand). "
+        "Generated from `plcbridge/config.py` by `plcbridge.tools.config_reference` (do not edit by hand). "
         "Every key is optional unless marked required; a section left out takes all its defaults. "
         "Unknown keys are errors. Durations are in milliseconds (`_ms`) or seconds (`_s`).",
         "",
@@ -295,7 +342,7 @@ def render(path: Path = DEFAULT_PATH) -> str:
     return _SECTION.sub(sub, text)
 
 
-if __name__ == "__main__":  # python -m plcbridge.config_reference [--check]
+if __name__ == "__main__":  # python -m plcbridge.tools.config_reference [--check]
     import sys
 
     rendered = render()

@@ -31,9 +31,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from plcbridge import protocols
 from plcbridge.sdnotify import NotifyListener
 
-PROTOCOLS = ("modbus", "opcua", "enip")
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 # Events the bench keeps from the daemon's log (all of it also goes to daemon-log.jsonl).
@@ -136,7 +136,7 @@ class _DaemonLog:
 
 def _proc_sample(pid: int) -> tuple[float, int | None, int | None] | None:
     """(cpu seconds, VmRSS KiB, VmHWM KiB) of a live process, or None once it is gone."""
-    from plcbridge.bench_stats import cpu_seconds, vm_kib
+    from plcbridge.tools.bench.stats import cpu_seconds, vm_kib
 
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -168,11 +168,9 @@ def _check_inputs(o: BenchOptions) -> dict[str, Any]:
     from plcbridge.inference.errors import ModelError
     from plcbridge.inference.manifest import load_manifest
 
-    if o.protocol not in PROTOCOLS:
-        raise BenchError(f"unknown protocol {o.protocol!r}; known: {', '.join(PROTOCOLS)}")
-    from plcbridge.simulators.cli import FRONTENDS
-
-    module = FRONTENDS[o.protocol].partition(":")[0]
+    if o.protocol not in protocols.SIMULATED:
+        raise BenchError(f"unknown protocol {o.protocol!r}; simulated: {', '.join(protocols.SIMULATED)}")
+    module = str(protocols.get(o.protocol).frontend).partition(":")[0]
     if importlib.util.find_spec(module) is None:
         raise BenchError(f"protocol {o.protocol!r} has no simulator in this installation ({module} is missing)")
     for name, value in (("fps", o.fps), ("trigger rate", o.trigger_hz), ("duration", o.seconds), ("period", o.period_ms)):
@@ -224,7 +222,7 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
     it cannot run. With `stop` (a StopSignals in use), a SIGINT/SIGTERM stops the daemon and
     the simulator and raises Interrupted."""
     from plcbridge.config import ConfigError, load_config
-    from plcbridge.demo import start_simulator, stop_simulator
+    from plcbridge.simulators.process import start_simulator, stop_simulator
 
     say = progress or (lambda _msg: None)
     check_stop = stop.check if stop is not None else (lambda: None)
@@ -322,7 +320,7 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
     except (OSError, json.JSONDecodeError) as e:
         raise BenchError(f"the daemon left no summary ({files['daemon_summary']}: {e}); exit code {rc}") from None
     trace = [json.loads(line) for line in files["trace"].read_text().splitlines() if line.strip()]
-    from plcbridge.bench_report import build_report
+    from plcbridge.tools.bench.report import build_report
 
     report, samples = build_report(
         options=o, model=model_info, events=log.events, trace=trace, daemon_summary=daemon_summary,
@@ -336,7 +334,7 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
               "files": {k: str(v) for k, v in files.items()}})
     if o.plot:
         try:
-            from plcbridge.bench_plot import plot_report
+            from plcbridge.tools.bench.plot import plot_report
         except ImportError:
             report["files"]["plot"] = None
             report["plot_skipped"] = "matplotlib is not installed (pip install 'plcbridge[plot]')"
@@ -360,7 +358,7 @@ def _positive_float(text: str) -> float:
 
 def add_run_arguments(p: argparse.ArgumentParser, *, for_gate: bool = False) -> None:
     """The options bench and gate share (gate takes fps and duration from the budget)."""
-    p.add_argument("--protocol", choices=PROTOCOLS, default="modbus")
+    p.add_argument("--protocol", choices=protocols.SIMULATED, default="modbus")
     p.add_argument("--mode", choices=["free-run", "triggered"], default="free-run",
                    help="free-run: every frame judged and written; triggered: the simulator raises triggers")
     p.add_argument("--model", default="builtin:demo", metavar="SPEC",
@@ -395,7 +393,7 @@ def command_line() -> str:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     """JSON report on stdout (and in --output-dir); progress on stderr; exit 2 if it cannot run."""
-    from plcbridge.bench_report import headline
+    from plcbridge.tools.bench.report import headline
 
     say = progress_printer(args.quiet)
     try:

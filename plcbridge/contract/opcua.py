@@ -1,8 +1,9 @@
 """The signal contract as OPC UA nodes: identifiers, data types, the generated node table.
 
 The one place that says how `plcbridge.contract` maps onto OPC UA. The adapter
-(adapters/plc/opcua.py), the simulator front-end (simulators/opcua.py), both config schemas
-and the docs import it, so they cannot disagree.
+(adapters/plc/opcua.py), the simulator front-end (simulators/opcua.py), the bridge's
+`[plc.opcua]` and the simulator's `[opcua]` settings (both extend `OpcUaNodeMap`) and the docs
+use it, so they cannot disagree.
 
 Addressing. A node is its namespace *URI* plus an identifier, never a bare namespace index:
 a server assigns indexes when it starts (an S7-1500 after a download, a TwinCAT runtime after
@@ -32,9 +33,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
 
 from plcbridge.contract import INPUT_SIGNALS, OUTPUT_SIGNALS, Signal, SignalType
+from plcbridge.schema import Strict
 
 Direction = Literal["output", "input"]
 
@@ -127,9 +131,8 @@ def resolve_nodes(
 
 
 def complete_node_names(data: Any) -> Any:
-    """Before-validator body shared by the bridge's and the simulator's settings: fills in the
-    per-signal identifiers from the templates, so `check-config` shows every node, and both
-    ends of a link resolve names the same way."""
+    """Fill in the per-signal identifiers from the templates (OpcUaNodeMap's before-validator),
+    so `check-config` shows every node, and both ends of a link resolve names the same way."""
     if not isinstance(data, dict):
         return data
     templates = data.get("output_template", DEFAULT_OUTPUT_TEMPLATE), data.get("input_template", DEFAULT_INPUT_TEMPLATE)
@@ -140,6 +143,28 @@ def complete_node_names(data: Any) -> Any:
     return {**data, "output_nodes": outputs, "input_nodes": inputs}
 
 
+class OpcUaNodeMap(Strict):
+    """Which nodes carry the contract: the part of the settings both ends share.
+
+    After validation the node maps are complete (every signal, templates applied)."""
+
+    namespace_uri: Annotated[str, Field(min_length=1)] = DEFAULT_NAMESPACE_URI
+    output_template: str = DEFAULT_OUTPUT_TEMPLATE
+    input_template: str = DEFAULT_INPUT_TEMPLATE
+    # signal name -> identifier ("s=..." string, "i=1234" numeric; plain text is a string id).
+    output_nodes: dict[str, str] = {}
+    input_nodes: dict[str, str] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _complete_node_names(cls, data: Any) -> Any:
+        return complete_node_names(data)
+
+    def specs(self) -> tuple[tuple[NodeSpec, ...], tuple[NodeSpec, ...]]:
+        """The nodes in contract order."""
+        return node_specs(self.output_nodes, self.input_nodes)
+
+
 def node_specs(output_nodes: Mapping[str, str], input_nodes: Mapping[str, str]) -> tuple[tuple[NodeSpec, ...], tuple[NodeSpec, ...]]:
     """The nodes in contract order (the order of Outputs / Inputs fields)."""
     return (
@@ -148,7 +173,7 @@ def node_specs(output_nodes: Mapping[str, str], input_nodes: Mapping[str, str]) 
     )
 
 
-def markdown_table() -> str:
+def markdown_tables() -> str:
     """The node table for docs/plc-interface.md, with the default identifiers."""
     outs, ins = node_specs(_defaults(DEFAULT_OUTPUT_TEMPLATE, OUTPUT_SIGNALS), _defaults(DEFAULT_INPUT_TEMPLATE, INPUT_SIGNALS))
     lines: list[str] = []

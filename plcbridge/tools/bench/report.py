@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from plcbridge.bench_stats import (
+from plcbridge.tools.bench.stats import (
     VERDICTS,
     by_fault,
     capture_time,

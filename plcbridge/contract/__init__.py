@@ -1,11 +1,13 @@
 """The PLC signal contract: the one definition of every signal the bridge and the PLC share.
 
-Everything that talks about the PLC interface comes from here: the Modbus register map
-(`RegisterMap`), the docs (`plcbridge docs` writes `docs/plc-interface.md`), the PLC
-simulator and the tests. Change a signal here and all of them change together.
+Everything that talks about the PLC interface comes from this package: the adapters, the
+docs (`plcbridge docs` writes `docs/plc-interface.md`), the PLC simulator and the tests.
+Change a signal here and all of them change together.
 
-Protocol adapters see only `Outputs` and `Inputs`, typed values with names; how they map
-onto registers, nodes or tags is the adapter's business, driven by the tables below.
+This module holds the protocol-free part: the signals, codes and the `Outputs` / `Inputs`
+values adapters carry. Each protocol's wire form (how those values become registers, nodes or
+tags, and the mapping model the bridge's config and the simulator's device file share) is a
+module beside it: `modbus.py`, `opcua.py`, `enip.py`, listed in plcbridge/protocols.py.
 """
 
 from __future__ import annotations
@@ -188,106 +190,16 @@ def score_to_register(score: float) -> int:
     return int(round(min(max(score, 0.0), 1.0) * SCORE_SCALE))
 
 
-WordOrder = Literal["high_first", "low_first"]
-
-
-@dataclass(frozen=True)
-class RegisterMap:
-    """The Modbus holding-register layout of the contract.
-
-    Outputs are one contiguous block from `outputs_base`, inputs one block from `inputs_base`,
-    in the order of OUTPUT_SIGNALS / INPUT_SIGNALS. A u32 takes two registers in `word_order`.
-    """
-
-    outputs_base: int = 0
-    inputs_base: int = 100
-    word_order: WordOrder = "high_first"
-
-    @property
-    def outputs_count(self) -> int:
-        return sum(s.words for s in OUTPUT_SIGNALS)
-
-    @property
-    def inputs_count(self) -> int:
-        return sum(s.words for s in INPUT_SIGNALS)
-
-    def offsets(self, signals: tuple[Signal, ...]) -> dict[str, int]:
-        out, at = {}, 0
-        for s in signals:
-            out[s.name] = at
-            at += s.words
-        return out
-
-    def _pack(self, signals: tuple[Signal, ...], values: dict[str, int]) -> list[int]:
-        regs: list[int] = []
-        for s in signals:
-            v = check_range(s, values[s.name])
-            if s.words == 2:
-                hi, lo = v >> 16, v & U16_MAX
-                regs += [hi, lo] if self.word_order == "high_first" else [lo, hi]
-            else:
-                regs.append(v)
-        return regs
-
-    def _unpack(self, signals: tuple[Signal, ...], regs: list[int]) -> dict[str, int]:
-        need = sum(s.words for s in signals)
-        if len(regs) != need:
-            raise ValueError(f"expected {need} registers, got {len(regs)}")
-        values, at = {}, 0
-        for s in signals:
-            if s.words == 2:
-                a, b = regs[at], regs[at + 1]
-                values[s.name] = (a << 16 | b) if self.word_order == "high_first" else (b << 16 | a)
-            else:
-                values[s.name] = regs[at]
-            at += s.words
-        return values
-
-    def encode_outputs(self, o: Outputs) -> list[int]:
-        return self._pack(OUTPUT_SIGNALS, o.as_dict())
-
-    def decode_outputs(self, regs: list[int]) -> Outputs:
-        return Outputs(**self._unpack(OUTPUT_SIGNALS, regs))
-
-    def encode_inputs(self, i: Inputs) -> list[int]:
-        return self._pack(INPUT_SIGNALS, i.as_dict())
-
-    def decode_inputs(self, regs: list[int]) -> Inputs:
-        return Inputs(**self._unpack(INPUT_SIGNALS, regs))
-
-
-def markdown_tables(rmap: RegisterMap | None = None) -> str:
-    """The register tables and code lists as Markdown, for docs/plc-interface.md."""
-    rmap = rmap or RegisterMap()
-    lines: list[str] = []
-
-    def table(title: str, signals: tuple[Signal, ...], base: int) -> None:
-        offs = rmap.offsets(signals)
-        lines.append(f"### {title}\n")
-        lines.append("| register | offset | signal | type | meaning |")
-        lines.append("|---|---|---|---|---|")
-        for s in signals:
-            o = offs[s.name]
-            reg = f"{base + o}" if s.words == 1 else f"{base + o}-{base + o + 1}"
-            off = f"{o}" if s.words == 1 else f"{o}-{o + 1}"
-            lines.append(f"| {reg} | {off} | `{s.name}` | {s.type} | {s.meaning} |")
-        lines.append("")
-
-    table(f"Outputs, bridge -> PLC (holding registers from outputs_base = {rmap.outputs_base})", OUTPUT_SIGNALS, rmap.outputs_base)
-    table(f"Inputs, PLC -> bridge (holding registers from inputs_base = {rmap.inputs_base})", INPUT_SIGNALS, rmap.inputs_base)
-    lines.append("### Status bits\n")
-    lines.append("| bit | mask | name |")
-    lines.append("|---|---|---|")
+def code_tables() -> str:
+    """The status bits, result codes and fault codes as Markdown: the same numbers on every
+    protocol (each wire form's tables refer to these)."""
+    lines = ["### Status bits\n", "| bit | mask | name |", "|---|---|---|"]
     for b in StatusBit:
         lines.append(f"| b{int(b).bit_length() - 1} | {int(b)} | {b.name} |")
-    lines.append("\n### Result codes\n")
-    lines.append("| code | name |")
-    lines.append("|---|---|")
+    lines += ["\n### Result codes\n", "| code | name |", "|---|---|"]
     for r in ResultCode:
         lines.append(f"| {int(r)} | {r.name} |")
-    lines.append("\n### Fault codes\n")
-    lines.append("| code | name | meaning | what the PLC should do |")
-    lines.append("|---|---|---|---|")
+    lines += ["\n### Fault codes\n", "| code | name | meaning | what the PLC should do |", "|---|---|---|---|"]
     for f in FaultCode:
         lines.append(f"| {int(f)} | {f.name} | {FAULT_MEANING[f]} | {FAULT_PLC_ACTION[f]} |")
     lines.append("")

@@ -1,8 +1,9 @@
 """The signal contract as Logix controller tags: names, Logix types and value encoding.
 
 The one place that says how `plcbridge.contract` maps onto EtherNet/IP tags. The adapter
-(adapters/plc/enip.py), the simulator front-end (simulators/enip.py), the config schema and
-the generated docs all import it, so they cannot disagree.
+(adapters/plc/enip.py), the simulator front-end (simulators/enip.py), the bridge's
+`[plc.enip]` and the simulator's `[enip]` settings (both extend `EnipTagMap`) and the
+generated docs use it, so they cannot disagree.
 
 Types. Logix's native integer is the 32-bit DINT; INT is *signed* 16-bit, so a u16 counter
 would read -1 at 65535 and PLC code would need conversions everywhere. So:
@@ -25,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import model_validator
+
 from plcbridge.contract import (
     INPUT_SIGNALS,
     OUTPUT_SIGNALS,
@@ -35,6 +38,7 @@ from plcbridge.contract import (
     Outputs,
     Signal,
 )
+from plcbridge.schema import Strict
 
 LogixType = Literal["DINT", "REAL"]
 Direction = Literal["output", "input"]
@@ -116,8 +120,8 @@ def resolve_names(output_tags: Mapping[str, str], input_tags: Mapping[str, str])
 
 
 def complete_tag_names(data: Any) -> Any:
-    """Before-validator body shared by the bridge's and the simulator's settings: fills in the
-    default names and checks them, so both ends of a link resolve names the same way."""
+    """Fill in the default names and check them (EnipTagMap's before-validator), so both ends
+    of a link resolve names the same way."""
     if not isinstance(data, dict):
         return data
     given = data.get("output_tags", {}), data.get("input_tags", {})
@@ -125,6 +129,26 @@ def complete_tag_names(data: Any) -> Any:
         return data  # the field's own type check reports it
     outputs, inputs = resolve_names(*given)
     return {**data, "output_tags": outputs, "input_tags": inputs}
+
+
+class EnipTagMap(Strict):
+    """Which tags carry the contract: the part of the settings both ends share.
+
+    After validation both maps are complete (signal -> tag name, defaults filled in)."""
+
+    # signal name -> tag name ("PB_Status" or "Program:MainProgram.PB_Status").
+    output_tags: dict[str, str] = {}
+    input_tags: dict[str, str] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _complete_tag_names(cls, data: Any) -> Any:
+        return complete_tag_names(data)
+
+    @property
+    def program_scoped(self) -> bool:
+        """True if any tag is program-scoped: only then must a connect upload program tags."""
+        return any(n.startswith("Program:") for n in (*self.output_tags.values(), *self.input_tags.values()))
 
 
 # ---------------------------------------------------------------------- values

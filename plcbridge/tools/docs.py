@@ -11,24 +11,25 @@ the adapters' mappings of it, so the docs cannot drift from the code (`plcbridge
 
 from __future__ import annotations
 
-import importlib
 import re
 from pathlib import Path
 from typing import Callable
 
+from plcbridge import protocols
+from plcbridge.registry import load
+
 DEFAULT_PATH = Path("docs/plc-interface.md")
 
-# section name -> "module:function" returning Markdown; imported only when rendering.
+# section name -> "module:function" returning Markdown; imported only when rendering. Each
+# protocol's wire form has a section named after the protocol (plcbridge/protocols.py).
 GENERATORS: dict[str, str] = {
-    "modbus": "plcbridge.contract:markdown_tables",
-    "enip": "plcbridge.adapters.plc.enip_tags:markdown_tables",
-    "opcua": "plcbridge.adapters.plc.opcua_nodes:markdown_table",
-    "config": "plcbridge.config_reference:markdown_reference",
+    **{p.name: f"{p.wire}:markdown_tables" for p in protocols.PROTOCOLS.values() if p.wire},
+    "config": "plcbridge.tools.config_reference:markdown_reference",
 }
 
 # Which generated sections each document holds; `plcbridge docs` renders them all.
 DOCUMENTS: dict[Path, tuple[str, ...]] = {
-    DEFAULT_PATH: ("modbus", "enip", "opcua"),
+    DEFAULT_PATH: tuple(p.name for p in protocols.PROTOCOLS.values() if p.wire),
     Path("docs/configuration.md"): ("config",),
 }
 
@@ -36,8 +37,7 @@ _SECTION = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+)[^>]*-->)(?P<body
 
 
 def _generator(name: str) -> Callable[[], str]:
-    module, _, func = GENERATORS[name].partition(":")
-    return getattr(importlib.import_module(module), func)
+    return load(GENERATORS[name])
 
 
 def sections_of(path: Path) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plcbridge.bench import (
+from plcbridge.tools.bench.run import (
     BenchError,
     Interrupted,
     StopSignals,
@@ -41,10 +41,11 @@ def _budget_model():
     """The schema, built on first use: pydantic stays out of the CLI's start-up."""
     from typing import Annotated
 
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import Field
 
-    class Budget(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True)
+    from plcbridge.schema import Strict
+
+    class Budget(Strict):
         # capture -> value visible in the PLC, over the whole run
         p99_max_ms: Annotated[float, Field(gt=0)]
         p95_max_ms: Annotated[float, Field(gt=0)]
@@ -60,7 +61,7 @@ def _budget_model():
 def load_budget(path: Path) -> Any:
     from pydantic import ValidationError
 
-    from plcbridge.config import validation_problems
+    from plcbridge.schema import validation_problems
 
     try:
         raw = tomllib.loads(Path(path).read_text())
@@ -164,7 +165,7 @@ def _positive_float(text: str) -> float:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=Path, default=DEFAULT_BUDGET,
-                   help="budget TOML (default: the shipped plcbridge/budgets/default.toml, the reference edge-AI station)")
+                   help="budget TOML (default: the shipped plcbridge/tools/bench/budgets/default.toml, the reference edge-AI station)")
     p.add_argument("--duration-minutes", type=_positive_float, default=None, metavar="X",
                    help="override the budget's duration for a quick run (the verdict then says so)")
     add_run_arguments(p, for_gate=True)

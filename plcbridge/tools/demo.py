@@ -29,58 +29,16 @@ from __future__ import annotations
 import collections
 import json
 import signal
-import subprocess
 import sys
 import threading
 import time
 from typing import Any
 
+from plcbridge import protocols
 from plcbridge.config import load_config, parse_config
+from plcbridge.simulators.process import free_udp_port, start_simulator, stop_simulator
 
-SIM_START_TIMEOUT_S = 15.0
 OVERRUN_MAX_FRACTION = 0.01  # verdict: write-loop overruns above 1 % of ticks are a problem
-
-
-def start_simulator(mode: str, trigger_hz: float, extra: list[str] | None = None,
-                    protocol: str = "modbus") -> tuple[subprocess.Popen[str], int]:
-    """Start `plcbridge sim PROTOCOL` on 127.0.0.1 with an OS-chosen port; return (process, port)."""
-    cmd = [sys.executable, "-m", "plcbridge", "sim", protocol, "--host", "127.0.0.1", "--port", "0",
-           "--mode", mode, "--trigger-hz", str(trigger_hz), "--quiet", *(extra or [])]
-    # Its own session: a Ctrl-C at the terminal reaches only this process, which stops the
-    # daemon first and then the simulator (stop_simulator), so the daemon never sees its PLC vanish.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    assert proc.stdout is not None
-    end = time.monotonic() + SIM_START_TIMEOUT_S
-    while time.monotonic() < end:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith("listening on "):
-            return proc, int(line.rsplit(":", 1)[1])
-    proc.kill()
-    raise RuntimeError(f"the PLC simulator did not start (exit code {proc.poll()}); command: {' '.join(cmd)}")
-
-
-def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 for the emulated camera trigger wire (hardware trigger)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop_simulator(proc: subprocess.Popen[str]) -> dict[str, Any]:
-    """SIGINT the simulator and parse the JSON summary it prints on the way out."""
-    proc.send_signal(signal.SIGINT)
-    try:
-        out, _ = proc.communicate(timeout=15)
-    except subprocess.TimeoutExpired:  # never leave a simulator behind
-        proc.kill()
-        proc.communicate()
-        return {"error": "the simulator did not stop within 15 s of SIGINT and was killed"}
-    start = out.find("{")
-    return json.loads(out[start:]) if start >= 0 else {"error": f"no summary (exit code {proc.returncode})"}
 
 
 def demo_config(mode: str, port: int, protocol: str = "modbus", camera_trigger: str = "free-run",
@@ -90,6 +48,7 @@ def demo_config(mode: str, port: int, protocol: str = "modbus", camera_trigger: 
     base["camera"]["trigger"] = camera_trigger
     if trigger_port is not None:
         base["camera"]["trigger_port"] = trigger_port
+    base["plc"] = {k: v for k, v in base["plc"].items() if k not in protocols.NAMES}  # the default's section
     base["plc"]["protocol"] = protocol
     base["plc"]["port"] = port
     base["metrics"]["port"] = 0  # any free port: the demo must not collide with a running daemon
@@ -163,9 +122,9 @@ def demo_verdict(summary: dict[str, Any], in_service_failsafes: dict[str, int],
 
 def run_demo(seconds: float, mode: str, trigger_hz: float, protocol: str = "modbus", verbose: bool = False,
              camera_trigger: str = "free-run") -> int:
-    from plcbridge.bench import StopSignals
     from plcbridge.daemon import Daemon
     from plcbridge.logs import LogPipeline
+    from plcbridge.tools.bench.run import StopSignals
 
     with StopSignals() as stop:  # SIGINT/SIGTERM: stop the daemon and the simulator, then exit
         print(f"plcbridge demo: {protocol}, {mode}, {seconds:g} s, starting the PLC simulator ...", file=sys.stderr)

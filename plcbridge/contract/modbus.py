@@ -1,0 +1,133 @@
+"""The signal contract as Modbus holding registers: the register layout and its settings.
+
+The one place that says how `plcbridge.contract` maps onto Modbus TCP. The adapter
+(adapters/plc/modbus.py), the simulator front-end (simulators/modbus.py), the bridge's
+`[plc.modbus]` and the simulator's `[modbus]` settings (both extend `ModbusMap`) and the docs
+use it, so the two ends of a link cannot lay the registers out differently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from plcbridge.contract import INPUT_SIGNALS, OUTPUT_SIGNALS, U16_MAX, Inputs, Outputs, Signal, check_range, code_tables
+from plcbridge.schema import FieldsError, Strict
+
+WordOrder = Literal["high_first", "low_first"]
+
+
+@dataclass(frozen=True)
+class RegisterMap:
+    """The Modbus holding-register layout of the contract.
+
+    Outputs are one contiguous block from `outputs_base`, inputs one block from `inputs_base`,
+    in the order of OUTPUT_SIGNALS / INPUT_SIGNALS. A u32 takes two registers in `word_order`.
+    """
+
+    outputs_base: int = 0
+    inputs_base: int = 100
+    word_order: WordOrder = "high_first"
+
+    @property
+    def outputs_count(self) -> int:
+        return sum(s.words for s in OUTPUT_SIGNALS)
+
+    @property
+    def inputs_count(self) -> int:
+        return sum(s.words for s in INPUT_SIGNALS)
+
+    def offsets(self, signals: tuple[Signal, ...]) -> dict[str, int]:
+        out, at = {}, 0
+        for s in signals:
+            out[s.name] = at
+            at += s.words
+        return out
+
+    def _pack(self, signals: tuple[Signal, ...], values: dict[str, int]) -> list[int]:
+        regs: list[int] = []
+        for s in signals:
+            v = check_range(s, values[s.name])
+            if s.words == 2:
+                hi, lo = v >> 16, v & U16_MAX
+                regs += [hi, lo] if self.word_order == "high_first" else [lo, hi]
+            else:
+                regs.append(v)
+        return regs
+
+    def _unpack(self, signals: tuple[Signal, ...], regs: list[int]) -> dict[str, int]:
+        need = sum(s.words for s in signals)
+        if len(regs) != need:
+            raise ValueError(f"expected {need} registers, got {len(regs)}")
+        values, at = {}, 0
+        for s in signals:
+            if s.words == 2:
+                a, b = regs[at], regs[at + 1]
+                values[s.name] = (a << 16 | b) if self.word_order == "high_first" else (b << 16 | a)
+            else:
+                values[s.name] = regs[at]
+            at += s.words
+        return values
+
+    def encode_outputs(self, o: Outputs) -> list[int]:
+        return self._pack(OUTPUT_SIGNALS, o.as_dict())
+
+    def decode_outputs(self, regs: list[int]) -> Outputs:
+        return Outputs(**self._unpack(OUTPUT_SIGNALS, regs))
+
+    def encode_inputs(self, i: Inputs) -> list[int]:
+        return self._pack(INPUT_SIGNALS, i.as_dict())
+
+    def decode_inputs(self, regs: list[int]) -> Inputs:
+        return Inputs(**self._unpack(INPUT_SIGNALS, regs))
+
+
+class ModbusMap(Strict):
+    """Where the contract's two register blocks live: the part of the settings both ends share."""
+
+    device_id: Annotated[int, Field(ge=0, le=255)] = 1
+    outputs_base: Annotated[int, Field(ge=0, le=65535)] = 0
+    inputs_base: Annotated[int, Field(ge=0, le=65535)] = 100
+    word_order: WordOrder = "high_first"
+
+    @property
+    def register_map(self) -> RegisterMap:
+        return RegisterMap(self.outputs_base, self.inputs_base, self.word_order)
+
+    @model_validator(mode="after")
+    def _blocks_fit_and_do_not_overlap(self) -> "ModbusMap":
+        # An overlap would make the bridge's writes clobber the PLC's inputs.
+        rmap = self.register_map
+        out = range(rmap.outputs_base, rmap.outputs_base + rmap.outputs_count)
+        inp = range(rmap.inputs_base, rmap.inputs_base + rmap.inputs_count)
+        if out.stop > 65536 or inp.stop > 65536:
+            raise FieldsError(("outputs_base", "inputs_base"), "a register block runs past address 65535")
+        if out.start < inp.stop and inp.start < out.stop:
+            raise FieldsError(("outputs_base", "inputs_base"),
+                              f"output block {out.start}..{out.stop - 1} overlaps input block {inp.start}..{inp.stop - 1}")
+        return self
+
+
+def markdown_tables(rmap: RegisterMap | None = None) -> str:
+    """The register tables and the code lists as Markdown, for docs/plc-interface.md."""
+    rmap = rmap or RegisterMap()
+    lines: list[str] = []
+
+    def table(title: str, signals: tuple[Signal, ...], base: int) -> None:
+        offs = rmap.offsets(signals)
+        lines.append(f"### {title}\n")
+        lines.append("| register | offset | signal | type | meaning |")
+        lines.append("|---|---|---|---|---|")
+        for s in signals:
+            o = offs[s.name]
+            reg = f"{base + o}" if s.words == 1 else f"{base + o}-{base + o + 1}"
+            off = f"{o}" if s.words == 1 else f"{o}-{o + 1}"
+            lines.append(f"| {reg} | {off} | `{s.name}` | {s.type} | {s.meaning} |")
+        lines.append("")
+
+    table(f"Outputs, bridge -> PLC (holding registers from outputs_base = {rmap.outputs_base})", OUTPUT_SIGNALS, rmap.outputs_base)
+    table(f"Inputs, PLC -> bridge (holding registers from inputs_base = {rmap.inputs_base})", INPUT_SIGNALS, rmap.inputs_base)
+    lines.append(code_tables())
+    return "\n".join(lines)
