@@ -41,6 +41,7 @@ import numpy as np
 from plcbridge.inference.errors import BadFrame, InferenceError, InferenceTimeout, ModelError
 from plcbridge.inference.manifest import ModelSpecError, load_manifest
 from plcbridge.inference.modelfile import default_opset, read_verified
+from plcbridge.schedule import percentile_summary
 
 if TYPE_CHECKING:
     from plcbridge.inference.session import Model
@@ -191,11 +192,6 @@ def generated_frames(size: tuple[int, int] = DEFAULT_FRAME_SIZE) -> dict[str, np
         "white": np.full((h, w, 3), 255, np.uint8),
         "noise": np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8),
     }
-
-
-def _percentiles(samples_ms: list[float]) -> dict[str, float]:
-    p50, p95, p99 = np.percentile(samples_ms, [50, 95, 99])
-    return {k: round(float(v), 3) for k, v in (("p50", p50), ("p95", p95), ("p99", p99), ("max", max(samples_ms)))}
 
 
 def validate_model(
@@ -364,7 +360,7 @@ def _judge_checks(model: Model, r: ValidationReport, runs: int, p99_max_ms: floa
         try:
             model.judge(cycle[n % len(cycle)])
         except (BadFrame, InferenceError, InferenceTimeout) as e:
-            r.runs, r.latency_ms = len(samples), _percentiles(samples) if samples else {}
+            r.runs, r.latency_ms = len(samples), percentile_summary(samples) if samples else {}
             r._record("latency", False, f"timed run {n}: {e}")
             return
         samples.append((time.perf_counter() - t0) * 1000.0)
@@ -375,11 +371,11 @@ def _judge_checks(model: Model, r: ValidationReport, runs: int, p99_max_ms: floa
         if p99_max_ms is not None and samples[-1] > p99_max_ms:
             over += 1
             if over >= hopeless and n < runs:
-                r.runs, r.latency_ms = n, _percentiles(samples)
+                r.runs, r.latency_ms = n, percentile_summary(samples)
                 r._record("latency", False, f"p99 over {runs} runs cannot be <= {p99_max_ms:g} ms: {over} of the "
                                             f"first {n} runs took longer (max {r.latency_ms['max']:g} ms); stopped early")
                 return
-    r.runs, r.latency_ms = runs, _percentiles(samples)
+    r.runs, r.latency_ms = runs, percentile_summary(samples)
     lat = r.latency_ms
     figures = f"p50 {lat['p50']:g} / p95 {lat['p95']:g} / p99 {lat['p99']:g} / max {lat['max']:g} ms over {runs} runs"
     if p99_max_ms is None:

@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from plcbridge.config import Config, ConfigError, load_config
 from plcbridge.contract import StatusBit
@@ -37,6 +37,7 @@ from plcbridge.threads import freeze_heap, lower_this_thread, tune_interpreter
 from plcbridge.writeloop import WriteLoop
 
 if TYPE_CHECKING:
+    from plcbridge.decision import Decision
     from plcbridge.inference.session import Model
 
 log = get_logger("daemon")
@@ -79,13 +80,17 @@ class Daemon:
         if config.camera.trigger == "software":
             self.worker.request_frame = self.grab.trigger
         self.link = PlcLink(config.plc, self.metrics, config.timing.period_ms / 1000)
+        self.inspection: FreeRunInspection | TriggeredInspection
         if config.station.mode == "free-run":
-            self.inspection: FreeRunInspection | TriggeredInspection = FreeRunInspection(
+            # Reads the newest decision itself (worker.latest): nothing to drain.
+            self.inspection = FreeRunInspection(
                 config.timing, config.failsafe, self.worker.latest.get, self.journal, self.metrics)
+            drain: Callable[[], None] = lambda: None
         else:
-            self.inspection = TriggeredInspection(
+            triggered = self.inspection = TriggeredInspection(
                 config.timing, config.failsafe, self.worker.submit, self.worker.phase_of, self.journal, self.metrics)
-        self.loop = WriteLoop(config, self.link, self.inspection, self.health, self._drain_decisions, self.metrics,
+            drain = lambda: self._drain_decisions(triggered.on_decision)
+        self.loop = WriteLoop(config, self.link, self.inspection, self.health, drain, self.metrics,
                               watchdog=self.notifier.watchdog, watchdog_interval_s=self.notifier.watchdog_interval_s)
         self.http: HealthServer | None = None
         self.started_at: float | None = None
@@ -95,14 +100,14 @@ class Daemon:
         last = self.grab.alive_at
         return Health(last is not None and now - last < self._stall_s, self.worker.model_ok, self.worker.model_version)
 
-    def _drain_decisions(self) -> None:
-        if isinstance(self.inspection, TriggeredInspection):
-            while True:
-                try:
-                    d = self.worker.results.get_nowait()
-                except queue.Empty:
-                    return
-                self.inspection.on_decision(d)
+    def _drain_decisions(self, answer: Callable[[Decision], None]) -> None:
+        """Triggered mode, each write tick: every decision the worker made since the last."""
+        while True:
+            try:
+                d = self.worker.results.get_nowait()
+            except queue.Empty:
+                return
+            answer(d)
 
     def live(self) -> bool:
         t = self.loop.last_tick

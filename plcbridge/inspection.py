@@ -1,14 +1,20 @@
-"""The two inspection modes: what the result fields say on each write tick.
+"""The two inspection modes: what the output block says on each write tick.
 
 These classes are the rules of the handshake in `docs/plc-interface.md`, and nothing else:
 no threads, no I/O, the clock passed in. The write loop calls, on its own thread:
 
-  tick(now, health) -> ResultFields   to build the output block; `token` says what it carries
-  written(token, t)                   when the link reports that a block carrying `token`
-                                      reached the PLC at time t (the PLC has the result)
-  on_inputs(inputs, t, new_session)   with each new reply the link read, t its arrival;
-                                      new_session on the first reply of a link session
-  shutdown(now) -> ResultFields|None  the final block's answer, if a trigger waits for one
+  tick(now, health) -> (block, token)  the output block: every field but the heartbeat, and
+                                       of the status word only the result's own bits
+                                       (RESULT_VALID, FAILSAFE_ACTIVE: the write loop owns
+                                       the heartbeat and the health bits); `token` is what
+                                       the block presents, handed back to written()
+  written(token, t)                    when the link reports that a block carrying `token`
+                                       reached the PLC at time t (the PLC has the result)
+  on_inputs(inputs, t, new_session)    with each new reply the link read, t its arrival;
+                                       new_session on the first reply of a link session
+  shutdown(now) -> block               the final block (READY cleared, fail-safe values,
+                                       SHUTTING_DOWN), answering the trigger that waits for
+                                       one, if any; the write loop stamps its heartbeat
 
 Fail-safe values come from the config (`FailsafeSettings`), never from code paths here.
 """
@@ -17,11 +23,11 @@ from __future__ import annotations
 
 import collections
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from plcbridge.config import FailsafeSettings, TimingSettings
-from plcbridge.contract import U16_MAX, FaultCode, Inputs, ResultCode, next_seq, score_to_register, seq_delta
+from plcbridge.contract import U16_MAX, FaultCode, Inputs, Outputs, StatusBit, next_seq, score_to_register, seq_delta
 from plcbridge.decision import Decision, Request, failsafe
 from plcbridge.journal import Journal
 from plcbridge.logs import get_logger, log_event
@@ -45,22 +51,6 @@ class Health:
     plc_ok: bool = True  # the PLC inputs are younger than plc.max_input_age_ms
 
 
-@dataclass(frozen=True)
-class ResultFields:
-    result_seq: int = 0
-    result_code: int = ResultCode.NONE
-    score: int = 0
-    fault_code: int = FaultCode.NONE
-    latency_ms: int = 0
-    model_version: int = 0
-    part_id: int = 0
-    valid: bool = False
-    failsafe: bool = False
-    # What this block presents (a trigger's slot, a free-run decision), handed back to
-    # written() once the link reports the block delivered. Not part of the block itself.
-    token: Any = field(default=None, compare=False)
-
-
 def health_fault(h: Health) -> FaultCode:
     """What stops a result from being trustworthy now (why a fail-safe is written)."""
     if not h.model_ok:
@@ -77,17 +67,33 @@ def status_fault(h: Health) -> FaultCode:
     return health_fault(h)
 
 
-def fields_for(d: Decision, seq: int, part_id: int, fs: FailsafeSettings, token: Any = None) -> ResultFields:
-    """Output fields for a decision; a fail-safe decision gets the configured fail-safe values.
-    `token` is what the block presents, handed back to written() (ResultFields.token)."""
+def block_fault(h: Health, own: FaultCode | None = None) -> FaultCode:
+    """A block's fault_code: blind (PLC_INPUTS_STALE) is said in every block; otherwise the
+    fault of the fail-safe it presents (`own`), or what stops results from being trusted now."""
+    if own is None or not h.plc_ok:
+        return status_fault(h)
+    return own
+
+
+def block_for(d: Decision, seq: int, part_id: int, fs: FailsafeSettings, health: Health) -> Outputs:
+    """The block presenting a decision; a fail-safe decision gets the configured fail-safe values."""
     latency = 0
     if d.t_capture is not None:
         latency = min(U16_MAX, max(0, round((d.t_decided - d.t_capture) * 1000)))
     if d.is_failsafe:
-        return ResultFields(seq & U16_MAX, fs.code, score_to_register(fs.score), d.fault, latency, d.model_version, part_id,
-                            True, True, token)
-    return ResultFields(seq & U16_MAX, d.result, score_to_register(d.score), FaultCode.NONE, latency, d.model_version,
-                        part_id, True, False, token)
+        return Outputs(0, int(StatusBit.RESULT_VALID | StatusBit.FAILSAFE_ACTIVE), seq & U16_MAX, fs.code,
+                       score_to_register(fs.score), block_fault(health, d.fault), latency, d.model_version, part_id)
+    return Outputs(0, int(StatusBit.RESULT_VALID), seq & U16_MAX, d.result, score_to_register(d.score),
+                   block_fault(health), latency, d.model_version, part_id)
+
+
+def shutdown_block(fs: FailsafeSettings, result_seq: int, model_version: int, part_id: int = 0,
+                   answers: bool = False) -> Outputs:
+    """The final block: fail-safe values, FAILSAFE_ACTIVE and SHUTTING_DOWN; RESULT_VALID
+    when it `answers` the trigger result_seq (part_id), the oldest one still waiting."""
+    status = StatusBit.FAILSAFE_ACTIVE | (StatusBit.RESULT_VALID if answers else 0)
+    return Outputs(0, int(status), result_seq & U16_MAX, fs.code, score_to_register(fs.score), FaultCode.SHUTTING_DOWN,
+                   0, model_version, part_id)
 
 
 class FreeRunInspection:
@@ -102,6 +108,7 @@ class FreeRunInspection:
         self.metrics = metrics
         self._written: Decision | None = None  # the last decision the PLC has received
         self._episode: FaultCode | None = None  # the fault of the fail-safe episode in progress
+        self._last = Outputs()  # the last block composed
 
     def trigger_ready(self, health: Health) -> bool:
         return False  # free-run takes no triggers
@@ -109,10 +116,15 @@ class FreeRunInspection:
     def on_inputs(self, inputs: Inputs, now: float, new_session: bool = False, t_after: float | None = None) -> None:
         pass
 
-    def shutdown(self, now: float) -> ResultFields | None:
-        return None  # no trigger waits for an answer
+    def shutdown(self, now: float) -> Outputs:
+        return shutdown_block(self.fs, self._last.result_seq, self._last.model_version)  # no trigger waits
 
-    def tick(self, now: float, health: Health) -> ResultFields:
+    def tick(self, now: float, health: Health) -> tuple[Outputs, Any]:
+        block, token = self._compose(now, health)
+        self._last = block
+        return block, token
+
+    def _compose(self, now: float, health: Health) -> tuple[Outputs, Any]:
         d = self._latest()
         if d is None or d.t_capture is None or now - d.t_capture > self.max_age:
             fault = health_fault(health)
@@ -127,12 +139,12 @@ class FreeRunInspection:
                                               frame_seq=None if d is None else d.frame_seq)
                 self._episode = fault
             d = failsafe(fault, now, reason, model_version=health.model_version, frame_seq=None if d is None else d.frame_seq)
-            return fields_for(d, d.frame_seq or 0, 0, self.fs)
+            return block_for(d, d.frame_seq or 0, 0, self.fs, health), None
         if self._episode is not None:
             log_event(log, "failsafe_cleared", logging.INFO, previous=self._episode.name)
             self._episode = None
         # A fail-safe decision from the worker (BAD_FRAME, INFERENCE_*) was journaled there.
-        return fields_for(d, d.frame_seq or 0, 0, self.fs, token=d)
+        return block_for(d, d.frame_seq or 0, 0, self.fs, health), d
 
     def written(self, token: Any, t: float) -> None:
         d = token
@@ -193,6 +205,7 @@ class TriggeredInspection:
         self.presenting: _Slot | None = None
         self._health = Health(False, False, 0)
         self._t_after: float | None = None
+        self._last = Outputs()  # the last block composed
 
     def trigger_ready(self, health: Health) -> bool:
         return status_fault(health) is FaultCode.NONE and len(self.slots) < self.capacity
@@ -336,7 +349,12 @@ class TriggeredInspection:
 
     # ------------------------------------------------------------------ outputs
 
-    def tick(self, now: float, health: Health) -> ResultFields:
+    def tick(self, now: float, health: Health) -> tuple[Outputs, Any]:
+        block, token = self._compose(now, health)
+        self._last = block
+        return block, token
+
+    def _compose(self, now: float, health: Health) -> tuple[Outputs, Any]:
         self._health = health
         for i, slot in enumerate(self.slots):  # a flood run closes: journaled even if the PLC never takes it
             if not slot.journaled and slot.decision is not None and (
@@ -358,8 +376,8 @@ class TriggeredInspection:
             if not p.journaled:  # a collapsed run is journaled once, when it stops growing
                 self._journal(p)
         if p is None or p.decision is None:
-            return ResultFields(fault_code=health_fault(health), model_version=health.model_version)
-        return fields_for(p.decision, p.request.trigger_seq, p.request.part_id, self.fs, token=p)
+            return Outputs(fault_code=block_fault(health), model_version=health.model_version), None
+        return block_for(p.decision, p.request.trigger_seq, p.request.part_id, self.fs, health), p
 
     def written(self, token: Any, t: float) -> None:
         p = token
@@ -369,13 +387,13 @@ class TriggeredInspection:
             if p.decision is not None and p.decision.t_capture is not None:
                 self.metrics.capture_to_write_seconds.observe(t - p.decision.t_capture)
 
-    def shutdown(self, now: float) -> ResultFields | None:
-        """The final block's answer: the oldest trigger not yet delivered gets FAILSAFE +
+    def shutdown(self, now: float) -> Outputs:
+        """The final block: the oldest trigger not yet delivered gets FAILSAFE +
         SHUTTING_DOWN with its own result_seq and part_id. Every other answer still held is
         journaled (if it was not) and logged as not delivered."""
         held = ([self.presenting] if self.presenting is not None and self.presenting.t_first_written is None else []) + list(self.slots)
         if not held:
-            return None
+            return shutdown_block(self.fs, self._last.result_seq, self._last.model_version)
         first, rest = held[0], held[1:]
         if first.decision is None:
             self._settle(first, failsafe(FaultCode.SHUTTING_DOWN, now, "the daemon is stopping: answered by the final block",
@@ -395,5 +413,4 @@ class TriggeredInspection:
         self.slots.clear()
         self.presenting = None
         req = first.request
-        return ResultFields(req.trigger_seq, self.fs.code, score_to_register(self.fs.score), FaultCode.SHUTTING_DOWN, 0,
-                            self._health.model_version, req.part_id, True, True)
+        return shutdown_block(self.fs, req.trigger_seq, self._health.model_version, req.part_id, answers=True)

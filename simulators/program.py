@@ -49,7 +49,6 @@ new trigger_seq value per program tick, whatever the answers), and `trigger_hz` 
 
 from __future__ import annotations
 
-import math
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,6 +63,7 @@ from plcbridge.contract import (
     StatusBit,
     next_seq,
 )
+from plcbridge.schedule import FixedRateSchedule, percentile_summary
 
 from .device import ProgramSettings
 
@@ -85,12 +85,6 @@ class _Trigger:
     seq: int
     part_id: int
     t: float
-
-
-def _percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile: always a value that was really observed."""
-    rank = max(1, math.ceil(p / 100.0 * len(sorted_values)))
-    return sorted_values[rank - 1]
 
 
 def _code_name(enum_type: type[ResultCode] | type[FaultCode], value: int) -> str | None:
@@ -123,7 +117,8 @@ class SimulatedPlc:
         self._part_id = 0
         self._ack_seq = 0
         self._next_part_id = self.settings.first_part_id
-        self._next_trigger_t: float | None = None
+        # The line's part clock: started one period after the bridge is READY, reset when it is not.
+        self._triggers = FixedRateSchedule(self._period_s)
         self._first_after_ready = False  # no trigger raised yet since the bridge became READY
         # Handshake bookkeeping: outstanding triggers oldest first, recently given-up ones, and
         # the ones forgotten in a restart.
@@ -190,7 +185,7 @@ class SimulatedPlc:
         if (
             self.settings.mode == "triggered"
             and self.settings.early_first_trigger
-            and (self._next_trigger_t is None or self._first_after_ready)
+            and (not self._triggers.started or self._first_after_ready)
             and not self._stuck(t)
         ):
             # As soon as TRIGGER_READY is seen: within this very write (a Modbus FC23's read
@@ -244,7 +239,7 @@ class SimulatedPlc:
         self.lost_in_restart += len(self._pending)
         self._pending.clear()
         self._trigger_seq = self._part_id = self._ack_seq = 0
-        self._next_trigger_t = None
+        self._triggers.reset()
         self._first_after_ready = False
         if self._hb_value is not None and not self._shutdown_announced:
             self._hb_longest_gap_s = max(self._hb_longest_gap_s, t - self._hb_changed_t)
@@ -268,15 +263,9 @@ class SimulatedPlc:
 
     def summary(self) -> dict[str, Any]:
         """Everything a commissioning run proves, as JSON-able data."""
-        lat = sorted(self.latencies_ms)
-        latency: dict[str, Any] = {"count": len(lat)}
-        if lat:
-            latency.update(
-                p50=round(_percentile(lat, 50), 3),
-                p95=round(_percentile(lat, 95), 3),
-                p99=round(_percentile(lat, 99), 3),
-                max=round(lat[-1], 3),
-            )
+        latency: dict[str, Any] = {"count": len(self.latencies_ms)}
+        if self.latencies_ms:  # nearest rank: each figure a latency that was really observed
+            latency.update(percentile_summary(self.latencies_ms, nearest_rank=True))
         s = self.settings
         return {
             "mode": s.mode,
@@ -400,31 +389,33 @@ class SimulatedPlc:
         # Like a real line, send no parts to a bridge that is not READY or whose heartbeat is
         # lost. Overload is deliberately NOT gated on TRIGGER_READY unless wait_trigger_ready
         # says so: a conveyor does not wait, and max_outstanding > 1 is how an overrun is provoked.
+        clock = self._triggers
         if not self._bridge_ready():
-            self._next_trigger_t = None
+            clock.reset()
             return
         assert self._last_outputs is not None
         trigger_ready = bool(self._last_outputs.status & StatusBit.TRIGGER_READY)
         early = self.settings.early_first_trigger
-        if self._next_trigger_t is None:
+        if not clock.started:
             # First trigger one period after READY, so the bridge has read the idle
             # trigger_seq at least once and takes the next change as a trigger; with
             # early_first_trigger, as soon as TRIGGER_READY is seen instead.
-            self._next_trigger_t = t + self._period_s
+            clock.start(t + self._period_s)
             self._first_after_ready = True
             if not early:
                 return
-        if early and self._first_after_ready and trigger_ready:
-            self._next_trigger_t = min(self._next_trigger_t, t)
-        if t < self._next_trigger_t or len(self._pending) >= self.settings.max_outstanding:
+        if early and self._first_after_ready and trigger_ready and t < clock.deadline:
+            clock.start(t)  # the first trigger now; the clock runs from it
+        if not clock.due(t) or len(self._pending) >= self.settings.max_outstanding:
             return
         if self.settings.wait_trigger_ready and not trigger_ready:
             return  # a well-behaved line holds the part until the bridge can take it
         self._raise_trigger(t, new_part=True)
         self._first_after_ready = False
-        nxt = self._next_trigger_t + self._period_s
-        # Keep the rate when on time; after a wait (bridge busy) do not fire a burst.
-        self._next_trigger_t = nxt if nxt > t else t + self._period_s
+        # On the grid when on time. A part held a whole period or more (bridge busy) is
+        # never followed by a burst: the line, which waited, restarts its clock from it.
+        if clock.take(t):
+            clock.start(t + self._period_s)
 
     def _raise_trigger(self, t: float, *, new_part: bool) -> None:
         """trigger_seq + 1 (65535 -> 1); a new part id unless the edge is stuck on the same part."""

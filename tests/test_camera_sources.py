@@ -18,7 +18,6 @@ from plcbridge.adapters.camera import opencv as opencv_mod
 from plcbridge.adapters.camera.base import CameraError, camera_class, open_camera
 from plcbridge.adapters.camera.folder import FolderCamera, label_for
 from plcbridge.adapters.camera.opencv import OpenCvCamera, parse_source, redact_url
-from plcbridge.adapters.camera.pacing import Pacer
 from plcbridge.config import FolderCameraSettings, OpenCvCameraSettings
 
 
@@ -143,26 +142,6 @@ def test_folder_paces_to_fps(images: Path) -> None:
         cam.grab()
     elapsed = time.monotonic() - t0
     assert 0.15 < elapsed < 1.0
-
-
-def test_pacer_skips_ahead_when_late_instead_of_bursting() -> None:
-    now = [100.0]
-    slept: list[float] = []
-
-    def sleep(dt: float) -> None:
-        slept.append(dt)
-        now[0] += dt
-
-    pacer = Pacer(10, clock=lambda: now[0], sleep=sleep)  # slots every 0.1 s
-    pacer.wait()  # first: at once
-    assert slept == []
-    pacer.wait()  # on time: sleeps to the slot at 100.1
-    assert slept == [pytest.approx(0.1)]
-    now[0] += 0.35  # consumer stalls 3.5 periods -> at 100.45
-    pacer.wait()  # late: goes at once, slots 100.2..100.4 given up
-    assert len(slept) == 1 and pacer.skipped_slots == 2
-    pacer.wait()  # next slot is 100.5, on the original grid: no burst
-    assert slept[-1] == pytest.approx(0.05)
 
 
 # --- opencv ---------------------------------------------------------------------------------

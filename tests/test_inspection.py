@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from plcbridge.config import FailsafeSettings, TimingSettings
-from plcbridge.contract import FaultCode, Inputs, ResultCode
+from plcbridge.contract import FaultCode, Inputs, Outputs, ResultCode, StatusBit
 from plcbridge.decision import Decision, Request
 from plcbridge.inspection import FreeRunInspection, Health, TriggeredInspection
 from plcbridge.journal import Journal
 from plcbridge.metrics import Metrics
 
 OK = Health(camera_ok=True, model_ok=True, model_version=3)
+
+
+def valid(f: Outputs) -> bool:
+    return bool(f.status & StatusBit.RESULT_VALID)
+
+
+def is_failsafe(f: Outputs) -> bool:
+    return bool(f.status & StatusBit.FAILSAFE_ACTIVE)
 
 
 class Rig:
@@ -27,8 +35,8 @@ class Rig:
 
     def step(self, dt=0.01, health=OK, part_id=0):
         self.t += dt
-        f = self.ins.tick(self.t, health)
-        self.ins.written(f.token, self.t)
+        f, token = self.ins.tick(self.t, health)
+        self.ins.written(token, self.t)
         self.ins.on_inputs(Inputs(self.trigger_seq & 0xFFFF, part_id, self.ack), self.t)
         return f
 
@@ -41,10 +49,10 @@ def test_one_trigger_one_result_with_part_id_and_ack():
     r.trigger_seq = 1
     r.step(part_id=4242)
     assert len(r.submitted) == 1 and r.submitted[0].part_id == 4242
-    assert r.step().valid is False  # not decided yet
+    assert not valid(r.step())  # not decided yet
     r.answer(r.submitted[0], ResultCode.FAIL, 0.9)
     f = r.step()
-    assert (f.result_seq, f.result_code, f.part_id, f.score, f.valid, f.failsafe) == (1, ResultCode.FAIL, 4242, 9000, True, False)
+    assert (f.result_seq, f.result_code, f.part_id, f.score, valid(f), is_failsafe(f)) == (1, ResultCode.FAIL, 4242, 9000, True, False)
     assert r.journal.results == {"FAIL": 1}
 
 
@@ -57,7 +65,7 @@ def test_skipped_trigger_values_each_get_overrun_in_order():
     seen = []
     for _ in range(12):
         f = r.step()
-        if f.valid and (not seen or seen[-1][0] != f.result_seq):
+        if valid(f) and (not seen or seen[-1][0] != f.result_seq):
             seen.append((f.result_seq, f.result_code, f.fault_code))
     assert seen == [(1, ResultCode.FAILSAFE, FaultCode.TRIGGER_OVERRUN), (2, ResultCode.FAILSAFE, FaultCode.TRIGGER_OVERRUN),
                     (3, ResultCode.PASS, FaultCode.NONE)]
@@ -87,7 +95,7 @@ def test_timeout_names_the_stage_that_was_late():
     faults = set()
     for _ in range(20):
         f = r.step()
-        if f.failsafe:
+        if is_failsafe(f):
             faults.add((f.result_seq, f.fault_code))
     assert faults == {(1, FaultCode.INFERENCE_TIMEOUT), (2, FaultCode.CAMERA_FAULT)}
     # A decision that comes after its fail-safe is journaled as late, never written.
@@ -102,7 +110,7 @@ def test_unhealthy_station_answers_at_once():
     r.trigger_seq = 1
     r.step(health=sick)
     f = r.step(health=sick)
-    assert (f.result_seq, f.failsafe, f.fault_code) == (1, True, FaultCode.CAMERA_FAULT)
+    assert (f.result_seq, is_failsafe(f), f.fault_code) == (1, True, FaultCode.CAMERA_FAULT)
     assert r.submitted == []
 
 
@@ -114,7 +122,7 @@ def test_trigger_read_after_the_bridge_was_blind_is_answered_failsafe_not_judged
     r.trigger_seq = 1  # ... and the next reply carries a trigger raised meanwhile
     r.step(health=blind)
     f = r.step()
-    assert (f.result_seq, f.failsafe, f.fault_code) == (1, True, FaultCode.PLC_INPUTS_STALE)
+    assert (f.result_seq, is_failsafe(f), f.fault_code) == (1, True, FaultCode.PLC_INPUTS_STALE)
     assert r.submitted == []  # never judged on a frame of a later part
     assert r.journal.failsafes == {"PLC_INPUTS_STALE": 1}
 
@@ -147,13 +155,13 @@ def test_free_run_goes_stale_then_recovers():
     latest: list[Decision | None] = [None]
     ins = FreeRunInspection(TimingSettings(max_result_age_ms=100), FailsafeSettings(result_code="FAIL", score=1.0),
                             lambda: latest[0], j, m)
-    f = ins.tick(0.0, OK)
-    assert f.failsafe and f.fault_code == FaultCode.STALE_RESULT and f.result_code == ResultCode.FAIL  # config's fail-safe code
+    f, _ = ins.tick(0.0, OK)
+    assert is_failsafe(f) and f.fault_code == FaultCode.STALE_RESULT and f.result_code == ResultCode.FAIL  # config's fail-safe code
     latest[0] = Decision(ResultCode.PASS, FaultCode.NONE, 0.1, 1.0, 3, 17, 0.99, None, 4.0)
-    f = ins.tick(1.01, OK)
-    assert (f.failsafe, f.result_code, f.result_seq, f.latency_ms) == (False, ResultCode.PASS, 17, 10)
-    f = ins.tick(1.2, Health(camera_ok=False, model_ok=True, model_version=3))
-    assert f.failsafe and f.fault_code == FaultCode.CAMERA_FAULT
+    f, _ = ins.tick(1.01, OK)
+    assert (is_failsafe(f), f.result_code, f.result_seq, f.latency_ms) == (False, ResultCode.PASS, 17, 10)
+    f, _ = ins.tick(1.2, Health(camera_ok=False, model_ok=True, model_version=3))
+    assert is_failsafe(f) and f.fault_code == FaultCode.CAMERA_FAULT
     for t in (1.21, 1.22, 1.23):  # one episode, counted once
         ins.tick(t, Health(camera_ok=False, model_ok=True, model_version=3))
     assert j.failsafes == {"STALE_RESULT": 1, "CAMERA_FAULT": 1}
@@ -168,7 +176,7 @@ def test_late_decision_is_counted_and_never_written():
     r.answer(r.submitted[0], ResultCode.PASS)
     assert r.metrics.queue_drops.labels("late_decisions")._value.get() == 1
     f = r.step()
-    assert f.failsafe and f.fault_code == FaultCode.INFERENCE_TIMEOUT
+    assert is_failsafe(f) and f.fault_code == FaultCode.INFERENCE_TIMEOUT
 
 
 # ---------------------------------------------------------------- start, restart, flood, shutdown
@@ -192,9 +200,9 @@ def _answers(r: Rig, steps: int = 30) -> list[tuple[int, int, int]]:
     seen = []
     for _ in range(steps):
         f = r.step()
-        if f.valid and (not seen or seen[-1][0] != f.result_seq):
+        if valid(f) and (not seen or seen[-1][0] != f.result_seq):
             seen.append((f.result_seq, f.result_code, f.fault_code))
-        if f.valid:
+        if valid(f):
             r.ack = f.result_seq
     return seen
 
@@ -222,14 +230,14 @@ def test_plc_restart_is_no_phantom_part_and_old_answers_are_never_shown_to_the_n
     r.step(part_id=12)
     r.answer(r.submitted[0])
     f = r.step()
-    assert (f.result_seq, f.valid) == (1, True)  # presented, not yet acked; trigger 2 still judging
+    assert (f.result_seq, valid(f)) == (1, True)  # presented, not yet acked; trigger 2 still judging
     r.trigger_seq, r.ack = 0, 0  # the PLC restarts: idle counter, no ack
     r.step()  # the read that sees it (the rig composes before it reads; the write loop reads first)
     for _ in range(3):
         f = r.step()
-        assert not f.valid, f  # neither answer of the old session is presented to the new one
+        assert not valid(f), f  # neither answer of the old session is presented to the new one
     r.answer(r.submitted[1])  # the old trigger's verdict comes in late: journaled, never written
-    assert not r.step().valid
+    assert not valid(r.step())
     assert r.metrics.results_discarded._value.get() == 1  # trigger 2: never delivered (1 was, unacked)
     r.trigger_seq = 1  # the new session's first trigger is answered normally
     r.step(part_id=21)
@@ -299,8 +307,48 @@ def test_shutdown_answers_the_pending_trigger_with_its_own_seq_and_part_id():
     r.trigger_seq = 9
     r.step(part_id=99)
     f = r.ins.shutdown(r.t)
-    assert f is not None
-    assert (f.result_seq, f.part_id, f.result_code, f.fault_code, f.valid, f.failsafe) == (
+    assert (f.result_seq, f.part_id, f.result_code, f.fault_code, valid(f), is_failsafe(f)) == (
         9, 99, ResultCode.FAILSAFE, FaultCode.SHUTTING_DOWN, True, True)
+    assert f.status == StatusBit.RESULT_VALID | StatusBit.FAILSAFE_ACTIVE  # READY and the health bits cleared
     assert r.journal.failsafes == {"SHUTTING_DOWN": 1}
-    assert Rig().ins.shutdown(0.0) is None  # nothing pending: no answer to carry
+
+
+def test_shutdown_with_nothing_pending_answers_nothing_and_repeats_the_last_result_seq():
+    r = Rig(result_hold_ms=20)
+    r.trigger_seq = 1
+    r.step()
+    r.answer(r.submitted[0])
+    r.ack = 1
+    for _ in range(5):
+        r.step()  # presented, acked: nothing waits
+    f = r.ins.shutdown(r.t)
+    assert (f.result_seq, f.part_id, f.result_code, f.fault_code, f.model_version) == (
+        1, 0, ResultCode.FAILSAFE, FaultCode.SHUTTING_DOWN, 3)
+    assert f.status == StatusBit.FAILSAFE_ACTIVE and not valid(f)  # no trigger answered by it
+    assert Rig().ins.shutdown(0.0).result_seq == 0  # nothing ever presented
+
+
+def test_free_run_shutdown_block_repeats_the_last_result_seq():
+    m = Metrics()
+    d = Decision(ResultCode.PASS, FaultCode.NONE, 0.1, 1.0, 5, 42, 0.99, None, 4.0)
+    ins = FreeRunInspection(TimingSettings(max_result_age_ms=100), FailsafeSettings(), lambda: d, Journal(m, "t"), m)
+    f, token = ins.tick(1.01, OK)
+    assert token is d and (f.result_seq, valid(f)) == (42, True)
+    f = ins.shutdown(1.02)
+    assert (f.result_seq, f.model_version, f.fault_code, f.status) == (42, 5, FaultCode.SHUTTING_DOWN, StatusBit.FAILSAFE_ACTIVE)
+
+
+def test_the_block_carries_only_the_result_bits_and_says_blind_in_every_block():
+    """The write loop stamps heartbeat and health bits; the fault is complete here."""
+    r = Rig(result_hold_ms=1000)
+    r.trigger_seq = 1
+    r.step(part_id=5)
+    r.answer(r.submitted[0])
+    f = r.step()
+    assert (f.heartbeat, f.status, f.fault_code) == (0, StatusBit.RESULT_VALID, FaultCode.NONE)
+    blind = Health(camera_ok=True, model_ok=True, model_version=3, plc_ok=False)
+    f = r.step(health=blind)  # the verdict still presented, the inputs now stale
+    assert (f.result_seq, f.result_code, valid(f)) == (1, ResultCode.PASS, True)
+    assert f.fault_code == FaultCode.PLC_INPUTS_STALE
+    f = r.step(health=Health(camera_ok=False, model_ok=True, model_version=3))
+    assert (valid(f), f.fault_code) == (True, FaultCode.CAMERA_FAULT)  # a verdict, and why none can follow

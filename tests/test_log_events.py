@@ -24,7 +24,7 @@ from plcbridge.inspection import FreeRunInspection, Health
 from plcbridge.journal import Journal
 from plcbridge.logs import LogPipeline, get_logger, log_event, text_value
 from plcbridge.metrics import Metrics
-from plcbridge.writeloop import WriteLoop
+from plcbridge.writeloop import log_status_change
 
 EVENT_NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 
@@ -151,7 +151,7 @@ def test_flapping_status_is_rate_limited_and_the_last_line_is_the_state_now():
     old = up
     for i in range(43):  # the flapping camera: 43 changes in a short time, ending down
         new = down if i % 2 == 0 else up
-        WriteLoop._log_status(None, old, new, FaultCode.CAMERA_FAULT if new == down else FaultCode.NONE)
+        log_status_change(old, new, FaultCode.CAMERA_FAULT if new == down else FaultCode.NONE)
         old = new
     time.sleep(0.6)  # the window ends with no further change: the last state still gets written
     lines = _status_lines(out)
@@ -169,8 +169,8 @@ def test_flapping_status_is_rate_limited_and_the_last_line_is_the_state_now():
 
 def test_stop_writes_the_kept_state_line():
     out, p = _capture(rate_limit_s=60)
-    WriteLoop._log_status(None, 0, int(StatusBit.MODEL_OK), FaultCode.NONE)
-    WriteLoop._log_status(None, int(StatusBit.MODEL_OK), 0, FaultCode.MODEL_NOT_READY)
+    log_status_change(0, int(StatusBit.MODEL_OK), FaultCode.NONE)
+    log_status_change(int(StatusBit.MODEL_OK), 0, FaultCode.MODEL_NOT_READY)
     p.stop(timeout=2.0)
     lines = _status_lines(out)
     assert [e["status"] for e in lines] == [["MODEL_OK"], []]

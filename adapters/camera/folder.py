@@ -24,9 +24,9 @@ import cv2
 import numpy as np
 
 from plcbridge.adapters.camera.base import CameraError, CameraSource
-from plcbridge.adapters.camera.pacing import Pacer
 from plcbridge.config import FolderCameraSettings
 from plcbridge.logs import get_logger, log_event, native_stderr
+from plcbridge.schedule import FixedRateSchedule
 
 log = get_logger("camera")
 
@@ -60,7 +60,7 @@ class FolderCamera(CameraSource):
         self._files: list[tuple[Path, str | None]] | None = None
         self._index = 0
         self._bad: set[Path] = set()
-        self._pacer = Pacer(settings.fps)
+        self._pacer = FixedRateSchedule(1 / settings.fps)
 
     def open(self) -> None:
         root = Path(self.settings.path)
@@ -77,7 +77,7 @@ class FolderCamera(CameraSource):
         self._files = [(p, label_for(p, root)) for p in paths]
         self._index = 0
         self._bad.clear()
-        self._pacer = Pacer(self.settings.fps)
+        self._pacer = FixedRateSchedule(1 / self.settings.fps)
         log_event(log, "folder_camera_opened", logging.INFO, images=len(paths), path=str(root),
                   pattern=self.settings.pattern)
 

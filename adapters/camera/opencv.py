@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 
 from plcbridge.adapters.camera.base import CameraError, CameraSource
-from plcbridge.adapters.camera.pacing import Pacer
 from plcbridge.config import OpenCvCameraSettings
 from plcbridge.logs import NativeOutput, get_logger, log_event, native_stderr
+from plcbridge.schedule import FixedRateSchedule
 
 log = get_logger("camera")
 
@@ -77,7 +77,7 @@ class OpenCvCamera(CameraSource):
         self._source = parse_source(settings.url)
         self._is_file = isinstance(self._source, str) and os.path.isfile(self._source)
         self._cap: cv2.VideoCapture | None = None
-        self._pacer: Pacer | None = None
+        self._pacer: FixedRateSchedule | None = None
 
     def _describe(self) -> str:
         return f"{redact_url(self.settings.url)!r} (backend {self.settings.backend})"
@@ -113,7 +113,7 @@ class OpenCvCamera(CameraSource):
         self._cap = cap
         self._report_native(native, "open")
         if self._is_file:
-            self._pacer = Pacer(self.settings.fps) if self.settings.fps else None
+            self._pacer = FixedRateSchedule(1 / self.settings.fps) if self.settings.fps else None
         else:
             self._request(cv2.CAP_PROP_FRAME_WIDTH, "width", self.settings.width)
             self._request(cv2.CAP_PROP_FRAME_HEIGHT, "height", self.settings.height)

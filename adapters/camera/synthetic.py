@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 
 from plcbridge.adapters.camera.base import CameraError, CameraSource
-from plcbridge.adapters.camera.pacing import Pacer
 from plcbridge.config import SyntheticCameraSettings
+from plcbridge.schedule import FixedRateSchedule
 
 DEFECT_KINDS: tuple[str, ...] = ("scratch", "spot", "crack")
 # Hardware trigger: how long grab() waits for a pulse before saying "idle" (None), so that
@@ -193,7 +193,7 @@ class SyntheticCamera(CameraSource):
 
     def __init__(self, settings: SyntheticCameraSettings) -> None:
         self.settings = settings
-        self._pacer = Pacer(settings.fps)
+        self._pacer = FixedRateSchedule(1 / settings.fps)
         self._rng: np.random.Generator | None = None
         self._line: socket.socket | None = None
         # Build the texture bank now: numpy's generators hold the GIL for tens of ms, and the
@@ -202,7 +202,7 @@ class SyntheticCamera(CameraSource):
 
     def open(self) -> None:
         self._rng = np.random.default_rng(self.settings.seed)
-        self._pacer = Pacer(self.settings.fps)
+        self._pacer = FixedRateSchedule(1 / self.settings.fps)
         if self.settings.trigger == "hardware":
             # The trigger input: one datagram per edge (simulators/camera_line.py).
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
