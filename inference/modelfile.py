@@ -9,6 +9,7 @@ and training dependency only, and ONNX Runtime does not report a model's opset.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from plcbridge.inference.errors import ModelError
@@ -45,9 +46,10 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(data: bytes):
+def _fields(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:
     """Yield (field number, wire type, value) for one protobuf message; LEN values as bytes."""
     pos = 0
+    value: int | bytes
     while pos < len(data):
         key, pos = _varint(data, pos)
         field, wire = key >> 3, key & 7
@@ -70,12 +72,12 @@ def _fields(data: bytes):
 def default_opset(data: bytes) -> int | None:
     """The model's opset for the default ONNX domain, or None if it declares none."""
     for field, wire, value in _fields(data):
-        if field == _OPSET_IMPORT and wire == 2:
+        if field == _OPSET_IMPORT and wire == 2 and isinstance(value, bytes):  # LEN: always bytes
             domain, version = "", None
             for f, w, v in _fields(value):
-                if f == 1 and w == 2:
+                if f == 1 and w == 2 and isinstance(v, bytes):
                     domain = v.decode("utf-8", "replace")
-                elif f == 2 and w == 0:
+                elif f == 2 and w == 0 and isinstance(v, int):  # VARINT: always int
                     version = v
             if domain in _DEFAULT_DOMAINS:
                 return version

@@ -70,6 +70,7 @@ class Preprocessor:
             small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)[:, :, None]
         elif self.pp.color == "rgb":
             small = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
+        x: np.ndarray
         if self._dtype is np.uint8:
             x = small  # the manifest guarantees identity scale/mean/std for uint8 inputs
         elif self.pp.layout == "nchw":

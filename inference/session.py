@@ -34,7 +34,6 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from plcbridge.config import ModelSettings
 from plcbridge.inference.errors import (
     BadFrame,
     InferenceError,
@@ -152,6 +151,8 @@ class Model:
         self.requested_providers = [CUDA, CPU] if device == "cuda" else [CPU]
         self._session, self.fallback_reason = self._create_session(data, intra_op_threads, where)
         self.providers: list[str] = list(self._session.get_providers())
+        # What the session really runs with (model.intra_op_threads); 1 keeps the write loop a core.
+        self.intra_op_threads: int = self._session.get_session_options().intra_op_num_threads
         self.fell_back = self.providers[0] != self.requested_providers[0]
         if self.fell_back:
             self.fallback_reason = self.fallback_reason or f"onnxruntime chose {self.providers}"
@@ -171,10 +172,6 @@ class Model:
         except (InferenceError, InferenceTimeout) as e:
             self.close()
             raise ModelError(f"{where}: smoke run failed: {e}") from None
-
-    @classmethod
-    def from_settings(cls, settings: ModelSettings) -> "Model":
-        return cls(settings.manifest, settings.device, settings.intra_op_threads, settings.inference_timeout_ms)
 
     def _create_session(self, data: bytes, threads: int, where: str) -> tuple[ort.InferenceSession, str | None]:
         so = ort.SessionOptions()

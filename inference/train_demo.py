@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from plcbridge.adapters.camera.synthetic import render_surface
-from plcbridge.inference.manifest import Manifest, Preprocessing, TensorSpec
+from plcbridge.inference.manifest import Manifest, OutputSpec, Preprocessing, TensorSpec
 from plcbridge.inference.preprocess import Preprocessor
 
 SEED = 1234
@@ -158,7 +158,7 @@ def main() -> None:
         sha256=hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
         opset=OPSET,
         input=INPUT,
-        output={"name": "defect_prob", "shape": [1, 1], "dtype": "float32", "kind": "probability"},
+        output=OutputSpec(name="defect_prob", shape=[1, 1], dtype="float32", kind="probability"),
         preprocessing=PREPROCESSING,
         threshold=0.5,
         labels=("pass", "fail"),

@@ -194,6 +194,11 @@ def generated_frames(size: tuple[int, int] = DEFAULT_FRAME_SIZE) -> dict[str, np
     }
 
 
+def _latency(samples_ms: list[float]) -> dict[str, float]:
+    """p50, p95, p99 and max of a run of at least one sample (so none of them is None)."""
+    return {k: v for k, v in percentile_summary(samples_ms).items() if v is not None}
+
+
 def validate_model(
     spec: str | Path,
     *,
@@ -360,7 +365,7 @@ def _judge_checks(model: Model, r: ValidationReport, runs: int, p99_max_ms: floa
         try:
             model.judge(cycle[n % len(cycle)])
         except (BadFrame, InferenceError, InferenceTimeout) as e:
-            r.runs, r.latency_ms = len(samples), percentile_summary(samples) if samples else {}
+            r.runs, r.latency_ms = len(samples), _latency(samples) if samples else {}
             r._record("latency", False, f"timed run {n}: {e}")
             return
         samples.append((time.perf_counter() - t0) * 1000.0)
@@ -371,11 +376,11 @@ def _judge_checks(model: Model, r: ValidationReport, runs: int, p99_max_ms: floa
         if p99_max_ms is not None and samples[-1] > p99_max_ms:
             over += 1
             if over >= hopeless and n < runs:
-                r.runs, r.latency_ms = n, percentile_summary(samples)
+                r.runs, r.latency_ms = n, _latency(samples)
                 r._record("latency", False, f"p99 over {runs} runs cannot be <= {p99_max_ms:g} ms: {over} of the "
                                             f"first {n} runs took longer (max {r.latency_ms['max']:g} ms); stopped early")
                 return
-    r.runs, r.latency_ms = runs, percentile_summary(samples)
+    r.runs, r.latency_ms = runs, _latency(samples)
     lat = r.latency_ms
     figures = f"p50 {lat['p50']:g} / p95 {lat['p95']:g} / p99 {lat['p99']:g} / max {lat['max']:g} ms over {runs} runs"
     if p99_max_ms is None:

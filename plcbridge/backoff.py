@@ -1,8 +1,10 @@
-"""Bounded exponential backoff, shared by the camera and PLC reconnect loops."""
+"""Bounded exponential backoff, and the retry policy the camera and PLC reconnect loops share."""
 
 from __future__ import annotations
 
 import random
+import threading
+import time
 
 
 class Backoff:
@@ -27,3 +29,45 @@ class Backoff:
 
     def _bounded(self, delay: float) -> float:
         return min(max(delay, self.min_s), self.max_s)
+
+
+class Reconnector:
+    """The wait-and-retry policy of a reconnect loop (the camera's grab loop, the PLC link).
+
+    The loop says when a session `opened()`, each time it `answered()` (a frame, a reply),
+    and when opening or the session `failed()`, which returns how long to wait before the
+    next attempt (the loop logs it as retry_in_ms). `wait()` sleeps that long, cut short when
+    `wake` is set (stop). The backoff falls back to the minimum only when the failed session
+    had answered and had lived for `reset_after_s`: a peer that accepts every connection and
+    then fails at once is not reconnected to at the minimum's rate. `reset_after_s` 0: one
+    answer is enough.
+    """
+
+    def __init__(self, min_s: float, max_s: float, wake: threading.Event, reset_after_s: float = 0.0) -> None:
+        self.backoff = Backoff(min_s, max_s)
+        self.wake = wake
+        self.reset_after_s = reset_after_s
+        self.answers = 0  # on the current session
+        self._t_opened: float | None = None
+
+    def opened(self) -> None:
+        self._t_opened, self.answers = time.monotonic(), 0
+
+    def answered(self) -> None:
+        self.answers += 1
+
+    def session_s(self) -> float:
+        """How long the current session has lived (0 when none is open)."""
+        return 0.0 if self._t_opened is None else time.monotonic() - self._t_opened
+
+    def failed(self, *, at_maximum: bool = False) -> float:
+        """The delay before the next attempt; ends the session. `at_maximum`: a failure that
+        retrying soon cannot cure (the peer refuses the configuration)."""
+        if self.answers and self.session_s() >= self.reset_after_s:
+            self.backoff.reset()  # a session that answered for a good while: start small again
+        self._t_opened, self.answers = None, 0
+        return self.backoff.maximum() if at_maximum else self.backoff.next()
+
+    def wait(self, delay: float) -> bool:
+        """Sleep `delay` seconds or until woken; True if woken."""
+        return self.wake.wait(delay)

@@ -100,6 +100,7 @@ def _pki_problems(cfg: Config, env: dict[str, str]) -> list[Problem]:
         except ValueError as e:
             problems.append((where, f"{getattr(o, field)} is not an X.509 certificate (PEM or DER): {e}"))
     where = "plc.opcua.private_key"
+    assert o.private_key is not None  # OpcUaSettings requires it unless security_policy is "None"
     data, found = _readable_file(where, o.private_key)
     problems += found
     if data is not None:

@@ -1,6 +1,6 @@
 """`plcbridge` command line: run, check-config, demo, sim, docs, validate-model, bench, gate.
 
-Heavy imports (numpy, onnxruntime, pymodbus) happen inside the commands, after
+Heavy imports (numpy, onnxruntime, the PLC clients) happen inside the commands, after
 `limit_native_pools()` has sized the BLAS/OpenMP pools, which read the environment once.
 """
 
@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from plcbridge import protocols
+from plcbridge.cliargs import positive
 from plcbridge.threads import limit_native_pools
 
 
@@ -189,17 +190,6 @@ def _ort_version_arg(text: str) -> str:
     return text
 
 
-def _positive(kind: type):
-    def parse(text: str):
-        value = kind(text)  # ValueError -> argparse's "invalid ... value"
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
 def _cmd_validate_model(args: argparse.Namespace) -> int:
     """The JSON report goes to stdout alone (a pipeline keeps it as an artifact); progress
     and the reason for a failure go to stderr."""
@@ -288,8 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "manifest.json beside it, or builtin:NAME (a path that leads to no manifest: exit 2)")
     v.add_argument("--target-ort-version", type=_ort_version_arg, default=None, metavar="X.Y",
                    help="ONNX Runtime the model will run on, for the opset check (default: the installed one)")
-    v.add_argument("--runs", type=_positive(int), default=200, help="timed runs for the latency figures (default 200)")
-    v.add_argument("--p99-max-ms", type=_positive(float), default=None, metavar="MS",
+    v.add_argument("--runs", type=positive(int), default=200, help="timed runs for the latency figures (default 200)")
+    v.add_argument("--p99-max-ms", type=positive(float), default=None, metavar="MS",
                    help="fail when p99 latency (preprocess + inference) is above this (default: report only)")
     v.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     v.set_defaults(func=_cmd_validate_model)

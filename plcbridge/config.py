@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from plcbridge import protocols
 from plcbridge.contract import ResultCode
@@ -284,6 +284,11 @@ class PlcCommon(Strict):
     def title(self) -> str:
         return protocols.get(self.protocol).title
 
+    @property
+    def address(self) -> str:
+        """Where the PLC is, for logs."""
+        return f"{self.host}:{self.port}"
+
     @model_validator(mode="before")
     @classmethod
     def _refuse_removed_and_foreign_settings(cls, data: Any) -> Any:
@@ -337,6 +342,36 @@ class EnipPlcSettings(PlcCommon):
     enip: EnipSettings = EnipSettings()
 
 
+class LoopSettings(Strict):
+    """`[plc.loop]`: a PLC program in this very process instead of a PLC on the network
+    (python-can's VirtualBus, pyserial's loop://), for tests and demos: the bridge finds it by
+    channel name (plcbridge/contract/loop.py). Nothing travels over a network, so `plc.host` is
+    not used and `plc.port` is 0."""
+
+    # The name the PLC program was attached under (simulators/loop.py's `channel`).
+    channel: Annotated[str, Field(min_length=1)] = "plc"
+
+
+class LoopPlcSettings(PlcCommon):
+    """`[plc]` with `protocol = "loop"`: the in-process PLC; no host, no port."""
+
+    protocol: Literal["loop"]
+    port: int = protocols.get("loop").default_port
+    loop: LoopSettings = LoopSettings()
+
+    @property
+    def address(self) -> str:
+        return f"loop:{self.loop.channel}"
+
+    @field_validator("port")
+    @classmethod
+    def _no_port(cls, port: int) -> int:
+        if port != 0:
+            raise ValueError("the loop protocol has no network: leave plc.port unset (0); the PLC program is "
+                             "found by plc.loop.channel")
+        return port
+
+
 def _protocol_of(value: Any) -> str | None:
     """The tag of a [plc] table: "modbus" when it names none (the default protocol)."""
     if isinstance(value, dict):
@@ -347,7 +382,7 @@ def _protocol_of(value: Any) -> str | None:
 # One variant per row of plcbridge/protocols.py (a test holds them equal).
 PlcSettings = Annotated[
     Union[Annotated[ModbusPlcSettings, Tag("modbus")], Annotated[OpcUaPlcSettings, Tag("opcua")],
-          Annotated[EnipPlcSettings, Tag("enip")]],
+          Annotated[EnipPlcSettings, Tag("enip")], Annotated[LoopPlcSettings, Tag("loop")]],
     Discriminator(_protocol_of),
 ]
 

@@ -250,7 +250,7 @@ class Daemon:
         self.started_at = time.monotonic()
         c = self.config
         log_event(log, "starting", logging.INFO, station=c.station.name, mode=c.station.mode, protocol=c.plc.protocol,
-                  plc=f"{c.plc.host}:{c.plc.port}", camera=c.camera.source, model=c.model.manifest, period_ms=c.timing.period_ms)
+                  plc=c.plc.address, camera=c.camera.source, model=c.model.manifest, period_ms=c.timing.period_ms)
         if c.metrics.enabled:
             http = self.http = HealthServer(self.metrics, c.metrics.host, c.metrics.port, self.live, self.ready).start()
             self.metrics.watch("plcbridge_http_connections_refused", "Metrics/health connections closed at once "

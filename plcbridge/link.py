@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
-from plcbridge.backoff import Backoff
+from plcbridge.backoff import Reconnector
 from plcbridge.contract import Inputs, Outputs
 from plcbridge.logs import get_logger, log_event
 from plcbridge.metrics import Metrics
@@ -86,19 +86,17 @@ class PlcLink:
         self.period = period_s
         self.link_timeout = settings.link_timeout_ms / 1000
         self._factory = factory or adapter_class(settings.protocol)
-        self._backoff = Backoff(settings.reconnect_min_ms / 1000, settings.reconnect_max_ms / 1000)
-        self._reset_after = settings.reconnect_reset_ms / 1000
         self._adapter: PlcAdapter | None = None  # used by the link thread only
         self._slot: _Posted | None = None
         self._posted = threading.Condition(threading.Lock())
         self._stop = threading.Event()
         self._wake = threading.Event()  # cuts a backoff wait short: stop, or the final write
+        self._retry = Reconnector(settings.reconnect_min_ms / 1000, settings.reconnect_max_ms / 1000, self._wake,
+                                  reset_after_s=settings.reconnect_reset_ms / 1000)
         self._final_id: int | None = None
         self._delivered = threading.Condition(threading.Lock())
         self._ever_connected = False
         self.sessions = 0
-        self._t_connected = 0.0
-        self._answered = 0  # replies on the current session
         self._last_sent_id = -1
         self.reply: Reply | None = None
         self.written: Written | None = None
@@ -109,6 +107,12 @@ class PlcLink:
     @property
     def connected(self) -> bool:
         return self._adapter is not None
+
+    @property
+    def adapter(self) -> PlcAdapter | None:
+        """The adapter of the current session (None between sessions), for diagnostics and
+        tests: read its state (describe(), ModbusAdapter.fc23); only the link thread calls it."""
+        return self._adapter
 
     def start(self) -> "PlcLink":
         self._thread.start()
@@ -160,7 +164,7 @@ class PlcLink:
         while not self._stop.is_set():
             if self._adapter is None:
                 if delay > 0 and self._final_id is None:
-                    self._wake.wait(delay)
+                    self._retry.wait(delay)
                 elif delay > 0:
                     time.sleep(_FINAL_RETRY_S)
                 if self._stop.is_set():
@@ -194,7 +198,7 @@ class PlcLink:
         except Exception as e:  # noqa: BLE001 - any failure to connect is retried
             self._close(adapter)
             config = isinstance(e, PlcConfigError)
-            delay = self._backoff.maximum() if config else self._backoff.next()
+            delay = self._retry.failed(at_maximum=config)
             self.last_error = f"connect failed: {e}"
             self.metrics.plc_errors.labels("config" if config else "connect").inc()
             log_event(log, "plc_config_error" if config else "plc_connect_failed", logging.ERROR if config else logging.WARNING,
@@ -203,8 +207,7 @@ class PlcLink:
             return delay
         self._adapter = adapter
         self.sessions += 1
-        self._t_connected = time.monotonic()
-        self._answered = 0
+        self._retry.opened()
         self.last_error = None
         self.metrics.plc_connected.set(1)
         if self._ever_connected:
@@ -235,7 +238,7 @@ class PlcLink:
         t1 = time.monotonic()
         took = t1 - t0
         self.exchanges += 1
-        self._answered += 1
+        self._retry.answered()
         self.metrics.plc_exchange_seconds.observe(took)
         if took > self.period:
             self.metrics.plc_late_exchanges.inc()
@@ -261,21 +264,19 @@ class PlcLink:
     def _drop(self, adapter: PlcAdapter, e: PlcError, took: float) -> float:
         target = adapter.describe()
         config = isinstance(e, PlcConfigError)
-        lived = time.monotonic() - self._t_connected
-        if self._answered and lived >= self._reset_after:
-            self._backoff.reset()  # a session that answered for a good while: start small again
-        delay = self._backoff.maximum() if config else self._backoff.next()
+        lived, answered = self._retry.session_s(), self._retry.answers
+        delay = self._retry.failed(at_maximum=config)  # from the minimum again after reconnect_reset_ms of answers
         why = str(e) if took < self.link_timeout else f"no answer within plc.link_timeout_ms = {self.settings.link_timeout_ms} ({e})"
         self.last_error = why
         self._drop_adapter()
         self.metrics.plc_connected.set(0)
         self.metrics.plc_errors.labels("config" if config else "exchange").inc()
-        if config:
+        if isinstance(e, PlcConfigError):
             log_event(log, "plc_config_error", logging.ERROR, target=target, reason=why, setting=e.setting,
                       retry_in_ms=round(delay * 1000), rate_key=target)
         else:
             log_event(log, "plc_connection_lost", logging.WARNING, target=target, reason=why,
-                      session_s=round(lived, 3), answered=self._answered, retry_in_ms=round(delay * 1000), rate_key=target)
+                      session_s=round(lived, 3), answered=answered, retry_in_ms=round(delay * 1000), rate_key=target)
         return delay
 
     def _drop_adapter(self) -> None:

@@ -195,8 +195,8 @@ def text_value(v: Any, nested: bool = False) -> str:
         items = sorted(v, key=str) if isinstance(v, (set, frozenset)) else v
         s = ",".join(text_value(x, True) for x in items) or "-"
         return _quote(s) if not nested else s
-    s = getattr(v, "name", None) if hasattr(v, "name") and hasattr(v, "value") else None  # an Enum
-    return _quote(str(v) if s is None else s)
+    name = getattr(v, "name", None) if hasattr(v, "name") and hasattr(v, "value") else None  # an Enum
+    return _quote(str(v) if name is None else str(name))
 
 
 def _quote(s: str) -> str:
@@ -216,7 +216,7 @@ class _Enqueue(logging.Handler):
         super().__init__()
         self._pipeline = pipeline
 
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+    def handle(self, record: logging.LogRecord) -> bool:
         if record.levelno < self.level:
             return False
         self.emit(record)
@@ -459,13 +459,15 @@ class LogPipeline:
             self._dropped_writer += len(chunks) if records is None else records
 
     def _write_fd(self, data: bytes) -> None:
+        fd = self._fd
+        assert fd is not None  # called only when the stream has a usable descriptor
         view = memoryview(data)
         while view:
             try:
-                n = os.write(self._fd, view)  # type: ignore[arg-type]
+                n = os.write(fd, view)
             except BlockingIOError:  # someone made the fd non-blocking: wait until it takes more
                 try:
-                    select.select([], [self._fd], [], 1.0)
+                    select.select([], [fd], [], 1.0)
                 except (OSError, ValueError):
                     time.sleep(0.01)
                 continue

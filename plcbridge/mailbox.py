@@ -29,10 +29,6 @@ class FrameMailbox:
             self.last_capture = frame.t_capture
             self._cond.notify_all()
 
-    def latest(self) -> Frame | None:
-        with self._cond:
-            return self._frames[-1] if self._frames else None
-
     def wait_newer(self, than_seq: int, timeout: float) -> Frame | None:
         """The newest frame with seq > than_seq, waiting up to timeout for one."""
         end = time.monotonic() + timeout

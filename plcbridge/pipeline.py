@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from plcbridge.adapters.camera.base import CameraError, CameraSource, Frame, open_camera
-from plcbridge.backoff import Backoff
+from plcbridge.backoff import Reconnector
 from plcbridge.config import Config
 from plcbridge.contract import FaultCode, ResultCode
 from plcbridge.decision import Decision, Request, failsafe
@@ -93,7 +93,7 @@ class GrabLoop:
     def _run(self) -> None:
         lower_this_thread()
         s = self.settings
-        backoff = Backoff(s.reconnect_min_ms / 1000, s.reconnect_max_ms / 1000)
+        retry = Reconnector(s.reconnect_min_ms / 1000, s.reconnect_max_ms / 1000, self._stop)
         opened_before = False
         while not self._stop.is_set():
             source, self._first = self._first or open_camera(s), None
@@ -101,12 +101,13 @@ class GrabLoop:
                 source.open()
             except Exception as e:  # noqa: BLE001 - any open failure is retried
                 self.metrics.camera_errors.labels("open").inc()
-                delay = backoff.next()
+                delay = retry.failed()
                 log_event(cam_log, "camera_open_failed", logging.ERROR, source=s.source, reason=str(e),
                           retry_in_ms=round(delay * 1000), rate_key=s.source)
                 source.close()
-                self._stop.wait(delay)
+                retry.wait(delay)
                 continue
+            retry.opened()
             if opened_before:
                 self.metrics.camera_reconnects.inc()
             log_event(cam_log, "camera_opened", logging.INFO, source=s.source, reopen=opened_before)
@@ -134,14 +135,14 @@ class GrabLoop:
                     self.frames.put(Frame(image, self.seq, now, label, request, meta))
                     self._alive_at = now
                     self.seq += 1
-                    backoff.reset()
+                    retry.answered()  # a frame: the next failure starts the backoff from the minimum
             except Exception as e:  # noqa: BLE001 - CameraError or a driver's own exception
                 self.metrics.camera_errors.labels("grab").inc()
-                delay = backoff.next()
+                delay = retry.failed()
                 kind = "camera_failed" if isinstance(e, CameraError) else "camera_crashed"
                 log_event(cam_log, kind, logging.ERROR, source=s.source, reason=f"{type(e).__name__}: {e}",
                           frame_seq=self.seq, retry_in_ms=round(delay * 1000), rate_key=s.source)
-                self._stop.wait(delay)
+                retry.wait(delay)
             finally:
                 source.close()
 
@@ -163,7 +164,7 @@ class InferenceWorker:
         self.latest: LatestValue[Decision] = LatestValue()
         self.requests: queue.Queue[Request] = queue.Queue(maxsize=1 + config.timing.trigger_queue)
         self.results: queue.SimpleQueue[Decision] = queue.SimpleQueue()
-        self.model = None
+        self.model: Model | None = None
         self.model_ok = False
         self.model_version = 0
         self.load_error: str | None = None

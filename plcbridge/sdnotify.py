@@ -36,10 +36,6 @@ class Notifier:
             # Ping at half the timeout, as sd_watchdog_enabled(3) recommends.
             self.watchdog_interval_s = int(usec) / 2_000_000
 
-    @property
-    def enabled(self) -> bool:
-        return self._sock is not None
-
     def send(self, *lines: str) -> bool:
         if self._sock is None or self._addr is None:
             return False

@@ -66,7 +66,7 @@ def log_status_change(old: int, new: int, fault: int) -> None:
     # Rate-limited per kind of change (which bits moved; a flapping CAMERA_OK raises and
     # clears the same bits), never lost: `status` is the whole word after the change, and
     # the latest suppressed line is written when the window ends, with `suppressed`.
-    kind = ",".join(sorted(raised + cleared)) or "fault"
+    kind = ",".join(sorted(raised + cleared)) or "fault"  # type: ignore[arg-type]  # iterating a Flag gives single bits, all named; typeshed says str | None
     log_event(log, "status_changed", level, raised=raised, cleared=cleared, fault=FaultCode(fault).name,
               status=[b.name for b in StatusBit if new & b], rate_key=kind, rate_last=True)
 

@@ -29,6 +29,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from plcbridge import protocols
+from plcbridge.cliargs import positive
 
 from .device import DeviceFileError, load_device
 from .program import SimulatedPlc
@@ -70,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "trigger (camera_line.port; the bridge's camera.trigger_port)")
     parser.add_argument("--reply-jitter-ms", type=float, default=None, metavar="MS",
                         help="plus a uniformly random 0..MS, replies kept in order (network.reply_jitter_ms)")
-    parser.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until SIGINT/SIGTERM)")
+    parser.add_argument("--seconds", type=positive(float), default=None, help="stop after this long (default: until SIGINT/SIGTERM)")
     parser.add_argument("--summary-json", type=Path, default=None, help="also write the final summary to this file")
     parser.add_argument("--quiet", action="store_true", help="no live status line on stderr")
     parser.add_argument("--trace", type=Path, default=None, metavar="FILE",
@@ -125,12 +126,9 @@ def run(args: argparse.Namespace) -> int:
     except DeviceFileError as e:
         print(f"plcbridge sim: {e}", file=sys.stderr)
         return 2
-    if args.seconds is not None and args.seconds <= 0:
-        print("plcbridge sim: --seconds must be > 0", file=sys.stderr)
-        return 2
 
     stop = threading.Event()
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
 
         def _on_signal(_signum: int, _frame: FrameType | None) -> None:

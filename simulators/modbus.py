@@ -105,7 +105,7 @@ class ModbusSimulator(ThreadedFrontend):
         server = _Server(devices, address=self._bind_address(), trace_pdu=self._trace_pdu, screen=self._screen)
         await server.serve_forever(background=True)
         try:
-            await self._run_program(server.transport.sockets[0].getsockname()[1])
+            await self._run_program(server.transport.sockets[0].getsockname()[1])  # type: ignore[attr-defined]  # a listening pymodbus transport is the asyncio.Server
         finally:
             await server.shutdown()
 

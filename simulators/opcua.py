@@ -114,6 +114,22 @@ class OpcUaSimulator(ThreadedFrontend):
     def endpoint(self) -> str:
         return f"opc.tcp://{self.host}:{self.port}"
 
+    def close_sessions(self, timeout: float = 5.0) -> int:
+        """Close every client session and keep the sockets open, as a PLC does that resets its
+        OPC UA server or times a session out: a client learns it on its next request
+        (BadSessionIdInvalid). Callable from any thread; returns how many were closed."""
+        server, loop = self._server, self._loop
+        if server is None or loop is None or not self.running:
+            raise RuntimeError("the OPC UA simulator is not running")
+
+        async def close() -> int:
+            sessions = list(server.iserver._external_sessions.values())  # asyncua has no public list
+            for session in sessions:
+                await session.close_session()
+            return len(sessions)
+
+        return asyncio.run_coroutine_threadsafe(close(), loop).result(timeout)
+
     # ------------------------------------------------------------------ asyncio side
 
     async def _serve(self) -> None:
@@ -162,7 +178,7 @@ class OpcUaSimulator(ThreadedFrontend):
             folder = await root.add_folder(ns, title)
             for spec in specs:
                 vtype = self._vtypes[spec.key]
-                node_id = ua.NodeId(spec.parsed_identifier, ns)
+                node_id = ua.NodeId(spec.parsed_identifier, ns)  # type: ignore[arg-type]  # asyncua accepts str/int; its stubs say String/Int32, Int16
                 var = await folder.add_variable(node_id, ua.QualifiedName(spec.signal.name, ns),
                                                 ua.Variant(_cast(0, vtype), vtype))
                 await var.write_attribute(ua.AttributeIds.Description,
@@ -200,7 +216,7 @@ class OpcUaSimulator(ThreadedFrontend):
         for node_id, spec in zip(self._in_ids, self._ins):
             vtype = self._vtypes[spec.key]
             dv = ua.DataValue(ua.Variant(_cast(values[spec.signal.name], vtype), vtype),
-                              SourceTimestamp=now, ServerTimestamp=now)
+                              SourceTimestamp=now, ServerTimestamp=now)  # type: ignore[arg-type]  # asyncua takes any datetime; its stubs say its ua.DateTime marker subclass
             await server.write_attribute_value(node_id, dv)
         self._presented = inputs
 

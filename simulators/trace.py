@@ -16,17 +16,10 @@ import json
 from pathlib import Path
 from typing import TextIO
 
-from plcbridge.contract import FaultCode, Outputs, ResultCode
+from plcbridge.contract import FaultCode, Outputs, ResultCode, code_name
 
 from .device import ProgramSettings
 from .program import SimulatedPlc
-
-
-def _name(enum_type: type[ResultCode] | type[FaultCode], value: int) -> str:
-    try:
-        return enum_type(value).name
-    except ValueError:
-        return f"UNKNOWN_{value}"
 
 
 class TracingPlc(SimulatedPlc):
@@ -43,7 +36,8 @@ class TracingPlc(SimulatedPlc):
             self._last_key = key
             self._trace.write(json.dumps({
                 "t": round(t, 6), "result_seq": outputs.result_seq,
-                "result": _name(ResultCode, outputs.result_code), "fault": _name(FaultCode, outputs.fault_code),
+                "result": code_name(ResultCode, outputs.result_code) or f"UNKNOWN_{outputs.result_code}",
+                "fault": code_name(FaultCode, outputs.fault_code) or f"UNKNOWN_{outputs.fault_code}",
                 "part_id": outputs.part_id, "status": outputs.status, "model_version": outputs.model_version,
                 "latency_ms": outputs.latency_ms}) + "\n")
         super().on_outputs(outputs, t)

@@ -57,7 +57,7 @@ def test_every_key_is_documented_with_a_meaning():
 def test_reference_shows_types_defaults_and_constraints():
     text = config_reference.markdown_reference()
     assert '| `mode` | `"triggered"` \\| `"free-run"` | `"triggered"` |' in text
-    assert "| `port` | integer | `5020` (modbus), `4840` (opcua), `44 818` (enip) | >= 1, <= 65 535 |" in text
+    assert "| `port` | integer | `5020` (modbus), `4840` (opcua), `44 818` (enip), `0` (loop) | >= 1, <= 65 535 |" in text
     assert "| `source` | `\"folder\"` | **required** |" in text
     assert "`PLCBRIDGE_PLC_HOST` | `plc.host`" in text
     assert typing.get_type_hints(config_reference.markdown_reference)["return"] is str

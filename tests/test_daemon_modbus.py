@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import running, station_config, wait_for
+from helpers import read_metric, running, station_config, wait_for
 
 from plcbridge.contract import FaultCode, ResultCode, StatusBit
 
@@ -112,7 +112,7 @@ def test_camera_that_cannot_open_gives_camera_fault_a_log_and_a_metric(make_sim,
     raw["camera"] = {"source": "folder", "path": str(tmp_path / "no-such-folder"), "reconnect_min_ms": 20, "reconnect_max_ms": 50}
     plc = sim.program
     with running(parse_config(raw, "<test>", env={})) as d:
-        wait_for(lambda: d.metrics.camera_errors.labels("open")._value.get() >= 2, 10, "repeated open failures")
+        wait_for(lambda: read_metric(d, "plcbridge_camera_errors_total", kind="open") >= 2, 10, "repeated open failures")
         wait_for(lambda: plc.seen and plc.seen[-1][1].fault_code == FaultCode.CAMERA_FAULT, 5, "CAMERA_FAULT on the PLC")
     last = [o for _, o in plc.seen if o.fault_code != FaultCode.SHUTTING_DOWN][-1]
     assert last.status & StatusBit.FAILSAFE_ACTIVE and not last.status & StatusBit.CAMERA_OK

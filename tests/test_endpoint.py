@@ -11,6 +11,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from plcbridge.endpoint import HealthServer
@@ -238,6 +239,7 @@ def test_client_that_never_reads_the_response_is_dropped() -> None:
 
 # --- the write loop keeps its period ---
 
+@pytest.mark.serial  # measures a thread's lateness on this machine
 def test_flood_of_idle_connections_does_not_stall_a_10ms_loop() -> None:
     period = 0.010
     lateness: list[float] = []

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import running, station_config, wait_for
+from helpers import read_metric, running, station_config, wait_for
 
 from plcbridge.adapters.plc.base import PlcError
 from plcbridge.adapters.plc.enip import EnipAdapter
@@ -192,7 +192,7 @@ def test_daemon_with_a_bad_tag_stays_failsafe_and_retries_without_writing(make_s
     cfg = station_config(sim.port, "triggered", plc={**ENIP, "reconnect_min_ms": 50, "reconnect_max_ms": 200, "enip": rename})
     with running(cfg) as d:
         # A tag table that does not fit is a configuration error: retried at reconnect_max_ms.
-        wait_for(lambda: d.metrics.plc_errors.labels("config")._value.get() >= 3, 15, "three refused connects")
+        wait_for(lambda: read_metric(d, "plcbridge_plc_errors_total", kind="config") >= 3, 15, "three refused connects")
         assert message in (d.link.last_error or "")
         assert not d.link.connected
         ticks = d.loop.ticks

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import station_config
+from helpers import station_config
 from onnx_models import copy_demo, nan_model, slow_model
 
 from plcbridge.inference import preprocess as preprocess_mod
@@ -166,14 +166,14 @@ def test_a_tiny_frame_is_a_bad_frame_failsafe_in_the_pipeline() -> None:
 
     metrics = Metrics()
     worker = InferenceWorker(station_config(1, "triggered"), FrameMailbox(), Journal(metrics, "t"), metrics)
-    worker._load()
+    worker.start()
     try:
         req = Request(5, 77, time.monotonic())
         d = worker.judge(Frame(frame(1, 1), 1, time.monotonic(), "pass"), req)
         assert (d.result, d.fault) == (ResultCode.FAILSAFE, FaultCode.BAD_FRAME)
         assert "frame 1x1 is smaller than the manifest's frame.min_size 32x32" in d.reason
     finally:
-        worker.model.close()
+        worker.stop()
 
 
 # --- the manifest section ------------------------------------------------------------------------

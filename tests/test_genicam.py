@@ -274,7 +274,7 @@ def test_camera_tool_exits_2_when_the_camera_cannot_be_opened(capsys) -> None:
 
 
 def test_daemon_software_trigger_one_frame_per_trigger_with_camera_identity(fake: Fake, make_sim) -> None:
-    from conftest import wait_for
+    from helpers import wait_for
     from test_trigger_modes import _recording_daemon
 
     from plcbridge.config import load_config, parse_config

@@ -1,13 +1,17 @@
-"""The triggered handshake against a PLC that is not polite, over a real Modbus socket: a PLC
-that triggers the instant it may, one that restarts, one with a stuck trigger edge, and a
-stop while a trigger waits. Each asserts what the PLC saw and what the journal holds: every
-trigger the PLC raised has exactly one answer, and no journal entry is without a trigger."""
+"""The triggered handshake against a PLC that is not polite: a PLC that triggers the instant it
+may, one that restarts, one with a stuck trigger edge, and a stop while a trigger waits. Each
+asserts what the PLC saw and what the journal holds: every trigger the PLC raised has exactly
+one answer, and no journal entry is without a trigger.
+
+The PLC is only the handshake partner here, so it is the in-process one (protocol "loop":
+no socket, no protocol stack); test_daemon_modbus.py, test_opcua.py and test_enip.py run
+the daemon over each network protocol."""
 
 from __future__ import annotations
 
 import time
 
-from conftest import station_config, wait_for
+from helpers import read_metric, station_config, wait_for
 from test_trigger_modes import _recording_daemon
 
 from plcbridge.contract import FaultCode, StatusBit
@@ -25,8 +29,8 @@ def _closed(summary: dict) -> None:
 
 
 def test_a_plc_that_triggers_the_instant_trigger_ready_appears_gets_its_first_trigger_answered(make_sim):
-    sim = make_sim("triggered", trigger_hz=2, early_first_trigger=True)
-    d, seen = _recording_daemon(station_config(sim.port, "triggered"))
+    sim = make_sim("triggered", protocol="loop", trigger_hz=2, early_first_trigger=True)
+    d, seen = _recording_daemon(station_config(sim, "triggered"))
     try:
         wait_for(lambda: _answered(sim) >= 3, 30, "the first answers")
     finally:
@@ -38,8 +42,8 @@ def test_a_plc_that_triggers_the_instant_trigger_ready_appears_gets_its_first_tr
 
 
 def test_a_plc_restart_is_no_phantom_part_and_the_new_session_is_answered(make_sim):
-    sim = make_sim("triggered", trigger_hz=10, restart_after_s=2.0, device={"network.relay": True})
-    d, seen = _recording_daemon(station_config(sim.port, "triggered"))
+    sim = make_sim("triggered", protocol="loop", trigger_hz=10, restart_after_s=2.0)  # the loop ends the session at a restart
+    d, seen = _recording_daemon(station_config(sim, "triggered"))
     try:
         wait_for(lambda: sim.summary()["restarts"] == 1, 30, "the PLC restart")
         n = _answered(sim)
@@ -56,8 +60,8 @@ def test_a_plc_restart_is_no_phantom_part_and_the_new_session_is_answered(make_s
 
 
 def test_a_stuck_trigger_edge_stays_bounded_and_the_line_recovers(make_sim):
-    sim = make_sim("triggered", trigger_hz=10, stuck_trigger_after_s=2.0, stuck_trigger_for_s=3.0)
-    cfg = station_config(sim.port, "triggered")
+    sim = make_sim("triggered", protocol="loop", trigger_hz=10, stuck_trigger_after_s=2.0, stuck_trigger_for_s=3.0)
+    cfg = station_config(sim, "triggered")
     d, seen = _recording_daemon(cfg)
     longest = 0
     try:
@@ -69,7 +73,7 @@ def test_a_stuck_trigger_edge_stays_bounded_and_the_line_recovers(make_sim):
         raised = sim.summary()["stuck_edge_values"]
         before = _answered(sim)
         wait_for(lambda: _answered(sim) >= before + 5, 10, "ordinary triggers answered after the flood")
-        collapsed = d.metrics.triggers_collapsed._value.get()
+        collapsed = read_metric(d, "plcbridge_triggers_collapsed_total")
     finally:
         d.stop()
     assert raised > 1000, raised  # about one value per 1 ms program tick for 3 s
@@ -88,8 +92,8 @@ def test_a_trigger_pending_at_stop_is_answered_shutting_down_with_its_own_seq_an
 
     model_dir = slow_model(tmp_path / "slow")  # about a second a run: the trigger is still judging at stop
     write_manifest(model_dir, "slow.onnx")
-    sim = make_sim("triggered", trigger_hz=1, result_timeout_ms=20_000)
-    cfg = station_config(sim.port, "triggered", model={"manifest": str(model_dir), "inference_timeout_ms": 10_000},
+    sim = make_sim("triggered", protocol="loop", trigger_hz=1, result_timeout_ms=20_000)
+    cfg = station_config(sim, "triggered", model={"manifest": str(model_dir), "inference_timeout_ms": 10_000},
                          timing={"result_timeout_ms": 15_000})
     d, _seen = _recording_daemon(cfg)
     try:
@@ -112,8 +116,8 @@ def test_a_degenerate_frame_reaches_the_plc_as_bad_frame_never_as_a_verdict(make
     from plcbridge.config import parse_config
 
     cv2.imwrite(str(tmp_path / "pass_tiny.png"), np.full((1, 1, 3), 128, np.uint8))  # upscaled, it would "pass"
-    sim = make_sim("triggered", trigger_hz=5)
-    raw = station_config(sim.port, "triggered").model_dump(mode="json")
+    sim = make_sim("triggered", protocol="loop", trigger_hz=5)
+    raw = station_config(sim, "triggered").model_dump(mode="json")
     raw["camera"] = {"source": "folder", "path": str(tmp_path), "fps": 30}
     d, seen = _recording_daemon(parse_config(raw, "<test>", env={}))
     try:

@@ -16,7 +16,6 @@ import pytest
 from onnx_models import copy_demo, nan_model, slow_model, write_manifest
 
 from plcbridge.adapters.camera.synthetic import render_surface
-from plcbridge.config import ModelSettings
 from plcbridge.inference.errors import BadFrame, InferenceError, InferenceTimeout, ModelError
 from plcbridge.inference.manifest import load_manifest
 from plcbridge.inference.modelfile import default_opset
@@ -226,17 +225,12 @@ def test_close_stops_the_watchdog_and_refuses_further_judging() -> None:
 
 def test_cuda_on_a_cpu_only_install_falls_back_loudly(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="plcbridge.inference.session"):
-        with Model.from_settings(ModelSettings(device="cuda")) as model:
+        with Model("builtin:demo", device="cuda") as model:
             assert model.requested_providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
             assert model.providers == ["CPUExecutionProvider"]
             assert model.fell_back and "CUDAExecutionProvider" in (model.fallback_reason or "")
             assert model.judge(np.zeros((64, 64, 3), np.uint8)).label in ("pass", "fail")
     assert any("CUDAExecutionProvider" in r.getMessage() for r in caplog.records)
-
-
-def test_settings_reach_the_model() -> None:
-    with Model.from_settings(ModelSettings(inference_timeout_ms=123, intra_op_threads=2)) as model:
-        assert model.timeout_ms == 123
 
 
 def test_tiny_models_manifest_helper_roundtrip(tmp_path: Path) -> None:

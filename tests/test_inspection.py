@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from helpers import read_metric
+
 from plcbridge.config import FailsafeSettings, TimingSettings
 from plcbridge.contract import FaultCode, Inputs, Outputs, ResultCode, StatusBit
 from plcbridge.decision import Decision, Request
@@ -174,7 +176,7 @@ def test_late_decision_is_counted_and_never_written():
     for _ in range(8):
         r.step()
     r.answer(r.submitted[0], ResultCode.PASS)
-    assert r.metrics.queue_drops.labels("late_decisions")._value.get() == 1
+    assert read_metric(r.metrics, "plcbridge_queue_drops", queue="late_decisions") == 1
     f = r.step()
     assert is_failsafe(f) and f.fault_code == FaultCode.INFERENCE_TIMEOUT
 
@@ -238,7 +240,7 @@ def test_plc_restart_is_no_phantom_part_and_old_answers_are_never_shown_to_the_n
         assert not valid(f), f  # neither answer of the old session is presented to the new one
     r.answer(r.submitted[1])  # the old trigger's verdict comes in late: journaled, never written
     assert not valid(r.step())
-    assert r.metrics.results_discarded._value.get() == 1  # trigger 2: never delivered (1 was, unacked)
+    assert read_metric(r.metrics, "plcbridge_results_discarded") == 1  # trigger 2: never delivered (1 was, unacked)
     r.trigger_seq = 1  # the new session's first trigger is answered normally
     r.step(part_id=21)
     assert [q.part_id for q in r.submitted] == [11, 12, 21]
@@ -283,7 +285,7 @@ def test_stuck_trigger_edge_flood_stays_bounded_and_the_next_real_trigger_is_ans
     # Exactly once: every value the PLC raised is in the journal, on its own line or counted
     # in the one line of the collapsed run that answered it.
     lines = sum(r.journal.results.values())
-    collapsed = r.metrics.triggers_collapsed._value.get()
+    collapsed = read_metric(r.metrics, "plcbridge_triggers_collapsed")
     assert lines + collapsed == seq, (lines, collapsed, seq)
     assert collapsed > 0.8 * seq  # most of the flood was answered by collapsed runs
     # The bug stops; a legitimate trigger is answered within result_timeout_ms.

@@ -1,17 +1,17 @@
 """The PLC link's rules, with a scripted adapter on real threads: slow replies are used and
 kept, the newest block is sent with one exchange in flight, the backoff means it, and a
 configuration error is retried at the maximum. The same rules over real sockets against a
-slow or rude simulator are in test_slow_plc.py."""
+slow or rude simulator are in test_slow_plc.py; the backoff policy itself (Reconnector,
+shared with the camera) in test_backoff.py."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from conftest import station_config, wait_for
+from helpers import read_metric, station_config, wait_for
 
 from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
-from plcbridge.backoff import Backoff
 from plcbridge.contract import Inputs, Outputs
 from plcbridge.link import PlcLink
 from plcbridge.metrics import Metrics
@@ -87,13 +87,13 @@ def test_replies_slower_than_the_period_are_used_and_the_session_kept():
     finally:
         link.close()
     assert len(script.connects) == 1, "a slow reply is no reason to reconnect"
-    assert m.plc_errors.labels("exchange")._value.get() == 0
+    assert read_metric(m, "plcbridge_plc_errors", kind="exchange") == 0
     assert script.max_in_flight == 1
     assert 30 <= link.exchanges <= n, link.exchanges
-    assert m.plc_late_exchanges._value.get() == link.exchanges  # each reply came after more than a period
+    assert read_metric(m, "plcbridge_plc_late_exchanges") == link.exchanges  # each reply came after more than a period
     # The newest block each time: blocks never go backwards and the skipped ones are counted.
     assert script.sent == sorted(script.sent)
-    assert m.plc_blocks_superseded._value.get() >= n - len(script.sent) - 2
+    assert read_metric(m, "plcbridge_plc_blocks_superseded") >= n - len(script.sent) - 2
     assert link.reply is not None and link.reply.inputs.trigger_seq == link.reply.block_id
 
 
@@ -102,7 +102,7 @@ def test_no_answer_within_the_link_timeout_drops_the_session():
     link, m = _link(script, link_timeout_ms=100, max_input_age_ms=50, reconnect_min_ms=50, reconnect_max_ms=100)
     try:
         _post_every(link, 0.01, 0.5)
-        wait_for(lambda: m.plc_errors.labels("exchange")._value.get() >= 1, 2, "the silent session dropped")
+        wait_for(lambda: read_metric(m, "plcbridge_plc_errors", kind="exchange") >= 1, 2, "the silent session dropped")
         assert "no answer within plc.link_timeout_ms = 100" in (link.last_error or ""), link.last_error
     finally:
         link.close()
@@ -131,7 +131,7 @@ def test_a_busy_answer_keeps_the_session_and_never_spins():
         link.close()
     assert len(script.connects) == 1
     assert 10 <= len(script.sent) <= n, (len(script.sent), n)  # at most one request per posted block
-    assert m.plc_errors.labels("refused")._value.get() == len(script.sent)
+    assert read_metric(m, "plcbridge_plc_errors", kind="refused") == len(script.sent)
     assert link.written is None and link.reply is None
 
 
@@ -147,7 +147,7 @@ def test_configuration_error_is_retried_at_the_maximum_with_the_setting_named():
     assert 2 <= len(script.connects) <= 5, len(script.connects)
     gaps = [b - a for a, b in zip(script.connects, script.connects[1:])]
     assert all(g >= 0.8 * 0.4 - 0.02 for g in gaps), gaps
-    assert m.plc_errors.labels("config")._value.get() == len(script.connects)
+    assert read_metric(m, "plcbridge_plc_errors", kind="config") == len(script.connects)
     assert "exception 02" in (link.last_error or "")
 
 
@@ -203,10 +203,3 @@ def test_final_write_gives_up_after_its_budget():
         t1 = time.monotonic()
         link.close()
         assert time.monotonic() - t1 < 1.5
-
-
-def test_backoff_maximum_is_a_true_maximum():
-    b = Backoff(0.1, 5.0)
-    delays = [b.next() for _ in range(200)] + [b.maximum() for _ in range(200)]
-    assert max(delays) <= 5.0 and min(delays) >= 0.1
-    assert min(b.maximum() for _ in range(200)) >= 0.8 * 5.0

@@ -15,7 +15,7 @@ import sys
 import time
 
 import pytest
-from conftest import wait_for
+from helpers import read_metric, wait_for
 
 from plcbridge.config import FailsafeSettings, TimingSettings
 from plcbridge.contract import FaultCode, StatusBit
@@ -194,8 +194,8 @@ def test_failsafe_has_one_shape_in_both_modes():
     assert free["episode"] is True and free["fault"] == "STALE_RESULT" and free["reason"] == "no decision yet"
     assert "episode" not in trig and trig["trigger_seq"] == 5 and trig["t_trigger_mono"] == 0.5
     assert j.failsafes == {"STALE_RESULT": 1, "INFERENCE_TIMEOUT": 1} and j.results == {"FAILSAFE": 2}
-    assert m.failsafes.labels("STALE_RESULT")._value.get() == 1
-    assert m.decisions.labels("FAILSAFE")._value.get() == 2
+    assert read_metric(m, "plcbridge_failsafe_total", fault="STALE_RESULT") == 1
+    assert read_metric(m, "plcbridge_decisions_total", result="FAILSAFE") == 2
 
 
 def test_metrics_have_build_info_and_process_metrics():

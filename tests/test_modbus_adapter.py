@@ -3,7 +3,7 @@
 import socket
 
 import pytest
-from conftest import station_config
+from helpers import station_config
 
 from plcbridge.adapters.plc.base import PlcError
 from plcbridge.adapters.plc.modbus import ModbusAdapter

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RecordingPlc, running, station_config, wait_for
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from helpers import RecordingPlc, read_metric, running, station_config, wait_for
 
 from plcbridge.adapters.plc.base import PlcError
 from plcbridge.adapters.plc.opcua import OpcUaAdapter
@@ -161,7 +161,7 @@ def test_server_restart_fresh_session_and_heartbeat_resumes():
             wait_for(lambda: d.link.connected, 20, "a reconnect with a fresh client")
             time.sleep(1.5)
             assert d.loop.alive
-            assert d.metrics.plc_reconnects._value.get() >= 1
+            assert read_metric(d, "plcbridge_plc_reconnects_total") >= 1
         s = stop_simulator(proc)
     finally:
         if proc.poll() is None:
@@ -190,7 +190,7 @@ def test_node_of_the_wrong_type_is_refused_and_the_daemon_stays_failsafe():
         assert "data type Float" in msg and "needs UInt16" in msg
         with _Records() as logs, running(cfg) as d:
             # A node map that does not fit is a configuration error: retried at reconnect_max_ms.
-            wait_for(lambda: d.metrics.plc_errors.labels("config")._value.get() >= 3, 15, "repeated refusals")
+            wait_for(lambda: read_metric(d, "plcbridge_plc_errors_total", kind="config") >= 3, 15, "repeated refusals")
             assert d.loop.alive and not d.link.connected
             assert "data type Float" in (d.link.last_error or "")
         assert sim.program.writes_seen == 0  # the PLC sees no heartbeat: its watchdog keeps it safe
@@ -271,9 +271,9 @@ def test_daemon_runs_over_the_secured_session_and_never_logs_the_password(secure
     monkeypatch.setenv("PLCBRIDGE_OPCUA_PASSWORD", SIM_PASSWORD)
     cfg = opcua_config(sim.port, "free-run", **secured["opcua"])
     before = sim.program.writes_seen
-    with _Records() as logs, running(cfg) as d:
+    with _Records() as logs, running(cfg):
         wait_for(lambda: sim.program.writes_seen - before >= 100, 20, "100 blocks over the secured session")
-        assert "SignAndEncrypt" in d.link._adapter.describe()
+        assert any("SignAndEncrypt" in line for line in logs.events("plc_connected"))  # the session's target
     assert logs.events("plc_connected")
     assert not any(SIM_PASSWORD in line for line in logs.lines)
     assert SIM_PASSWORD not in cfg.model_dump_json()
@@ -297,7 +297,7 @@ def test_wrong_credentials_and_wrong_server_certificate_are_refused_clearly(secu
     # Through the daemon: refused again and again, rate-limited, never with the password.
     cfg = opcua_config(sim.port, "free-run", plc={"reconnect_min_ms": 50, "reconnect_max_ms": 100}, **secured["opcua"])
     with _Records() as logs, running(cfg) as d:
-        wait_for(lambda: d.metrics.plc_errors.labels("connect")._value.get() >= 2, 15, "refused connects")
+        wait_for(lambda: read_metric(d, "plcbridge_plc_errors_total", kind="connect") >= 2, 15, "refused connects")
         assert d.loop.alive and not d.link.connected
     assert logs.events("plc_connect_failed")
     assert not any(WRONG_PASSWORD in line for line in logs.lines)
@@ -359,11 +359,7 @@ def test_session_the_server_drops_is_a_plc_error_on_the_next_exchange(secured, m
         adapter.connect()
         adapter.exchange(Outputs(heartbeat=1), 0.5)
 
-        async def close_sessions() -> None:
-            for session in list(sim._server.iserver._external_sessions.values()):
-                await session.close_session()
-
-        asyncio.run_coroutine_threadsafe(close_sessions(), sim._loop).result(5)
+        assert sim.close_sessions() >= 1
         with pytest.raises(PlcError, match="BadSession"):
             adapter.exchange(Outputs(heartbeat=2), 0.5)
     finally:

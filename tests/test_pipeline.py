@@ -4,7 +4,7 @@ BAD_FRAME fail-safe decision, never an exception out of the stage."""
 import time
 
 import numpy as np
-from conftest import station_config
+from helpers import station_config
 
 from plcbridge.adapters.camera.base import Frame
 from plcbridge.contract import FaultCode, ResultCode
@@ -18,9 +18,7 @@ from plcbridge.pipeline import InferenceWorker
 def _worker(tmp_manifest=None):
     cfg = station_config(1, "triggered", **({"model": {"manifest": tmp_manifest}} if tmp_manifest else {}))
     m = Metrics()
-    w = InferenceWorker(cfg, FrameMailbox(), Journal(m, "t"), m)
-    w._load()
-    return w
+    return InferenceWorker(cfg, FrameMailbox(), Journal(m, "t"), m).start()
 
 
 def test_bad_frames_become_bad_frame_failsafes():
@@ -35,7 +33,18 @@ def test_bad_frames_become_bad_frame_failsafes():
         good = w.judge(Frame(np.full((256, 256, 3), 128, np.uint8), 2, time.monotonic()), req)
         assert good.result in (ResultCode.PASS, ResultCode.FAIL) and good.fault is FaultCode.NONE
     finally:
-        w.model.close()
+        w.stop()
+
+
+def test_model_settings_reach_the_model():
+    cfg = station_config(1, "triggered", model={"inference_timeout_ms": 123, "intra_op_threads": 2})
+    m = Metrics()
+    w = InferenceWorker(cfg, FrameMailbox(), Journal(m, "t"), m).start()
+    try:
+        assert w.model_ok and w.model is not None
+        assert w.model.timeout_ms == 123 and w.model.intra_op_threads == 2
+    finally:
+        w.stop()
 
 
 def test_unloadable_model_answers_triggers_with_model_not_ready(tmp_path):
@@ -43,15 +52,13 @@ def test_unloadable_model_answers_triggers_with_model_not_ready(tmp_path):
     bad.write_text("{not json")
     w = _worker(str(bad))
     assert not w.model_ok and "not valid JSON" in w.load_error
-    w._thread.start()
     try:
         req = Request(1, 9, time.monotonic())
         w.submit(req)
         d = w.results.get(timeout=2)
         assert (d.result, d.fault, d.request) == (ResultCode.FAILSAFE, FaultCode.MODEL_NOT_READY, req)
     finally:
-        w._stop.set()
-        w._thread.join(2)
+        w.stop()
 
 
 def _triggered_worker(**timing):

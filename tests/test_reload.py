@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import onnx
-from conftest import wait_for
+import pytest
+from helpers import wait_for
 from onnx_models import copy_demo
 
 from plcbridge.contract import StatusBit
@@ -86,6 +87,7 @@ def _results_with_version(plc, version: int, after: float) -> int:
     return sum(1 for t, o in plc.seen if t > after and o.status & StatusBit.RESULT_VALID and o.model_version == version)
 
 
+@pytest.mark.serial  # the heartbeat-gap bound is two periods: no other test may share the CPU
 def test_reload_swaps_good_models_and_refuses_bad_ones(make_sim, tmp_path):
     sim = make_sim("triggered", trigger_hz=20)
     plc = sim.program

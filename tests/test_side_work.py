@@ -15,7 +15,7 @@ import termios
 import time
 import urllib.request
 
-from conftest import running, station_config, wait_for
+from helpers import running, station_config, wait_for
 from test_reload import DaemonProcess, _station
 from test_systemd import NotifySocket
 

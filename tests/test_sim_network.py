@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RecordingPlc, wait_for
+from helpers import RecordingPlc, wait_for
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 

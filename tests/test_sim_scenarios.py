@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 import pytest
-from conftest import wait_for
+from helpers import wait_for
 from pymodbus.client import ModbusTcpClient
 
 from plcbridge.contract import (

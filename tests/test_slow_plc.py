@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import running, station_config, wait_for
+from helpers import read_metric, running, station_config, wait_for
 
 from plcbridge.contract import FaultCode, StatusBit
 from plcbridge.logs import LogPipeline
@@ -24,7 +24,7 @@ def _answered(sim) -> int:
 
 
 def _reconnects(d) -> int:
-    return int(d.metrics.plc_reconnects._value.get())
+    return int(read_metric(d, "plcbridge_plc_reconnects_total"))
 
 
 @pytest.mark.parametrize("protocol, delay_ms, jitter_ms, seconds", [
@@ -44,10 +44,10 @@ def test_replies_later_than_the_period_keep_one_session_and_every_trigger_is_ans
             time.sleep(0.5)
             assert sim.summary()["network"]["connections_accepted"] == 1, "a slow reply cost the session"
         hb1 = sim.program.seen[-1][1].heartbeat
-        late = d.metrics.plc_late_exchanges._value.get()
+        late = read_metric(d, "plcbridge_plc_late_exchanges_total")
         exchanges = d.link.exchanges
-        errors = d.metrics.plc_errors.labels("exchange")._value.get()
-        stale = d.metrics.plc_inputs_stale._value.get()
+        errors = read_metric(d, "plcbridge_plc_errors_total", kind="exchange")
+        stale = read_metric(d, "plcbridge_plc_inputs_stale_total")
     s = sim.summary()
     assert s["network"]["connections_accepted"] == 1 and errors == 0 and _reconnects(d) == 0
     assert s["missing"] == 0 and s["skipped"] == 0 and s["protocol_errors"] == 0, s
@@ -78,7 +78,7 @@ def test_replies_too_late_to_see_triggers_by_are_said_in_the_blocks_and_recovere
             assert o.fault_code == FaultCode.PLC_INPUTS_STALE, o
             assert not o.status & (StatusBit.READY | StatusBit.TRIGGER_READY | StatusBit.PLC_INPUTS_OK), o
         assert sim.summary()["network"]["connections_accepted"] == 1  # slow, not dead: session kept
-        assert d.metrics.plc_inputs_stale._value.get() == 1 and d.metrics.ready._value.get() == 0
+        assert read_metric(d, "plcbridge_plc_inputs_stale_total") == 1 and read_metric(d, "plcbridge_ready") == 0
         sim.network.set_reply_delay(0)
         t_fast = time.monotonic()
         wait_for(lambda: plc.seen[-1][1].status & StatusBit.READY, 5, "READY again")
@@ -104,7 +104,7 @@ def test_black_holed_link_is_dropped_after_the_link_timeout_and_rebuilt_with_bac
         wait_for(lambda: plc.seen and plc.seen[-1][1].status & StatusBit.READY, 30, "READY on the PLC")
         sim.network.blackhole(True)
         t0 = time.monotonic()
-        wait_for(lambda: d.metrics.plc_errors.labels("exchange")._value.get() >= 1, 2, "the silent session dropped")
+        wait_for(lambda: read_metric(d, "plcbridge_plc_errors_total", kind="exchange") >= 1, 2, "the silent session dropped")
         assert time.monotonic() - t0 < 0.2 + 0.5
         assert "no answer within plc.link_timeout_ms = 200" in (d.link.last_error or "")
         wait_for(lambda: not d.loop.inputs_ok, 1, "the loop to know it is blind")
@@ -131,7 +131,7 @@ def test_exception_responses_back_off_log_once_per_window_and_readyz_says_503(ma
     logs = LogPipeline("json", "info", rate_limit_s=5.0, stream=out).start()
     try:
         with running(cfg) as d:
-            wait_for(lambda: d.metrics.plc_errors.labels("config")._value.get() >= 1, 30, "the first refusal")
+            wait_for(lambda: read_metric(d, "plcbridge_plc_errors_total", kind="config") >= 1, 30, "the first refusal")
             t0 = time.monotonic()
             n0 = sim.summary()["network"]["connections_accepted"]
             time.sleep(3.5)
@@ -139,7 +139,7 @@ def test_exception_responses_back_off_log_once_per_window_and_readyz_says_503(ma
             with pytest.raises(urllib.error.HTTPError) as e:
                 urllib.request.urlopen(f"http://127.0.0.1:{d.http.port}/readyz", timeout=5)
             assert e.value.code == 503
-            assert d.metrics.ready._value.get() == 0 and not d.ready()
+            assert read_metric(d, "plcbridge_ready") == 0 and not d.ready()
             assert d.loop.alive
         elapsed = time.monotonic() - t0
     finally:
@@ -158,7 +158,7 @@ def test_fc23_auto_falls_back_to_fc16_fc3_against_a_plc_without_it(make_sim):
     sim = make_sim("triggered", trigger_hz=10, device={"modbus.fc23": False})
     with running(station_config(sim.port, "triggered")) as d:
         wait_for(lambda: _answered(sim) >= 10, 30, "answered triggers over FC16 + FC3")
-        assert d.link._adapter is not None and d.link._adapter.fc23 is False
+        assert d.link.adapter is not None and d.link.adapter.fc23 is False
         reconnects = _reconnects(d)
     s = sim.summary()
     assert s["missing"] == 0 and s["skipped"] == 0, s
@@ -170,11 +170,11 @@ def test_fc23_is_used_where_the_plc_has_it_and_forcing_it_on_a_plc_without_names
     sim = make_sim("triggered", trigger_hz=10)
     with running(station_config(sim.port, "triggered")) as d:
         wait_for(lambda: _answered(sim) >= 5, 30, "answered triggers over FC23")
-        assert d.link._adapter is not None and d.link._adapter.fc23 is True
+        assert d.link.adapter is not None and d.link.adapter.fc23 is True
     assert sim.summary()["protocol_errors"] == 0
 
     without = make_sim("free-run", device={"modbus.fc23": False})
     cfg = station_config(without.port, "free-run", plc={"modbus": {"exchange": "fc23"}})
     with running(cfg) as d:
-        wait_for(lambda: d.metrics.plc_errors.labels("config")._value.get() >= 1, 30, "the refusal")
+        wait_for(lambda: read_metric(d, "plcbridge_plc_errors_total", kind="config") >= 1, 30, "the refusal")
         assert 'plc.modbus.exchange = "fc16+fc3"' in (d.link.last_error or ""), d.link.last_error

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import running, station_config, wait_for
+from helpers import running, station_config, wait_for
 
 from plcbridge.sdnotify import Notifier, NotifyListener
 
@@ -80,20 +80,20 @@ def test_watchdog_pings_stop_while_the_write_loop_is_blocked(make_sim, tmp_path)
         d = Daemon(station_config(sim.port, "free-run"), notifier=notifier).start()
         try:
             wait_for(lambda: len([1 for _, m in ns.messages if "WATCHDOG" in m]) >= 5, 5, "pings while ticking")
-            real_drain = d.loop._drain
+            real_tick = d.inspection.tick
 
-            def stuck() -> None:  # the write loop's own call, blocked as a hung PLC driver would
+            def stuck(now, health):  # the write loop's own call, blocked as a hung driver would block it
                 gate.wait()
-                real_drain()
+                return real_tick(now, health)
 
-            d.loop._drain = stuck
+            d.inspection.tick = stuck
             gate.clear()
             time.sleep(0.1)
             t_blocked = time.monotonic()
             time.sleep(0.5)
             pings_while_blocked = [t for t, m in ns.messages if "WATCHDOG" in m and t > t_blocked]
             gate.set()
-            d.loop._drain = real_drain
+            d.inspection.tick = real_tick
             t_released = time.monotonic()
             wait_for(lambda: any(t > t_released for t, m in ns.messages if "WATCHDOG" in m), 2, "pings after release")
         finally:
@@ -107,8 +107,8 @@ def test_watchdog_pings_stop_while_the_write_loop_is_blocked(make_sim, tmp_path)
 
 def test_notifier_without_systemd_is_a_no_op():
     n = Notifier(env={})
-    assert not n.enabled and n.watchdog_interval_s is None
-    assert n.ready("x") is False and n.watchdog() is False
+    assert n.watchdog_interval_s is None
+    assert n.ready("x") is False and n.status("x") is False and n.watchdog() is False
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed on this machine")

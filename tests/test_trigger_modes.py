@@ -1,4 +1,5 @@
-"""One part, one frame: the camera trigger modes end to end over a real Modbus socket.
+"""One part, one frame: the camera trigger modes end to end, against the in-process PLC
+(protocol "loop": the PLC is only the handshake partner here).
 
 free-run camera: a trigger takes the first frame after it that no other trigger took, within
 timing.frame_window_ms; software trigger: the bridge asks the camera for exactly one frame per
@@ -7,7 +8,7 @@ trigger and pairs them by identity. Either way no frame is ever judged for two p
 from __future__ import annotations
 
 import pytest
-from conftest import station_config, wait_for
+from helpers import read_metric, station_config, wait_for
 
 from plcbridge.config import ConfigError, parse_config
 from plcbridge.contract import FaultCode, ResultCode
@@ -30,8 +31,8 @@ def _recording_daemon(cfg) -> tuple[Daemon, list[Decision]]:
 
 
 def test_software_trigger_takes_exactly_one_frame_per_trigger(make_sim):
-    sim = make_sim("triggered", trigger_hz=10)
-    cfg = station_config(sim.port, "triggered", camera={"trigger": "software"})
+    sim = make_sim("triggered", protocol="loop", trigger_hz=10)
+    cfg = station_config(sim, "triggered", camera={"trigger": "software"})
     d, seen = _recording_daemon(cfg)
     try:
         wait_for(lambda: sum(sim.summary()["results"].values()) >= 30, 30, "30 answered triggers")
@@ -49,8 +50,8 @@ def test_software_trigger_takes_exactly_one_frame_per_trigger(make_sim):
 
 def test_triggers_faster_than_the_camera_never_share_a_frame(make_sim):
     # 50 triggers/s against a 30 fps camera: some parts cannot have a frame of their own.
-    sim = make_sim("triggered", trigger_hz=50, max_outstanding=3, watchdog_ms=500, result_timeout_ms=2000)
-    cfg = station_config(sim.port, "triggered", timing={"frame_window_ms": 40})
+    sim = make_sim("triggered", protocol="loop", trigger_hz=50, max_outstanding=3, watchdog_ms=500, result_timeout_ms=2000)
+    cfg = station_config(sim, "triggered", timing={"frame_window_ms": 40})
     d, seen = _recording_daemon(cfg)
     try:
         wait_for(lambda: sum(sim.summary()["results"].values()) >= 100, 30, "100 answered triggers")
@@ -84,10 +85,10 @@ def test_a_trigger_mode_the_station_cannot_run_is_refused_with_the_reason(camera
 @pytest.mark.parametrize("line", [{}, {"camera_line.drop_every": 3, "camera_line.extra_every": 4}])
 def test_hardware_trigger_pairs_each_frame_with_its_own_trigger_even_on_a_rude_wire(make_sim, line):
     port = free_udp_port()
-    sim = make_sim("triggered", trigger_hz=5, device={"camera_line.port": port, **line})
+    sim = make_sim("triggered", protocol="loop", trigger_hz=5, device={"camera_line.port": port, **line})
     raised: dict[int, float] = {}
     sim.program.add_trigger_listener(lambda seq, t: raised.setdefault(seq, t))
-    cfg = station_config(sim.port, "triggered", camera={"trigger": "hardware", "trigger_port": port})
+    cfg = station_config(sim, "triggered", camera={"trigger": "hardware", "trigger_port": port})
     d, seen = _recording_daemon(cfg)
     try:
         wait_for(lambda: sum(sim.summary()["results"].values()) >= 16, 30, "16 answered triggers")
@@ -109,7 +110,7 @@ def test_hardware_trigger_pairs_each_frame_with_its_own_trigger_even_on_a_rude_w
         lost = {k for k in answered if k % 3 == 0 and k % 4 != 0}
         assert {x.request.trigger_seq for x in no_frame} == lost and len(lost) >= 3, (lost, no_frame)
         extra = [k for k in answered if k % 4 == 0 and k % 3 != 0 and k + 1 in answered]
-        assert d.metrics.camera_frames_unpaired._value.get() >= len(extra) >= 1  # seen when the next trigger pairs
+        assert read_metric(d, "plcbridge_camera_frames_unpaired_total") >= len(extra) >= 1  # seen when the next trigger pairs
     else:
         assert not no_frame and len(judged) >= 16
         assert d.grab.seq == s["camera_line"]["pulses"]  # one frame per pulse

@@ -4,7 +4,7 @@ The schedule itself is tested on a fake clock in test_schedule.py."""
 
 import time
 
-from conftest import station_config, wait_for
+from helpers import read_metric, station_config, wait_for
 
 from plcbridge.contract import FaultCode, Inputs, StatusBit
 from plcbridge.inspection import Health, TriggeredInspection
@@ -67,7 +67,7 @@ def test_late_tick_is_counted_and_the_schedule_skips_ahead():
     # Ending 22 ms past the next slot: that slot and the one after are given up (at least
     # 2 overruns), the third runs at once, ~2 ms late.
     assert loop.overruns >= 2, loop.overruns
-    assert m.write_overruns._value.get() == loop.overruns
+    assert read_metric(m, "plcbridge_write_overruns") == loop.overruns
     assert loop.lateness.summary_ms()["n"] == loop.ticks
     gaps = [b - a for a, b in zip(link.times[19:23], link.times[20:24])]
     # After the late tick the next one waits for its own slot: no burst of catch-up ticks.
@@ -98,12 +98,12 @@ def test_inputs_older_than_the_limit_clear_ready_and_say_plc_inputs_stale_then_r
         assert stale.status & StatusBit.MODEL_OK and stale.status & StatusBit.CAMERA_OK
         # Said within a few periods of the limit, never before it.
         assert 0.05 - 0.011 <= t_stale - t_quiet < 0.05 + 0.2, t_stale - t_quiet
-        assert m.plc_inputs_stale._value.get() == 1 and m.plc_inputs_ok._value.get() == 0
-        assert m.ready._value.get() == 0
+        assert read_metric(m, "plcbridge_plc_inputs_stale") == 1 and read_metric(m, "plcbridge_plc_inputs_ok") == 0
+        assert read_metric(m, "plcbridge_ready") == 0
         link.answering = True
         wait_for(lambda: link.blocks[-1].status & StatusBit.READY, 2, "READY again once inputs are fresh")
         assert link.blocks[-1].fault_code == FaultCode.NONE
-        assert m.plc_inputs_ok._value.get() == 1
+        assert read_metric(m, "plcbridge_plc_inputs_ok") == 1
     finally:
         loop.stop()
 
@@ -119,7 +119,7 @@ def test_a_new_link_session_without_its_first_reply_is_blind_and_says_so():
         link.sessions = 2  # reconnected at once: the young reply belongs to the session that ended
         wait_for(lambda: link.blocks[-1].fault_code == FaultCode.PLC_INPUTS_STALE, 2, "PLC_INPUTS_STALE")
         assert not link.blocks[-1].status & (StatusBit.READY | StatusBit.TRIGGER_READY)
-        assert m.plc_inputs_stale._value.get() == 1  # counted (and logged) like any other blindness
+        assert read_metric(m, "plcbridge_plc_inputs_stale") == 1  # counted (and logged) like any other blindness
     finally:
         loop.stop()
 

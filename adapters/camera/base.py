@@ -43,6 +43,9 @@ class CameraError(RuntimeError):
 class CameraSource(abc.ABC):
     """One open camera. Built fresh for every (re)connect by the grab loop."""
 
+    def __init__(self, settings: Any) -> None:
+        """Keep the source's config section (`camera`, with its `source` field); open nothing yet."""
+
     @abc.abstractmethod
     def open(self) -> None:
         """Open the device; raise CameraError with the reason when it cannot."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import TypedDict
 
 import cv2
 import numpy as np
@@ -33,6 +34,12 @@ log = get_logger("camera")
 _LABELS = ("pass", "fail")
 # "pass" / "fail" followed by anything but a letter: pass_1, pass-1, pass1, pass; not passive.
 _STEM_LABEL = re.compile(r"^(pass|fail)(?![a-z])", re.IGNORECASE)
+
+
+class _SkipFields(TypedDict, total=False):
+    """The optional fields of a folder_camera_file_skipped event."""
+
+    said: str  # what the image decoder printed, when it printed anything
 
 
 def label_for(path: Path, root: Path) -> str | None:
@@ -112,7 +119,7 @@ class FolderCamera(CameraSource):
                               said=native.text(), rate_key="decoder")
                 return image, label
             self._bad.add(path)
-            fields = {"said": native.text()} if native.lines else {}
+            fields: _SkipFields = {"said": native.text()} if native.lines else {}
             log_event(log, "folder_camera_file_skipped", logging.WARNING, file=str(path),
                       reason="cannot be read or decoded as an image", skipped=len(self._bad), files=len(files),
                       **fields)

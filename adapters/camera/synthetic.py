@@ -62,10 +62,10 @@ def _brushed_texture(rng: np.random.Generator, width: int, height: int) -> np.nd
     dx, dy = np.cos(np.radians(angle)) * c, np.sin(np.radians(angle)) * c
     cv2.line(kernel, (int(round(c - dx)), int(round(c - dy))), (int(round(c + dx)), int(round(c + dy))), 1.0, 1)
     kernel /= kernel.sum()
-    fine = cv2.filter2D(rng.standard_normal((height, width), dtype=np.float32), -1, kernel, borderType=cv2.BORDER_REFLECT)
+    fine: np.ndarray = cv2.filter2D(rng.standard_normal((height, width), dtype=np.float32), -1, kernel, borderType=cv2.BORDER_REFLECT)
     fine /= fine.std() + 1e-6
-    coarse = rng.standard_normal((max(2, height // 32), max(2, width // 32)), dtype=np.float32)
-    coarse = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    coarse: np.ndarray = cv2.resize(rng.standard_normal((max(2, height // 32), max(2, width // 32)), dtype=np.float32),
+                                    (width, height), interpolation=cv2.INTER_CUBIC)
     coarse /= coarse.std() + 1e-6
     tex = fine + 0.5 * coarse
     tex -= tex.mean()

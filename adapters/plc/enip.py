@@ -82,6 +82,7 @@ class EnipAdapter(PlcAdapter):
         self._out_names = self._check_tags(driver.tags, OUTPUT_TAGS, self._out_names)
         self._in_names = self._check_tags(driver.tags, INPUT_TAGS, self._in_names)
         self._in_tags = [self._in_names[t.signal.name] for t in INPUT_TAGS]
+        assert driver._sock is not None  # open() returned True: pycomm3 made the socket
         driver._sock.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _check_tags(self, tags: dict[str, dict[str, Any]], specs: tuple[TagSpec, ...],
@@ -176,8 +177,9 @@ def _raise_refused(text: str, error: str, setting: str, *, written: bool = False
 def _reason(e: BaseException) -> str:
     """pycomm3 wraps the useful cause (refused, timed out) in a CommError: show the chain."""
     parts, seen = [], set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        parts.append(f"{type(e).__name__}: {e}")
-        e = e.__cause__ or e.__context__
+    link: BaseException | None = e
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        parts.append(f"{type(link).__name__}: {link}")
+        link = link.__cause__ or link.__context__
     return " <- ".join(parts)

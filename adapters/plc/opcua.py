@@ -145,7 +145,7 @@ class OpcUaAdapter(PlcAdapter):
             # What Client.set_security() does, with key material parsed once per process.
             policy = SecurityPolicyBasic256Sha256(pki.server_certificate, pki.certificate, pki.private_key,
                                                   getattr(ua.MessageSecurityMode, o.security_mode))
-            client.security_policy = policy
+            client.security_policy = policy  # type: ignore[assignment]  # asyncua infers the attribute from its SecurityPolicyNone default
             client.uaclient.set_security(policy)
         if o.username:
             client.set_user(o.username)
@@ -157,8 +157,8 @@ class OpcUaAdapter(PlcAdapter):
             raise PlcConfigError(f"the server has no namespace {o.namespace_uri!r} (plc.opcua.namespace_uri); "
                                  f"its namespaces are {namespaces}", setting="plc.opcua.namespace_uri")
         ns = namespaces.index(o.namespace_uri)
-        self._out_nodes = [client.get_node(ua.NodeId(n.parsed_identifier, ns)) for n in self._outs]
-        self._in_nodes = [client.get_node(ua.NodeId(n.parsed_identifier, ns)) for n in self._ins]
+        self._out_nodes = [client.get_node(ua.NodeId(n.parsed_identifier, ns)) for n in self._outs]  # type: ignore[arg-type]  # asyncua accepts str/int; its stubs say String/Int32, Int16
+        self._in_nodes = [client.get_node(ua.NodeId(n.parsed_identifier, ns)) for n in self._ins]  # type: ignore[arg-type]  # as above
         await self._check_nodes()
 
     async def _check_nodes(self) -> None:

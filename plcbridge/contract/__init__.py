@@ -88,6 +88,16 @@ FAULT_PLC_ACTION: dict[FaultCode, str] = {
 }
 assert set(FAULT_PLC_ACTION) == set(FaultCode) == set(FAULT_MEANING)
 
+
+def code_name(code: type[ResultCode] | type[FaultCode], value: int) -> str | None:
+    """The name of `value` as a `code` (ResultCode.PASS's "PASS"), or None when `value` is no
+    such code: a register read from a PLC or written by someone else may hold anything."""
+    try:
+        return code(value).name
+    except ValueError:
+        return None
+
+
 # trigger_seq and result_seq count 1..65535 and wrap to 1: 0 means "idle" (a PLC that has
 # not triggered since it started) and is never a trigger.
 SEQ_MAX = U16_MAX

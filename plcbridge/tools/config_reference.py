@@ -45,9 +45,11 @@ EXTRA: dict[str, str] = {
     "camera.pattern": "Glob of the image files in `path`.",
     "camera.loop": "Start over at the end of the folder.",
     "camera.backend": "OpenCV capture backend.",
-    "plc.protocol": "Transport to the PLC: Modbus TCP, OPC UA or EtherNet/IP (docs/plc-interface.md).",
+    "plc.protocol": "Transport to the PLC: Modbus TCP, OPC UA or EtherNet/IP (docs/plc-interface.md); `loop` is "
+                    "an in-process PLC program for tests (`[plc.loop]`).",
     "plc.host": "PLC address (`PLCBRIDGE_PLC_HOST` overrides).",
-    "plc.port": "PLC port (`PLCBRIDGE_PLC_PORT` overrides): 502 Modbus, 4840 OPC UA, 44818 EtherNet/IP on a real PLC.",
+    "plc.port": "PLC port (`PLCBRIDGE_PLC_PORT` overrides): 502 Modbus, 4840 OPC UA, 44818 EtherNet/IP on a real PLC; "
+                "none (0) for loop.",
     "plc.connect_timeout_ms": "How long one connection attempt may take.",
     "plc.modbus.device_id": "Modbus unit / device id.",
     "plc.modbus.outputs_base": "Holding-register address of the first output register (what the bridge writes).",
@@ -82,7 +84,7 @@ _SECTION = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+)[^>]*-->)(?P<body
 _FIELD_LINE = re.compile(r"^(?P<indent>\s+)(?P<name>[a-z_][a-z0-9_]*)\s*:\s*[^=]")
 
 
-def _source_comments(cls: type) -> dict[str, str]:
+def _source_comments(cls: type[BaseModel]) -> dict[str, str]:
     """field name -> the comment block above it in the class body, or its trailing comment."""
     try:
         lines = inspect.getsource(cls).splitlines()

@@ -11,6 +11,7 @@ the adapters' mappings of it, so the docs cannot drift from the code (`plcbridge
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 from typing import Callable
@@ -20,16 +21,27 @@ from plcbridge.registry import load
 
 DEFAULT_PATH = Path("docs/plc-interface.md")
 
-# section name -> "module:function" returning Markdown; imported only when rendering. Each
-# protocol's wire form has a section named after the protocol (plcbridge/protocols.py).
+
+def _documented(p: protocols.Protocol) -> bool:
+    """A protocol whose wire form has tables to document (`markdown_tables()`); the in-process
+    `loop` has a wire module (its channel table) but nothing on a wire a PLC programmer maps.
+    The wire modules are the contract's (pydantic and the stdlib only): cheap to import here."""
+    return p.wire is not None and callable(getattr(importlib.import_module(p.wire), "markdown_tables", None))
+
+
+#: The protocols with a section of the PLC interface document, in table order.
+DOCUMENTED: tuple[str, ...] = tuple(p.name for p in protocols.PROTOCOLS.values() if _documented(p))
+
+# section name -> "module:function" returning Markdown; called only when rendering. Each
+# documented protocol's wire form has a section named after the protocol (plcbridge/protocols.py).
 GENERATORS: dict[str, str] = {
-    **{p.name: f"{p.wire}:markdown_tables" for p in protocols.PROTOCOLS.values() if p.wire},
+    **{name: f"{protocols.get(name).wire}:markdown_tables" for name in DOCUMENTED},
     "config": "plcbridge.tools.config_reference:markdown_reference",
 }
 
 # Which generated sections each document holds; `plcbridge docs` renders them all.
 DOCUMENTS: dict[Path, tuple[str, ...]] = {
-    DEFAULT_PATH: tuple(p.name for p in protocols.PROTOCOLS.values() if p.wire),
+    DEFAULT_PATH: DOCUMENTED,
     Path("docs/configuration.md"): ("config",),
 }
 

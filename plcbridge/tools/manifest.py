@@ -246,7 +246,7 @@ def _version(text: str) -> int:
     except ValueError:
         value = -1
     if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"the version is a u16 register value, 0..65535, got {text!r}")
+        raise argparse.ArgumentTypeError(f"the version is the PLC's u16 model_version signal, 0..65535, got {text!r}")
     return value
 
 
@@ -265,7 +265,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "preprocessing defaults from its input shape. Prints what must still be checked by hand.")
     p.add_argument("model", type=Path, help="the .onnx file; manifest.json is written in its directory")
     p.add_argument("--name", default=None, help="model name (default: the file name without .onnx)")
-    p.add_argument("--version", type=_version, default=1, help="model version, the PLC's model_version register (default 1)")
+    p.add_argument("--version", type=_version, default=1, help="model version, what the PLC reads as model_version (default 1)")
     p.add_argument("--color", choices=["rgb", "bgr", "gray"], default=None,
                    help="channel order the model was trained on (default: gray for 1 channel, rgb for 3)")
     p.add_argument("--normalize", choices=sorted(_NORMALIZE), default="unit",

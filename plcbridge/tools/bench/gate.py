@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plcbridge.cliargs import positive
 from plcbridge.tools.bench.run import (
     BenchError,
     Interrupted,
@@ -156,17 +157,10 @@ def print_gate_result(report: dict[str, Any], budget: Any, budget_file: Path, mi
     return 1 if broken else 0
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=Path, default=DEFAULT_BUDGET,
                    help="budget TOML (default: the shipped plcbridge/tools/bench/budgets/default.toml, the reference edge-AI station)")
-    p.add_argument("--duration-minutes", type=_positive_float, default=None, metavar="X",
+    p.add_argument("--duration-minutes", type=positive(float), default=None, metavar="X",
                    help="override the budget's duration for a quick run (the verdict then says so)")
     add_run_arguments(p, for_gate=True)
     p.set_defaults(func=_cmd_gate)

