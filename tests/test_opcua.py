@@ -26,7 +26,7 @@ from plcbridge.adapters.plc.base import PlcError
 from plcbridge.adapters.plc.opcua import OpcUaAdapter
 from plcbridge.config import Config, ConfigError
 from plcbridge.contract import INPUT_SIGNALS, OUTPUT_SIGNALS, Outputs, StatusBit
-from plcbridge.contract.opcua import markdown_tables, node_specs, resolve_nodes
+from plcbridge.contract.opcua import OpcUaNodeMap, markdown_tables, node_specs, resolve_nodes
 from plcbridge.simulators.device import DeviceFileError, load_device
 from plcbridge.simulators.opcua import OpcUaSimulator
 from plcbridge.simulators.process import start_simulator, stop_simulator
@@ -320,30 +320,40 @@ def test_wrong_credentials_and_wrong_server_certificate_are_refused_clearly(secu
         adapter.close()
 
 
-def test_simulator_counts_what_a_plc_would_refuse(secured, monkeypatch):
-    """Partial blocks, timestamped or mistyped values and writes to PLC-owned nodes."""
+def test_simulator_counts_what_a_plc_would_refuse(secured):
+    """Partial blocks, timestamped or mistyped values and writes to PLC-owned nodes, sent by
+    a client of our own that is not the bridge's adapter (asyncua directly)."""
     from datetime import datetime, timezone
 
-    from asyncua import ua
+    from asyncua import Client, ua
+    from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
-    sim = secured["sim"]
-    monkeypatch.setenv("PLCBRIDGE_OPCUA_PASSWORD", SIM_PASSWORD)
-    adapter = OpcUaAdapter(opcua_config(sim.port, "free-run", **secured["opcua"]).plc)
+    sim, files = secured["sim"], secured["opcua"]
+    outs, ins = node_specs(OpcUaNodeMap().output_nodes, OpcUaNodeMap().input_nodes)
     before = dict(sim.summary()["protocol_errors_by_kind"])
-    try:
-        adapter.connect()
-        client, heartbeat, trigger = adapter._client, adapter._out_nodes[0], adapter._in_nodes[0]
 
-        def write(node: Any, dv: ua.DataValue) -> ua.StatusCode:
-            coro = client.write_values([node], [dv], raise_on_partial_error=False)
-            return asyncio.run_coroutine_threadsafe(coro, adapter._loop).result(2)[0]
+    async def rude_writes() -> list[ua.StatusCode]:
+        client = Client(sim.endpoint, timeout=5)
+        client.application_uri = "urn:plcbridge:bridge"
+        await client.set_security(SecurityPolicyBasic256Sha256, files["certificate"], files["private_key"],
+                                  server_certificate=files["server_certificate"],
+                                  mode=ua.MessageSecurityMode.SignAndEncrypt)
+        client.set_user("bridge")
+        client.set_password(SIM_PASSWORD)
+        async with client:
+            ns = (await client.get_namespace_array()).index(OpcUaNodeMap().namespace_uri)
+            heartbeat = client.get_node(ua.NodeId(outs[0].parsed_identifier, ns))
+            trigger = client.get_node(ua.NodeId(ins[0].parsed_identifier, ns))
+            uint16 = ua.Variant(7, ua.VariantType.UInt16)
+            results = []
+            for node, dv in ((trigger, ua.DataValue(uint16, StatusCode=None)),
+                             (heartbeat, ua.DataValue(ua.Variant(7, ua.VariantType.Int64))),
+                             (heartbeat, ua.DataValue(uint16, SourceTimestamp=datetime.now(timezone.utc)))):
+                results += await client.write_values([node], [dv], raise_on_partial_error=False)
+            return results
 
-        uint16 = ua.Variant(7, ua.VariantType.UInt16)
-        assert write(trigger, ua.DataValue(uint16, StatusCode=None)).name == "BadUserAccessDenied"
-        assert write(heartbeat, ua.DataValue(ua.Variant(7, ua.VariantType.Int64))).name == "BadTypeMismatch"
-        assert write(heartbeat, ua.DataValue(uint16, SourceTimestamp=datetime.now(timezone.utc))).is_good()
-    finally:
-        adapter.close()
+    refused_trigger, mistyped, stamped = asyncio.run(rude_writes())
+    assert refused_trigger.name == "BadUserAccessDenied" and mistyped.name == "BadTypeMismatch" and stamped.is_good()
     after = sim.summary()["protocol_errors_by_kind"]
     grew = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     assert grew == {"write_refused": 2, "write_with_timestamp": 1, "partial_block": 1}, after

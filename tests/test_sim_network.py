@@ -147,7 +147,7 @@ def _enip_exchanges(sim: ThreadedFrontend, n: int) -> list[float]:
 EXCHANGES = {"modbus": _modbus_exchanges, "opcua": _opcua_exchanges, "enip": _enip_exchanges}
 
 
-@pytest.mark.parametrize("protocol", ["modbus", "opcua", "enip"])
+@pytest.mark.parametrize("protocol", protocols.SIMULATED)
 def test_every_reply_is_late_by_the_delay_and_values_still_round_trip(start, protocol: str) -> None:
     sim = start(protocol, reply_delay_ms=DELAY_MS)
     assert sim.port != 0

@@ -38,7 +38,7 @@ class BudgetError(ValueError):
     """The budget file cannot be read or is invalid; the message names the file and field."""
 
 
-def _budget_model():
+def _budget_model() -> Any:
     """The schema, built on first use: pydantic stays out of the CLI's start-up."""
     from typing import Annotated
 

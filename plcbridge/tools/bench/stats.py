@@ -16,6 +16,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from plcbridge.schedule import percentile_summary
+
 U16 = 0xFFFF
 VERDICTS = ("PASS", "FAIL")
 
@@ -29,11 +31,8 @@ def capture_time(d: dict[str, Any]) -> float | None:
 def stats_ms(values_ms: Iterable[float]) -> dict[str, Any]:
     """count, p50, p95, p99, max and mean of millisecond values (None figures when empty)."""
     v = np.asarray(list(values_ms), dtype=np.float64)
-    if not len(v):
-        return {"count": 0, "p50": None, "p95": None, "p99": None, "max": None, "mean": None}
-    p50, p95, p99 = np.percentile(v, [50, 95, 99])
-    return {"count": int(len(v)), "p50": round(float(p50), 3), "p95": round(float(p95), 3),
-            "p99": round(float(p99), 3), "max": round(float(v.max()), 3), "mean": round(float(v.mean()), 3)}
+    mean = round(float(v.mean()), 3) if len(v) else None
+    return {"count": int(len(v)), **percentile_summary(v), "mean": mean}
 
 
 def split_startup(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
