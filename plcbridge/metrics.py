@@ -44,7 +44,7 @@ class Metrics:
         self.write_lateness_seconds = Histogram(
             "plcbridge_write_lateness_seconds", "Write tick start minus its scheduled start", buckets=_FAST, registry=r
         )
-        self.write_overruns = Counter("plcbridge_write_overruns", "Write ticks skipped because the loop was late by a period or more", registry=r)
+        self.write_overruns = Counter("plcbridge_write_overruns", "Write slots given up because the loop was late: a tick ran past the next slot, or woke a period or more behind", registry=r)
         self.tick_errors = Counter("plcbridge_tick_errors", "Write ticks that raised (no block written that tick)", registry=r)
         self.plc_exchange_seconds = Histogram("plcbridge_plc_exchange_seconds", "One answered PLC exchange (write outputs + read inputs), request to reply",
                                               buckets=_EXCHANGE, registry=r)

@@ -148,6 +148,26 @@ class FixedRateSchedule:
             self.lateness.add(self.late)
         return self.missed
 
+    def skip_due(self, now: float) -> int:
+        """Give up every slot already due at `now`, so that the next one is in the future;
+        returns how many (counted in `skipped`). A caller whose work ran past the next slot
+        calls it after the work: its next run then keeps the grid instead of following the
+        late one at once (the write loop: a late tick is never bunched with the next)."""
+        if self.t0 is None:
+            raise RuntimeError("schedule not started")
+        t0, period, k = self.t0, self.period, self.index
+        if t0 + k * period > now:
+            return 0
+        k = max(k, int((now - t0) // period))
+        while t0 + k * period <= now:  # past the rounding of the division, to the first future slot
+            k += 1
+        while k - 1 > self.index and t0 + (k - 1) * period > now:
+            k -= 1
+        missed = k - self.index
+        self.index = k
+        self.skipped += missed
+        return missed
+
     def wait(self) -> float:
         """Sleep until the next slot is due, take it, and return the time it was taken. The
         first call (and the first after `reset()`) starts the grid: slot 0 is now."""

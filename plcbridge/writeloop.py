@@ -2,8 +2,9 @@
 
 Ticks run on a `FixedRateSchedule` (plcbridge/schedule.py): absolute deadlines, start + k *
 period. A tick that starts late is measured (lateness = actual - scheduled start, into a
-histogram and a sample ring); a tick a whole period or more late skips the slots it missed,
-which are counted as overruns: late ticks are never bunched together to catch up.
+histogram and a sample ring); a slot already due when the tick before it ends (a tick that
+ran past it, or a wake-up a whole period behind) is given up and counted as an overrun: late
+ticks are never bunched together to catch up.
 
 Nothing in a tick waits on the camera, the model, the log or the network. A tick reads the
 mailboxes and what the PLC link last reported (the newest inputs and the newest block known
@@ -195,6 +196,13 @@ class WriteLoop:
                 self.metrics.tick_errors.inc()
                 log_event(log, "tick_failed", logging.ERROR, rate_key="tick", exc_info=True,
                           reason="no block composed this tick; the PLC's heartbeat watchdog sees the gap")
+            # A tick that ran past the next slot gives it up: the next block keeps the grid
+            # instead of following this late one at once (never bunched).
+            end = time.monotonic()
+            behind = end - schedule.deadline
+            missed = schedule.skip_due(end)
+            if missed:
+                self.report.overrun(missed, behind)
         self._final_write()
 
     def _tick(self, now: float) -> None:

@@ -68,6 +68,19 @@ def test_late_by_less_than_a_period_skips_nothing():
     assert ft.slept == [pytest.approx(0.001)]
 
 
+def test_skip_due_gives_up_the_slots_a_late_caller_ran_past():
+    ft = FakeTime()
+    s = _schedule(0.01, ft)
+    s.wait()  # slot 0 at 100.00
+    assert s.skip_due(ft.t + 0.005) == 0  # work done within the slot: nothing to give up
+    ft.t += 0.0101  # the work ran 0.1 ms past slot 1
+    assert s.skip_due(ft.t) == 1 and s.skipped == 1 and s.deadline == pytest.approx(100.02)
+    s.wait()  # slot 2 on the grid, ~9.9 ms after the late slot: never right behind it
+    assert ft.slept == [pytest.approx(0.0099)] and (s.missed, s.skipped) == (0, 1)
+    ft.t += 0.035  # 3.5 periods past slot 2 (100.02): slots 3, 4 and 5 are due
+    assert s.skip_due(ft.t) == 3 and s.deadline == pytest.approx(100.06) and s.skipped == 4
+
+
 def test_a_long_stall_never_bursts():
     """After a stall of many periods, each further call waits for its own slot: the calls
     taken at once number exactly one, whatever the stall."""
