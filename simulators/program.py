@@ -61,6 +61,7 @@ from plcbridge.contract import (
     Outputs,
     ResultCode,
     StatusBit,
+    code_name,
     next_seq,
 )
 from plcbridge.schedule import FixedRateSchedule, percentile_summary
@@ -81,17 +82,12 @@ FAILSAFE_COUNTING = (
 
 
 @dataclass(frozen=True)
-class _Trigger:
+class Trigger:
+    """A trigger the PLC raised and is waiting to see answered."""
+
     seq: int
     part_id: int
     t: float
-
-
-def _code_name(enum_type: type[ResultCode] | type[FaultCode], value: int) -> str | None:
-    try:
-        return enum_type(value).name
-    except ValueError:
-        return None
 
 
 def is_failsafe(outputs: Outputs) -> bool:
@@ -99,7 +95,7 @@ def is_failsafe(outputs: Outputs) -> bool:
     return bool(outputs.status & StatusBit.FAILSAFE_ACTIVE) or outputs.result_code == ResultCode.FAILSAFE
 
 
-def _remember(memory: OrderedDict[int, _Trigger], trig: _Trigger) -> None:
+def _remember(memory: OrderedDict[int, Trigger], trig: Trigger) -> None:
     memory.pop(trig.seq, None)
     memory[trig.seq] = trig
     while len(memory) > _EXPIRED_MEMORY:
@@ -122,9 +118,9 @@ class SimulatedPlc:
         self._first_after_ready = False  # no trigger raised yet since the bridge became READY
         # Handshake bookkeeping: outstanding triggers oldest first, recently given-up ones, and
         # the ones forgotten in a restart.
-        self._pending: OrderedDict[int, _Trigger] = OrderedDict()
-        self._expired: OrderedDict[int, _Trigger] = OrderedDict()
-        self._lost: OrderedDict[int, _Trigger] = OrderedDict()
+        self._pending: OrderedDict[int, Trigger] = OrderedDict()
+        self._expired: OrderedDict[int, Trigger] = OrderedDict()
+        self._lost: OrderedDict[int, Trigger] = OrderedDict()
         self._last_result: tuple[int, int] | None = None  # (result_seq, part_id) last taken
         self._last_result_key: tuple[int, ...] | None = None  # free-run: (seq, code, fault)
         # Bridge liveness.
@@ -162,6 +158,11 @@ class SimulatedPlc:
         self._hb_longest_gap_s = 0.0
 
     # ------------------------------------------------------------------ front-end API
+
+    @property
+    def pending(self) -> dict[int, Trigger]:
+        """The outstanding triggers, oldest first (trigger_seq -> Trigger): a copy."""
+        return dict(self._pending)
 
     @property
     def inputs(self) -> Inputs:
@@ -428,7 +429,7 @@ class SimulatedPlc:
         if new_part:
             self._part_id = self._next_part_id
             self._next_part_id = (self._next_part_id + 1) & U32_MAX
-        self._pending[seq] = _Trigger(seq, self._part_id, t)
+        self._pending[seq] = Trigger(seq, self._part_id, t)
         self.triggers_sent += 1
         for listener in self._trigger_listeners:
             listener(seq, t)
@@ -524,19 +525,19 @@ class SimulatedPlc:
         self._count_result(outputs, triggered=False)
 
     def _count_result(self, outputs: Outputs, *, triggered: bool) -> None:
-        code = _code_name(ResultCode, outputs.result_code)
+        code = code_name(ResultCode, outputs.result_code)
         if code is None or (triggered and outputs.result_code == ResultCode.NONE):
             self.protocol_error("bad_result_code", f"seq {outputs.result_seq}: result_code {outputs.result_code}")
-        code_name = code or f"UNKNOWN_{outputs.result_code}"
+        name = code or f"UNKNOWN_{outputs.result_code}"
         if not is_failsafe(outputs):
-            self.results[code_name] += 1
+            self.results[name] += 1
             return
         # A fail-safe, whatever result_code the plant configured for it (see FAILSAFE_COUNTING).
         self.results[ResultCode.FAILSAFE.name] += 1
-        self.failsafe_result_codes[code_name] += 1
+        self.failsafe_result_codes[name] += 1
         if outputs.result_code == ResultCode.PASS:
             self.protocol_error("failsafe_pass", f"seq {outputs.result_seq}: a fail-safe must never pass the part")
-        fault = _code_name(FaultCode, outputs.fault_code)
+        fault = code_name(FaultCode, outputs.fault_code)
         if fault is None:
             self.protocol_error("bad_fault_code", f"seq {outputs.result_seq}: fault_code {outputs.fault_code}")
         elif outputs.fault_code == FaultCode.NONE:

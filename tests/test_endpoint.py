@@ -171,14 +171,17 @@ def test_idle_flood_is_bounded_refused_and_recovers() -> None:
 
 
 def test_stop_is_prompt_with_clients_held_by_workers() -> None:
+    before = set(threading.enumerate())
     with serving(request_timeout_s=30.0, write_timeout_s=30.0) as server:
         idle = open_idle(server.port, 5)
         try:
             time.sleep(0.2)  # two are in the workers' recv, three in the queue
+            assert [t for t in threading.enumerate() if t not in before and t.name.startswith("health-")]
             t0 = time.monotonic()
             server.stop()
             assert time.monotonic() - t0 < 1.0
-            assert not any(t.is_alive() for t in server._threads)
+            started = [t for t in threading.enumerate() if t not in before and t.name.startswith("health-")]
+            assert not started, started  # its accept thread and workers have ended
             assert all(closed_by_peer(s, 1.0) for s in idle)
         finally:
             close_all(idle)

@@ -57,7 +57,7 @@ class Clock:
 
     def answer(self, seq: int, code: ResultCode = ResultCode.PASS, part_id: int | None = None,
                status: int = VALID, fault: FaultCode = FaultCode.NONE) -> None:
-        pid = self.plc._pending[seq].part_id if part_id is None else part_id
+        pid = self.plc.pending[seq].part_id if part_id is None else part_id
         self.write(status=status, result_seq=seq, result_code=code, part_id=pid, fault_code=fault)
 
     def overrun(self, seq: int, part_id: int = 0) -> None:
@@ -122,7 +122,7 @@ def test_an_overrun_answer_with_part_id_0_is_not_a_part_id_mismatch() -> None:
     c.write()
     c.run(0.04)
     c.overrun(1)  # a skipped value: the bridge never saw its part id
-    c.overrun(2, part_id=plc._pending[2].part_id)  # queue full: it did see this one
+    c.overrun(2, part_id=plc.pending[2].part_id)  # queue full: it did see this one
     assert plc.summary()["protocol_errors"] == 0, plc.summary()["recent_protocol_errors"]
     c.overrun(3, part_id=999)  # a wrong echo is still wrong
     s = plc.summary()
@@ -171,7 +171,7 @@ def test_the_shutdown_block_answers_the_oldest_pending_trigger() -> None:
     c.write()
     c.run(0.03)
     c.answer(1)
-    part = plc._pending[2].part_id
+    part = plc.pending[2].part_id
     # The bridge's last block: READY cleared, FAILSAFE_ACTIVE without RESULT_VALID, SHUTTING_DOWN.
     c.write(status=int(StatusBit.FAILSAFE_ACTIVE), result_seq=2, result_code=ResultCode.FAIL,
             fault_code=FaultCode.SHUTTING_DOWN, part_id=part)
@@ -195,7 +195,7 @@ def test_early_first_trigger_fires_as_soon_as_trigger_ready_is_seen() -> None:
     assert plc.triggers_sent == 0
     c.write(status=TREADY)
     assert plc.inputs.trigger_seq == 1 and plc.triggers_sent == 1  # within that very write
-    assert plc._pending[1].t == pytest.approx(0.02)
+    assert plc.pending[1].t == pytest.approx(0.02)
     # The default waits one trigger period after READY.
     plain = _plc(trigger_hz=10)
     p = Clock(plain)
@@ -382,9 +382,9 @@ def test_triggers_faster_than_the_camera_keep_max_outstanding_waiting() -> None:
     for ms in range(1, 2001):
         c.t = ms / 1000
         plc.tick(c.t)
-        most = max(most, len(plc._pending))
-        if ms % 50 == 0 and plc._pending:
-            c.answer(next(iter(plc._pending)))
+        most = max(most, len(plc.pending))
+        if ms % 50 == 0 and plc.pending:
+            c.answer(next(iter(plc.pending)))
             answered += 1
     s = plc.summary()
     assert most == 4  # the line did not wait for answers, up to max_outstanding

@@ -22,6 +22,7 @@ import annotated_types
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from plcbridge import protocols
 from plcbridge.config import ENV_OVERRIDES, Config
 
 SECTION_NAME = "config"
@@ -45,8 +46,9 @@ EXTRA: dict[str, str] = {
     "camera.pattern": "Glob of the image files in `path`.",
     "camera.loop": "Start over at the end of the folder.",
     "camera.backend": "OpenCV capture backend.",
-    "plc.protocol": "Transport to the PLC: Modbus TCP, OPC UA or EtherNet/IP (docs/plc-interface.md); `loop` is "
-                    "an in-process PLC program for tests (`[plc.loop]`).",
+    "plc.protocol": "Transport to the PLC (plcbridge/protocols.py): "
+                    + ", ".join(f"`{p.name}` {p.title}" for p in protocols.PROTOCOLS.values() if p.network)
+                    + " (docs/plc-interface.md); `loop`: a PLC program in this process, for tests (`[plc.loop]`).",
     "plc.host": "PLC address (`PLCBRIDGE_PLC_HOST` overrides).",
     "plc.port": "PLC port (`PLCBRIDGE_PLC_PORT` overrides): 502 Modbus, 4840 OPC UA, 44818 EtherNet/IP on a real PLC; "
                 "none (0) for loop.",
