@@ -7,7 +7,7 @@ every `--gap-ms`, from one thread, as the link's thread does. CPU is this proces
 user + system time over the timed exchanges divided by their count, so it includes every
 thread the adapter uses (asyncua's event loop thread for OPC UA).
 
-    .venv/bin/python tests/bench_exchange.py [--count 2000] [--gap-ms 2]
+    .venv/bin/python tests/bench_exchange.py [--count 2000] [--gap-ms 2] [--cases loop "modbus fc23"]
 """
 
 from __future__ import annotations
@@ -30,7 +30,26 @@ CASES = {  # name -> (protocol, extra [plc] settings)
     "modbus fc16+fc3": ("modbus", {"modbus": {"exchange": "fc16+fc3"}}),
     "opcua": ("opcua", {}),
     "enip": ("enip", {}),
+    # The in-process PLC (plcbridge/contract/loop.py): its program runs in this process, so
+    # the CPU figure includes the simulated PLC's side of each exchange.
+    "loop": ("loop", {}),
 }
+
+
+class _InProcess:
+    """The loop PLC, stopped like a simulator process."""
+
+    def __init__(self) -> None:
+        from plcbridge.simulators.device import load_device
+        from plcbridge.simulators.loop import LoopSimulator
+
+        self.sim = LoopSimulator(load_device(None, {"program.mode": "free-run"})).start()
+
+    def terminate(self) -> None:
+        self.sim.stop()
+
+    def wait(self, timeout: float) -> None:
+        pass
 
 
 def _start_sim(protocol: str) -> tuple[subprocess.Popen, int]:
@@ -46,11 +65,13 @@ def _start_sim(protocol: str) -> tuple[subprocess.Popen, int]:
 
 def measure(name: str, count: int, gap_s: float) -> dict:
     protocol, extra = CASES[name]
-    sim, port = _start_sim(protocol)
+    sim, port = (_InProcess(), 0) if protocol == "loop" else _start_sim(protocol)
     try:
         raw = load_config(None, env={}).model_dump(mode="json")
         raw["plc"] = {k: v for k, v in raw["plc"].items() if k != "modbus"} if protocol != "modbus" else raw["plc"]
         raw["plc"].update({"protocol": protocol, "port": port, **extra})
+        if isinstance(sim, _InProcess):
+            raw["plc"]["loop"] = {"channel": sim.sim.channel}
         settings = parse_config(raw, "<bench>", env={}).plc
         adapter = adapter_class(protocol)(settings)
         adapter.connect()
