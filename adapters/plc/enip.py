@@ -1,6 +1,6 @@
 """EtherNet/IP adapter for Allen-Bradley Logix controllers (pycomm3 1.2.16 LogixDriver).
 
-The contract is carried as controller tags (names and types: enip_tags.py). Per tick:
+The contract is carried as controller tags (names and types: plcbridge/contract/enip.py). Per tick:
 one multi-tag write of every output tag, which pycomm3 sends as ONE Multiple Service Packet,
 then one multi-tag read of the input tags, also one packet.
 
