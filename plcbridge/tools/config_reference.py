@@ -242,13 +242,17 @@ def _doc(model: type[BaseModel]) -> str:
     return " ".join(doc.split("\n\n")[0].split())
 
 
+def _heading(out: list[str], title: str, doc_of: type[BaseModel] | None) -> None:
+    """A section's heading, then the first paragraph of its model's docstring, if any."""
+    out += [f"### {title}", ""]
+    if doc_of is not None and (doc := _doc(doc_of)):
+        out += [doc, ""]
+
+
 def _sections(model: type[BaseModel], prefix: str, out: list[str]) -> None:
     scalars = [n for n, i in model.model_fields.items() if _model_of(i.annotation) is None and not _variants(i.annotation)]
     if prefix and scalars:
-        out.append(f"### `[{prefix}]`")
-        out.append("")
-        if doc := _doc(model):
-            out += [doc, ""]
+        _heading(out, f"`[{prefix}]`", model)
         out += _table(model, prefix)
         out.append("")
     for name, info in model.model_fields.items():
@@ -263,10 +267,7 @@ def _sections(model: type[BaseModel], prefix: str, out: list[str]) -> None:
             for v in variants:
                 field = v.model_fields[tag]
                 default = " (the default)" if not field.is_required() else ""
-                out.append(f'### `[{path}]` with `{tag} = "{_tag_value(v, tag)}"`{default}')
-                out.append("")
-                if doc := _doc(v):
-                    out += [doc, ""]
+                _heading(out, f'`[{path}]` with `{tag} = "{_tag_value(v, tag)}"`{default}', v)
                 out += _table(v, path)
                 out.append("")
 
@@ -289,11 +290,8 @@ def _shared_table_sections(variants: list[type[BaseModel]], tag: str, path: str,
     one table of the shared keys (a default that differs per variant is listed per variant),
     then each variant's own sections."""
     first = variants[0]
-    out.append(f"### `[{path}]`")
-    out.append("")
     common = next((b for b in first.__mro__[1:] if all(issubclass(v, b) for v in variants)), None)
-    if common is not None and (doc := _doc(common)):
-        out += [doc, ""]
+    _heading(out, f"`[{path}]`", common)
     rows = _table(first, path)
     tags = [_tag_value(v, tag) for v in variants]
     for i, (name, info) in enumerate((n, f) for n, f in first.model_fields.items() if _model_of(f.annotation) is None):

@@ -26,7 +26,8 @@ def link_tree(root: Path = ROOT, dest: Path | None = None) -> tuple[Path, dict[s
     if dest.exists():
         shutil.rmtree(dest)
     mapping: dict[str, str] = {}
-    for pkg, folder in sorted(package_dirs(root).items()):
+    packages = package_dirs(root)
+    for pkg, folder in sorted(packages.items()):
         target = dest.joinpath(*pkg.split("."))
         target.mkdir(parents=True, exist_ok=True)
         for path in folder.iterdir():
@@ -34,7 +35,7 @@ def link_tree(root: Path = ROOT, dest: Path | None = None) -> tuple[Path, dict[s
                 (target / path.name).symlink_to(path)
         for sub in folder.iterdir():
             if sub.is_dir() and (sub / "__init__.py").exists() and not (target / sub.name).exists():
-                if f"{pkg}.{sub.name}" not in package_dirs(root):
+                if f"{pkg}.{sub.name}" not in packages:
                     (target / sub.name).symlink_to(sub, target_is_directory=True)
         mapping[str(target.relative_to(dest))] = str(folder.relative_to(root))
     return dest / "plcbridge", mapping
