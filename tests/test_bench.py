@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from plcbridge.tools.bench.gate import DEFAULT_BUDGET, load_budget
+from plcbridge.tools.bench.report import memory_curve
 from plcbridge.tools.bench.run import BenchOptions, run_bench
 from plcbridge.tools.bench.stats import cpu_seconds, dropped_frames, join_capture_to_plc, split_startup, stats_ms, vm_kib
 
@@ -45,6 +46,13 @@ def test_startup_failsafes_are_split_from_those_in_service():
               {"event": "decision", "result": "FAILSAFE", "fault": "BAD_FRAME"}, {"event": "failsafe", "fault": "CAMERA_FAULT"}]
     before, after = split_startup(events)
     assert [e["fault"] for e in before] == ["STALE_RESULT"] and [e["fault"] for e in after] == ["BAD_FRAME", "CAMERA_FAULT"]
+
+
+def test_memory_growth_is_measured_from_the_first_minute():
+    curve = [{"t_s": t, "rss_kib": kib} for t, kib in ((1, 1000), (30, 5000), (60, 6024), (120, 7048))]
+    assert memory_curve(curve)["rss_growth_after_1_min_mb"] == 1.0  # 7048 - 6024 KiB: start-up left out
+    assert memory_curve(curve[:2])["rss_growth_after_1_min_mb"] == pytest.approx(3.91, abs=0.01)  # shorter runs: from the first point
+    assert memory_curve([])["rss_growth_after_1_min_mb"] is None
 
 
 def test_small_helpers():
@@ -99,6 +107,9 @@ def test_free_run_report_has_every_field_with_sane_values(free_run_report):
 
     res = r["resources"]
     assert 20 < res["peak_rss_mb"] < 2000 and 0 < res["mean_cpu_cores"] <= 2.5
+    curve = res["memory_curve"]  # one point a second in a 5 s run
+    assert 3 <= len(curve) <= 6 and [p["t_s"] for p in curve] == sorted(p["t_s"] for p in curve)
+    assert all(p["rss_kib"] > 20_000 and p["fds"] > 2 and p["threads"] >= 4 for p in curve), curve
     assert res["cpu_cores_per_30_inferences_per_s"] > 0 and res["simulator_mean_cpu_cores"] >= 0
     cs = r["cold_start_s"]
     # READY=1 is sent just after the loops start, so the first result may reach the PLC a

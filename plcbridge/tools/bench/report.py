@@ -118,6 +118,7 @@ def build_report(*, options: Any, model: dict[str, Any], events: list[dict[str, 
         "triggers": triggers,
         "resources": {
             "peak_rss_mb": _round(peak_kib / MIB if peak_kib else None, 1),
+            **memory_curve(proc.get("curve") or []),
             "mean_cpu_cores": _round(cpu_cores),
             "cpu_cores_per_30_inferences_per_s": _round(cpu_cores * 30 / inferences_per_s
                                                          if cpu_cores is not None and inferences_per_s else None),
@@ -136,6 +137,17 @@ def build_report(*, options: Any, model: dict[str, Any], events: list[dict[str, 
         "daemon_exit_code": meta.get("daemon_exit_code"),
         "files": meta["files"],
     }, samples
+
+
+def memory_curve(curve: list[dict[str, Any]]) -> dict[str, Any]:
+    """The daemon's RSS, fds and threads over the run, and how much RSS grew after the first
+    minute (start-up allocations settle in it): a leak shows as growth that does not level off."""
+    if not curve:
+        return {"memory_curve": [], "rss_growth_after_1_min_mb": None}
+    after = [p for p in curve if p["t_s"] >= 60] or curve
+    base, last = after[0]["rss_kib"], curve[-1]["rss_kib"]
+    growth = (last - base) / 1024 if base is not None and last is not None else None
+    return {"memory_curve": curve, "rss_growth_after_1_min_mb": _round(growth, 2)}
 
 
 def _trigger_latency(sim_summary: dict[str, Any]) -> dict[str, Any]:

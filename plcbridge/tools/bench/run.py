@@ -147,6 +147,21 @@ def _proc_sample(pid: int) -> tuple[float, int | None, int | None] | None:
     return cpu_seconds(stat, os.sysconf("SC_CLK_TCK")), vm_kib(status, "VmRSS"), vm_kib(status, "VmHWM")
 
 
+def _fds_threads(pid: int) -> dict[str, int | None]:
+    """Open file descriptors and threads of a live process (None where /proc says nothing)."""
+    from plcbridge.tools.bench.stats import vm_kib
+
+    try:
+        fds: int | None = len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        fds = None
+    try:
+        threads = vm_kib(Path(f"/proc/{pid}/status").read_text(), "Threads")
+    except OSError:
+        threads = None
+    return {"fds": fds, "threads": threads}
+
+
 def _station_toml(o: BenchOptions, port: int) -> str:
     # json.dumps quotes a string the way TOML's basic strings read it.
     return "\n".join([
@@ -277,6 +292,10 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
         sim_first = _proc_sample(sim.pid)
         say(f"READY after {t_ready - t_start:.3f} s; measuring for {o.seconds:g} s")
         peak_rss_kib = 0
+        # The memory curve: RSS, open file descriptors and threads, about 60 points a run
+        # (one a second for a minute's run, one every minute for an hour's soak).
+        curve: list[dict[str, float | int | None]] = []
+        curve_every, next_curve = max(1.0, o.seconds / 60), 0.0
         end = t_ready + o.seconds
         next_report = time.monotonic() + 1.0
         while (now := time.monotonic()) < end:
@@ -290,6 +309,9 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
                 if s is not None and first is not None:
                     peak_rss_kib = max(peak_rss_kib, s[1] or 0)
                     elapsed = time.monotonic() - t_ready
+                    if elapsed >= next_curve:
+                        next_curve += curve_every
+                        curve.append({"t_s": round(elapsed, 1), "rss_kib": s[1], **_fds_threads(daemon.pid)})
                     say(f"{elapsed:6.1f}/{o.seconds:g} s  decisions {log.decisions}  "
                         f"rss {(s[1] or 0) / 1024:.0f} MB  cpu {(s[0] - first[0]) / max(elapsed, 1e-9):.2f} cores")
         t_end = time.monotonic()
@@ -328,7 +350,7 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
         options=o, model=model_info, events=log.events, trace=trace, daemon_summary=daemon_summary,
         sim_summary=sim_summary, times={"start": t_start, "ready": t_ready, "end": t_end},
         proc={"first": first, "last": last, "sim_first": sim_first, "sim_last": sim_last,
-              "peak_rss_sampled_kib": peak_rss_kib},
+              "peak_rss_sampled_kib": peak_rss_kib, "curve": curve},
         meta={"date": started.isoformat(timespec="seconds"), "command": command, "daemon_exit_code": rc,
               "host": {"cpus": os.cpu_count(), "load_avg_before": [round(x, 2) for x in load_before],
                        "load_avg_after": [round(x, 2) for x in os.getloadavg()]},
