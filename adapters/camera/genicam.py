@@ -230,7 +230,11 @@ class GenicamCamera(CameraSource):
 
         try:
             if s.trigger == "hardware":
-                buf = self._pop_ok(_IDLE_S, idle=True)
+                # A failed buffer (counted) is no pulse's frame: wait out the idle time for one.
+                idle_until = time.monotonic() + _IDLE_S
+                buf = None
+                while buf is None and time.monotonic() < idle_until:
+                    buf = self._pop_ok(idle_until - time.monotonic())
                 if buf is None:
                     self._probe()
                     return None
@@ -260,7 +264,7 @@ class GenicamCamera(CameraSource):
         finally:
             stream.push_buffer(buf)
 
-    def _pop_ok(self, timeout_s: float, idle: bool = False) -> Any:
+    def _pop_ok(self, timeout_s: float) -> Any:
         """The next buffer if it is complete; a failed one is counted and given back (None)."""
         buf = self._stream.timeout_pop_buffer(max(1000, int(timeout_s * 1_000_000)))
         if buf is None:
