@@ -65,9 +65,27 @@ def test_folder_plays_in_order_with_labels_and_skips_corrupt_file(images: Path, 
     assert all(img.shape == (24, 32, 3) and img.dtype == np.uint8 for img, _ in got)
     # Warned once, naming the file, and not again on the second round.
     warnings = [r for r in caplog.records if r.name == "plcbridge.camera" and r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and warnings[0].event == "folder_camera_file_skipped" and "broken.png" in warnings[0].file
-    assert (warnings[0].skipped, warnings[0].files) == (1, 5)
+    assert len(warnings) == 1 and warnings[0].event == "folder_camera_files_skipped", warnings
+    assert warnings[0].count == 1 and len(warnings[0].files) == 1 and "broken.png" in warnings[0].files[0]
+    assert (warnings[0].skipped_total, warnings[0].in_folder) == (1, 5)
     assert cam.skipped_files == 1
+
+
+def test_a_folder_emptied_under_a_running_camera_is_one_warning_with_the_count(tmp_path: Path, caplog) -> None:
+    for i in range(40):
+        cv2.imwrite(str(tmp_path / f"pass_{i:02d}.png"), _img(i))
+    cam = FolderCamera(_folder(tmp_path))
+    cam.open()
+    cam.grab()
+    for p in tmp_path.glob("*.png"):
+        p.unlink()
+    with caplog.at_level(logging.WARNING, logger="plcbridge.camera"), pytest.raises(CameraError, match="none of the 40 files"):
+        cam.grab()
+    warnings = [r for r in caplog.records if r.name == "plcbridge.camera"]
+    assert len(warnings) == 1, [r.event for r in warnings]
+    w = warnings[0]
+    assert w.event == "folder_camera_files_skipped" and w.count == 40 and w.skipped_total == 40
+    assert len(w.files) == 5 and w.more == 35 and "pass_01.png" in w.files[0]
 
 
 def test_folder_returns_bgr(tmp_path: Path) -> None:

@@ -36,10 +36,14 @@ _LABELS = ("pass", "fail")
 _STEM_LABEL = re.compile(r"^(pass|fail)(?![a-z])", re.IGNORECASE)
 
 
-class _SkipFields(TypedDict, total=False):
-    """The optional fields of a folder_camera_file_skipped event."""
+# A folder_camera_files_skipped line names this many files; `more` counts the rest.
+_NAMED = 5
 
-    said: str  # what the image decoder printed, when it printed anything
+
+class _SkipFields(TypedDict, total=False):
+    """The optional fields of a folder_camera_files_skipped event."""
+
+    said: str  # what the image decoder printed for the files named, when it printed anything
 
 
 def label_for(path: Path, root: Path) -> str | None:
@@ -58,8 +62,8 @@ class FolderCamera(CameraSource):
 
     An undecodable file is skipped with a warning and left out of later loops: one bad
     file in a folder of hundreds must not take the station down (the grab loop would
-    reconnect, replay, and fail on the same file forever). Only when no file at all
-    decodes is that a CameraError.
+    reconnect, replay, and fail on the same file forever). The files one grab skips share
+    one warning with their count. Only when no file at all decodes is that a CameraError.
     """
 
     def __init__(self, settings: FolderCameraSettings) -> None:
@@ -98,7 +102,14 @@ class FolderCamera(CameraSource):
     def _next_image(self) -> tuple[np.ndarray, str | None]:
         if self._files is None:
             raise CameraError("folder camera: grab() before open()")
-        files = self._files
+        skipped: list[tuple[Path, str]] = []  # this grab's: one log line for all of them
+        try:
+            return self._decode_next(self._files, skipped)
+        finally:
+            if skipped:
+                self._log_skipped(skipped)
+
+    def _decode_next(self, files: list[tuple[Path, str | None]], skipped: list[tuple[Path, str]]) -> tuple[np.ndarray, str | None]:
         while True:
             if self._index >= len(files):
                 if not self.settings.loop:
@@ -119,15 +130,26 @@ class FolderCamera(CameraSource):
                               said=native.text(), rate_key="decoder")
                 return image, label
             self._bad.add(path)
-            fields: _SkipFields = {"said": native.text()} if native.lines else {}
-            log_event(log, "folder_camera_file_skipped", logging.WARNING, file=str(path),
-                      reason="cannot be read or decoded as an image", skipped=len(self._bad), files=len(files),
-                      **fields)
+            skipped.append((path, native.text() if native.lines else ""))
             if len(self._bad) == len(files):
                 raise CameraError(
                     f"folder camera: none of the {len(files)} files matching "
                     f"{self.settings.pattern!r} in {self.settings.path} could be decoded"
                 )
+
+    def _log_skipped(self, skipped: list[tuple[Path, str]]) -> None:
+        """One warning for the files one grab found unreadable: a folder emptied or rewritten
+        under a running station gives one line with the count, not one line per file."""
+        fields: _SkipFields = {}
+        said = "; ".join(text for _, text in skipped[:_NAMED] if text)
+        if said:
+            fields["said"] = said
+        assert self._files is not None
+        log_event(log, "folder_camera_files_skipped", logging.WARNING, count=len(skipped),
+                  files=[str(p) for p, _ in skipped[:_NAMED]], more=max(0, len(skipped) - _NAMED),
+                  reason="cannot be read or decoded as an image (deleted, replaced or corrupt); left out until "
+                         "the camera is opened again", skipped_total=len(self._bad), in_folder=len(self._files),
+                  **fields)
 
     @property
     def skipped_files(self) -> int:
