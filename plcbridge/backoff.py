@@ -20,6 +20,10 @@ class Backoff:
         self._next = min(self._next * 2, self.max_s)
         return self._bounded(delay * (1 + random.uniform(-self.jitter, self.jitter)))
 
+    def minimum(self) -> float:
+        """The shortest delay, jittered upwards only; the doubling is left where it is."""
+        return self._bounded(self.min_s * (1 + random.uniform(0, self.jitter)))
+
     def maximum(self) -> float:
         """The longest delay, jittered downwards only: for retries that cannot help soon."""
         return self._bounded(self.max_s * (1 - random.uniform(0, self.jitter)))
@@ -67,6 +71,10 @@ class Reconnector:
             self.backoff.reset()  # a session that answered for a good while: start small again
         self._t_opened, self.answers = None, 0
         return self.backoff.maximum() if at_maximum else self.backoff.next()
+
+    def absent(self) -> float:
+        """The delay before looking again for a peer that accepted nothing: the minimum."""
+        return self.backoff.minimum()
 
     def wait(self, delay: float) -> bool:
         """Sleep `delay` seconds or until woken; True if woken."""

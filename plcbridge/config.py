@@ -42,6 +42,9 @@ class _CameraCommon(Strict):
     # free-run: no frame for this long is CAMERA_FAULT. software: the camera has not
     # answered a trigger, or its source has not been seen alive, for this long.
     stall_timeout_ms: Annotated[int, Field(ge=10, le=60_000)] = 500
+    # Reopen backoff after a camera failed: doubles from min to max. A camera that is not
+    # there (no such device, no readable image in the folder) is looked for every
+    # reconnect_min_ms without growing it: one that comes back is used within about that.
     reconnect_min_ms: Annotated[int, Field(ge=1)] = 100
     reconnect_max_ms: Annotated[int, Field(ge=1)] = 5_000
 
@@ -275,7 +278,9 @@ class PlcCommon(Strict):
     max_input_age_ms: Annotated[int, Field(ge=2, le=60_000)] = 100
     connect_timeout_ms: Annotated[int, Field(ge=1)] = 1_000
     # Reconnect backoff: doubles from min to max (a true maximum, jitter included); it falls
-    # back to min only after a session has been answering for reconnect_reset_ms.
+    # back to min only after a session has been answering for reconnect_reset_ms. A connect
+    # the PLC refused (nothing listening, no route) is retried every reconnect_min_ms without
+    # growing it: a PLC that comes back is found within about that.
     reconnect_min_ms: Annotated[int, Field(ge=1)] = 100
     reconnect_max_ms: Annotated[int, Field(ge=1)] = 5_000
     reconnect_reset_ms: Annotated[int, Field(ge=0)] = 10_000

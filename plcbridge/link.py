@@ -15,7 +15,9 @@ The session is dropped only on a transport error, a protocol state it cannot rec
 built. The backoff doubles from `reconnect_min_ms` to `reconnect_max_ms` (a true maximum,
 jitter included) and falls back to the minimum only once a session has been answering for
 `reconnect_reset_ms`: a PLC that accepts connections and then fails every exchange is not
-reconnected to at tick rate. A PLC that says the configuration does not fit it
+reconnected to at tick rate. A connect that nothing accepted (refused, no route: see
+`unreachable()`) cost the PLC nothing and is retried every `reconnect_min_ms` without
+touching the backoff, so a PLC that comes back is found within about that. A PLC that says the configuration does not fit it
 (`PlcConfigError`: illegal address, unknown node, missing tag) is retried at the maximum.
 Every log event of the link is rate-limited per target, with a suppressed count.
 
@@ -36,7 +38,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
+from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError, unreachable
 from plcbridge.backoff import Reconnector
 from plcbridge.contract import Inputs, Outputs
 from plcbridge.logs import get_logger, log_event
@@ -45,9 +47,12 @@ from plcbridge.protocols import adapter_class
 
 log = get_logger("plc")
 
-# While the final block is being delivered a failed connect is retried this soon, within the
-# final write's budget, instead of after the backoff.
-_FINAL_RETRY_S = 0.05
+# The final block's own reconnect policy, inside the final write's budget: the backoff is not
+# waited for, but a PLC that cannot take the block is not stormed either (a PLC that refused
+# our configuration is not tried again; one that refuses connections is tried FINAL_CONNECTS
+# times, FINAL_RETRY_S apart).
+FINAL_CONNECTS = 3
+FINAL_RETRY_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,8 @@ class PlcLink:
         self._retry = Reconnector(settings.reconnect_min_ms / 1000, settings.reconnect_max_ms / 1000, self._wake,
                                   reset_after_s=settings.reconnect_reset_ms / 1000)
         self._final_id: int | None = None
+        self._final_connects = 0  # connects made for the final block
+        self._final_hopeless = False  # the final block cannot be delivered: final_write stops waiting
         self._delivered = threading.Condition(threading.Lock())
         self._ever_connected = False
         self.sessions = 0
@@ -136,10 +143,15 @@ class PlcLink:
         with self._delivered:
             while not self._is_written(block_id):
                 left = end - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self._final_hopeless:
                     return False
                 self._delivered.wait(left)
         return True
+
+    @property
+    def final_connects(self) -> int:
+        """Connections opened (or tried) for the final block: at most FINAL_CONNECTS."""
+        return self._final_connects
 
     def _is_written(self, block_id: int) -> bool:
         w = self.written
@@ -163,18 +175,35 @@ class PlcLink:
         delay = 0.0
         while not self._stop.is_set():
             if self._adapter is None:
-                if delay > 0 and self._final_id is None:
-                    self._retry.wait(delay)
-                elif delay > 0:
-                    time.sleep(_FINAL_RETRY_S)
+                if self._final_id is None and delay > 0:
+                    self._retry.wait(delay)  # cut short by the final write, or stop
                 if self._stop.is_set():
                     break
+                if self._final_id is not None and not self._final_connect_allowed(delay):
+                    continue
                 delay = self._connect()
                 continue
             posted = self._take()
             if posted is None:
                 continue
             delay = self._exchange(posted)
+
+    def _final_connect_allowed(self, delay: float) -> bool:
+        """The final block's reconnect policy (FINAL_CONNECTS, FINAL_RETRY_S); when it is used
+        up, final_write is told at once instead of waiting out its budget."""
+        if self._final_hopeless or self._final_connects >= FINAL_CONNECTS:
+            self._give_up_final()
+            self._stop.wait(0.1)
+            return False
+        if self._final_connects and delay > 0:
+            self._stop.wait(FINAL_RETRY_S)
+        self._final_connects += 1
+        return True
+
+    def _give_up_final(self) -> None:
+        with self._delivered:
+            self._final_hopeless = True
+            self._delivered.notify_all()
 
     def _take(self) -> _Posted | None:
         """The newest posted block; waits for one (checking for stop now and then)."""
@@ -198,11 +227,17 @@ class PlcLink:
         except Exception as e:  # noqa: BLE001 - any failure to connect is retried
             self._close(adapter)
             config = isinstance(e, PlcConfigError)
-            delay = self._retry.failed(at_maximum=config)
+            # Refused: nothing was opened on the PLC, so it is looked for again at the
+            # minimum (found within about reconnect_min_ms once it is back); accepted and
+            # then failed: the backoff, which protects the PLC's connection slots.
+            absent = not config and unreachable(e)
+            delay = self._retry.absent() if absent else self._retry.failed(at_maximum=config)
+            if config and self._final_id is not None:
+                self._give_up_final()  # the PLC refuses our configuration: no second try
             self.last_error = f"connect failed: {e}"
             self.metrics.plc_errors.labels("config" if config else "connect").inc()
             log_event(log, "plc_config_error" if config else "plc_connect_failed", logging.ERROR if config else logging.WARNING,
-                      target=target, reason=str(e), setting=getattr(e, "setting", None),
+                      target=target, reason=str(e), setting=getattr(e, "setting", None), refused=absent,
                       retry_in_ms=round(delay * 1000), rate_key=target)
             return delay
         self._adapter = adapter
@@ -266,6 +301,8 @@ class PlcLink:
         config = isinstance(e, PlcConfigError)
         lived, answered = self._retry.session_s(), self._retry.answers
         delay = self._retry.failed(at_maximum=config)  # from the minimum again after reconnect_reset_ms of answers
+        if config and self._final_id is not None:
+            self._give_up_final()
         why = str(e) if took < self.link_timeout else f"no answer within plc.link_timeout_ms = {self.settings.link_timeout_ms} ({e})"
         self.last_error = why
         self._drop_adapter()

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable
 
-from plcbridge.adapters.camera.base import CameraError, CameraSource, Frame, open_camera
+from plcbridge.adapters.camera.base import CameraAbsent, CameraError, CameraSource, Frame, open_camera
 from plcbridge.backoff import Reconnector
 from plcbridge.config import Config
 from plcbridge.contract import FaultCode, ResultCode
@@ -40,7 +40,8 @@ model_log = get_logger("model")
 
 
 class GrabLoop:
-    """Grabs frames into the mailbox; reopens a fresh source with backoff after a failure.
+    """Grabs frames into the mailbox; reopens a fresh source with backoff after a failure,
+    or every camera.reconnect_min_ms while the source says there is no camera (CameraAbsent).
 
     `camera.trigger = "free-run"`: grabs as fast as the source delivers. "software": grabs
     exactly one frame per `trigger(request)`, stamped with that request, so the worker
@@ -101,7 +102,7 @@ class GrabLoop:
                 source.open()
             except Exception as e:  # noqa: BLE001 - any open failure is retried
                 self.metrics.camera_errors.labels("open").inc()
-                delay = retry.failed()
+                delay = retry.absent() if isinstance(e, CameraAbsent) else retry.failed()
                 log_event(cam_log, "camera_open_failed", logging.ERROR, source=s.source, reason=str(e),
                           retry_in_ms=round(delay * 1000), rate_key=s.source)
                 source.close()
@@ -138,7 +139,7 @@ class GrabLoop:
                     retry.answered()  # a frame: the next failure starts the backoff from the minimum
             except Exception as e:  # noqa: BLE001 - CameraError or a driver's own exception
                 self.metrics.camera_errors.labels("grab").inc()
-                delay = retry.failed()
+                delay = retry.absent() if isinstance(e, CameraAbsent) else retry.failed()
                 kind = "camera_failed" if isinstance(e, CameraError) else "camera_crashed"
                 log_event(cam_log, kind, logging.ERROR, source=s.source, reason=f"{type(e).__name__}: {e}",
                           frame_seq=self.seq, retry_in_ms=round(delay * 1000), rate_key=s.source)

@@ -64,6 +64,15 @@ def running(config: Config) -> Iterator[Any]:
         d.stop()
 
 
+def closed_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (bound once by us, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.02) -> Any:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

@@ -44,6 +44,17 @@ def test_failures_without_answers_double_up_to_the_maximum(clock):
     assert all(0.8 * 0.8 <= d <= 0.8 for d in delays[3:]), delays
 
 
+def test_an_absent_peer_is_looked_for_at_the_minimum_and_the_doubling_is_kept(clock):
+    r = Reconnector(0.1, 5.0, threading.Event(), reset_after_s=10.0)
+    for _ in range(4):
+        r.opened()  # accepted, then failed: 0.1, 0.2, 0.4, 0.8
+        r.failed()
+    absent = [r.absent() for _ in range(50)]  # refused connects while it is gone
+    assert all(0.1 <= d <= 0.12 for d in absent), absent
+    r.opened()  # back, accepting, and failing again: the doubling goes on from 1.6
+    assert _doubled(r.failed(), 1.6)
+
+
 def test_the_backoff_starts_over_only_after_a_session_answered_for_reset_after(clock):
     r = Reconnector(0.1, 10.0, threading.Event(), reset_after_s=5.0)
     for _ in range(4):

@@ -48,6 +48,60 @@ def test_simulator_killed_and_restarted_daemon_reconnects_and_heartbeat_resumes(
     assert summary["protocol_errors"] == 0, summary["recent_protocol_errors"]
 
 
+def test_a_plc_back_after_an_outage_is_reconnected_within_a_second():
+    """While the PLC is gone its port refuses: looked for every reconnect_min_ms, never with a
+    backoff grown through the outage (which gave 2.6-3.1 s here)."""
+    proc, port = start_simulator("triggered", 10.0)
+    try:
+        with running(station_config(port, "triggered")) as d:  # the defaults: reconnect 100 ms .. 5 s
+            wait_for(lambda: d.link.connected, 30, "connected")
+            proc.kill()
+            proc.wait()
+            wait_for(lambda: not d.link.connected, 5, "the loss to be noticed")
+            time.sleep(4.0)  # doubling from 100 ms would be waiting 1.6 to 3.2 s by now
+            proc, _ = start_simulator("triggered", 10.0, ["--port", str(port)])
+            t_back = time.monotonic()  # the simulator is listening
+            wait_for(lambda: d.link.connected, 10, "the reconnect")
+            took = time.monotonic() - t_back
+            refused = read_metric(d, "plcbridge_plc_errors_total", kind="connect")
+        stop_simulator(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert took < 1.0, took
+    assert refused >= 20, refused  # about one refused connect per 100 ms of the outage, each costing the PLC nothing
+
+
+def test_a_camera_back_after_an_outage_is_used_within_a_second(make_sim, tmp_path):
+    import cv2
+    import numpy as np
+
+    from plcbridge.config import parse_config
+
+    images = tmp_path / "images"
+    images.mkdir()
+
+    def put_images() -> None:
+        for i in range(3):
+            cv2.imwrite(str(images / f"pass_{i}.png"), np.full((64, 64, 3), 100 + i, np.uint8))
+
+    put_images()
+    sim = make_sim("free-run")
+    raw = station_config(sim.port, "free-run").model_dump(mode="json")
+    raw["camera"] = {"source": "folder", "path": str(images), "fps": 30}  # reconnect 100 ms .. 5 s
+    with running(parse_config(raw, "<test>", env={})) as d:
+        wait_for(lambda: d.health(time.monotonic()).camera_ok, 30, "CAMERA_OK")
+        for p in images.glob("*.png"):
+            p.unlink()  # the files vanish: the camera fails at its next grab and finds nothing to open
+        wait_for(lambda: not d.health(time.monotonic()).camera_ok, 5, "CAMERA_FAULT")
+        time.sleep(4.0)
+        put_images()
+        t_back = time.monotonic()
+        wait_for(lambda: d.health(time.monotonic()).camera_ok, 10, "CAMERA_OK again")
+        took = time.monotonic() - t_back
+    assert took < 1.0, took  # it was 5 s: the backoff had grown while the folder was empty
+
+
 def _daemon_cmd(config_path):
     return [sys.executable, "-m", "plcbridge", "run", "--config", str(config_path)]
 

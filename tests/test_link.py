@@ -9,7 +9,8 @@ from __future__ import annotations
 import threading
 import time
 
-from helpers import read_metric, station_config, wait_for
+import pytest
+from helpers import closed_tcp_port, read_metric, station_config, wait_for
 
 from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
 from plcbridge.contract import Inputs, Outputs
@@ -203,3 +204,56 @@ def test_final_write_gives_up_after_its_budget():
         t1 = time.monotonic()
         link.close()
         assert time.monotonic() - t1 < 1.5
+
+
+def test_final_write_against_a_plc_that_refuses_the_configuration_connects_once_and_says_so_at_once():
+    script = Script(connect_error=PlcConfigError("exception 02 for the output block", setting="plc.modbus.outputs_base"))
+    link, _ = _link(script, reconnect_min_ms=100, reconnect_max_ms=400)
+    try:
+        wait_for(lambda: len(script.connects) >= 1, 2, "a first refused configuration")
+        before = len(script.connects)
+        t0 = time.monotonic()
+        ok = link.final_write(5, Outputs(heartbeat=5), budget_s=1.0)
+        took = time.monotonic() - t0
+        time.sleep(0.3)  # nothing more after it gave up
+    finally:
+        link.close()
+    assert not ok and took < 0.5, took  # no point waiting out the budget
+    assert len(script.connects) - before == 1 == link.final_connects, script.connects
+
+
+def test_final_write_against_a_closed_port_tries_a_few_times_not_a_burst():
+    from plcbridge.adapters.plc.base import PlcUnreachable
+    from plcbridge.link import FINAL_CONNECTS
+
+    script = Script(connect_error=PlcUnreachable("connection refused"))
+    link, _ = _link(script, reconnect_min_ms=50, reconnect_max_ms=400)
+    try:
+        wait_for(lambda: len(script.connects) >= 2, 2, "refused connects")
+        before = len(script.connects)
+        ok = link.final_write(5, Outputs(heartbeat=5), budget_s=1.0)
+        time.sleep(0.2)
+    finally:
+        link.close()
+    made = len(script.connects) - before
+    assert not ok and made == FINAL_CONNECTS == link.final_connects, made  # not one every 50 ms
+    gaps = [b - a for a, b in zip(script.connects[before:], script.connects[before + 1:])]
+    assert all(g >= 0.2 for g in gaps), gaps
+
+
+@pytest.mark.parametrize("protocol", ["modbus", "opcua", "enip"])
+def test_a_refused_connect_is_retried_at_the_minimum_without_growing_the_backoff(protocol):
+    """Nothing listens: each refused connect is tried again after reconnect_min_ms, so a PLC
+    that comes back is found within about that; the doubling is for sessions that fail."""
+    cfg = station_config(closed_tcp_port(), "triggered", plc={"protocol": protocol, "host": "127.0.0.1",
+                                                          "reconnect_min_ms": 100, "reconnect_max_ms": 5000})
+    m = Metrics()
+    link = PlcLink(cfg.plc, m, cfg.timing.period_ms / 1000).start()
+    try:
+        time.sleep(1.5)
+        attempts = read_metric(m, "plcbridge_plc_errors", kind="connect")
+    finally:
+        link.close()
+    # Doubling would give 0, 0.1, 0.3, 0.7, 1.5 s: 4 or 5 attempts. At the minimum: about 12.
+    assert attempts >= 8, attempts
+    assert "refused" in (link.last_error or "").lower(), link.last_error

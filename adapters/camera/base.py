@@ -40,6 +40,13 @@ class CameraError(RuntimeError):
     """The source failed or cannot be opened; the grab loop reconnects with backoff."""
 
 
+class CameraAbsent(CameraError):
+    """There is no camera to be had right now (no such device, a missing or empty folder, a
+    folder with no readable image, a stream nothing serves): nothing was held open, so the
+    grab loop looks again every `camera.reconnect_min_ms` without growing its backoff, and
+    a camera that comes back is used within about that."""
+
+
 class CameraSource(abc.ABC):
     """One open camera. Built fresh for every (re)connect by the grab loop."""
 

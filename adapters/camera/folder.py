@@ -24,7 +24,7 @@ from typing import TypedDict
 import cv2
 import numpy as np
 
-from plcbridge.adapters.camera.base import CameraError, CameraSource
+from plcbridge.adapters.camera.base import CameraAbsent, CameraError, CameraSource
 from plcbridge.config import FolderCameraSettings
 from plcbridge.logs import get_logger, log_event, native_stderr
 from plcbridge.schedule import FixedRateSchedule
@@ -76,7 +76,7 @@ class FolderCamera(CameraSource):
     def open(self) -> None:
         root = Path(self.settings.path)
         if not root.exists():
-            raise CameraError(f"folder camera: {root} does not exist")
+            raise CameraAbsent(f"folder camera: {root} does not exist")
         if not root.is_dir():
             raise CameraError(f"folder camera: {root} is not a folder")
         paths = sorted(
@@ -84,7 +84,7 @@ class FolderCamera(CameraSource):
             key=lambda p: p.relative_to(root).as_posix(),
         )
         if not paths:
-            raise CameraError(f"folder camera: no files matching {self.settings.pattern!r} in {root}")
+            raise CameraAbsent(f"folder camera: no files matching {self.settings.pattern!r} in {root}")
         self._files = [(p, label_for(p, root)) for p in paths]
         self._index = 0
         self._bad.clear()
@@ -132,7 +132,7 @@ class FolderCamera(CameraSource):
             self._bad.add(path)
             skipped.append((path, native.text() if native.lines else ""))
             if len(self._bad) == len(files):
-                raise CameraError(
+                raise CameraAbsent(
                     f"folder camera: none of the {len(files)} files matching "
                     f"{self.settings.pattern!r} in {self.settings.path} could be decoded"
                 )

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from plcbridge.adapters.camera.base import CameraError, CameraSource
+from plcbridge.adapters.camera.base import CameraAbsent, CameraError, CameraSource
 
 INSTALL_HINT = "install the system packages and the [genicam] extra: see README (make genicam-deps)"
 # Hardware trigger: how long grab() waits for a frame before saying "idle" (None).
@@ -114,9 +114,12 @@ class GenicamCamera(CameraSource):
             cam = Ar.Camera.new(s.address)
         except GLib.Error as e:
             how = "" if is_ip_address(s.address) else " (found by discovery)"
-            raise CameraError(f"genicam camera {s.address}{how}: cannot open: {e.message}") from None
+            # Not found (nothing answered at the address, or discovery found no such camera):
+            # looked for again soon. Found but refusing (busy, access denied): the backoff.
+            absent = e.domain == GLib.quark_to_string(Ar.DeviceError.quark()) and e.code == int(Ar.DeviceError.NOT_FOUND)
+            raise (CameraAbsent if absent else CameraError)(f"genicam camera {s.address}{how}: cannot open: {e.message}") from None
         if cam is None:
-            raise CameraError(f"genicam camera {s.address}: cannot open (no such device)")
+            raise CameraAbsent(f"genicam camera {s.address}: cannot open (no such device)")
         self._cam = cam
         try:
             self._configure(cam)

@@ -18,7 +18,7 @@ import re
 import cv2
 import numpy as np
 
-from plcbridge.adapters.camera.base import CameraError, CameraSource
+from plcbridge.adapters.camera.base import CameraAbsent, CameraError, CameraSource
 from plcbridge.config import OpenCvCameraSettings
 from plcbridge.logs import NativeOutput, get_logger, log_event, native_stderr
 from plcbridge.schedule import FixedRateSchedule
@@ -109,7 +109,7 @@ class OpenCvCamera(CameraSource):
                 and not os.path.exists(self._source)
             ):
                 hint = ": no such file"
-            raise CameraError(f"opencv camera: cannot open {self._describe()}{hint}{_said(native)}")
+            raise CameraAbsent(f"opencv camera: cannot open {self._describe()}{hint}{_said(native)}")
         self._cap = cap
         self._report_native(native, "open")
         if self._is_file:

@@ -12,6 +12,7 @@ for the answer to a later request.
 from __future__ import annotations
 
 import abc
+import errno
 from typing import Any
 
 from plcbridge.contract import Inputs, Outputs
@@ -42,6 +43,32 @@ class PlcConfigError(PlcError):
     def __init__(self, message: str, *, setting: str, written: bool = False) -> None:
         super().__init__(message, written=written)
         self.setting = setting
+
+
+class PlcUnreachable(PlcError):
+    """Nothing accepted the connection (refused, no route to the host, no program on the
+    loop channel): no session was opened on the PLC, so looking for it again soon costs it
+    nothing. The link retries these every `plc.reconnect_min_ms`, without growing the
+    backoff, so that a PLC that comes back is found at once (`unreachable()` also
+    recognises the refusals a driver wraps in errors of its own)."""
+
+
+# connect(2) errors that mean nobody accepted: the PLC saw at most a SYN.
+_NOT_ACCEPTED = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
+
+
+def unreachable(e: BaseException) -> bool:
+    """Did this connect fail before anything accepted it? A `PlcUnreachable`, or a refused or
+    unroutable connect anywhere in the exception's chain (drivers wrap the OSError, and
+    `raise ... from None` still keeps it as the context)."""
+    seen: set[int] = set()
+    link: BaseException | None = e
+    while link is not None and id(link) not in seen:
+        if isinstance(link, PlcUnreachable) or (isinstance(link, OSError) and link.errno in _NOT_ACCEPTED):
+            return True
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False
 
 
 class PlcAdapter(abc.ABC):

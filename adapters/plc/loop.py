@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from plcbridge.adapters.plc.base import PlcAdapter, PlcError
+from plcbridge.adapters.plc.base import PlcAdapter, PlcError, PlcUnreachable
 from plcbridge.contract import Inputs, Outputs
 from plcbridge.contract import loop as wire
 
@@ -32,7 +32,7 @@ class LoopAdapter(PlcAdapter):
         attachment = wire.find(self.channel)
         if attachment is None:
             there = ", ".join(repr(c) for c in wire.channels()) or "none"
-            raise PlcError(f"no PLC program is attached to loop channel {self.channel!r} (plc.loop.channel) "
+            raise PlcUnreachable(f"no PLC program is attached to loop channel {self.channel!r} (plc.loop.channel) "
                            f"in this process; attached: {there}")
         self._attachment = attachment
 

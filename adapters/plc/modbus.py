@@ -31,7 +31,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
-from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
+from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError, PlcUnreachable, unreachable
 from plcbridge.contract import Inputs, Outputs
 from plcbridge.logs import get_logger, log_event
 
@@ -43,25 +43,28 @@ log = get_logger("plc")
 _BUSY = frozenset({ExcCodes.ACKNOWLEDGE, ExcCodes.DEVICE_BUSY})
 
 
-def _why_no_connection(host: str, port: int, timeout_s: float) -> str:
+def _no_connection(host: str, port: int, timeout_s: float) -> PlcError:
     """pymodbus's connect() says only False: find the cause (name, refused, timeout) the way
-    the OPC UA and EtherNet/IP drivers report it. Runs only after a failed connect."""
+    the OPC UA and EtherNet/IP drivers report it. Runs only after a failed connect. Nothing
+    listening, or no route, is `PlcUnreachable` (the link looks again soon)."""
+    where = f"cannot connect to modbus://{host}:{port}"
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        return f"cannot resolve the host name {host!r} ({e.strerror}); check plc.host / PLCBRIDGE_PLC_HOST"
+        return PlcError(f"{where}: cannot resolve the host name {host!r} ({e.strerror}); check plc.host / PLCBRIDGE_PLC_HOST")
     try:
         family, kind, proto, _, addr = infos[0]
         with socket.socket(family, kind, proto) as probe:
             probe.settimeout(timeout_s)
             probe.connect(addr)
     except TimeoutError:
-        return f"no answer within plc.connect_timeout_ms = {round(timeout_s * 1000)} (host down, or a firewall drops it)"
+        return PlcError(f"{where}: no answer within plc.connect_timeout_ms = {round(timeout_s * 1000)} (host down, or a firewall drops it)")
     except ConnectionRefusedError:
-        return "connection refused: nothing listens on that port (is the PLC's Modbus server enabled? plc.port)"
+        return PlcUnreachable(f"{where}: connection refused: nothing listens on that port (is the PLC's Modbus server enabled? plc.port)")
     except OSError as e:
-        return e.strerror or type(e).__name__
-    return "it refused this client, then accepted a plain TCP connection (a server with no free connection slot?)"
+        cls = PlcUnreachable if unreachable(e) else PlcError
+        return cls(f"{where}: {e.strerror or type(e).__name__}")
+    return PlcError(f"{where}: it refused this client, then accepted a plain TCP connection (a server with no free connection slot?)")
 
 
 class ModbusAdapter(PlcAdapter):
@@ -83,7 +86,7 @@ class ModbusAdapter(PlcAdapter):
         client = ModbusTcpClient(s.host, port=s.port, timeout=s.connect_timeout_ms / 1000, retries=0, reconnect_delay=0)
         if not client.connect():
             client.close()
-            raise PlcError(f"cannot connect to modbus://{s.host}:{s.port}: {_why_no_connection(s.host, s.port, s.connect_timeout_ms / 1000)}")
+            raise _no_connection(s.host, s.port, s.connect_timeout_ms / 1000)
         assert client.socket is not None
         client.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._client = client

@@ -206,6 +206,8 @@ class OpcUaAdapter(PlcAdapter):
                     "PLC's certificate and that the PLC trusts plc.opcua.certificate")
         if isinstance(e, ua.UaError) and "No matching endpoints" in text:
             return f"{self.url} offers no endpoint with {o.security_policy}/{o.security_mode}: {text}"
+        if isinstance(e, ConnectionRefusedError):
+            return f"cannot connect to {self.url}: connection refused: nothing listens on that port (is the PLC's OPC UA server enabled? plc.port)"
         if isinstance(e, OSError):
             return f"cannot connect to {self.url}: {text}"
         return f"{type(e).__name__} while connecting to {self.url}: {text}"
