@@ -96,6 +96,16 @@ def shutdown_block(fs: FailsafeSettings, result_seq: int, model_version: int, pa
                    0, model_version, part_id)
 
 
+def session_start_block(o: Outputs) -> Outputs:
+    """A triggered block as it goes out on a PLC session whose inputs the bridge has not read
+    yet: nothing decided for an earlier session (no answer, result_seq 0, part_id 0) and
+    blind (PLC_INPUTS_STALE; READY, TRIGGER_READY and PLC_INPUTS_OK clear), the heartbeat
+    and the camera and model bits as composed. A final block still says SHUTTING_DOWN."""
+    status = o.status & (StatusBit.CAMERA_OK | StatusBit.MODEL_OK)
+    fault = FaultCode.SHUTTING_DOWN if o.fault_code == FaultCode.SHUTTING_DOWN else FaultCode.PLC_INPUTS_STALE
+    return Outputs(heartbeat=o.heartbeat, status=int(status), fault_code=fault, model_version=o.model_version)
+
+
 class FreeRunInspection:
     """Each tick writes the newest decision, or the fail-safe output once it is too old."""
 
@@ -112,6 +122,12 @@ class FreeRunInspection:
 
     def trigger_ready(self, health: Health) -> bool:
         return False  # free-run takes no triggers
+
+    @staticmethod
+    def session_start(block: Outputs) -> Outputs:
+        """Free-run blocks answer no trigger of any session: the newest verdict (never older
+        than max_result_age_ms) goes out on a new session as it is."""
+        return block
 
     def on_inputs(self, inputs: Inputs, now: float, new_session: bool = False, t_after: float | None = None) -> None:
         pass
@@ -209,6 +225,8 @@ class TriggeredInspection:
 
     def trigger_ready(self, health: Health) -> bool:
         return status_fault(health) is FaultCode.NONE and len(self.slots) < self.capacity
+
+    session_start = staticmethod(session_start_block)
 
     # ------------------------------------------------------------------ inputs
 

@@ -21,6 +21,13 @@ touching the backoff, so a PLC that comes back is found within about that. A PLC
 (`PlcConfigError`: illegal address, unknown node, missing tag) is retried at the maximum.
 Every log event of the link is rate-limited per target, with a suppressed count.
 
+A block carries the link session whose inputs the write loop had read when it composed it.
+A block composed before the current session's first reply (the write loop has not yet seen
+what the PLC on the other end says) goes out as `session_start` makes it: on a triggered
+station, without any answer, since the PLC may have restarted and an answer held for its
+previous run must never reach the new one (docs/plc-interface.md, "Start, reconnect and PLC
+restart").
+
 What the write loop reads are two immutable records, replaced whole (an attribute
 assignment is atomic), so it never takes a lock the link thread could hold:
 
@@ -81,6 +88,7 @@ class _Posted:
     block_id: int
     outputs: Outputs
     token: Any
+    session: int  # the link session whose inputs the write loop had read when it composed it
 
 
 class PlcLink:
@@ -107,6 +115,9 @@ class PlcLink:
         self._last_sent_id = -1
         self.reply: Reply | None = None
         self.written: Written | None = None
+        # What a block composed before the current session's first reply becomes on the wire
+        # (the write loop sets it from its inspection: TriggeredInspection.session_start).
+        self.session_start: Callable[[Outputs], Outputs] | None = None
         self.last_error: str | None = None
         self.exchanges = 0
         self._thread = threading.Thread(target=self._run, name="plc-link", daemon=True)
@@ -127,18 +138,20 @@ class PlcLink:
 
     # ------------------------------------------------------------------ write loop side
 
-    def post(self, block_id: int, outputs: Outputs, token: Any = None) -> None:
-        """Offer the newest block. Never blocks beyond a lock held for a few instructions."""
+    def post(self, block_id: int, outputs: Outputs, token: Any = None, session: int = -1) -> None:
+        """Offer the newest block, composed knowing the inputs of link session `session` (the
+        `Reply.session` of the newest reply the write loop had taken). Never blocks beyond a
+        lock held for a few instructions."""
         with self._posted:
-            self._slot = _Posted(block_id, outputs, token)
+            self._slot = _Posted(block_id, outputs, token, session)
             self._posted.notify()
 
-    def final_write(self, block_id: int, outputs: Outputs, budget_s: float) -> bool:
+    def final_write(self, block_id: int, outputs: Outputs, budget_s: float, session: int = -1) -> bool:
         """Deliver the last block within `budget_s`, reconnecting at once if need be.
         True once it is known to have reached the PLC (its write was answered)."""
         end = time.monotonic() + budget_s
         self._final_id = block_id
-        self.post(block_id, outputs, None)
+        self.post(block_id, outputs, None, session)
         self._wake.set()
         with self._delivered:
             while not self._is_written(block_id):
@@ -255,6 +268,10 @@ class PlcLink:
         """One exchange of the newest block; the reconnect delay if the session ended."""
         adapter = self._adapter
         assert adapter is not None
+        if posted.session != self.sessions and self.session_start is not None:
+            # Composed before this session's inputs were read: the PLC on the other end may
+            # have restarted, so nothing decided for an earlier session goes out on it.
+            posted = _Posted(posted.block_id, self.session_start(posted.outputs), None, posted.session)
         t0 = time.monotonic()
         try:
             inputs = adapter.exchange(posted.outputs, self.link_timeout)

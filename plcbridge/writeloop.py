@@ -127,6 +127,7 @@ class WriteLoop:
         self.max_input_age = config.plc.max_input_age_ms / 1000
         self.link = link
         self.inspection = inspection
+        link.session_start = inspection.session_start
         self._health = health
         self._drain = drain_decisions
         self.metrics = metrics
@@ -213,7 +214,7 @@ class WriteLoop:
         result, token = self.inspection.tick(now, health)
         status = status_word(health, self.inspection.trigger_ready(health), result.status)
         self.report.block(status, result.fault_code, health.camera_ok)
-        self.link.post(self.ticks, dataclasses.replace(result, heartbeat=self.heartbeat, status=status), token)
+        self.link.post(self.ticks, dataclasses.replace(result, heartbeat=self.heartbeat, status=status), token, self._session)
         self.heartbeat = (self.heartbeat + 1) & U16_MAX
         self.ticks += 1
         self.last_tick = now
@@ -251,7 +252,7 @@ class WriteLoop:
         """The last block: READY cleared, fail-safe result, SHUTTING_DOWN (the inspection's
         shutdown block); retried through a reconnect within FINAL_WRITE_BUDGET_S."""
         outputs = dataclasses.replace(self.inspection.shutdown(time.monotonic()), heartbeat=self.heartbeat)
-        ok = self.link.final_write(self.ticks, outputs, FINAL_WRITE_BUDGET_S)
+        ok = self.link.final_write(self.ticks, outputs, FINAL_WRITE_BUDGET_S, self._session)
         self.final_write_ok = ok
         self.report.status = outputs.status
         log_event(log, "final_write", logging.INFO if ok else logging.ERROR, written=ok, fault=FaultCode.SHUTTING_DOWN.name,

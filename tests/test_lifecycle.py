@@ -48,6 +48,33 @@ def test_simulator_killed_and_restarted_daemon_reconnects_and_heartbeat_resumes(
     assert summary["protocol_errors"] == 0, summary["recent_protocol_errors"]
 
 
+def test_a_restarted_plc_is_shown_nothing_decided_for_its_previous_run(tmp_path):
+    """The PLC process dies while the bridge presents an answer and a new one takes its port:
+    the first block it reads carries no answer (result_seq 0, RESULT_VALID clear), and no
+    answer of the old run ever reaches it (it would count an unexpected_seq)."""
+    proc, port = start_simulator("triggered", 10.0)
+    trace = tmp_path / "after-restart.jsonl"
+    try:
+        with running(station_config(port, "triggered")) as d:
+            wait_for(lambda: d.inspection.presenting is not None, 30, "an answer on the outputs")
+            proc.kill()
+            proc.wait()
+            wait_for(lambda: not d.link.connected, 5, "the loss to be noticed")
+            assert d.inspection.presenting is not None  # still held when the new PLC comes
+            proc, _ = start_simulator("triggered", 10.0, ["--port", str(port), "--trace", str(trace)])
+            wait_for(lambda: d.link.connected, 10, "the reconnect")
+            wait_for(lambda: trace.exists() and len(trace.read_text().splitlines()) >= 3, 15, "answers to the new PLC")
+        summary = stop_simulator(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first = json.loads(trace.read_text().splitlines()[0])
+    assert first["result_seq"] == 0 and not first["status"] & StatusBit.RESULT_VALID, first
+    assert first["fault"] == "PLC_INPUTS_STALE" and not first["status"] & StatusBit.READY, first
+    assert summary["protocol_errors"] == 0, summary["recent_protocol_errors"]
+    assert sum(summary["results"].values()) >= 1, summary
+
+
 def test_a_plc_back_after_an_outage_is_reconnected_within_a_second():
     """While the PLC is gone its port refuses: looked for every reconnect_min_ms, never with a
     backoff grown through the outage (which gave 2.6-3.1 s here)."""

@@ -30,7 +30,9 @@ class FakeLink:
         self.answering = True
         self.final = None
 
-    def post(self, block_id, outputs, token=None):
+    session_start = None
+
+    def post(self, block_id, outputs, token=None, session=-1):
         t = time.monotonic()
         self.times.append(t)
         self.blocks.append(outputs)
@@ -39,7 +41,7 @@ class FakeLink:
             seq = self.reply.seq + 1 if self.reply else 0
             self.reply = Reply(seq, 1, Inputs(), t, t, block_id)
 
-    def final_write(self, block_id, outputs, budget_s):
+    def final_write(self, block_id, outputs, budget_s, session=-1):
         self.final = outputs
         self.blocks.append(outputs)
         return True
