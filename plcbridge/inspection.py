@@ -12,9 +12,10 @@ no threads, no I/O, the clock passed in. The write loop calls, on its own thread
                                        reached the PLC at time t (the PLC has the result)
   on_inputs(inputs, t, new_session)    with each new reply the link read, t its arrival;
                                        new_session on the first reply of a link session
-  shutdown(now) -> block               the final block (READY cleared, fail-safe values,
-                                       SHUTTING_DOWN), answering the trigger that waits for
-                                       one, if any; the write loop stamps its heartbeat
+  shutdown(now) -> block               the final block (READY cleared, SHUTTING_DOWN),
+                                       answering the trigger that waits for one, if any,
+                                       with its journaled answer (or the fail-safe, if it
+                                       was undecided); the write loop stamps its heartbeat
 
 Fail-safe values come from the config (`FailsafeSettings`), never from code paths here.
 """
@@ -22,6 +23,7 @@ Fail-safe values come from the config (`FailsafeSettings`), never from code path
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -94,6 +96,17 @@ def shutdown_block(fs: FailsafeSettings, result_seq: int, model_version: int, pa
     status = StatusBit.FAILSAFE_ACTIVE | (StatusBit.RESULT_VALID if answers else 0)
     return Outputs(0, int(status), result_seq & U16_MAX, fs.code, score_to_register(fs.score), FaultCode.SHUTTING_DOWN,
                    0, model_version, part_id)
+
+
+def final_answer_block(d: Decision, seq: int, part_id: int, fs: FailsafeSettings) -> Outputs:
+    """The final block answering trigger `seq` with the decision journaled for it: a verdict
+    goes out as the verdict (the PLC reads what the journal says), a fail-safe as the
+    fail-safe values. Either way READY and the health bits are clear and fault_code is
+    SHUTTING_DOWN: the PLC's sign that the heartbeat stops next."""
+    if d.is_failsafe:
+        return shutdown_block(fs, seq, d.model_version, part_id, answers=True)
+    health = Health(camera_ok=False, model_ok=False, model_version=d.model_version)
+    return dataclasses.replace(block_for(d, seq, part_id, fs, health), fault_code=FaultCode.SHUTTING_DOWN)
 
 
 def session_start_block(o: Outputs) -> Outputs:
@@ -406,9 +419,10 @@ class TriggeredInspection:
                 self.metrics.capture_to_write_seconds.observe(t - p.decision.t_capture)
 
     def shutdown(self, now: float) -> Outputs:
-        """The final block: the oldest trigger not yet delivered gets FAILSAFE +
-        SHUTTING_DOWN with its own result_seq and part_id. Every other answer still held is
-        journaled (if it was not) and logged as not delivered."""
+        """The final block: the oldest trigger not yet delivered gets its answer with its own
+        result_seq and part_id: the one journaled for it if it was decided, else FAILSAFE +
+        SHUTTING_DOWN (journaled so). Every other answer still held is journaled (if it was
+        not) and logged as not delivered."""
         held = ([self.presenting] if self.presenting is not None and self.presenting.t_first_written is None else []) + list(self.slots)
         if not held:
             return shutdown_block(self.fs, self._last.result_seq, self._last.model_version)
@@ -431,4 +445,5 @@ class TriggeredInspection:
         self.slots.clear()
         self.presenting = None
         req = first.request
-        return shutdown_block(self.fs, req.trigger_seq, self._health.model_version, req.part_id, answers=True)
+        assert first.decision is not None  # settled above
+        return final_answer_block(first.decision, req.trigger_seq, req.part_id, self.fs)

@@ -25,7 +25,7 @@ import time
 from typing import Callable
 
 from plcbridge.config import Config
-from plcbridge.contract import U16_MAX, FaultCode, StatusBit
+from plcbridge.contract import U16_MAX, FaultCode, ResultCode, StatusBit
 from plcbridge.inspection import FreeRunInspection, Health, TriggeredInspection
 from plcbridge.link import PlcLink
 from plcbridge.logs import get_logger, log_event
@@ -255,5 +255,10 @@ class WriteLoop:
         ok = self.link.final_write(self.ticks, outputs, FINAL_WRITE_BUDGET_S, self._session)
         self.final_write_ok = ok
         self.report.status = outputs.status
+        # What the final block answered, as the PLC reads it: with the decision lines, the
+        # journal says what the PLC received for every trigger, the last one included.
+        answer = {"trigger_seq": outputs.result_seq, "part_id": outputs.part_id,
+                  "result": ResultCode(outputs.result_code).name} if outputs.status & StatusBit.RESULT_VALID else {}
         log_event(log, "final_write", logging.INFO if ok else logging.ERROR, written=ok, fault=FaultCode.SHUTTING_DOWN.name,
-                  heartbeat=self.heartbeat, reason="shutdown" if ok else f"PLC not reachable: {self.link.last_error}")
+                  heartbeat=self.heartbeat, answered=answer or None, connects=self.link.final_connects,
+                  reason="shutdown" if ok else f"PLC not reachable: {self.link.last_error}")

@@ -32,8 +32,9 @@ The handshake (triggered mode), as the bridge plays it:
   into one answer when its queue is full); those count as "collapsed", not as protocol
   errors. Any other answer that jumps over outstanding triggers is an out_of_order error and
   the triggers jumped over count as "skipped".
-- On shutdown the bridge's last block answers the oldest pending trigger with FAILSAFE +
-  SHUTTING_DOWN (FAILSAFE_ACTIVE set; taken as an answer even without RESULT_VALID).
+- On shutdown the bridge's last block (fault SHUTTING_DOWN) answers the oldest pending
+  trigger: with its verdict if it was decided, else with FAILSAFE + SHUTTING_DOWN
+  (FAILSAFE_ACTIVE set; taken as an answer even without RESULT_VALID).
 
 The accounting is kept closed on purpose: every trigger sent ends up in exactly one of
 results / collapsed / missing / skipped / lost_in_restart / outstanding, so a summary that

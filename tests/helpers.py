@@ -26,6 +26,20 @@ class RecordingPlc(SimulatedPlc):
         super().on_outputs(outputs, t)
 
 
+def plc_answers(seen: list[tuple[float, Outputs]]) -> dict[tuple[int, int], set[str]]:
+    """What the PLC read as the answer to each (trigger_seq, part_id): the result names of
+    every block with RESULT_VALID set for it, FAILSAFE for a fail-safe whatever result_code it
+    carried. One name per key, or the PLC was told two things."""
+    from plcbridge.contract import ResultCode, StatusBit
+
+    answers: dict[tuple[int, int], set[str]] = {}
+    for _, o in seen:
+        if o.status & StatusBit.RESULT_VALID:
+            name = "FAILSAFE" if o.status & StatusBit.FAILSAFE_ACTIVE else ResultCode(o.result_code).name
+            answers.setdefault((o.result_seq, o.part_id), set()).add(name)
+    return answers
+
+
 def station_config(target: Any, mode: str = "triggered", **sections: dict[str, Any]) -> Config:
     """The embedded default pointed at `target`, metrics off, with sections updated.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from helpers import read_metric, station_config, wait_for
+from helpers import plc_answers, read_metric, station_config, wait_for
 from test_trigger_modes import _recording_daemon
 
 from plcbridge.contract import FaultCode, StatusBit
@@ -107,6 +107,35 @@ def test_a_trigger_pending_at_stop_is_answered_shutting_down_with_its_own_seq_an
     assert last.status & StatusBit.RESULT_VALID and last.result_seq == 1 and last.part_id == 1, last
     s = sim.summary()
     assert s["outstanding"] == 0 and s["failsafe_faults"].get("SHUTTING_DOWN") == 1, s
+
+
+STOPS = 12
+
+
+def test_the_journal_says_what_the_plc_read_for_every_trigger_across_a_stop(make_sim):
+    """Stopped at arbitrary moments under load: every answer the PLC read, the final block's
+    included, is the one journaled for that trigger (it was a fail-safe in the final block
+    while the journal said PASS, 4 stops in 12)."""
+    import random
+
+    mismatches, compared, final_verdicts = [], 0, 0
+    for _ in range(STOPS):
+        sim = make_sim("triggered", protocol="loop", trigger_hz=40, max_outstanding=3)
+        d, seen = _recording_daemon(station_config(sim, "triggered"))
+        try:
+            wait_for(lambda: _answered(sim) >= 5, 30, "answers")
+            time.sleep(random.uniform(0.0, 0.1))
+        finally:
+            d.stop()
+        journal = {(x.request.trigger_seq, x.request.part_id): x.result.name for x in seen if x.request is not None}
+        for key, names in plc_answers(sim.program.seen).items():
+            compared += 1
+            if names != {journal.get(key)}:
+                mismatches.append((key, names, journal.get(key)))
+        last = sim.program.seen[-1][1]
+        final_verdicts += bool(last.status & StatusBit.RESULT_VALID and not last.status & StatusBit.FAILSAFE_ACTIVE)
+    assert compared >= 5 * STOPS and not mismatches, (compared, mismatches)
+    print(f"{compared} answers compared; {final_verdicts} of {STOPS} final blocks delivered a decided verdict")
 
 
 def test_a_degenerate_frame_reaches_the_plc_as_bad_frame_never_as_a_verdict(make_sim, tmp_path):

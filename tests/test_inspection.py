@@ -315,6 +315,21 @@ def test_shutdown_answers_the_pending_trigger_with_its_own_seq_and_part_id():
     assert r.journal.failsafes == {"SHUTTING_DOWN": 1}
 
 
+def test_shutdown_delivers_a_verdict_that_was_decided_but_not_yet_written_as_journaled():
+    """The journal must never disagree with the PLC: a decided PASS goes out as PASS in the
+    final block, with SHUTTING_DOWN and READY clear, not as a fail-safe the journal never said."""
+    r = _rig_at(8, 8)
+    r.trigger_seq = 9
+    r.step(part_id=99)
+    r.answer(r.submitted[0], ResultCode.PASS, 0.2)  # decided between two ticks: journaled, not yet written
+    assert r.journal.results == {"PASS": 1}
+    f = r.ins.shutdown(r.t)
+    assert (f.result_seq, f.part_id, f.result_code, f.score, f.fault_code, f.model_version) == (
+        9, 99, ResultCode.PASS, 2000, FaultCode.SHUTTING_DOWN, 3)
+    assert f.status == StatusBit.RESULT_VALID  # not a fail-safe; READY and the health bits cleared
+    assert r.journal.results == {"PASS": 1}  # nothing else journaled for trigger 9
+
+
 def test_shutdown_with_nothing_pending_answers_nothing_and_repeats_the_last_result_seq():
     r = Rig(result_hold_ms=20)
     r.trigger_seq = 1

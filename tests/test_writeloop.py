@@ -31,6 +31,7 @@ class FakeLink:
         self.final = None
 
     session_start = None
+    final_connects = 0
 
     def post(self, block_id, outputs, token=None, session=-1):
         t = time.monotonic()
