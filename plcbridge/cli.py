@@ -138,7 +138,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if not (value > 0 and math.isfinite(value)):
             print(f"plcbridge demo: {flag} must be a positive number, got {value:g}", file=sys.stderr)
             return 2
-    if args.camera_trigger != "free-run" and args.mode != "triggered":
+    if args.camera_trigger not in (None, "free-run") and args.mode != "triggered":
         print(f"plcbridge demo: --camera-trigger {args.camera_trigger} needs --mode triggered", file=sys.stderr)
         return 2
     return run_demo(args.seconds, args.mode, args.trigger_hz, protocol=args.protocol, verbose=args.verbose,
@@ -239,9 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--mode", choices=["triggered", "free-run"], default="triggered")
     d.add_argument("--protocol", choices=protocols.SIMULATED, default="modbus")
     d.add_argument("--trigger-hz", type=float, default=10.0, help="simulated line rate in triggered mode")
-    d.add_argument("--camera-trigger", choices=["free-run", "software", "hardware"], default="free-run",
+    d.add_argument("--camera-trigger", choices=["free-run", "software", "hardware"], default=None,
                    help="software: one frame taken per trigger; hardware: the simulated PLC pulses the camera's "
-                        "trigger input (camera.trigger); free-run: the camera streams")
+                        "trigger input (camera.trigger); free-run: the camera streams (default: the station's, "
+                        "software when triggered)")
     d.add_argument("--verbose", action="store_true", help="show the daemon's info logs on stderr")
     d.set_defaults(func=_cmd_demo)
 

@@ -34,7 +34,9 @@ class _CameraCommon(Strict):
     # "software": on each trigger the bridge asks the camera for exactly one frame and
     # judges that frame. "hardware": the PLC's output is wired to the camera's trigger
     # input; the camera sends one frame per part, paired with triggers in order by time
-    # (triggered stations only; the source must be able to do it).
+    # (triggered stations only; the source must be able to do it). Unset: "software" on a
+    # triggered station whose source can take a frame on request (synthetic, folder,
+    # genicam): no wait for the next streamed frame; "free-run" otherwise.
     trigger: Literal["free-run", "software", "hardware"] = "free-run"
     # hardware: the longest time from the trigger edge to the frame reaching the bridge
     # (exposure + readout + transfer); it bounds the pairing window.
@@ -149,6 +151,10 @@ class GenicamCameraSettings(_CameraCommon):
             raise FieldsError(("features",), f"not GenICam feature names: {', '.join(map(repr, bad))}")
         return self
 
+
+# Sources that can take one frame when asked (camera.trigger = "software"): the default
+# camera trigger of a triggered station that uses one.
+SOFTWARE_TRIGGER_SOURCES = frozenset({"synthetic", "folder", "genicam"})
 
 CameraSettings = Annotated[
     Union[SyntheticCameraSettings, FolderCameraSettings, OpenCvCameraSettings, GenicamCameraSettings],
@@ -441,6 +447,19 @@ class Config(Strict):
     failsafe: FailsafeSettings = FailsafeSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _software_trigger_where_the_source_has_one(cls, data: Any) -> Any:
+        """camera.trigger unset: "software" on a triggered station whose source can take a
+        frame on request, else "free-run" (the field's default)."""
+        if not isinstance(data, dict) or not isinstance(data.get("camera"), dict) or "trigger" in data["camera"]:
+            return data
+        station = data.get("station")
+        mode = station.get("mode", StationSettings().mode) if isinstance(station, dict) else StationSettings().mode
+        if mode == "triggered" and data["camera"].get("source", "synthetic") in SOFTWARE_TRIGGER_SOURCES:
+            data = {**data, "camera": {**data["camera"], "trigger": "software"}}
+        return data
 
     @model_validator(mode="after")
     def _deadlines_fit_the_period(self) -> "Config":

@@ -92,6 +92,7 @@ class Daemon:
             drain = lambda: self._drain_decisions(triggered.on_decision)
         self.loop = WriteLoop(config, self.link, self.inspection, self.health, drain, self.metrics,
                               watchdog=self.notifier.watchdog, watchdog_interval_s=self.notifier.watchdog_interval_s)
+        self.worker.on_decision = self.loop.wake  # a settled answer goes out without waiting for the tick
         self.http: HealthServer | None = None
         self.started_at: float | None = None
         self._stall_s = config.camera.stall_timeout_ms / 1000
@@ -294,6 +295,7 @@ class Daemon:
                 "overruns": self.loop.overruns,
                 "lateness_ms": self.loop.lateness.summary_ms(),
             },
+            "camera": {"source": self.config.camera.source, "trigger": self.config.camera.trigger},
             "frames_captured": self.grab.seq,
             # Frames the inference stage skipped (free-run) and triggers refused for a full queue.
             "queue_drops": {q: self._count("plcbridge_queue_drops_total", queue=q) for q in ("frames", "triggers", "late_decisions")},
@@ -304,6 +306,7 @@ class Daemon:
                          "exchanges": self.link.exchanges,
                          "late_exchanges": self._count("plcbridge_plc_late_exchanges_total"),
                          "blocks_superseded": self._count("plcbridge_plc_blocks_superseded_total"),
+                         "extra_blocks": self._count("plcbridge_plc_extra_blocks_total"),
                          "inputs_stale_episodes": self._count("plcbridge_plc_inputs_stale_total")},
             "model": {"version": self.worker.model_version, "loaded": self.worker.model_ok,
                       "providers": getattr(self.worker.model, "providers", None)},

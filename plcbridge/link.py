@@ -118,6 +118,9 @@ class PlcLink:
         # What a block composed before the current session's first reply becomes on the wire
         # (the write loop sets it from its inspection: TriggeredInspection.session_start).
         self.session_start: Callable[[Outputs], Outputs] | None = None
+        # Called on the link thread after each exchange that brought news (a reply, a block
+        # delivered): the write loop's wake-up, so it acts on a trigger or an ack at once.
+        self.on_news: Callable[[], None] = lambda: None
         self.last_error: str | None = None
         self.exchanges = 0
         self._thread = threading.Thread(target=self._run, name="plc-link", daemon=True)
@@ -279,6 +282,7 @@ class PlcLink:
             t1 = time.monotonic()
             if e.written:
                 self._mark_written(posted, t1)
+                self.on_news()
             if e.keep_session:  # the next tick's block goes out next, as after any reply
                 self.metrics.plc_errors.labels("refused").inc()
                 log_event(log, "plc_request_refused", logging.WARNING, target=adapter.describe(), reason=str(e),
@@ -297,6 +301,7 @@ class PlcLink:
         self._mark_written(posted, t1)
         seq = self.reply.seq + 1 if self.reply is not None else 0
         self.reply = Reply(seq, self.sessions, inputs, t0, t1, posted.block_id)
+        self.on_news()
         return 0.0
 
     def _requeue(self, posted: _Posted) -> None:

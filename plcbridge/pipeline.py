@@ -176,6 +176,14 @@ class InferenceWorker:
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
         # camera.trigger = "software": asks the grab loop for the request's own frame
         self.request_frame: Callable[[Request], bool] | None = None
+        # Called after every decision is handed over: the write loop's wake-up, so that a
+        # settled answer goes out without waiting for the next tick.
+        self.on_decision: Callable[[], None] = lambda: None
+
+    def _deliver(self, d: Decision) -> None:
+        """A triggered decision, to the write loop (which drains them), woken at once."""
+        self.results.put(d)
+        self.on_decision()
 
     def start(self) -> "InferenceWorker":
         """Load the model here, on the caller's thread, then start judging.
@@ -202,7 +210,7 @@ class InferenceWorker:
         try:
             self.requests.put_nowait(req)
         except queue.Full:  # cannot happen while TriggeredInspection bounds the queue; fail closed if it does
-            self.results.put(failsafe(FaultCode.TRIGGER_OVERRUN, time.monotonic(), "inference request queue full",
+            self._deliver(failsafe(FaultCode.TRIGGER_OVERRUN, time.monotonic(), "inference request queue full",
                                       model_version=self.model_version, request=req))
 
     def _load(self) -> bool:
@@ -275,7 +283,7 @@ class InferenceWorker:
             req = self.requests.get(timeout=0.1)
         except queue.Empty:
             return
-        self.results.put(failsafe(FaultCode.MODEL_NOT_READY, time.monotonic(), f"model not loaded: {self.load_error}", request=req))
+        self._deliver(failsafe(FaultCode.MODEL_NOT_READY, time.monotonic(), f"model not loaded: {self.load_error}", request=req))
 
     def _free_run_step(self, last_seq: int) -> int:
         frame = self.frames.wait_newer(last_seq, timeout=0.1)
@@ -286,6 +294,7 @@ class InferenceWorker:
         d = self.judge(frame, None)
         self.phase = (None, "idle")
         self.latest.put(d)
+        self.on_decision()
         self.journal.decision(d)
         return frame.seq
 
@@ -305,7 +314,7 @@ class InferenceWorker:
                          "trigger asked for (software trigger) within timing.result_timeout_ms",
                          model_version=self.model_version, request=req)
         self.phase = (None, "idle")
-        self.results.put(d)
+        self._deliver(d)
 
     def _hardware_triggered_step(self, req: Request) -> None:
         """camera.trigger = "hardware": the camera took one frame per edge of the PLC's output.
@@ -336,7 +345,7 @@ class InferenceWorker:
                          "(a lost pulse, or a camera that did not fire)", model_version=self.model_version, request=req)
             self.metrics.queue_drops.labels("no_frame").inc()
         self.phase = (None, "idle")
-        self.results.put(d)
+        self._deliver(d)
 
     def _triggered_step(self) -> None:
         """One trigger, one frame: the first frame captured after the trigger was seen that no
@@ -380,7 +389,7 @@ class InferenceWorker:
                          model_version=self.model_version, request=req)
             self.metrics.queue_drops.labels("no_frame").inc()
         self.phase = (None, "idle")
-        self.results.put(d)
+        self._deliver(d)
 
     def _next_request(self) -> Request | None:
         """The trigger queued after the current one, if the write loop has seen it yet."""

@@ -25,7 +25,7 @@ import time
 from typing import Callable
 
 from plcbridge.config import Config
-from plcbridge.contract import U16_MAX, FaultCode, ResultCode, StatusBit
+from plcbridge.contract import U16_MAX, FaultCode, Outputs, ResultCode, StatusBit
 from plcbridge.inspection import FreeRunInspection, Health, TriggeredInspection
 from plcbridge.link import PlcLink
 from plcbridge.logs import get_logger, log_event
@@ -37,6 +37,10 @@ log = get_logger("writeloop")
 # How long the final fail-safe block may take to reach the PLC, reconnecting if need be.
 # systemd's TimeoutStopSec (10 s) leaves room for it; SIGTERM still exits within about it.
 FINAL_WRITE_BUDGET_S = 1.0
+
+# An extra block (an answer that settled between two ticks) is not posted this close to the
+# next tick (or within a quarter period of it, if that is less): the tick carries it.
+EXTRA_MARGIN_S = 0.0005
 
 # The status bits a result carries of its own; the loop adds the others.
 RESULT_BITS = StatusBit.RESULT_VALID | StatusBit.FAILSAFE_ACTIVE
@@ -144,6 +148,16 @@ class WriteLoop:
         self._t_prev_sent: float | None = None  # its request time
         self._written_id = -1  # the last delivered block handed to the inspection
         self._stop = threading.Event()
+        # Set by the link (a reply, a delivered block) and the inference stage (a decision):
+        # between two ticks the loop wakes on it, takes the news at once and, if an answer
+        # settled, posts it as an extra block (at most one per period, see _between_ticks).
+        self._news = threading.Event()
+        link.on_news = self._news.set
+        self._block_id = 0  # every block posted, ticks and extras: the link sends the newest
+        self._heartbeat_posted = 0  # the heartbeat of the last tick: an extra block repeats it
+        self._token_posted: object = None  # what the last block posted presented
+        self._extra_due = True  # no extra block posted since the last tick
+        self.extra_blocks = 0
         self._thread = threading.Thread(target=self._run, name="write-loop", daemon=True)
         self.final_write_ok: bool | None = None
         # systemd's WATCHDOG=1 is sent from this thread, so it stops when the loop stops.
@@ -172,9 +186,14 @@ class WriteLoop:
         self._thread.start()
         return self
 
+    def wake(self) -> None:
+        """News for the loop (the inference stage's decision): acted on now, not at the next tick."""
+        self._news.set()
+
     def stop(self, timeout: float = 5.0) -> None:
         """Ask for the final fail-safe write and wait for the loop to end."""
         self._stop.set()
+        self._news.set()
         self._thread.join(timeout)
 
     @property
@@ -186,17 +205,23 @@ class WriteLoop:
                   max_input_age_ms=self.config.plc.max_input_age_ms, link_timeout_ms=self.config.plc.link_timeout_ms)
         schedule = self.schedule
         self._started = schedule.start()
+        # Extra blocks stop this long before a tick: the tick carries the answer instead, and
+        # two blocks never go out back to back.
+        margin = min(EXTRA_MARGIN_S, schedule.period / 4)
         while not self._stop.is_set():
-            now = schedule.wait()
+            delay = schedule.deadline - time.monotonic()
+            if delay > 0:
+                if self._news.wait(delay):
+                    self._news.clear()
+                    if not self._stop.is_set() and time.monotonic() < schedule.deadline - margin:
+                        self._guarded(self._between_ticks)
+                    continue
+            now = time.monotonic()
+            schedule.take(now)
             if schedule.missed:  # skipped ahead: the missed slots are counted, never run in a burst
                 self.report.overrun(schedule.missed, schedule.late + schedule.missed * schedule.period)
             self.metrics.write_lateness_seconds.observe(schedule.late)
-            try:
-                self._tick(now)
-            except Exception:  # noqa: BLE001 - the loop must outlive any one bad tick
-                self.metrics.tick_errors.inc()
-                log_event(log, "tick_failed", logging.ERROR, rate_key="tick", exc_info=True,
-                          reason="no block composed this tick; the PLC's heartbeat watchdog sees the gap")
+            self._guarded(lambda: self._tick(now))
             # A tick that ran past the next slot gives it up: the next block keeps the grid
             # instead of following this late one at once (never bunched).
             end = time.monotonic()
@@ -206,7 +231,17 @@ class WriteLoop:
                 self.report.overrun(missed, behind)
         self._final_write()
 
-    def _tick(self, now: float) -> None:
+    def _guarded(self, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - the loop must outlive any one bad tick
+            self.metrics.tick_errors.inc()
+            log_event(log, "tick_failed", logging.ERROR, rate_key="tick", exc_info=True,
+                      reason="no block composed this tick; the PLC's heartbeat watchdog sees the gap")
+
+    def _compose(self, now: float) -> tuple[Outputs, object]:
+        """The block of this moment (without its heartbeat), after taking every decision and
+        everything the link reported since the last look."""
         self._drain()
         self._take_link_news()
         h = self._health(now)
@@ -214,13 +249,40 @@ class WriteLoop:
         result, token = self.inspection.tick(now, health)
         status = status_word(health, self.inspection.trigger_ready(health), result.status)
         self.report.block(status, result.fault_code, health.camera_ok)
-        self.link.post(self.ticks, dataclasses.replace(result, heartbeat=self.heartbeat, status=status), token, self._session)
+        return dataclasses.replace(result, status=status), token
+
+    def _post(self, block: Outputs, token: object, heartbeat: int) -> None:
+        self.link.post(self._block_id, dataclasses.replace(block, heartbeat=heartbeat), token, self._session)
+        self._block_id += 1
+        self._token_posted = token
+
+    def _tick(self, now: float) -> None:
+        block, token = self._compose(now)
+        self._post(block, token, self.heartbeat)
+        self._heartbeat_posted = self.heartbeat
         self.heartbeat = (self.heartbeat + 1) & U16_MAX
+        self._extra_due = True
         self.ticks += 1
         self.last_tick = now
         if self._watchdog is not None and now >= self._next_watchdog:
             self._watchdog()
             self._next_watchdog = now + self._watchdog_interval
+
+    def _between_ticks(self) -> None:
+        """Woken by news between two ticks: a trigger read is handed to the inference stage
+        now, and an answer that settled (a verdict, the next answer after an ack, a new
+        free-run decision) goes out now as an extra block instead of at the next tick. The
+        grid is untouched: an extra block repeats the last tick's heartbeat, at most one
+        goes out per period, and the link still sends only the newest block, one exchange
+        at a time."""
+        now = time.monotonic()
+        block, token = self._compose(now)
+        if token is None or token is self._token_posted or not self._extra_due:
+            return
+        self._post(block, token, self._heartbeat_posted)
+        self._extra_due = False
+        self.extra_blocks += 1
+        self.metrics.plc_extra_blocks.inc()
 
     def _take_link_news(self) -> None:
         """Hand the inspection what the link reported since the last tick: the newest block
@@ -252,7 +314,7 @@ class WriteLoop:
         """The last block: READY cleared, fail-safe result, SHUTTING_DOWN (the inspection's
         shutdown block); retried through a reconnect within FINAL_WRITE_BUDGET_S."""
         outputs = dataclasses.replace(self.inspection.shutdown(time.monotonic()), heartbeat=self.heartbeat)
-        ok = self.link.final_write(self.ticks, outputs, FINAL_WRITE_BUDGET_S, self._session)
+        ok = self.link.final_write(self._block_id, outputs, FINAL_WRITE_BUDGET_S, self._session)
         self.final_write_ok = ok
         self.report.status = outputs.status
         # What the final block answered, as the PLC reads it: with the decision lines, the

@@ -49,6 +49,7 @@ def station_config(target: Any, mode: str = "triggered", **sections: dict[str, A
     """
     raw = load_config(None, env={}).model_dump(mode="json")
     raw["station"]["mode"] = mode
+    raw["camera"].pop("trigger")  # resolved for this mode: software for triggered, unless a test says otherwise
     raw["metrics"]["enabled"] = False
     where: dict[str, Any]
     if isinstance(target, int):

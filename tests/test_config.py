@@ -123,3 +123,16 @@ def test_cross_field_errors_name_their_fields(tmp_path):
             load_config(_write(tmp_path, body), env={})
         msg = str(e.value)
         assert where in msg and "(top level)" not in msg and "Value error" not in msg, msg
+
+
+def test_a_triggered_station_whose_source_takes_frames_on_request_defaults_to_the_software_trigger():
+    from plcbridge.config import parse_config
+
+    def trigger(mode: str, camera: dict) -> str:
+        return parse_config({"station": {"mode": mode}, "camera": camera}, "<t>", env={}).camera.trigger
+
+    assert trigger("triggered", {"source": "synthetic"}) == "software"
+    assert trigger("triggered", {"source": "folder", "path": "/tmp"}) == "software"
+    assert trigger("triggered", {"source": "opencv", "url": "0"}) == "free-run"  # a stream cannot be asked
+    assert trigger("free-run", {"source": "synthetic"}) == "free-run"
+    assert trigger("triggered", {"source": "synthetic", "trigger": "free-run"}) == "free-run"  # said: kept

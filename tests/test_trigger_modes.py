@@ -51,7 +51,7 @@ def test_software_trigger_takes_exactly_one_frame_per_trigger(make_sim):
 def test_triggers_faster_than_the_camera_never_share_a_frame(make_sim):
     # 50 triggers/s against a 30 fps camera: some parts cannot have a frame of their own.
     sim = make_sim("triggered", protocol="loop", trigger_hz=50, max_outstanding=3, watchdog_ms=500, result_timeout_ms=2000)
-    cfg = station_config(sim, "triggered", timing={"frame_window_ms": 40})
+    cfg = station_config(sim, "triggered", timing={"frame_window_ms": 40}, camera={"trigger": "free-run"})  # a streaming camera
     d, seen = _recording_daemon(cfg)
     try:
         wait_for(lambda: sum(sim.summary()["results"].values()) >= 100, 30, "100 answered triggers")

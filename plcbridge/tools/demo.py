@@ -41,11 +41,15 @@ from plcbridge.simulators.process import free_udp_port, start_simulator, stop_si
 OVERRUN_MAX_FRACTION = 0.01  # verdict: write-loop overruns above 1 % of ticks are a problem
 
 
-def demo_config(mode: str, port: int, protocol: str = "modbus", camera_trigger: str = "free-run",
+def demo_config(mode: str, port: int, protocol: str = "modbus", camera_trigger: str | None = None,
                 trigger_port: int | None = None):
+    """The embedded default station for `mode`; camera_trigger None: the station's default
+    (software when triggered, see camera.trigger)."""
     base = load_config(None).model_dump(mode="json")
     base["station"]["mode"] = mode
-    base["camera"]["trigger"] = camera_trigger
+    base["camera"].pop("trigger")
+    if camera_trigger is not None:
+        base["camera"]["trigger"] = camera_trigger
     if trigger_port is not None:
         base["camera"]["trigger_port"] = trigger_port
     base["plc"] = {k: v for k, v in base["plc"].items() if k not in protocols.NAMES}  # the default's section
@@ -121,7 +125,7 @@ def demo_verdict(summary: dict[str, Any], in_service_failsafes: dict[str, int],
 
 
 def run_demo(seconds: float, mode: str, trigger_hz: float, protocol: str = "modbus", verbose: bool = False,
-             camera_trigger: str = "free-run") -> int:
+             camera_trigger: str | None = None) -> int:
     from plcbridge.daemon import Daemon
     from plcbridge.logs import LogPipeline
     from plcbridge.tools.bench.run import StopSignals
@@ -165,7 +169,7 @@ def run_demo(seconds: float, mode: str, trigger_hz: float, protocol: str = "modb
     summary = {
         "protocol": protocol,
         "mode": mode,
-        "camera_trigger": camera_trigger,
+        "camera_trigger": daemon.config.camera.trigger,
         "seconds": seconds,
         "results": s["results"],
         "accuracy": s["accuracy"],
