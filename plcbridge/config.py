@@ -282,6 +282,12 @@ class PlcCommon(Strict):
     # still calls itself able to see triggers; beyond it every block says PLC_INPUTS_STALE,
     # with TRIGGER_READY and READY cleared, until fresh inputs arrive.
     max_input_age_ms: Annotated[int, Field(ge=2, le=60_000)] = 100
+    # Between two ticks the inputs are read again (the newest block is sent again, the same
+    # values) once no exchange has started for this long, so that a trigger is seen within
+    # about this plus the PLC's answer time rather than a whole period. Unset: half of
+    # timing.period_ms, and never below 2 ms (no reads between ticks of 4 ms and less). 0:
+    # one exchange per tick, plus the extra blocks of answers that settle between ticks.
+    poll_ms: Annotated[int, Field(ge=0, le=60_000)] | None = None
     connect_timeout_ms: Annotated[int, Field(ge=1)] = 1_000
     # Reconnect backoff: doubles from min to max (a true maximum, jitter included); it falls
     # back to min only after a session has been answering for reconnect_reset_ms. A connect

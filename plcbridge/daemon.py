@@ -307,6 +307,7 @@ class Daemon:
                          "late_exchanges": self._count("plcbridge_plc_late_exchanges_total"),
                          "blocks_superseded": self._count("plcbridge_plc_blocks_superseded_total"),
                          "extra_blocks": self._count("plcbridge_plc_extra_blocks_total"),
+                         "polls": self._count("plcbridge_plc_polls_total"),
                          "inputs_stale_episodes": self._count("plcbridge_plc_inputs_stale_total")},
             "model": {"version": self.worker.model_version, "loaded": self.worker.model_ok,
                       "providers": getattr(self.worker.model, "providers", None)},

@@ -9,6 +9,10 @@ exchange is complete, so at most one exchange is in flight and a block that was 
 before it could be sent is skipped (counted), never queued. A reply that comes later than
 one period is used, counted and its age measured; it is no reason to drop the session.
 
+Between two ticks, once no exchange has started for `plc.poll_ms` (default half a period),
+the block last sent goes out again: the same values, so nothing changes at the PLC but the
+inputs are read, and a trigger is seen within about half a period instead of a whole one.
+
 The session is dropped only on a transport error, a protocol state it cannot recover from
 (`PlcError` without `keep_session`), or when the PLC has answered nothing for
 `plc.link_timeout_ms`. Then the adapter is closed and, after the backoff, a *fresh* one is
@@ -60,6 +64,9 @@ log = get_logger("plc")
 # times, FINAL_RETRY_S apart).
 FINAL_CONNECTS = 3
 FINAL_RETRY_S = 0.25
+# plc.poll_ms unset: the inputs are read again half a period after the last exchange, but not
+# sooner than this (at a 4 ms period and less, once per tick is often enough).
+MIN_DEFAULT_POLL_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,14 @@ class PlcLink:
         self._retry = Reconnector(settings.reconnect_min_ms / 1000, settings.reconnect_max_ms / 1000, self._wake,
                                   reset_after_s=settings.reconnect_reset_ms / 1000)
         self._final_id: int | None = None
+        # Reading the inputs between ticks: the block last sent goes out again once no exchange
+        # has started for `poll_s` (plc.poll_ms; default half a period, at least 2 ms; 0: never).
+        default_poll_s = max(period_s / 2, MIN_DEFAULT_POLL_S)
+        self.poll_s = default_poll_s if settings.poll_ms is None else settings.poll_ms / 1000
+        self._sent: _Posted | None = None  # the block last sent
+        self._t_sent = 0.0  # when the last exchange started
+        self._answered = False  # the last exchange brought a reply
+        self.polls = 0
         self._final_connects = 0  # connects made for the final block
         self._final_hopeless = False  # the final block cannot be delivered: final_write stops waiting
         self._delivered = threading.Condition(threading.Lock())
@@ -222,16 +237,25 @@ class PlcLink:
             self._delivered.notify_all()
 
     def _take(self) -> _Posted | None:
-        """The newest posted block; waits for one (checking for stop now and then)."""
+        """The newest posted block; waits for one (checking for stop now and then). With no
+        new block by the poll time, the block last sent, again: a read of the inputs."""
+        # Only after an exchange that was answered: a PLC that says it is busy is not asked more.
+        poll_at = self._t_sent + self.poll_s if self.poll_s > 0 and self._sent is not None and self._answered else None
         with self._posted:
             if self._slot is None or self._slot.block_id <= self._last_sent_id:
-                self._posted.wait(0.1)
+                wait = 0.1 if poll_at is None else min(0.1, max(0.0, poll_at - time.monotonic()))
+                self._posted.wait(wait)
             posted, self._slot = self._slot, None
         if posted is None or posted.block_id <= self._last_sent_id:
+            if poll_at is not None and time.monotonic() >= poll_at and self._final_id is None:
+                self.polls += 1
+                self.metrics.plc_polls.inc()
+                return self._sent
             return None
         if self._last_sent_id >= 0 and posted.block_id > self._last_sent_id + 1:
             self.metrics.plc_blocks_superseded.inc(posted.block_id - self._last_sent_id - 1)
         self._last_sent_id = posted.block_id
+        self._sent = posted
         return posted
 
     def _connect(self) -> float:
@@ -275,7 +299,8 @@ class PlcLink:
             # Composed before this session's inputs were read: the PLC on the other end may
             # have restarted, so nothing decided for an earlier session goes out on it.
             posted = _Posted(posted.block_id, self.session_start(posted.outputs), None, posted.session)
-        t0 = time.monotonic()
+        t0 = self._t_sent = time.monotonic()
+        self._answered = False
         try:
             inputs = adapter.exchange(posted.outputs, self.link_timeout)
         except PlcError as e:
@@ -301,6 +326,7 @@ class PlcLink:
         self._mark_written(posted, t1)
         seq = self.reply.seq + 1 if self.reply is not None else 0
         self.reply = Reply(seq, self.sessions, inputs, t0, t1, posted.block_id)
+        self._answered = True
         self.on_news()
         return 0.0
 

@@ -59,6 +59,7 @@ class Metrics:
         self.results_discarded = Counter("plcbridge_results_discarded", "Answers held for a PLC session that ended "
                                          "(the PLC restarted) before they were delivered", registry=r)
         self.plc_late_exchanges = Counter("plcbridge_plc_late_exchanges", "PLC replies that came more than one period after the request (used, not fatal)", registry=r)
+        self.plc_polls = Counter("plcbridge_plc_polls", "Exchanges between two ticks that only read the inputs again (the newest block sent again, plc.poll_ms)", registry=r)
         self.plc_extra_blocks = Counter("plcbridge_plc_extra_blocks", "Blocks posted between two ticks because an answer settled (a verdict, an ack that lets the next answer out): at most one per period", registry=r)
         self.plc_blocks_superseded = Counter("plcbridge_plc_blocks_superseded", "Output blocks replaced by a newer one before an exchange was free to send them", registry=r)
         self.plc_input_age_seconds = Gauge("plcbridge_plc_input_age_seconds", "Age of the newest PLC inputs at the last write tick (since their request was sent)", registry=r)

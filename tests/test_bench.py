@@ -120,7 +120,7 @@ def test_free_run_report_has_every_field_with_sane_values(free_run_report):
     assert r["options"]["protocol"] == "modbus" and r["model"]["name"] == "demo-defect-cnn"
     assert r["daemon_exit_code"] == 0 and r["plc"]["protocol_errors"] == 0 and r["plc"]["heartbeat_alarms"] >= 0
     assert set(r["plc_link"]) == {"reconnects", "exchange_errors", "connect_errors", "config_errors", "exchanges",
-                                  "late_exchanges", "blocks_superseded", "extra_blocks", "inputs_stale_episodes"}
+                                  "late_exchanges", "blocks_superseded", "extra_blocks", "polls", "inputs_stale_episodes"}
     assert r["plc_link"]["exchanges"] > 100
     assert all(v >= 0 for v in r["plc_link"].values())
     assert 4.5 <= r["duration_s"] <= 8

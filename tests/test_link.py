@@ -257,3 +257,29 @@ def test_a_refused_connect_is_retried_at_the_minimum_without_growing_the_backoff
     # Doubling would give 0, 0.1, 0.3, 0.7, 1.5 s: 4 or 5 attempts. At the minimum: about 12.
     assert attempts >= 8, attempts
     assert "refused" in (link.last_error or "").lower(), link.last_error
+
+
+def test_between_ticks_the_inputs_are_read_again_with_the_block_last_sent():
+    script = Script()
+    link, m = _link(script, poll_ms=5)
+    try:
+        link.post(0, Outputs(heartbeat=7), token="t0")
+        time.sleep(0.1)  # no new block for 100 ms: about one read every 5 ms
+        polls = read_metric(m, "plcbridge_plc_polls_total")
+    finally:
+        link.close()
+    assert 8 <= polls <= 25, polls
+    assert set(script.sent) == {7}  # the same block each time, never anything the write loop did not post
+    assert link.reply is not None and link.reply.seq >= polls  # every read handed over as a reply
+
+
+def test_no_reads_between_ticks_with_poll_ms_0_or_after_a_busy_answer():
+    for plc, fail in (({"poll_ms": 0}, None), ({"poll_ms": 5}, PlcError("exception 06 DEVICE_BUSY", keep_session=True))):
+        script = Script(fail=fail)
+        link, m = _link(script, **plc)
+        try:
+            link.post(0, Outputs(heartbeat=1))
+            time.sleep(0.1)
+        finally:
+            link.close()
+        assert len(script.sent) == 1 and read_metric(m, "plcbridge_plc_polls_total") == 0, (plc, script.sent)

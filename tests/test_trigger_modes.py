@@ -114,3 +114,21 @@ def test_hardware_trigger_pairs_each_frame_with_its_own_trigger_even_on_a_rude_w
     else:
         assert not no_frame and len(judged) >= 16
         assert d.grab.seq == s["camera_line"]["pulses"]  # one frame per pulse
+
+
+def test_an_answer_that_settles_between_ticks_goes_out_before_the_next_tick(make_sim):
+    """At a 50 ms period, trigger -> result is far below a period: the trigger is read between
+    ticks (plc.poll_ms), handed to the model at once, and its verdict written as an extra
+    block when it is decided; without that it took one to two periods."""
+    sim = make_sim("triggered", protocol="loop", trigger_hz=7)
+    cfg = station_config(sim, "triggered", timing={"period_ms": 50}, plc={"max_input_age_ms": 150})
+    d, _seen = _recording_daemon(cfg)
+    try:
+        wait_for(lambda: sum(sim.summary()["results"].values()) >= 15, 30, "15 answered triggers")
+        extra = read_metric(d, "plcbridge_plc_extra_blocks_total")
+    finally:
+        d.stop()
+    s = sim.summary()
+    assert s["missing"] == 0 and s["protocol_errors"] == 0, s
+    assert extra >= 10, extra  # verdicts went out between ticks
+    assert s["latency_ms"]["p50"] < 50, s["latency_ms"]  # one period; it was 50-100 ms
