@@ -58,10 +58,14 @@ def percentile_summary(values: Iterable[float] | np.ndarray, *, nearest_rank: bo
 
 class Samples:
     """A fixed ring of float samples (the newest `size`), allocated once: adding one on a
-    loop's hot path allocates nothing."""
+    loop's hot path allocates nothing.
+
+    The ring is written through once when it is made: np.zeros' pages come from calloc and
+    become resident only as samples land in them, which made the daemon's RSS creep up by the
+    ring's 1.6 MB over its first half hour (at 100 ticks a second), like a slow leak."""
 
     def __init__(self, size: int = 200_000) -> None:
-        self._buf = np.zeros(size)
+        self._buf = np.full(size, 0.0)
         self._n = 0
 
     def add(self, v: float) -> None:
