@@ -211,7 +211,9 @@ class TriggeredInspection:
     - A trigger read while unhealthy (including right after the inputs were stale) gets a
       fail-safe with that fault at once, never a judgement on a later frame.
     - Answers wait in order; one is presented at a time, until the PLC acks it
-      (result_ack_seq) or result_hold_ms after it was first written. At most
+      (result_ack_seq) or result_hold_ms after it was first written, or, once written, as
+      soon as the answer behind it would otherwise go out later than result_timeout_ms
+      after its trigger (a PLC that does not ack, after a flood). At most
       1 + trigger_queue answers wait: a trigger beyond that is TRIGGER_OVERRUN, and
       consecutive TRIGGER_OVERRUN answers beyond it collapse into one for the newest value
       (flood rule), so memory and backlog are bounded whatever the PLC does.
@@ -227,6 +229,10 @@ class TriggeredInspection:
         self.metrics = metrics
         self.timeout = timing.result_timeout_ms / 1000
         self.hold = timing.result_hold_ms / 1000
+        # An answer waiting this long after its trigger cuts the hold of the one on the
+        # outputs short (once that one was written), so that it still goes out within
+        # result_timeout_ms: two periods to be composed and written.
+        self.due_after = max(0.0, self.timeout - 2 * timing.period_ms / 1000)
         self.capacity = 1 + timing.trigger_queue
         self.last_seq: int | None = None
         self.ack_seq: int | None = None
@@ -400,9 +406,14 @@ class TriggeredInspection:
                 self._settle(slot, failsafe(fault, now, f"no decision within result_timeout_ms={self.timing.result_timeout_ms} (stage: {phase or 'queued'})",
                                             model_version=health.model_version, request=slot.request))
         p = self.presenting
+        nxt = self.slots[0] if self.slots and self.slots[0].decision is not None else None
         done = p is None or (p.t_first_written is not None and (
             self.ack_seq == p.request.trigger_seq or now - p.t_first_written >= self.hold))
-        if done and self.slots and self.slots[0].decision is not None:
+        if not done and p is not None and p.t_first_written is not None and nxt is not None \
+                and now - nxt.request.t_seen >= self.due_after:
+            done = True  # written once; the answer behind it would miss result_timeout_ms
+            self.metrics.result_holds_cut.inc()
+        if done and nxt is not None:
             self.presenting = p = self.slots.popleft()
             if not p.journaled:  # a collapsed run is journaled once, when it stops growing
                 self._journal(p)

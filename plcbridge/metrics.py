@@ -56,6 +56,9 @@ class Metrics:
         self.queue_drops = Counter("plcbridge_queue_drops", "Items overwritten or refused by a bounded queue", ["queue"], registry=r)
         self.triggers_collapsed = Counter("plcbridge_triggers_collapsed", "Trigger values answered by a collapsed "
                                           "TRIGGER_OVERRUN answer for a newer value (flood rule), not one of their own", registry=r)
+        self.result_holds_cut = Counter("plcbridge_result_holds_cut", "Answers taken off the outputs before their ack "
+                                        "or result_hold_ms, after being written, because the answer behind them "
+                                        "was due (result_timeout_ms)", registry=r)
         self.results_discarded = Counter("plcbridge_results_discarded", "Answers held for a PLC session that ended "
                                          "(the PLC restarted) before they were delivered", registry=r)
         self.plc_late_exchanges = Counter("plcbridge_plc_late_exchanges", "PLC replies that came more than one period after the request (used, not fatal)", registry=r)

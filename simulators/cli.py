@@ -10,7 +10,7 @@ Output is meant to be scripted: stdout carries exactly one `listening on HOST:PO
 the end, the JSON summary; the live status goes to stderr. `--reply-delay-ms` and
 `--reply-jitter-ms` put the network relay (simulators/network.py) in front of the server, as
 `[network]` in the device file does; like every flag they override single fields of it. The
-scenario flags (--max-outstanding, --early-first-trigger, --wait-trigger-ready,
+scenario flags (--max-outstanding, --early-first-trigger, --wait-trigger-ready, --no-ack,
 --restart-after-s, --stuck-trigger-after-s, --stuck-trigger-for-s) override the [program]
 fields of the same names (simulators/program.py, devices/default.toml).
 """
@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 "after READY (program.early_first_trigger)")
     scenarios.add_argument("--wait-trigger-ready", action=argparse.BooleanOptionalAction, default=None,
                            help="trigger only while the bridge's TRIGGER_READY bit is set (program.wait_trigger_ready)")
+    scenarios.add_argument("--ack", action=argparse.BooleanOptionalAction, default=None,
+                           help="--no-ack: never write result_ack_seq; each answer then stays for the bridge's "
+                                "result_hold_ms (program.ack)")
     scenarios.add_argument("--restart-after-s", type=float, default=None, metavar="S",
                            help="restart the PLC once, S seconds after the bridge's first write: trigger_seq, part_id "
                                 "and result_ack_seq to 0, client connections dropped behind the network relay "
@@ -88,6 +91,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "program.max_outstanding": getattr(args, "max_outstanding", None),
         "program.early_first_trigger": getattr(args, "early_first_trigger", None),
         "program.wait_trigger_ready": getattr(args, "wait_trigger_ready", None),
+        "program.ack": getattr(args, "ack", None),
         "program.restart_after_s": getattr(args, "restart_after_s", None),
         "program.stuck_trigger_after_s": getattr(args, "stuck_trigger_after_s", None),
         "program.stuck_trigger_for_s": getattr(args, "stuck_trigger_for_s", None),

@@ -39,7 +39,7 @@ class ProgramSettings(Strict):
 
     Besides the line's rate (`trigger_hz`, `max_outstanding`: above 1 with a rate faster than
     the camera is the "triggers faster than the camera" scenario), scenarios to rehearse:
-    `early_first_trigger`, `wait_trigger_ready`, one PLC restart `restart_after_s` after the
+    `early_first_trigger`, `wait_trigger_ready`, a program that never acks (`ack` false), one PLC restart `restart_after_s` after the
     bridge's first write, and a stuck trigger edge from `stuck_trigger_after_s` after the first
     write for `stuck_trigger_for_s` (simulators/program.py; devices/default.toml explains each).
     """
@@ -52,6 +52,7 @@ class ProgramSettings(Strict):
     first_part_id: Annotated[int, Field(ge=0, le=U32_MAX)] = 1
     early_first_trigger: bool = False
     wait_trigger_ready: bool = False
+    ack: bool = True
     restart_after_s: Annotated[float, Field(ge=0, le=MAX_SCENARIO_S, allow_inf_nan=False)] | None = None
     stuck_trigger_after_s: Annotated[float, Field(ge=0, le=MAX_SCENARIO_S, allow_inf_nan=False)] | None = None
     stuck_trigger_for_s: Annotated[float, Field(gt=0, le=MAX_SCENARIO_S, allow_inf_nan=False)] = 0.1

@@ -460,7 +460,8 @@ class SimulatedPlc:
             if seq == last_seq and (part_id == last_part or seq not in self._pending):
                 return
         self._last_result = (seq, part_id)
-        self._ack_seq = seq  # always take what is presented, so the bridge can move on
+        if self.settings.ack:
+            self._ack_seq = seq  # take what is presented, so the bridge can move on at once
         failsafe = is_failsafe(outputs)
         overrun = failsafe and outputs.fault_code == FaultCode.TRIGGER_OVERRUN
         trig = self._pending.get(seq)

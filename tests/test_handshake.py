@@ -87,6 +87,29 @@ def test_a_stuck_trigger_edge_stays_bounded_and_the_line_recovers(make_sim):
     assert values == s["triggers_sent"] or values + 1 == s["triggers_sent"], (values, s["triggers_sent"])
 
 
+def test_after_a_stuck_edge_without_acks_every_answer_still_goes_out_within_the_result_timeout(make_sim):
+    """A PLC program that never acks: every answer stays result_hold_ms on the outputs, and a
+    stuck edge fills the queue with them. An answer behind them is still written within
+    timing.result_timeout_ms of its trigger: the hold ahead of it is cut once written."""
+    sim = make_sim("triggered", protocol="loop", trigger_hz=10, ack=False, stuck_trigger_after_s=1.0,
+                   stuck_trigger_for_s=1.5)
+    cfg = station_config(sim, "triggered", timing={"trigger_queue": 8})  # 9 answers of 100 ms hold could wait
+    d, _seen = _recording_daemon(cfg)
+    try:
+        wait_for(lambda: sim.summary()["stuck_edge_values"] > 0, 30, "the stuck edge")
+        time.sleep(1.5)
+        before = _answered(sim)
+        wait_for(lambda: _answered(sim) >= before + 10, 10, "ordinary triggers answered after the flood")
+        cut = read_metric(d, "plcbridge_result_holds_cut_total")
+    finally:
+        d.stop()
+    s = sim.summary()
+    assert s["unaccounted"] == 0 and s["protocol_errors"] == 0 and s["missing"] == 0, s
+    # From the PLC raising it: the bridge reads it within half a period, then result_timeout_ms (500).
+    assert s["latency_ms"]["max"] <= 500 + 15, s["latency_ms"]
+    assert cut > 0, cut
+
+
 def test_a_trigger_pending_at_stop_is_answered_shutting_down_with_its_own_seq_and_part_id(make_sim, tmp_path):
     from onnx_models import slow_model, write_manifest
 
