@@ -132,7 +132,8 @@ class Signal:
 
 
 OUTPUT_SIGNALS: tuple[Signal, ...] = (
-    Signal("heartbeat", "u16", "+1 every write tick, wraps 65535 -> 0; a PLC alarms when it stops changing"),
+    Signal("heartbeat", "u16", "+1 every write tick, wraps 65535 -> 0 (an extra block between ticks repeats it); "
+                               "a PLC alarms when it stops changing"),
     Signal("status", "bits", ", ".join(f"b{int(b).bit_length() - 1} {b.name}" for b in StatusBit)),
     Signal("result_seq", "u16", "the trigger_seq (triggered) or frame sequence mod 65536 (free-run) this result answers"),
     Signal("result_code", "u16", "0 NONE, 1 PASS, 2 FAIL, 3 FAILSAFE"),
