@@ -221,6 +221,7 @@ class WriteLoop:
             if schedule.missed:  # skipped ahead: the missed slots are counted, never run in a burst
                 self.report.overrun(schedule.missed, schedule.late + schedule.missed * schedule.period)
             self.metrics.write_lateness_seconds.observe(schedule.late)
+            self._news.clear()  # the tick takes whatever news there is
             self._guarded(lambda: self._tick(now))
             # A tick that ran past the next slot gives it up: the next block keeps the grid
             # instead of following this late one at once (never bunched).
