@@ -21,8 +21,9 @@ jitter included) and falls back to the minimum only once a session has been answ
 `reconnect_reset_ms`: a PLC that accepts connections and then fails every exchange is not
 reconnected to at tick rate. A connect that nothing accepted (refused, no route: see
 `unreachable()`) cost the PLC nothing and is retried every `reconnect_min_ms` without
-touching the backoff, so a PLC that comes back is found within about that. A PLC that says the configuration does not fit it
-(`PlcConfigError`: illegal address, unknown node, missing tag) is retried at the maximum.
+touching the backoff, so a PLC that comes back is found within about that. A PLC that says
+the configuration does not fit it (`PlcConfigError`: illegal address, unknown node, missing
+tag) is retried at the maximum.
 Every log event of the link is rate-limited per target, with a suppressed count.
 
 A block carries the link session whose inputs the write loop had read when it composed it.
@@ -121,7 +122,6 @@ class PlcLink:
         self._sent: _Posted | None = None  # the block last sent
         self._t_sent = 0.0  # when the last exchange started
         self._answered = False  # the last exchange brought a reply
-        self.polls = 0
         self._final_connects = 0  # connects made for the final block
         self._final_hopeless = False  # the final block cannot be delivered: final_write stops waiting
         self._delivered = threading.Condition(threading.Lock())
@@ -248,7 +248,6 @@ class PlcLink:
             posted, self._slot = self._slot, None
         if posted is None or posted.block_id <= self._last_sent_id:
             if poll_at is not None and time.monotonic() >= poll_at and self._final_id is None:
-                self.polls += 1
                 self.metrics.plc_polls.inc()
                 return self._sent
             return None

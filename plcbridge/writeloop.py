@@ -6,6 +6,13 @@ histogram and a sample ring); a slot already due when the tick before it ends (a
 ran past it, or a wake-up a whole period behind) is given up and counted as an overrun: late
 ticks are never bunched together to catch up.
 
+Between two ticks the loop sleeps on an event that the link (a reply, a delivered block) and
+the inference stage (a decision) set. Woken, it takes the news at once (a trigger goes to the
+model now, not at the next tick) and, when an answer settled (a verdict, the next answer
+after an ack, a new free-run decision), posts it as an extra block: the last tick's
+heartbeat, at most one per period, not within EXTRA_MARGIN_S of a tick. The grid (heartbeat,
+status, staleness, lateness) is the ticks' alone.
+
 Nothing in a tick waits on the camera, the model, the log or the network. A tick reads the
 mailboxes and what the PLC link last reported (the newest inputs and the newest block known
 to have landed), has the inspection compose the block's result (plcbridge/inspection.py),
@@ -157,7 +164,6 @@ class WriteLoop:
         self._heartbeat_posted = 0  # the heartbeat of the last tick: an extra block repeats it
         self._token_posted: object = None  # what the last block posted presented
         self._extra_due = True  # no extra block posted since the last tick
-        self.extra_blocks = 0
         self._thread = threading.Thread(target=self._run, name="write-loop", daemon=True)
         self.final_write_ok: bool | None = None
         # systemd's WATCHDOG=1 is sent from this thread, so it stops when the loop stops.
@@ -282,7 +288,6 @@ class WriteLoop:
             return
         self._post(block, token, self._heartbeat_posted)
         self._extra_due = False
-        self.extra_blocks += 1
         self.metrics.plc_extra_blocks.inc()
 
     def _take_link_news(self) -> None:
