@@ -10,8 +10,9 @@ before it could be sent is skipped (counted), never queued. A reply that comes l
 one period is used, counted and its age measured; it is no reason to drop the session.
 
 Between two ticks, once no exchange has started for `plc.poll_ms` (default half a period),
-the block last sent goes out again: the same values, so nothing changes at the PLC but the
-inputs are read, and a trigger is seen within about half a period instead of a whole one.
+the inputs are read again (`PlcAdapter.read_inputs`: the block last sent, the same values,
+goes out again where reading and writing is one request), so that a trigger is seen within
+about half a period instead of a whole one.
 
 The session is dropped only on a transport error, a protocol state it cannot recover from
 (`PlcError` without `keep_session`), or when the PLC has answered nothing for
@@ -214,10 +215,10 @@ class PlcLink:
                     continue
                 delay = self._connect()
                 continue
-            posted = self._take()
-            if posted is None:
+            taken = self._take()
+            if taken is None:
                 continue
-            delay = self._exchange(posted)
+            delay = self._exchange(*taken)
 
     def _final_connect_allowed(self, delay: float) -> bool:
         """The final block's reconnect policy (FINAL_CONNECTS, FINAL_RETRY_S); when it is used
@@ -236,26 +237,27 @@ class PlcLink:
             self._final_hopeless = True
             self._delivered.notify_all()
 
-    def _take(self) -> _Posted | None:
+    def _take(self) -> tuple[_Posted, bool] | None:
         """The newest posted block; waits for one (checking for stop now and then). With no
-        new block by the poll time, the block last sent, again: a read of the inputs."""
+        new block by the poll time, the block last sent and True: read the inputs."""
         # Only after an exchange that was answered: a PLC that says it is busy is not asked more.
-        poll_at = self._t_sent + self.poll_s if self.poll_s > 0 and self._sent is not None and self._answered else None
+        last = self._sent
+        poll_at = self._t_sent + self.poll_s if self.poll_s > 0 and last is not None and self._answered else None
         with self._posted:
             if self._slot is None or self._slot.block_id <= self._last_sent_id:
                 wait = 0.1 if poll_at is None else min(0.1, max(0.0, poll_at - time.monotonic()))
                 self._posted.wait(wait)
             posted, self._slot = self._slot, None
         if posted is None or posted.block_id <= self._last_sent_id:
-            if poll_at is not None and time.monotonic() >= poll_at and self._final_id is None:
+            if last is not None and poll_at is not None and time.monotonic() >= poll_at and self._final_id is None:
                 self.metrics.plc_polls.inc()
-                return self._sent
+                return last, True
             return None
         if self._last_sent_id >= 0 and posted.block_id > self._last_sent_id + 1:
             self.metrics.plc_blocks_superseded.inc(posted.block_id - self._last_sent_id - 1)
         self._last_sent_id = posted.block_id
         self._sent = posted
-        return posted
+        return posted, False
 
     def _connect(self) -> float:
         """Build and connect a fresh adapter; the delay before the next attempt if it failed."""
@@ -290,8 +292,9 @@ class PlcLink:
         self._ever_connected = True
         return 0.0
 
-    def _exchange(self, posted: _Posted) -> float:
-        """One exchange of the newest block; the reconnect delay if the session ended."""
+    def _exchange(self, posted: _Posted, poll: bool = False) -> float:
+        """One exchange of the newest block (`poll`: a read of the inputs between ticks, the
+        block already delivered); the reconnect delay if the session ended."""
         adapter = self._adapter
         assert adapter is not None
         if posted.session != self.sessions and self.session_start is not None:
@@ -301,10 +304,13 @@ class PlcLink:
         t0 = self._t_sent = time.monotonic()
         self._answered = False
         try:
-            inputs = adapter.exchange(posted.outputs, self.link_timeout)
+            if poll:
+                inputs = adapter.read_inputs(posted.outputs, self.link_timeout)
+            else:
+                inputs = adapter.exchange(posted.outputs, self.link_timeout)
         except PlcError as e:
             t1 = time.monotonic()
-            if e.written:
+            if e.written and not poll:
                 self._mark_written(posted, t1)
                 self.on_news()
             if e.keep_session:  # the next tick's block goes out next, as after any reply
@@ -312,7 +318,7 @@ class PlcLink:
                 log_event(log, "plc_request_refused", logging.WARNING, target=adapter.describe(), reason=str(e),
                           rate_key=adapter.describe())
                 return 0.0
-            if not e.written:
+            if not e.written and not poll:
                 self._requeue(posted)
             return self._drop(adapter, e, t1 - t0)
         t1 = time.monotonic()
@@ -322,7 +328,8 @@ class PlcLink:
         self.metrics.plc_exchange_seconds.observe(took)
         if took > self.period:
             self.metrics.plc_late_exchanges.inc()
-        self._mark_written(posted, t1)
+        if not poll:
+            self._mark_written(posted, t1)
         seq = self.reply.seq + 1 if self.reply is not None else 0
         self.reply = Reply(seq, self.sessions, inputs, t0, t1, posted.block_id)
         self._answered = True

@@ -24,7 +24,8 @@ def test_triggered_every_trigger_answered_and_verdicts_match_ground_truth(make_s
     s = sim.summary()
     assert s["missing"] == 0 and s["skipped"] == 0, s
     assert s["protocol_errors"] == 0, s["recent_protocol_errors"]  # result_seq and part_id echo matched
-    assert s["results"].get("FAILSAFE", 0) == 0, s
+    # No fail-safe in service; a trigger still undecided at stop is answered by the final block.
+    assert s["results"].get("FAILSAFE", 0) == s["failsafe_faults"].get("SHUTTING_DOWN", 0) <= 1, s["failsafe_faults"]
     acc = d.journal.summary()["accuracy"]
     assert acc["labelled"] >= 40
     assert acc["agreement"] >= 0.9, acc

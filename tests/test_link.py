@@ -269,7 +269,7 @@ def test_between_ticks_the_inputs_are_read_again_with_the_block_last_sent():
     finally:
         link.close()
     assert 8 <= polls <= 25, polls
-    assert set(script.sent) == {7}  # the same block each time, never anything the write loop did not post
+    assert set(script.sent) == {7}  # the same block each time (the default read_inputs), never anything not posted
     assert link.reply is not None and link.reply.seq >= polls  # every read handed over as a reply
 
 

@@ -91,6 +91,13 @@ class PlcAdapter(abc.ABC):
         the write is known to have landed) on any failure.
         """
 
+    def read_inputs(self, outputs: Outputs, timeout_s: float) -> Inputs:
+        """Read the input block between two ticks (plc.poll_ms). `outputs` is the block last
+        sent: the default sends it again in an ordinary exchange, the same values, which is
+        one round trip where the protocol reads and writes in one request (Modbus FC23). An
+        adapter whose write costs a request of its own reads alone (OPC UA). Raise PlcError."""
+        return self.exchange(outputs, timeout_s)
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release the connection; must not raise."""
