@@ -75,6 +75,28 @@ def test_a_restarted_plc_is_shown_nothing_decided_for_its_previous_run(tmp_path)
     assert sum(summary["results"].values()) >= 1, summary
 
 
+def test_the_final_write_to_a_plc_that_is_gone_makes_a_few_connects_not_a_burst():
+    from plcbridge.link import FINAL_CONNECTS
+
+    proc, port = start_simulator("triggered", 10.0)
+    try:
+        with running(station_config(port, "triggered")) as d:
+            wait_for(lambda: d.link.connected, 30, "connected")
+            proc.kill()
+            proc.wait()
+            wait_for(lambda: not d.link.connected, 5, "the loss to be noticed")
+            before = read_metric(d, "plcbridge_plc_errors_total", kind="connect")
+            t0 = time.monotonic()
+        took = time.monotonic() - t0  # the stop: the final write against a closed port
+        during_stop = read_metric(d, "plcbridge_plc_errors_total", kind="connect") - before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert d.loop.final_write_ok is False and d.link.final_connects == FINAL_CONNECTS, d.link.final_connects
+    assert during_stop <= FINAL_CONNECTS + 1, during_stop  # + a refused probe already under way; it was 20
+    assert took < 2.0, took
+
+
 def test_a_plc_back_after_an_outage_is_reconnected_within_a_second():
     """While the PLC is gone its port refuses: looked for every reconnect_min_ms, never with a
     backoff grown through the outage (which gave 2.6-3.1 s here)."""
