@@ -413,6 +413,10 @@ class TriggeredInspection:
                 and now - nxt.request.t_seen >= self.due_after:
             done = True  # written once; the answer behind it would miss result_timeout_ms
             self.metrics.result_holds_cut.inc()
+            log_event(log, "result_hold_cut", logging.WARNING, trigger_seq=p.request.trigger_seq,
+                      next_trigger_seq=nxt.request.trigger_seq, held_ms=round((now - p.t_first_written) * 1000, 1),
+                      reason="no ack, and the next answer is due within timing.result_timeout_ms: this one was "
+                             "on the outputs for less than timing.result_hold_ms", rate_key="hold_cut")
         if done and nxt is not None:
             self.presenting = p = self.slots.popleft()
             if not p.journaled:  # a collapsed run is journaled once, when it stops growing
