@@ -105,8 +105,9 @@ def test_after_a_stuck_edge_without_acks_every_answer_still_goes_out_within_the_
         d.stop()
     s = sim.summary()
     assert s["unaccounted"] == 0 and s["protocol_errors"] == 0 and s["missing"] == 0, s
-    # From the PLC raising it: the bridge reads it within half a period, then result_timeout_ms (500).
-    assert s["latency_ms"]["max"] <= 500 + 15, s["latency_ms"]
+    # From the PLC raising it: read within half a period, then result_timeout_ms (500), and a
+    # few periods for a loop that a busy machine wakes late (the old code gave > 1 s and missing).
+    assert s["latency_ms"]["max"] <= 500 + 50, s["latency_ms"]
     assert cut > 0, cut
 
 
