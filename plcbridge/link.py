@@ -134,8 +134,9 @@ class PlcLink:
         # What a block composed before the current session's first reply becomes on the wire
         # (the write loop sets it from its inspection: TriggeredInspection.session_start).
         self.session_start: Callable[[Outputs], Outputs] | None = None
-        # Called on the link thread after each exchange that brought news (a reply, a block
-        # delivered): the write loop's wake-up, so it acts on a trigger or an ack at once.
+        # Called on the link thread after a reply whose inputs changed (a trigger, an ack) or
+        # that began a session: the write loop's wake-up, so that it acts on it at once. Replies
+        # that say nothing new wait for the next tick: no work between ticks for them.
         self.on_news: Callable[[], None] = lambda: None
         self.last_error: str | None = None
         self.exchanges = 0
@@ -312,7 +313,6 @@ class PlcLink:
             t1 = time.monotonic()
             if e.written and not poll:
                 self._mark_written(posted, t1)
-                self.on_news()
             if e.keep_session:  # the next tick's block goes out next, as after any reply
                 self.metrics.plc_errors.labels("refused").inc()
                 log_event(log, "plc_request_refused", logging.WARNING, target=adapter.describe(), reason=str(e),
@@ -330,10 +330,12 @@ class PlcLink:
             self.metrics.plc_late_exchanges.inc()
         if not poll:
             self._mark_written(posted, t1)
-        seq = self.reply.seq + 1 if self.reply is not None else 0
+        previous = self.reply
+        seq = previous.seq + 1 if previous is not None else 0
         self.reply = Reply(seq, self.sessions, inputs, t0, t1, posted.block_id)
         self._answered = True
-        self.on_news()
+        if previous is None or previous.inputs != inputs or previous.session != self.sessions:
+            self.on_news()  # a trigger, an ack, a new session: the write loop acts on it now
         return 0.0
 
     def _requeue(self, posted: _Posted) -> None:

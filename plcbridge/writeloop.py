@@ -6,8 +6,8 @@ histogram and a sample ring); a slot already due when the tick before it ends (a
 ran past it, or a wake-up a whole period behind) is given up and counted as an overrun: late
 ticks are never bunched together to catch up.
 
-Between two ticks the loop sleeps on an event that the link (a reply, a delivered block) and
-the inference stage (a decision) set. Woken, it takes the news at once (a trigger goes to the
+Between two ticks the loop sleeps on an event that the link (a reply with new inputs: a
+trigger, an ack, a new session) and the inference stage (a decision) set. Woken, it takes the news at once (a trigger goes to the
 model now, not at the next tick) and, when an answer settled (a verdict, the next answer
 after an ack, a new free-run decision), posts it as an extra block: the last tick's
 heartbeat, at most one per period, not within EXTRA_MARGIN_S of a tick. The grid (heartbeat,
@@ -155,7 +155,7 @@ class WriteLoop:
         self._t_prev_sent: float | None = None  # its request time
         self._written_id = -1  # the last delivered block handed to the inspection
         self._stop = threading.Event()
-        # Set by the link (a reply, a delivered block) and the inference stage (a decision):
+        # Set by the link (a reply with new inputs) and the inference stage (a decision):
         # between two ticks the loop wakes on it, takes the news at once and, if an answer
         # settled, posts it as an extra block (at most one per period, see _between_ticks).
         self._news = threading.Event()

@@ -88,7 +88,9 @@ def test_hardware_trigger_pairs_each_frame_with_its_own_trigger_even_on_a_rude_w
     sim = make_sim("triggered", protocol="loop", trigger_hz=5, device={"camera_line.port": port, **line})
     raised: dict[int, float] = {}
     sim.program.add_trigger_listener(lambda seq, t: raised.setdefault(seq, t))
-    cfg = station_config(sim, "triggered", camera={"trigger": "hardware", "trigger_port": port})
+    # 60 ms from the edge to the frame: the synthetic camera renders after each pulse, which a
+    # busy test machine can stretch past the 20 ms default (triggers are 200 ms apart).
+    cfg = station_config(sim, "triggered", camera={"trigger": "hardware", "trigger_port": port, "trigger_latency_ms": 60})
     d, seen = _recording_daemon(cfg)
     try:
         wait_for(lambda: sum(sim.summary()["results"].values()) >= 16, 30, "16 answered triggers")
@@ -98,7 +100,7 @@ def test_hardware_trigger_pairs_each_frame_with_its_own_trigger_even_on_a_rude_w
     # Each judged frame was taken by the pulse of its own trigger: within a few ms of it, and
     # never the next part's (triggers are 200 ms apart).
     for x in judged:
-        assert 0 <= x.t_capture - raised[x.request.trigger_seq] < 0.05, (x.request.trigger_seq, x.t_capture)
+        assert 0 <= x.t_capture - raised[x.request.trigger_seq] < 0.1, (x.request.trigger_seq, x.t_capture)
     assert len({x.frame_seq for x in judged}) == len(judged)
     s = sim.summary()
     assert s["missing"] == 0 and s["protocol_errors"] == 0, s
