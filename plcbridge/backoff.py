@@ -67,14 +67,20 @@ class Reconnector:
     def failed(self, *, at_maximum: bool = False) -> float:
         """The delay before the next attempt; ends the session. `at_maximum`: a failure that
         retrying soon cannot cure (the peer refuses the configuration)."""
-        if self.answers and self.session_s() >= self.reset_after_s:
-            self.backoff.reset()  # a session that answered for a good while: start small again
-        self._t_opened, self.answers = None, 0
+        self._end_session()
         return self.backoff.maximum() if at_maximum else self.backoff.next()
 
     def absent(self) -> float:
-        """The delay before looking again for a peer that accepted nothing: the minimum."""
+        """The delay before looking again for a peer that accepted nothing (or that vanished
+        from a session: a camera whose folder was emptied): the minimum. Ends the session
+        like `failed()`, so a long one still starts the doubling over."""
+        self._end_session()
         return self.backoff.minimum()
+
+    def _end_session(self) -> None:
+        if self.answers and self.session_s() >= self.reset_after_s:
+            self.backoff.reset()  # a session that answered for a good while: start small again
+        self._t_opened, self.answers = None, 0
 
     def wait(self, delay: float) -> bool:
         """Sleep `delay` seconds or until woken; True if woken."""

@@ -7,10 +7,11 @@ ran past it, or a wake-up a whole period behind) is given up and counted as an o
 ticks are never bunched together to catch up.
 
 Between two ticks the loop sleeps on an event that the link (a reply with new inputs: a
-trigger, an ack, a new session) and the inference stage (a decision) set. Woken, it takes the news at once (a trigger goes to the
-model now, not at the next tick) and, when an answer settled (a verdict, the next answer
-after an ack, a new free-run decision), posts it as an extra block: the last tick's
-heartbeat, at most one per period, not within EXTRA_MARGIN_S of a tick. The grid (heartbeat,
+trigger, an ack, a new session) and the inference stage (a decision) set. Woken, it takes
+the news at once (a trigger goes to the model now, not at the next tick) and, when an answer
+settled (a verdict, the next answer after an ack, a new free-run decision), posts it as an
+extra block: the last tick's heartbeat, at most one per period, not within EXTRA_MARGIN_S
+before a tick. The grid (heartbeat,
 status, staleness, lateness) is the ticks' alone.
 
 Nothing in a tick waits on the camera, the model, the log or the network. A tick reads the
@@ -211,8 +212,8 @@ class WriteLoop:
                   max_input_age_ms=self.config.plc.max_input_age_ms, link_timeout_ms=self.config.plc.link_timeout_ms)
         schedule = self.schedule
         self._started = schedule.start()
-        # Extra blocks stop this long before a tick: the tick carries the answer instead, and
-        # two blocks never go out back to back.
+        # Extra blocks stop this long before a tick: the tick carries the answer instead of
+        # following an extra block at once.
         margin = min(EXTRA_MARGIN_S, schedule.period / 4)
         while not self._stop.is_set():
             delay = schedule.deadline - time.monotonic()

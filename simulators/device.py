@@ -39,9 +39,10 @@ class ProgramSettings(Strict):
 
     Besides the line's rate (`trigger_hz`, `max_outstanding`: above 1 with a rate faster than
     the camera is the "triggers faster than the camera" scenario), scenarios to rehearse:
-    `early_first_trigger`, `wait_trigger_ready`, a program that never acks (`ack` false), one PLC restart `restart_after_s` after the
-    bridge's first write, and a stuck trigger edge from `stuck_trigger_after_s` after the first
-    write for `stuck_trigger_for_s` (simulators/program.py; devices/default.toml explains each).
+    `early_first_trigger`, `wait_trigger_ready`, a program that never acks (`ack` false), one
+    PLC restart `restart_after_s` after the bridge's first write, and a stuck trigger edge from
+    `stuck_trigger_after_s` after the first write for `stuck_trigger_for_s`
+    (simulators/program.py; devices/default.toml explains each).
     """
 
     mode: Literal["triggered", "free-run"] = "triggered"

@@ -55,6 +55,18 @@ def test_an_absent_peer_is_looked_for_at_the_minimum_and_the_doubling_is_kept(cl
     assert _doubled(r.failed(), 1.6)
 
 
+def test_a_long_session_that_ends_with_the_peer_gone_starts_the_doubling_over(clock):
+    r = Reconnector(0.1, 5.0, threading.Event(), reset_after_s=10.0)
+    for _ in range(4):
+        r.failed()  # 0.1 .. 0.8: the next would be 1.6
+    r.opened()
+    r.answered()
+    clock.t += 60  # a minute of frames, then the folder is emptied
+    assert 0.1 <= r.absent() <= 0.12
+    r.opened()  # back, but failing at once: from the minimum, not from 1.6
+    assert _doubled(r.failed(), 0.1)
+
+
 def test_the_backoff_starts_over_only_after_a_session_answered_for_reset_after(clock):
     r = Reconnector(0.1, 10.0, threading.Event(), reset_after_s=5.0)
     for _ in range(4):
