@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from plcbridge.config import Config, ConfigError, load_config
-from plcbridge.contract import StatusBit
 from plcbridge.endpoint import HealthServer
 from plcbridge.inspection import FreeRunInspection, Health, TriggeredInspection
 from plcbridge.journal import Journal
@@ -115,7 +114,7 @@ class Daemon:
         return self.loop.alive and t is not None and time.monotonic() - t < 1.0
 
     def ready(self) -> bool:
-        return self.live() and bool(self.loop.status & StatusBit.READY)
+        return self.live() and self.loop.report.ready
 
     def status_line(self) -> str:
         """One human line for systemd's STATUS= (what `systemctl status` shows)."""

@@ -27,12 +27,17 @@ the configuration does not fit it (`PlcConfigError`: illegal address, unknown no
 tag) is retried at the maximum.
 Every log event of the link is rate-limited per target, with a suppressed count.
 
-A block carries the link session whose inputs the write loop had read when it composed it.
-A block composed before the current session's first reply (the write loop has not yet seen
-what the PLC on the other end says) goes out as `session_start` makes it: on a triggered
-station, without any answer, since the PLC may have restarted and an answer held for its
-previous run must never reach the new one (docs/plc-interface.md, "Start, reconnect and PLC
-restart").
+Every session begins with a read (`PlcAdapter.read`: the input block, nothing written), before
+its first write. A block carries the link session whose inputs the write loop had read when it
+composed it, and a block composed before the current session's first read (the write loop had
+not yet seen what the PLC on the other end says) is not sent: the read wakes the write loop,
+which composes a block from it at once (or at the next tick), and that is the session's first
+write. So the first block a PLC is shown on a session is composed from its own inputs: no
+answer held for a previous run of a restarted PLC, and no PLC_INPUTS_STALE that is not true.
+Only the final block is never held back; if it was composed before the read, or the adapter
+cannot read alone, it goes out as `session_start` makes it: on a triggered station without
+any answer, since the PLC may have restarted and an answer held for its previous run must
+never reach the new one (docs/plc-interface.md, "Start, reconnect and PLC restart").
 
 What the write loop reads are two immutable records, replaced whole (an attribute
 assignment is atomic), so it never takes a lock the link thread could hold:
@@ -97,7 +102,9 @@ class _Posted:
     block_id: int
     outputs: Outputs
     token: Any
-    session: int  # the link session whose inputs the write loop had read when it composed it
+    # The link session whose inputs the write loop had read when it composed it (-1: none
+    # yet); None: the sender does not track sessions, and the block is sent as it is.
+    session: int | None
 
 
 class PlcLink:
@@ -128,6 +135,7 @@ class PlcLink:
         self._delivered = threading.Condition(threading.Lock())
         self._ever_connected = False
         self.sessions = 0
+        self._written_session = 0  # the last session on which a block reached the PLC
         self._last_sent_id = -1
         self.reply: Reply | None = None
         self.written: Written | None = None
@@ -147,6 +155,14 @@ class PlcLink:
         return self._adapter is not None
 
     @property
+    def delivering(self) -> bool:
+        """A block has reached the PLC on the current session (its write was answered). A
+        session's first read comes before its first write: until the write is answered, the
+        bridge does not know that this PLC takes its blocks (one that refuses the output
+        addresses answers reads all the same), and READY is not reported as written."""
+        return self._adapter is not None and self._written_session == self.sessions
+
+    @property
     def adapter(self) -> PlcAdapter | None:
         """The adapter of the current session (None between sessions), for diagnostics and
         tests: read its state (describe(), ModbusAdapter.fc23); only the link thread calls it."""
@@ -158,15 +174,15 @@ class PlcLink:
 
     # ------------------------------------------------------------------ write loop side
 
-    def post(self, block_id: int, outputs: Outputs, token: Any = None, session: int = -1) -> None:
+    def post(self, block_id: int, outputs: Outputs, token: Any = None, session: int | None = None) -> None:
         """Offer the newest block, composed knowing the inputs of link session `session` (the
-        `Reply.session` of the newest reply the write loop had taken). Never blocks beyond a
-        lock held for a few instructions."""
+        `Reply.session` of the newest reply the write loop had taken; -1 before any). Never
+        blocks beyond a lock held for a few instructions."""
         with self._posted:
             self._slot = _Posted(block_id, outputs, token, session)
             self._posted.notify()
 
-    def final_write(self, block_id: int, outputs: Outputs, budget_s: float, session: int = -1) -> bool:
+    def final_write(self, block_id: int, outputs: Outputs, budget_s: float, session: int | None = None) -> bool:
         """Deliver the last block within `budget_s`, reconnecting at once if need be.
         True once it is known to have reached the PLC (its write was answered)."""
         end = time.monotonic() + budget_s
@@ -249,6 +265,8 @@ class PlcLink:
                 wait = 0.1 if poll_at is None else min(0.1, max(0.0, poll_at - time.monotonic()))
                 self._posted.wait(wait)
             posted, self._slot = self._slot, None
+            if posted is not None and self._before_first_read(posted):
+                posted = None  # superseded by the block composed from this session's read, next
         if posted is None or posted.block_id <= self._last_sent_id:
             if last is not None and poll_at is not None and time.monotonic() >= poll_at and self._final_id is None:
                 self.metrics.plc_polls.inc()
@@ -259,6 +277,13 @@ class PlcLink:
         self._last_sent_id = posted.block_id
         self._sent = posted
         return posted, False
+
+    def _before_first_read(self, posted: _Posted) -> bool:
+        """Composed before this session's first read, which has been made: held back (not the
+        final block, which has nothing newer to wait for)."""
+        r = self.reply
+        return (posted.session is not None and posted.session != self.sessions and posted.block_id != self._final_id
+                and r is not None and r.session == self.sessions)
 
     def _connect(self) -> float:
         """Build and connect a fresh adapter; the delay before the next attempt if it failed."""
@@ -291,6 +316,25 @@ class PlcLink:
             self.metrics.plc_reconnects.inc()
         log_event(log, "plc_connected", logging.INFO, target=target, reconnect=self._ever_connected, rate_key=target)
         self._ever_connected = True
+        self._sent, self._answered = None, False  # no reads between ticks before this session's first write
+        return self._first_read(adapter)
+
+    def _first_read(self, adapter: PlcAdapter) -> float:
+        """The session's first request: read the inputs, write nothing (see the module's
+        docstring); the reconnect delay if the session ended."""
+        t0 = time.monotonic()
+        try:
+            inputs = adapter.read(self.link_timeout)
+        except PlcError as e:
+            if e.keep_session:  # busy: the session's first exchange reads instead
+                self.metrics.plc_errors.labels("refused").inc()
+                log_event(log, "plc_request_refused", logging.WARNING, target=adapter.describe(), reason=str(e),
+                          rate_key=adapter.describe())
+                return 0.0
+            return self._drop(adapter, e, time.monotonic() - t0)
+        if inputs is not None:
+            self._retry.answered()
+            self._replied(inputs, t0, time.monotonic(), self._last_sent_id)
         return 0.0
 
     def _exchange(self, posted: _Posted, poll: bool = False) -> float:
@@ -298,9 +342,10 @@ class PlcLink:
         block already delivered); the reconnect delay if the session ended."""
         adapter = self._adapter
         assert adapter is not None
-        if posted.session != self.sessions and self.session_start is not None:
-            # Composed before this session's inputs were read: the PLC on the other end may
-            # have restarted, so nothing decided for an earlier session goes out on it.
+        if posted.session is not None and posted.session != self.sessions and self.session_start is not None:
+            # The final block composed before this session's inputs were read (or an adapter
+            # that cannot read alone): the PLC on the other end may have restarted, so nothing
+            # decided for an earlier session goes out on it.
             posted = _Posted(posted.block_id, self.session_start(posted.outputs), None, posted.session)
         t0 = self._t_sent = time.monotonic()
         self._answered = False
@@ -330,13 +375,16 @@ class PlcLink:
             self.metrics.plc_late_exchanges.inc()
         if not poll:
             self._mark_written(posted, t1)
+        self._replied(inputs, t0, t1, posted.block_id)
+        self._answered = True
+        return 0.0
+
+    def _replied(self, inputs: Inputs, t0: float, t1: float, block_id: int) -> None:
         previous = self.reply
         seq = previous.seq + 1 if previous is not None else 0
-        self.reply = Reply(seq, self.sessions, inputs, t0, t1, posted.block_id)
-        self._answered = True
+        self.reply = Reply(seq, self.sessions, inputs, t0, t1, block_id)
         if previous is None or previous.inputs != inputs or previous.session != self.sessions:
             self.on_news()  # a trigger, an ack, a new session: the write loop acts on it now
-        return 0.0
 
     def _requeue(self, posted: _Posted) -> None:
         """A block that did not reach the PLC goes out again on the next exchange (after a
@@ -348,6 +396,7 @@ class PlcLink:
                 self._last_sent_id = posted.block_id - 1
 
     def _mark_written(self, posted: _Posted, t: float) -> None:
+        self._written_session = self.sessions
         with self._delivered:
             self.written = Written(posted.block_id, posted.token, t)
             self._delivered.notify_all()

@@ -120,8 +120,15 @@ class StatusReport:
             log_status_change(self.status, status, fault)
         self.status = status
         self.fault = FaultCode(fault)
-        self.metrics.ready.set(1 if status & StatusBit.READY else 0)
+        self.metrics.ready.set(1 if self.ready else 0)
         self.metrics.camera_ok.set(1 if camera_ok else 0)
+
+    @property
+    def ready(self) -> bool:
+        """READY is written: the last block composed says READY, and blocks reach the PLC on
+        this session (the first read of a session comes before its first write, and a PLC
+        may answer reads and refuse writes)."""
+        return bool(self.status & StatusBit.READY) and self._link.delivering
 
     def overrun(self, missed: int, behind_s: float) -> None:
         self.metrics.write_overruns.inc(missed)
@@ -164,6 +171,7 @@ class WriteLoop:
         self._block_id = 0  # every block posted, ticks and extras: the link sends the newest
         self._heartbeat_posted = 0  # the heartbeat of the last tick: an extra block repeats it
         self._token_posted: object = None  # what the last block posted presented
+        self._session_posted = -1  # the link session whose inputs the last block posted was composed from
         self._extra_due = True  # no extra block posted since the last tick
         self._thread = threading.Thread(target=self._run, name="write-loop", daemon=True)
         self.final_write_ok: bool | None = None
@@ -263,6 +271,7 @@ class WriteLoop:
         self.link.post(self._block_id, dataclasses.replace(block, heartbeat=heartbeat), token, self._session)
         self._block_id += 1
         self._token_posted = token
+        self._session_posted = self._session
 
     def _tick(self, now: float) -> None:
         block, token = self._compose(now)
@@ -279,13 +288,15 @@ class WriteLoop:
     def _between_ticks(self) -> None:
         """Woken by news between two ticks: a trigger read is handed to the inference stage
         now, and an answer that settled (a verdict, the next answer after an ack, a new
-        free-run decision) goes out now as an extra block instead of at the next tick. The
-        grid is untouched: an extra block repeats the last tick's heartbeat, at most one
-        goes out per period, and the link still sends only the newest block, one exchange
-        at a time."""
+        free-run decision) goes out now as an extra block instead of at the next tick, and
+        so does the first block of a new link session (the link holds back the blocks
+        composed before its first read). The grid is untouched: an extra block repeats the
+        last tick's heartbeat, at most one goes out per period, and the link still sends
+        only the newest block, one exchange at a time."""
         now = time.monotonic()
         block, token = self._compose(now)
-        if token is None or token is self._token_posted or not self._extra_due:
+        settled = token is not None and token is not self._token_posted
+        if not self._extra_due or not (settled or self._session != self._session_posted):
             return
         self._post(block, token, self._heartbeat_posted)
         self._extra_due = False

@@ -92,10 +92,12 @@ class LoopSimulator(ThreadedFrontend):
                 self.program.tick(time.monotonic())
             await asyncio.sleep(TICK_S)
 
-    def _exchange(self, outputs: Outputs, t: float) -> Inputs:
-        """One exchange (the channel holds the program's lock): the write, then the read."""
+    def _exchange(self, outputs: Outputs | None, t: float) -> Inputs:
+        """One exchange (the channel holds the program's lock): the write, then the read;
+        without outputs, the read alone."""
         try:
-            self.program.on_outputs(outputs, t)
+            if outputs is not None:
+                self.program.on_outputs(outputs, t)
             return self.program.inputs
         except Exception as e:
             log.exception("simulated PLC failed on an exchange")

@@ -134,7 +134,13 @@ def test_exception_responses_back_off_log_once_per_window_and_readyz_says_503(ma
             wait_for(lambda: read_metric(d, "plcbridge_plc_errors_total", kind="config") >= 1, 30, "the first refusal")
             t0 = time.monotonic()
             n0 = sim.summary()["network"]["connections_accepted"]
-            time.sleep(3.5)
+            # Each connect's first read is answered (the inputs map); never READY for it: not
+            # one block reaches this PLC.
+            ready_seen = 0
+            while time.monotonic() - t0 < 3.5:
+                ready_seen += d.ready() or read_metric(d, "plcbridge_ready") == 1
+                time.sleep(0.005)
+            assert ready_seen == 0
             connects = sim.summary()["network"]["connections_accepted"] - n0
             with pytest.raises(urllib.error.HTTPError) as e:
                 urllib.request.urlopen(f"http://127.0.0.1:{d.http.port}/readyz", timeout=5)

@@ -19,6 +19,7 @@ class FakeLink:
     the reply unless `answering` is off (a PLC that has gone quiet)."""
 
     connected = True
+    delivering = True
     last_error = None
     sessions = 1
 

@@ -91,6 +91,14 @@ class PlcAdapter(abc.ABC):
         the write is known to have landed) on any failure.
         """
 
+    def read(self, timeout_s: float) -> Inputs | None:
+        """Read the input block and write nothing. The link makes this read first on every
+        new session, before its first write, so that the first block a PLC is shown on a
+        session is composed from what that PLC says now (a restarted PLC is never shown an
+        answer meant for its previous run, nor a block saying the inputs are stale). None:
+        this adapter cannot read without writing; the session's first exchange reads."""
+        return None
+
     def read_inputs(self, outputs: Outputs, timeout_s: float) -> Inputs:
         """Read the input block between two ticks (plc.poll_ms). `outputs` is the block last
         sent: the default sends it again in an ordinary exchange, the same values, which is

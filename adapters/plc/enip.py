@@ -138,14 +138,29 @@ class EnipAdapter(PlcAdapter):
             raise
         except Exception as e:
             raise PlcError(_reason(e), written=written) from e
+        return self._decode(read, written=True)
+
+    def read(self, timeout_s: float) -> Inputs:
+        """One Multiple Service Packet reading the input tags, nothing written."""
+        driver = self._driver
+        if driver is None or driver._sock is None:
+            raise PlcError("not connected")
+        try:
+            driver._sock.sock.settimeout(timeout_s)
+            read = driver.read(*self._in_tags)
+        except Exception as e:
+            raise PlcError(_reason(e)) from e
+        return self._decode(read, written=False)
+
+    def _decode(self, read: Any, *, written: bool) -> Inputs:
         results = read if isinstance(read, list) else [read]
         if len(results) != len(INPUT_TAGS):
-            raise PlcError(f"read of {len(INPUT_TAGS)} input tags returned {len(results)} results", written=True)
+            raise PlcError(f"read of {len(INPUT_TAGS)} input tags returned {len(results)} results", written=written)
         raw: dict[str, int | float] = {}
         for spec, tag in zip(INPUT_TAGS, results):
             if tag.error or tag.value is None:
                 _raise_refused(f"read of input tag {tag.tag!r} failed: {tag.error}", tag.error or "",
-                               "plc.enip.input_tags", written=True)
+                               "plc.enip.input_tags", written=written)
             raw[spec.signal.name] = tag.value
         return decode_inputs(raw)
 

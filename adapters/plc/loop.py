@@ -36,7 +36,13 @@ class LoopAdapter(PlcAdapter):
                            f"in this process; attached: {there}")
         self._attachment = attachment
 
+    def read(self, timeout_s: float) -> Inputs:
+        return self._step(None, timeout_s)
+
     def exchange(self, outputs: Outputs, timeout_s: float) -> Inputs:
+        return self._step(outputs, timeout_s)
+
+    def _step(self, outputs: Outputs | None, timeout_s: float) -> Inputs:
         attachment = self._attachment
         if attachment is None:
             raise PlcError("not connected")

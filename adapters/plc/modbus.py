@@ -100,6 +100,21 @@ class ModbusAdapter(PlcAdapter):
         except (ModbusException, OSError, ValueError) as e:
             raise PlcError(f"no answer to the first read of the input block: {type(e).__name__}: {e}") from e
 
+    def read(self, timeout_s: float) -> Inputs:
+        """FC3 of the input block alone."""
+        client = self._client
+        if client is None:
+            raise PlcError("not connected")
+        try:
+            client.comm_params.timeout_connect = timeout_s
+            rr = client.read_holding_registers(self.map.inputs_base, count=self.map.inputs_count, device_id=self.device_id)
+            self._check(rr, "read", 3)
+            return self.map.decode_inputs(list(rr.registers))
+        except PlcError:
+            raise
+        except (ModbusException, OSError, ValueError) as e:
+            raise PlcError(f"{type(e).__name__}: {e}") from e
+
     def exchange(self, outputs: Outputs, timeout_s: float) -> Inputs:
         client = self._client
         if client is None:

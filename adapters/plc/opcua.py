@@ -227,9 +227,13 @@ class OpcUaAdapter(PlcAdapter):
             raise PlcError(str(e)) from None
         return self._run(lambda written: self._exchange(values, written), timeout_s)
 
+    def read(self, timeout_s: float) -> Inputs:
+        """The Read request of the input nodes alone."""
+        return self._run(lambda _written: self._read(), timeout_s)
+
     def read_inputs(self, outputs: Outputs, timeout_s: float) -> Inputs:
         """The Read request alone: a read between ticks costs one OPC UA request, not two."""
-        return self._run(lambda _written: self._read(), timeout_s)
+        return self.read(timeout_s)
 
     def _run(self, step: Callable[[list[bool]], Coroutine[Any, Any, tuple[int, ...]]], timeout_s: float) -> Inputs:
         loop = self._loop

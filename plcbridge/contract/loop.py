@@ -10,7 +10,8 @@ the output block and of the input block, every signal checked against its type
 
 One exchange is one step of the attached program, under the lock the program runs under:
 the output block is handed over first (the write), then the input block is read (the read),
-so the inputs returned already reflect this very write, as with a Modbus FC23. A channel
+so the inputs returned already reflect this very write, as with a Modbus FC23. An exchange
+without an output block (None) is a read alone, as a session's first read is. A channel
 stays attached until its owner detaches it (the simulated PLC stopped) or renews it (the PLC
 restarted: a fresh attachment under the same name). Either way the old attachment is closed
 and every exchange on it raises `ChannelClosed`: a session on a PLC that went away is over,
@@ -29,8 +30,9 @@ from collections.abc import Callable
 
 from plcbridge.contract import INPUT_SIGNALS, OUTPUT_SIGNALS, Inputs, Outputs, check_range
 
-#: What an owner attaches: (the output block, time.monotonic() of its arrival) -> the input block.
-Serve = Callable[[Outputs, float], Inputs]
+#: What an owner attaches: (the output block, or None for a read alone; time.monotonic() of
+#: its arrival) -> the input block.
+Serve = Callable[[Outputs | None, float], Inputs]
 
 
 class ChannelBusy(ValueError):
@@ -67,13 +69,14 @@ class Attachment:
     def attached(self) -> bool:
         return self._open
 
-    def exchange(self, outputs: Outputs, timeout_s: float) -> Inputs:
-        """Hand the output block to the program, then return its input block, as one step
-        under the program's lock. Raises ChannelClosed when this attachment is over,
-        TimeoutError when the program's lock is not free within `timeout_s`, ValueError for an
-        output value out of its signal's range (nothing delivered), InvalidInputs for such an
-        input value (the outputs were delivered); whatever the program raises is raised as is."""
-        block = _wire_outputs(outputs)
+    def exchange(self, outputs: Outputs | None, timeout_s: float) -> Inputs:
+        """Hand the output block to the program (None: none, a read alone), then return its
+        input block, as one step under the program's lock. Raises ChannelClosed when this
+        attachment is over, TimeoutError when the program's lock is not free within
+        `timeout_s`, ValueError for an output value out of its signal's range (nothing
+        delivered), InvalidInputs for such an input value (the outputs were delivered);
+        whatever the program raises is raised as is."""
+        block = None if outputs is None else _wire_outputs(outputs)
         if not self._open:
             raise ChannelClosed(self._closed_text())
         if not self._lock.acquire(timeout=max(timeout_s, 0.0)):
