@@ -92,13 +92,13 @@ class Daemon:
         self.loop = WriteLoop(config, self.link, self.inspection, self.health, drain, self.metrics,
                               watchdog=self.notifier.watchdog, watchdog_interval_s=self.notifier.watchdog_interval_s)
         self.worker.on_decision = self.loop.wake  # a settled answer goes out without waiting for the tick
+        self.worker.on_camera_fault = self.grab.failed
         self.http: HealthServer | None = None
         self.started_at: float | None = None
         self._stall_s = config.camera.stall_timeout_ms / 1000
 
     def health(self, now: float) -> Health:
-        last = self.grab.alive_at
-        return Health(last is not None and now - last < self._stall_s, self.worker.model_ok, self.worker.model_version)
+        return Health(self.grab.ok(now, self._stall_s), self.worker.model_ok, self.worker.model_version)
 
     def _drain_decisions(self, answer: Callable[[Decision], None]) -> None:
         """Triggered mode, each write tick: every decision the worker made since the last."""

@@ -62,6 +62,17 @@ def health_fault(h: Health) -> FaultCode:
     return FaultCode.NONE
 
 
+def answer_health(h: Health, fault: FaultCode) -> Health:
+    """The health stated beside an answer with this fault: CAMERA_FAULT with CAMERA_OK clear
+    (so READY and TRIGGER_READY too), MODEL_NOT_READY with MODEL_OK clear. The fault table
+    promises the PLC exactly that ("READY is cleared, stop triggering")."""
+    if fault is FaultCode.CAMERA_FAULT and h.camera_ok:
+        return dataclasses.replace(h, camera_ok=False)
+    if fault is FaultCode.MODEL_NOT_READY and h.model_ok:
+        return dataclasses.replace(h, model_ok=False)
+    return h
+
+
 def status_fault(h: Health) -> FaultCode:
     """The fault a block reports when it carries no fail-safe of its own."""
     if not h.plc_ok:
@@ -144,6 +155,11 @@ class FreeRunInspection:
 
     def on_inputs(self, inputs: Inputs, now: float, new_session: bool = False, t_after: float | None = None) -> None:
         pass
+
+    @staticmethod
+    def stated_health(health: Health) -> Health:
+        """A free-run fail-safe says CAMERA_FAULT or MODEL_NOT_READY only when the health does."""
+        return health
 
     def shutdown(self, now: float) -> Outputs:
         return shutdown_block(self.fs, self._last.result_seq, self._last.model_version)  # no trigger waits
@@ -424,6 +440,18 @@ class TriggeredInspection:
         if p is None or p.decision is None:
             return Outputs(fault_code=block_fault(health), model_version=health.model_version), None
         return block_for(p.decision, p.request.trigger_seq, p.request.part_id, self.fs, health), p
+
+    def stated_health(self, health: Health) -> Health:
+        """The health the block just composed states: the station's, except while an answer
+        not yet delivered says CAMERA_FAULT or MODEL_NOT_READY (answer_health). The camera's
+        own failures clear CAMERA_OK at once (GrabLoop.failed), but a CAMERA_FAULT this class
+        settles at the result timeout may come before the stall timeout has said so: the
+        block that first brings the PLC the answer still says it. Later blocks follow the
+        station again, so a camera that works again is not hidden behind an old answer."""
+        p = self.presenting
+        if p is None or p.decision is None or p.t_first_written is not None:
+            return health
+        return answer_health(health, p.decision.fault)
 
     def written(self, token: Any, t: float) -> None:
         p = token

@@ -59,6 +59,7 @@ class GrabLoop:
         self._stop = threading.Event()
         self._asked: queue.Queue[object] = queue.Queue(maxsize=1 + config.timing.trigger_queue)
         self._alive_at: float | None = None  # software: the source was last seen working (idle or grabbing)
+        self._failed_at = -math.inf  # the source (or a trigger's missing frame) last said the camera failed
         self._give_up_s = config.timing.result_timeout_ms / 1000  # a request older than this has its fail-safe
         self._thread = threading.Thread(target=self._run, name="camera-grab", daemon=True)
 
@@ -70,6 +71,17 @@ class GrabLoop:
             return self.frames.last_capture
         seen = [t for t in (self._alive_at, self.frames.last_capture) if t is not None]
         return max(seen) if seen else None
+
+    def failed(self, t: float | None = None) -> None:
+        """The camera failed: its source said so (open or grab raised), or a trigger got no
+        frame from it. CAMERA_OK clears now, not at the stall timeout, until the camera shows
+        again that it works (a frame, or an idle wait of a source reopened)."""
+        self._failed_at = time.monotonic() if t is None else t
+
+    def ok(self, now: float, stall_s: float) -> bool:
+        """CAMERA_OK: the camera showed it works within `stall_s` and since it last failed."""
+        alive = self.alive_at
+        return alive is not None and alive > self._failed_at and now - alive < stall_s
 
     def trigger(self, request: object) -> bool:
         """Software trigger: ask for one frame for `request` (never blocks). False if the
@@ -101,6 +113,7 @@ class GrabLoop:
             try:
                 source.open()
             except Exception as e:  # noqa: BLE001 - any open failure is retried
+                self.failed()
                 self.metrics.camera_errors.labels("open").inc()
                 delay = retry.absent() if isinstance(e, CameraAbsent) else retry.failed()
                 log_event(cam_log, "camera_open_failed", logging.ERROR, source=s.source, reason=str(e),
@@ -138,6 +151,7 @@ class GrabLoop:
                     self.seq += 1
                     retry.answered()  # a frame: the next failure starts the backoff from the minimum
             except Exception as e:  # noqa: BLE001 - CameraError or a driver's own exception
+                self.failed()
                 self.metrics.camera_errors.labels("grab").inc()
                 delay = retry.absent() if isinstance(e, CameraAbsent) else retry.failed()
                 kind = "camera_failed" if isinstance(e, CameraError) else "camera_crashed"
@@ -179,9 +193,14 @@ class InferenceWorker:
         # Called after every decision is handed over: the write loop's wake-up, so that a
         # settled answer goes out without waiting for the next tick.
         self.on_decision: Callable[[], None] = lambda: None
+        # Called with the time of a CAMERA_FAULT answer (no frame came for a trigger): the grab
+        # loop's failed(), so that CAMERA_OK clears before the answer goes out.
+        self.on_camera_fault: Callable[[float], None] = lambda t: None
 
     def _deliver(self, d: Decision) -> None:
         """A triggered decision, to the write loop (which drains them), woken at once."""
+        if d.fault is FaultCode.CAMERA_FAULT:
+            self.on_camera_fault(d.t_decided)
         self.results.put(d)
         self.on_decision()
 

@@ -263,6 +263,7 @@ class WriteLoop:
         h = self._health(now)
         health = Health(h.camera_ok, h.model_ok, h.model_version, self._inputs_fresh(now))
         result, token = self.inspection.tick(now, health)
+        health = self.inspection.stated_health(health)
         status = status_word(health, self.inspection.trigger_ready(health), result.status)
         self.report.block(status, result.fault_code, health.camera_ok)
         return dataclasses.replace(result, status=status), token
