@@ -74,7 +74,8 @@ FAULT_MEANING: dict[FaultCode, str] = {
 # What a PLC program should do when it reads each fault code: the docs' table comes from here.
 FAULT_PLC_ACTION: dict[FaultCode, str] = {
     FaultCode.NONE: "nothing",
-    FaultCode.INFERENCE_TIMEOUT: "treat the part as the fail-safe says (reject); alarm if it repeats",
+    FaultCode.INFERENCE_TIMEOUT: "treat the part as the fail-safe says (reject); alarm if it repeats (3 fail-safe "
+                                 "answers in a row)",
     FaultCode.INFERENCE_ERROR: "reject the part; alarm (the model or the frame is broken)",
     FaultCode.STALE_RESULT: "free-run: stop trusting verdicts; stop or divert the line until FAILSAFE_ACTIVE clears",
     FaultCode.CAMERA_FAULT: "reject the part; alarm and check the camera (READY is cleared, stop triggering)",
@@ -84,7 +85,8 @@ FAULT_PLC_ACTION: dict[FaultCode, str] = {
     FaultCode.BAD_FRAME: "reject the part; check the camera's format, resolution and exposure",
     FaultCode.PLC_INPUTS_STALE: "reject the part it answers; stop triggering until READY returns; check the network "
                                 "and the PLC's communication load",
-    FaultCode.NO_FRAME: "reject the part; triggers come faster than the camera delivers frames, or the camera lags",
+    FaultCode.NO_FRAME: "reject the part; alarm if it repeats (3 fail-safe answers in a row): triggers come faster "
+                        "than the camera delivers frames, or the camera lags",
 }
 assert set(FAULT_PLC_ACTION) == set(FaultCode) == set(FAULT_MEANING)
 
@@ -133,13 +135,15 @@ class Signal:
 
 OUTPUT_SIGNALS: tuple[Signal, ...] = (
     Signal("heartbeat", "u16", "+1 every write tick, wraps 65535 -> 0 (an extra block between ticks repeats it); "
-                               "a PLC alarms when it stops changing"),
+                               "starts again at 0 when the daemon starts; a PLC alarms when it stops changing"),
     Signal("status", "bits", ", ".join(f"b{int(b).bit_length() - 1} {b.name}" for b in StatusBit)),
     Signal("result_seq", "u16", "the trigger_seq (triggered) or frame sequence mod 65536 (free-run) this result answers"),
     Signal("result_code", "u16", "0 NONE, 1 PASS, 2 FAIL, 3 FAILSAFE"),
     Signal("score", "u16", f"defect score x {SCORE_SCALE} (0..{SCORE_SCALE})"),
-    Signal("fault_code", "u16", "why FAILSAFE_ACTIVE is set; otherwise the current health fault, 0 when healthy (codes below)"),
-    Signal("latency_ms", "u16", "frame capture -> decision, milliseconds (saturates at 65535)"),
+    Signal("fault_code", "u16", "PLC_INPUTS_STALE while the bridge is blind; else why FAILSAFE_ACTIVE is set; else "
+                                "the current health fault, 0 when healthy (codes below)"),
+    Signal("latency_ms", "u16", "capture of the frame judged -> decision, milliseconds (saturates at 65535); 0 when "
+                                "the answer judged no frame"),
     Signal("model_version", "u16", "model version from the model manifest"),
     Signal("part_id", "u32", "echo of the PLC's part_id for this result (triggered); 0 in free-run"),
 )
