@@ -9,8 +9,9 @@ Types. Logix's native integer is the 32-bit DINT; INT is *signed* 16-bit, so a u
 would read -1 at 65535 and PLC code would need conversions everywhere. So:
 
 - u16 and bits signals are DINT holding 0..65535. Values the PLC writes (trigger_seq,
-  result_ack_seq) are taken modulo 65536, so a DINT counter that simply keeps counting
-  (65535 -> 65536) wraps exactly like the u16 of the contract.
+  result_ack_seq) are taken modulo 65536, so a DINT that goes past 65535 does not fail the
+  read; but a trigger counter must still count 1..65535 and wrap to 1 itself, since 65536
+  taken modulo 65536 is 0, which is idle (a PLC restart), not a trigger.
 - u32 signals (part_id) are DINT holding the same 32 bits, two's complement: part ids from
   2^31 up read as negative numbers in the PLC. Equality, which is all the handshake needs,
   is unaffected, and the bridge echoes the bits it read.
