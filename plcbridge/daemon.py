@@ -277,6 +277,7 @@ class Daemon:
         self.link.close()
         self.worker.stop()
         self.grab.stop()
+        self.journal.sinks.close()  # the side work finishes what it was handed (bounded), after the final write
         if self.http is not None:
             self.http.stop()
         log_event(log, "stopped", logging.INFO, ticks=self.loop.ticks, overruns=self.loop.overruns,

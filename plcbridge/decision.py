@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from plcbridge.contract import FaultCode, ResultCode
@@ -18,6 +18,9 @@ class Request:
     # The trigger was raised after this moment: the request time of the read before the one
     # that saw it (None when unknown, e.g. the first read of a session). Hardware pairing.
     t_after: float | None = None
+    # The PLC link session whose read saw it (+1 at every connect): with the decision id, what
+    # tells two parts with the same part_id apart across a PLC restart.
+    plc_session: int = 0
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ class Decision:
     collapsed: int = 0
     # The camera's identity of the frame (Frame.meta: camera_frame_id, camera_ts_ns, ...).
     frame_meta: dict[str, Any] | None = None
+    # The frame judged (a numpy BGR image, the camera's own buffer, never copied), for the
+    # side work that keeps or shows it (plcbridge/sinks.py); None when no frame was judged.
+    image: Any = field(default=None, repr=False, compare=False)
 
     @property
     def is_failsafe(self) -> bool:
@@ -48,6 +54,6 @@ class Decision:
 
 def failsafe(fault: FaultCode, now: float, reason: str, *, model_version: int = 0, request: Request | None = None,
              frame_seq: int | None = None, t_capture: float | None = None, label: str | None = None,
-             collapsed: int = 0, frame_meta: dict[str, Any] | None = None) -> Decision:
+             collapsed: int = 0, frame_meta: dict[str, Any] | None = None, image: Any = None) -> Decision:
     return Decision(ResultCode.FAILSAFE, fault, 1.0, now, model_version, frame_seq, t_capture, label, None, request, reason,
-                    collapsed, frame_meta)
+                    collapsed, frame_meta, image)

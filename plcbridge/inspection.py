@@ -11,7 +11,8 @@ no threads, no I/O, the clock passed in. The write loop calls, on its own thread
   written(token, t)                    when the link reports that a block carrying `token`
                                        reached the PLC at time t (the PLC has the result)
   on_inputs(inputs, t, new_session)    with each new reply the link read, t its arrival;
-                                       new_session on the first reply of a link session
+                                       new_session on the first reply of a link session,
+                                       `session` its number (in each request it makes)
   shutdown(now) -> block               the final block (READY cleared, SHUTTING_DOWN),
                                        answering the trigger that waits for one, if any,
                                        with its journaled answer (or the fail-safe, if it
@@ -153,7 +154,8 @@ class FreeRunInspection:
         than max_result_age_ms) goes out on a new session as it is."""
         return block
 
-    def on_inputs(self, inputs: Inputs, now: float, new_session: bool = False, t_after: float | None = None) -> None:
+    def on_inputs(self, inputs: Inputs, now: float, new_session: bool = False, t_after: float | None = None,
+                  session: int = 0) -> None:
         pass
 
     @staticmethod
@@ -256,6 +258,7 @@ class TriggeredInspection:
         self.presenting: _Slot | None = None
         self._health = Health(False, False, 0)
         self._t_after: float | None = None
+        self._session = 0  # the PLC link session of the newest inputs
         self._last = Outputs()  # the last block composed
 
     def trigger_ready(self, health: Health) -> bool:
@@ -265,8 +268,10 @@ class TriggeredInspection:
 
     # ------------------------------------------------------------------ inputs
 
-    def on_inputs(self, inputs: Inputs, now: float, new_session: bool = False, t_after: float | None = None) -> None:
+    def on_inputs(self, inputs: Inputs, now: float, new_session: bool = False, t_after: float | None = None,
+                  session: int = 0) -> None:
         self.ack_seq = inputs.result_ack_seq
+        self._session = session
         self._t_after = None if new_session else t_after
         seq = inputs.trigger_seq
         if self.last_seq is None or new_session:
@@ -296,7 +301,7 @@ class TriggeredInspection:
             log_event(log, "trigger_seq_adopted", logging.INFO, trigger_seq=seq, result_ack_seq=ack,
                       reason="idle" if seq == 0 else "the PLC has taken its last answer: nothing pending")
             return
-        self._settle_new(Request(seq, inputs.part_id, now), FaultCode.PLC_INPUTS_STALE, now,
+        self._settle_new(Request(seq, inputs.part_id, now, plc_session=self._session), FaultCode.PLC_INPUTS_STALE, now,
                          f"trigger {seq} was pending (result_ack_seq {ack}) when the bridge's session began: "
                          "raised while the bridge could not see it, its frame cannot be identified")
 
@@ -334,8 +339,8 @@ class TriggeredInspection:
         before = self.last_seq
         self.last_seq = seq
         for s in skipped:
-            self._overrun(Request(s, 0, now), now, f"trigger_seq went from {before} to {seq}: this value was never seen on its own")
-        req = Request(seq, part_id, now, self._t_after)
+            self._overrun(Request(s, 0, now, plc_session=self._session), now, f"trigger_seq went from {before} to {seq}: this value was never seen on its own")
+        req = Request(seq, part_id, now, self._t_after, self._session)
         fault = status_fault(self._health)
         if len(self.slots) >= self.capacity:
             self._overrun(req, now, f"{len(self.slots)} answers already waiting (1 + timing.trigger_queue = {self.capacity})")

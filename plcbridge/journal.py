@@ -18,6 +18,13 @@ finds them all.
 
 Counts and metrics are as before: one FAILSAFE result per fail-safe decision or episode.
 
+Identity: every line has a `decision_id` that never repeats on this station, across PLC
+restarts, daemon restarts and reboots (a ULID: wall-clock milliseconds, then 80 random bits,
+so sorting the ids as text sorts them by time), and a triggered answer has `plc_session`,
+the link session whose read saw the trigger: `part_id` 2 of two PLC runs are two ids and
+two sessions. The same id names the decision in the archive and on the station page: the
+journal hands every record to the sinks (plcbridge/sinks.py), never waiting for them.
+
 Times: `ts` (every line) is wall clock. The decision's CLOCK_MONOTONIC stamps (seconds since
 boot, comparable only with each other and with the PLC simulator's trace) are named for it:
 `t_capture_mono` (frame captured), `t_trigger_mono` (trigger seen). `latency_ms` is
@@ -28,31 +35,48 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
+import time
 from typing import Any
 
 from plcbridge.contract import FaultCode, ResultCode
-from plcbridge.decision import Decision
+from plcbridge.decision import Decision, failsafe
 from plcbridge.logs import get_logger, log_event
 from plcbridge.metrics import Metrics
+from plcbridge.sinks import DecisionRecord, SinkFanout
 
 log = get_logger("journal")
 
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_decision_id() -> str:
+    """A ULID (26 characters, Crockford base32): 48 bits of wall-clock milliseconds, then 80
+    random bits. Unique without any state on disk (two ids in one millisecond collide with
+    probability 2^-80), and ordered by time as text."""
+    n = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    return "".join(_CROCKFORD[(n >> shift) & 31] for shift in range(125, -1, -5))
+
 
 class Journal:
-    def __init__(self, metrics: Metrics, station: str) -> None:
+    def __init__(self, metrics: Metrics, station: str, sinks: SinkFanout | None = None) -> None:
         self.metrics = metrics
         self.station = station
+        self.sinks = sinks if sinks is not None else SinkFanout(metrics)
         self._lock = threading.Lock()
         self.results: collections.Counter[str] = collections.Counter()
         self.failsafes: collections.Counter[str] = collections.Counter()
         self.labelled = 0
         self.agreed = 0
 
-    def decision(self, d: Decision) -> None:
-        """Journal one decision (called once per frame in free-run, once per trigger in triggered)."""
+    def decision(self, d: Decision) -> str:
+        """Journal one decision (called once per frame in free-run, once per trigger in
+        triggered) and hand it to the sinks; returns its decision id."""
         req = d.request
+        decision_id = new_decision_id()
         fields: dict[str, Any] = {
+            "decision_id": decision_id,
             "station": self.station,
             "result": d.result.name,
             "score": round(d.score, 4),
@@ -60,7 +84,8 @@ class Journal:
             "model_version": d.model_version,
         }
         if req is not None:
-            fields.update(trigger_seq=req.trigger_seq, part_id=req.part_id, t_trigger_mono=round(req.t_seen, 6))
+            fields.update(trigger_seq=req.trigger_seq, part_id=req.part_id, plc_session=req.plc_session,
+                          t_trigger_mono=round(req.t_seen, 6))
         if d.frame_seq is not None:
             fields["frame_seq"] = d.frame_seq
         if d.t_capture is not None:
@@ -85,16 +110,25 @@ class Journal:
             with self._lock:
                 self.labelled += 1
                 self.agreed += (d.label == "fail") == (d.result is ResultCode.FAIL)
+        self.sinks.offer(DecisionRecord(decision_id, fields, d, d.image))
+        return decision_id
 
-    def failsafe_episode(self, fault: FaultCode, reason: str, **fields: Any) -> None:
+    def failsafe_episode(self, fault: FaultCode, reason: str, **fields: Any) -> str:
         """Free-run: the outputs switched to fail-safe (counted once per episode, not per tick).
 
-        Logged in the shape of a fail-safe decision (see the module docstring), with `episode`.
+        Logged in the shape of a fail-safe decision (see the module docstring), with `episode`;
+        returns its decision id.
         """
-        fields = {k: v for k, v in fields.items() if v is not None}
-        log_event(log, "decision", logging.WARNING, station=self.station, result=ResultCode.FAILSAFE.name,
-                  fault=fault.name, reason=reason, episode=True, **fields)
+        decision_id = new_decision_id()
+        line = {"decision_id": decision_id, "station": self.station, "result": ResultCode.FAILSAFE.name,
+                "fault": fault.name, "reason": reason, "episode": True,
+                **{k: v for k, v in fields.items() if v is not None}}
+        log_event(log, "decision", logging.WARNING, **line)
         self._count(ResultCode.FAILSAFE, fault)
+        d = failsafe(fault, time.monotonic(), reason, model_version=line.get("model_version", 0),
+                     frame_seq=line.get("frame_seq"))
+        self.sinks.offer(DecisionRecord(decision_id, line, d))
+        return decision_id
 
     def _count(self, result: ResultCode, fault: FaultCode | None) -> None:
         with self._lock:

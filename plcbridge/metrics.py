@@ -75,6 +75,8 @@ class Metrics:
         for kind in ("connect", "exchange", "config", "refused"):
             self.plc_errors.labels(kind)
         self.camera_errors = Counter("plcbridge_camera_errors", "Camera source failures, by kind (open, grab)", ["kind"], registry=r)
+        self.sink_dropped = Counter("plcbridge_sink_dropped", "Decision records a side-work sink (archive, page, "
+                                    "MQTT) left out: its queue was full, or it failed", ["sink", "reason"], registry=r)
         self.camera_frames_unpaired = Counter("plcbridge_camera_frames_unpaired", "Hardware-triggered frames that "
                                               "came with no trigger to pair them with (extra pulses)", registry=r)
         self.camera_reconnects = Counter("plcbridge_camera_reconnects", "Camera source reopened after a failure", registry=r)

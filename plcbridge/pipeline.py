@@ -426,9 +426,10 @@ class InferenceWorker:
             log_event(model_log, "inference_failed", logging.ERROR, fault=fault.name, reason=str(e), frame_seq=frame.seq,
                       rate_key=fault.name)
             return failsafe(fault, time.monotonic(), str(e), model_version=self.model_version, request=req,
-                            frame_seq=frame.seq, t_capture=frame.t_capture, label=frame.label, frame_meta=frame.meta)
+                            frame_seq=frame.seq, t_capture=frame.t_capture, label=frame.label, frame_meta=frame.meta,
+                            image=frame.image)
         now = time.monotonic()
         self.metrics.inference_seconds.observe(now - t0)
         result = ResultCode.FAIL if v.label == "fail" else ResultCode.PASS
         return Decision(result, FaultCode.NONE, v.score, now, self.model_version, frame.seq, frame.t_capture,
-                        frame.label, v.preprocess_ms + v.infer_ms, req, frame_meta=frame.meta)
+                        frame.label, v.preprocess_ms + v.infer_ms, req, frame_meta=frame.meta, image=frame.image)

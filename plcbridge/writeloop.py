@@ -317,7 +317,7 @@ class WriteLoop:
             new_session = r.session != self._session
             self._session = r.session
             # A trigger in this reply was raised after the request of the reply before it.
-            self.inspection.on_inputs(r.inputs, r.t_answered, new_session, self._t_prev_sent)
+            self.inspection.on_inputs(r.inputs, r.t_answered, new_session, self._t_prev_sent, r.session)
             self._t_prev_sent = r.t_sent
 
     def _inputs_fresh(self, now: float) -> bool:

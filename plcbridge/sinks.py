@@ -1,0 +1,125 @@
+"""The one seam between the control path and the side work: decisions fan out from the
+journal to sinks (the image archive, the station page, MQTT), each a package of its own.
+
+    journal.decision() --record--> [bounded queue] --> sink thread --> sink.write(record)
+                                   [bounded queue] --> sink thread --> ...
+
+The journal is called on the write loop's thread (triggered answers) or the inference
+thread (free-run decisions): handing a record over is a `put_nowait` per sink and nothing
+else. Each sink has its own thread (at the lowest priority, like the other side work) and
+its own bounded queue; a record that finds the queue full is dropped and counted
+(`plcbridge_sink_dropped_total{sink, reason="queue_full"}`), never waited for. A sink that
+raises is counted (`reason="error"`) and logged once per log window; its thread goes on
+with the next record. So a full disk, a dead broker or a stalled browser changes nothing the
+PLC sees: at worst that sink misses records, and says how many.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from plcbridge.decision import Decision
+from plcbridge.logs import get_logger, log_event
+from plcbridge.metrics import Metrics
+from plcbridge.threads import lower_this_thread
+
+log = get_logger("sinks")
+
+DEFAULT_QUEUE = 64  # records a sink may lag behind before it drops
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One journaled decision as the sinks get it: its id, the journal line's fields (what
+    `journalctl` shows, exactly), the decision itself and the frame it judged, if any."""
+
+    decision_id: str
+    fields: dict[str, Any]
+    decision: Decision
+    image: Any = field(default=None, repr=False, compare=False)  # numpy BGR frame, never copied here
+
+
+class Sink(Protocol):
+    """What a side-work package plugs in: a name (for metrics and logs) and `write`, called on
+    the sink's own thread, one record at a time. `close` is called once at shutdown, after
+    the last record."""
+
+    name: str
+
+    def write(self, record: DecisionRecord) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _Feed:
+    """One sink's queue and thread."""
+
+    def __init__(self, sink: Sink, metrics: Metrics, size: int) -> None:
+        self.sink = sink
+        self.metrics = metrics
+        self.queue: queue.Queue[DecisionRecord | None] = queue.Queue(maxsize=size)
+        self.thread = threading.Thread(target=self._run, name=f"sink-{sink.name}", daemon=True)
+
+    def offer(self, record: DecisionRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.metrics.sink_dropped.labels(self.sink.name, "queue_full").inc()
+            log_event(log, "sink_dropped", logging.WARNING, sink=self.sink.name, decision_id=record.decision_id,
+                      reason=f"the {self.sink.name} sink is {self.queue.maxsize} records behind: this one is "
+                             "left out (the PLC and the journal are not affected)", rate_key=f"drop-{self.sink.name}")
+
+    def _run(self) -> None:
+        lower_this_thread()
+        while True:
+            record = self.queue.get()
+            if record is None:
+                return
+            try:
+                self.sink.write(record)
+            except Exception as e:  # noqa: BLE001 - a sink's failure must never reach the control path
+                self.metrics.sink_dropped.labels(self.sink.name, "error").inc()
+                log_event(log, "sink_failed", logging.ERROR, sink=self.sink.name, decision_id=record.decision_id,
+                          reason=f"{type(e).__name__}: {e}", rate_key=f"fail-{self.sink.name}")
+
+    def close(self, timeout: float) -> None:
+        try:
+            self.queue.put(None, timeout=timeout)
+        except queue.Full:
+            pass  # behind and full: its thread is a daemon, the process ends anyway
+        self.thread.join(timeout)
+        try:
+            self.sink.close()
+        except Exception:  # noqa: BLE001 - closing must not raise
+            pass
+
+
+class SinkFanout:
+    """The journal's side of the seam: offers each record to every sink, never blocking."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._feeds: list[_Feed] = []
+
+    def add(self, sink: Sink, queue_size: int = DEFAULT_QUEUE) -> None:
+        feed = _Feed(sink, self.metrics, queue_size)
+        self._feeds.append(feed)
+        feed.thread.start()
+
+    @property
+    def names(self) -> list[str]:
+        return [f.sink.name for f in self._feeds]
+
+    def offer(self, record: DecisionRecord) -> None:
+        for feed in self._feeds:
+            feed.offer(record)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Let each sink finish what it has queued (within `timeout` each), then close it."""
+        for feed in self._feeds:
+            feed.close(timeout)
+        self._feeds.clear()
