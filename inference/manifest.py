@@ -321,7 +321,7 @@ def load_manifest(spec: str | Path) -> tuple[Manifest, Path]:
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as e:
-        problems = "\n".join(f"  {where}: {why}" for where, why in validation_problems(e))
+        problems = "\n".join(f"  {where}: {why}" for where, why in validation_problems(e, root=Manifest))
         raise ModelError(f"{path}: invalid model manifest\n{problems}") from None
     if manifest.file.startswith(PKG_PREFIX):
         try:

@@ -39,6 +39,7 @@ from plcbridge.inference.errors import (
     InferenceError,
     InferenceTimeout,
     ModelError,
+    ort_load_reason,
 )
 from plcbridge.inference.manifest import load_manifest
 from plcbridge.inference.modelfile import default_opset, read_verified
@@ -192,12 +193,14 @@ class Model:
             return ort.InferenceSession(data, sess_options=so, providers=providers), reason
         except Exception as e:  # ORT raises its own pybind exception types
             if providers == [CPU]:
-                raise ModelError(f"{where}: onnxruntime cannot load {self.path.name}: {e}") from None
+                raise ModelError(f"{where}: onnxruntime cannot load {self.path.name}: "
+                                 f"{ort_load_reason(e, self.manifest.opset, ort.__version__)}") from None
             reason = f"{providers[0]} failed to initialise: {e}"
         try:
             return ort.InferenceSession(data, sess_options=so, providers=[CPU]), reason
         except Exception as e:
-            raise ModelError(f"{where}: onnxruntime cannot load {self.path.name}: {e}") from None
+            raise ModelError(f"{where}: onnxruntime cannot load {self.path.name}: "
+                             f"{ort_load_reason(e, self.manifest.opset, ort.__version__)}") from None
 
     def _check_interface(self, where: str) -> None:
         m = self.manifest

@@ -77,6 +77,23 @@ def _readable_file(where: str, path: Path) -> tuple[bytes | None, list[Problem]]
         return None, [(where, f"cannot read {path}: {e.strerror or e}")]
 
 
+def unreadable_pki(path: Path | str, what: str, e: Exception) -> str:
+    """Why a certificate or key file does not parse, in one line that says what to do.
+
+    cryptography's own text is its Rust parser's debug form ("error parsing asn1 value:
+    ParseError { kind: ShortData { needed: 1 } }"), which names neither the file nor a fix.
+    `what`: "an X.509 certificate" or "a private key"."""
+    text = str(e)
+    if "ShortData" in text or "short data" in text:
+        why = "the file ends early (truncated: copied or downloaded only in part?)"
+    elif "PEM" in text:
+        why = "its PEM block (-----BEGIN ...-----) is damaged or incomplete"
+    else:
+        why = "its content is neither PEM nor DER, or is another kind of file"
+    return (f"{path} is not {what} that can be read: {why}; copy or export it again as PEM or DER "
+            "(docs/opcua-certificates.md)")
+
+
 def _pki_problems(cfg: Config, env: dict[str, str]) -> list[Problem]:
     """The OPC UA certificate, key and trusted server certificate: exist, readable, parse."""
     if not isinstance(cfg.plc, OpcUaPlcSettings) or cfg.plc.opcua.security_policy == "None":
@@ -98,7 +115,7 @@ def _pki_problems(cfg: Config, env: dict[str, str]) -> list[Problem]:
             else:
                 x509.load_der_x509_certificate(data)
         except ValueError as e:
-            problems.append((where, f"{getattr(o, field)} is not an X.509 certificate (PEM or DER): {e}"))
+            problems.append((where, unreadable_pki(getattr(o, field), "an X.509 certificate", e)))
     where = "plc.opcua.private_key"
     assert o.private_key is not None  # OpcUaSettings requires it unless security_policy is "None"
     data, found = _readable_file(where, o.private_key)
@@ -121,7 +138,10 @@ def _pki_problems(cfg: Config, env: dict[str, str]) -> list[Problem]:
             problems.append((where, f"{o.private_key}: {e} (plc.opcua.private_key_password_env names the variable "
                                     "holding its password)"))
         except ValueError as e:
-            problems.append((where, f"{o.private_key} is not a private key (PEM or DER), or the password is wrong: {e}"))
+            why = unreadable_pki(o.private_key, "a private key", e)
+            if password is not None:
+                why += "; or the password in plc.opcua.private_key_password_env is wrong"
+            problems.append((where, why))
     return problems
 
 
@@ -168,6 +188,11 @@ def config_warnings(cfg: Config) -> list[Problem]:
     if m.enabled and m.host.strip("[]") in _WILDCARD_HOSTS:
         out.append(("metrics.host", f"{m.host!r} exposes the metrics and health endpoint on every network "
                                     "interface (unauthenticated); use 127.0.0.1 or one interface's address"))
+    a = cfg.archive
+    if a.enabled and not a.path.is_dir():
+        out.append(("archive.path", f"{a.path} is not a folder here: no frame is kept until it is (the daemon never "
+                                    "creates it in place of an unmounted disk; the systemd unit creates "
+                                    "/var/lib/plcbridge/archive)"))
     return out
 
 

@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--check", action="store_true", help="exit 1 if the file differs from what would be written")
     g.set_defaults(func=_cmd_docs)
 
+    from plcbridge.tools import archive as archive_tool
     from plcbridge.tools import camera as camera_tool
     from plcbridge.tools import manifest as manifest_tool
     from plcbridge.tools.bench import gate
@@ -270,9 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     cam = sub.add_parser("camera", help="GenICam commissioning: list (discovery), info, grab one frame")
     camera_tool.add_arguments(cam)
     cam.set_defaults(func=camera_tool.run)
+    arc = sub.add_parser("archive", help="the image archive, read only: list entries, show one, export a time range")
+    archive_tool.add_arguments(arc)
+    arc.set_defaults(func=archive_tool.run)
 
     bench.add_arguments(sub.add_parser("bench", help="benchmark the whole pipeline against the PLC simulator; JSON report + PNG"))
     gate.add_arguments(sub.add_parser("gate", help="hardware-in-the-loop promotion gate: bench against a budget TOML, exit 1 if broken"))
+
+    from plcbridge.tools import status as status_tool
+
+    status_tool.add_arguments(sub.add_parser("status", help=status_tool.HELP))
 
     v = sub.add_parser("validate-model", help="check a model before promotion; prints a JSON report, exit 1 if a check fails")
     v.add_argument("path", help="manifest.json, the model directory holding it, the .onnx file named by the "

@@ -156,10 +156,24 @@ class GenicamCameraSettings(_CameraCommon):
 # camera trigger of a triggered station that uses one.
 SOFTWARE_TRIGGER_SOURCES = frozenset({"synthetic", "folder", "genicam"})
 
+DEFAULT_CAMERA_SOURCE = "synthetic"
+
+
+def _source_of(value: Any) -> str | None:
+    """The tag of a [camera] table: "synthetic" when it names none (the documented default;
+    a station file must still name its source, see REQUIRED_SECTIONS)."""
+    if isinstance(value, dict):
+        return value.get("source", DEFAULT_CAMERA_SOURCE)
+    return getattr(value, "source", None)
+
+
 CameraSettings = Annotated[
-    Union[SyntheticCameraSettings, FolderCameraSettings, OpenCvCameraSettings, GenicamCameraSettings],
-    Field(discriminator="source"),
+    Union[Annotated[SyntheticCameraSettings, Tag("synthetic")], Annotated[FolderCameraSettings, Tag("folder")],
+          Annotated[OpenCvCameraSettings, Tag("opencv")], Annotated[GenicamCameraSettings, Tag("genicam")]],
+    Discriminator(_source_of),
 ]
+# The camera sources, in the order the docs list them.
+CAMERA_SOURCES: tuple[str, ...] = ("synthetic", "folder", "opencv", "genicam")
 
 
 class ModelSettings(Strict):
@@ -438,6 +452,37 @@ class LoggingSettings(Strict):
     rate_limit_s: Annotated[float, Field(ge=0)] = 5.0
 
 
+class ArchiveSettings(Strict):
+    """The image archive (plcbridge/archive, docs/archive.md): the frames of rejected and
+    fail-safe parts, with their decision records, for review and retraining. Side work: a
+    full or missing disk costs frames, never the PLC's answers."""
+
+    # Keep frames at all (off in the embedded demo station, on in the example stations).
+    enabled: bool = False
+    # Folder of the dated subfolders (YYYY-MM-DD/HH/, UTC). It must exist: a missing folder
+    # (an unmounted disk) is counted and waited for, never created in its place.
+    path: Path = Path("/var/lib/plcbridge/archive")
+    # Keep the frame of every FAIL.
+    save_fail: bool = True
+    # Keep the frame of every fail-safe that judged one (BAD_FRAME, INFERENCE_*); the others
+    # (NO_FRAME, a result timeout, ...) had no frame to keep.
+    save_failsafe: bool = True
+    # Keep one PASS frame in every pass_every (0: none) ...
+    pass_every: Annotated[int, Field(ge=0)] = 100
+    # ... and at most one PASS frame per this many seconds (0: no limit).
+    pass_min_interval_s: Annotated[float, Field(ge=0)] = 0.0
+    # Image format: png (lossless, the frame exactly as judged) or jpeg (smaller).
+    format: Literal["png", "jpeg"] = "png"
+    # JPEG quality, 1..100 (format = "jpeg" only).
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 90
+    # Past this many bytes the oldest frames are deleted first.
+    max_bytes: Annotated[int, Field(ge=1_000_000)] = 2_000_000_000
+    # Frames older than this many days are deleted.
+    max_age_days: Annotated[float, Field(gt=0)] = 30.0
+    # Records the writer may lag behind before it leaves frames out (counted).
+    queue: Annotated[int, Field(ge=1, le=10_000)] = 64
+
+
 class MetricsSettings(Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -453,6 +498,7 @@ class Config(Strict):
     failsafe: FailsafeSettings = FailsafeSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
+    archive: ArchiveSettings = ArchiveSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -504,6 +550,20 @@ class ConfigError(ValueError):
 # writes `camera.path`, never `camera.folder.path`.
 TAGGED_UNIONS: tuple[tuple[tuple[str, ...], str], ...] = ((("camera",), "source"), (("plc",), "protocol"))
 
+# The overrides of integer keys: an environment variable is text, and the schema takes
+# numbers only as numbers, so a value that is an integer is read as one first.
+ENV_INTEGERS = frozenset({"PLCBRIDGE_PLC_PORT", "PLCBRIDGE_METRICS_PORT"})
+
+
+def _env_value(var: str, value: str) -> Any:
+    if var in ENV_INTEGERS:
+        try:
+            return int(value.strip(), 10)
+        except ValueError:
+            return value  # refused by the schema, naming the variable
+    return value
+
+
 def _apply_env(raw: dict[str, Any], env: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     """The raw config with the overrides applied, and {dotted field path: variable} of those applied."""
     applied: dict[str, str] = {}
@@ -517,7 +577,7 @@ def _apply_env(raw: dict[str, Any], env: dict[str, str]) -> tuple[dict[str, Any]
                 if not isinstance(node, dict):
                     break
             else:
-                node[path[-1]] = env[var]
+                node[path[-1]] = _env_value(var, env[var])
                 applied[".".join(path)] = var
     return raw, applied
 
@@ -535,6 +595,14 @@ def _problems_text(source: str, problems: list[tuple[str, str]], env_vars: dict[
     return "\n".join(lines)
 
 
+def _unless_no_source(before: list[tuple[str, str]], found: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A [camera] that names no source is that one problem: its keys are not also reported
+    against the synthetic camera's, which it was validated as."""
+    if not any(where == "camera.source" for where, _ in before):
+        return found
+    return [(where, why) for where, why in found if not where.startswith("camera.")]
+
+
 def parse_config(raw: dict[str, Any], source: str = "<config>", env: dict[str, str] | None = None,
                  problems: list[tuple[str, str]] | None = None) -> Config:
     """Validate a parsed config; `problems` found before (e.g. missing sections) are reported with the rest."""
@@ -544,7 +612,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", env: dict[str, s
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as e:
-        found += validation_problems(e, TAGGED_UNIONS)
+        found += _unless_no_source(problems or [], validation_problems(e, TAGGED_UNIONS, Config))
         cfg = None
     if found:
         raise ConfigError(_problems_text(source, found, env_vars, env))
@@ -552,9 +620,26 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", env: dict[str, s
     return cfg
 
 
+_ABSENT = object()
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """The dotted keys whose values differ ("model.manifest", "plc.port"), sorted: what a
+    reload names. A key one of them does not have (another camera source) counts as changed."""
+    return sorted(_differences(old.model_dump(), new.model_dump(), ""))
+
+
+def _differences(a: Any, b: Any, path: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in a.keys() | b.keys()
+                for k in _differences(a.get(key, _ABSENT), b.get(key, _ABSENT), f"{path}.{key}" if path else str(key))]
+    return [path] if a != b else []
+
+
 # What a station file must name itself: the embedded demo default is never a fallback for them.
 REQUIRED_SECTIONS: dict[str, tuple[str, str]] = {
-    "camera": ("source", 'add [camera] with source = "opencv", "folder" or "synthetic" and its settings'),
+    "camera": ("source", "add [camera] with source = " + ", ".join(f'"{c}"' for c in CAMERA_SOURCES[:-1])
+                         + f' or "{CAMERA_SOURCES[-1]}" and its settings (docs/configuration.md)'),
     "model": ("manifest", "add [model] with manifest = the model directory, its manifest.json, or builtin:NAME"),
 }
 

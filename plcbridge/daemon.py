@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from plcbridge.config import Config, ConfigError, load_config
+from plcbridge.config import Config, ConfigError, changed_keys, load_config
 from plcbridge.endpoint import HealthServer
 from plcbridge.inspection import FreeRunInspection, Health, TriggeredInspection
 from plcbridge.journal import Journal
@@ -37,7 +37,9 @@ from plcbridge.writeloop import WriteLoop
 
 if TYPE_CHECKING:
     from plcbridge.decision import Decision
+    from plcbridge.endpoint import Route
     from plcbridge.inference.session import Model
+    from plcbridge.page import PageSink
 
 log = get_logger("daemon")
 
@@ -54,6 +56,23 @@ class ReloadCancelled(Exception):
     """The daemon is stopping: the reload's checks end where they are, nothing is applied."""
 
 
+def reload_changes(keys: list[str], serving: Model | None, checked: Model) -> str:
+    """What a reload changes, named: every key of the station file that differs, and the model
+    as it is served (name, version; sha256 when the files behind the path changed), since a
+    model is replaced under an unchanged model.manifest as often as by pointing it elsewhere."""
+    said = f"changed: {', '.join(keys)}" if keys else "no key of the station file changed"
+    if serving is None:
+        return f"{said}; model {checked.name} v{checked.version} (none was serving)"
+    was, now = serving.manifest, checked.manifest
+    if (was.name, was.version, was.sha256) == (now.name, now.version, now.sha256):
+        return f"{said}; the model is the same ({now.name} v{now.version}, same sha256)"
+    model = f"model {was.name} v{was.version} -> {now.name} v{now.version}" if was.name != now.name else \
+        f"model {now.name} v{was.version} -> v{now.version}"
+    if was.sha256 != now.sha256:
+        model += f" (sha256 {was.sha256[:12]} -> {now.sha256[:12]})"
+    return f"{said}; {model}"
+
+
 class Daemon:
     def __init__(self, config: Config, config_path: Path | None = None, notifier: Notifier | None = None,
                  log_pipeline: LogPipeline | None = None) -> None:
@@ -61,24 +80,37 @@ class Daemon:
         self.config_path = config_path
         self.notifier = notifier or Notifier(env={})
         self._ready_sent = False
+        self._not_ok_since: dict[str, float] = {}  # part of readiness -> since when it is not OK
         self._was_ready: bool | None = None
         self._next_status = 0.0
         self._reload_thread: threading.Thread | None = None
         self._cancel_reload = threading.Event()
         self._applied_version: int | None = None  # of the last reload applied, and what it replaced
         self._previous_version: int | None = None
+        self._changed: list[str] = []  # the station-file keys the last reload applied changed
         self.last_reload: str | None = None
         self.metrics = Metrics()
         if log_pipeline is not None:
             self.metrics.watch("plcbridge_log_events_dropped", "Log events dropped because the log output was not "
                                "being read fast enough (bounded queue full)", lambda: log_pipeline.dropped)
         self.journal = Journal(self.metrics, config.station.name)
+        if config.archive.enabled:
+            from plcbridge.archive import ArchiveSink  # OpenCV's encoder: only where frames are kept
+
+            self.journal.sinks.add(ArchiveSink(config.archive, self.metrics), queue_size=config.archive.queue)
+        self.page: PageSink | None = None
+        if config.metrics.enabled:
+            from plcbridge.page import PageSink  # the station page, served beside /metrics
+
+            self.page = PageSink()
+            self.journal.sinks.add(self.page)
         self.frames = FrameMailbox()
         self.grab = GrabLoop(config, self.frames, self.metrics)
         self.worker = InferenceWorker(config, self.frames, self.journal, self.metrics)
         if config.camera.trigger == "software":
             self.worker.request_frame = self.grab.trigger
-        self.link = PlcLink(config.plc, self.metrics, config.timing.period_ms / 1000)
+        self.link = PlcLink(config.plc, self.metrics, config.timing.period_ms / 1000,
+                            log_window_s=config.logging.rate_limit_s)
         self.inspection: FreeRunInspection | TriggeredInspection
         if config.station.mode == "free-run":
             # Reads the newest decision itself (worker.latest): nothing to drain.
@@ -116,6 +148,45 @@ class Daemon:
     def ready(self) -> bool:
         return self.live() and self.loop.report.ready
 
+    def readiness(self) -> list[dict[str, Any]]:
+        """Each part READY stands for (the write loop, the PLC link and its inputs, the camera,
+        the model): whether it is OK now, why not, and since when (seconds, monotonic). For
+        /readyz's body, the station page and `plcbridge status`."""
+        now = time.monotonic()
+        c = self.config
+        parts: list[tuple[str, str | None]] = []
+        parts.append(("write_loop", None if self.live() else "the write loop is not running (no tick for 1 s)"))
+        age = self.loop.input_age
+        if not self.link.connected:
+            plc = f"not connected to {c.plc.address} ({self.link.last_error or 'connecting'})"
+        elif not self.loop.inputs_ok:
+            plc = ("no inputs read yet" if age is None else f"inputs {age * 1000:.0f} ms old, above "
+                   f"plc.max_input_age_ms = {c.plc.max_input_age_ms}: triggers cannot be seen")
+        elif not self.link.delivering:
+            plc = "no block has reached the PLC on this session yet"
+        else:
+            plc = None
+        parts.append(("plc", plc))
+        camera = None
+        if not self.grab.ok(now, self._stall_s):
+            last = self.grab.alive_at
+            camera = ("no frame yet" if last is None else f"no sign of life for {(now - last) * 1000:.0f} ms "
+                      f"(camera.stall_timeout_ms = {c.camera.stall_timeout_ms}), or the source failed")
+            camera = f"{c.camera.source} camera: {camera}"
+        parts.append(("camera", camera))
+        parts.append(("model", None if self.worker.model_ok else f"not loaded: {self.worker.load_error or 'loading'}"))
+        out = []
+        for name, why in parts:
+            since = self._not_ok_since.setdefault(name, now) if why else self._not_ok_since.pop(name, None)
+            out.append({"part": name, "ok": why is None, "reason": why,
+                        "for_s": None if why is None or since is None else round(now - since, 1)})
+        return out
+
+    def why_not_ready(self) -> list[str]:
+        """/readyz's body when it says 503: each part that is not OK, why, and for how long."""
+        reasons = [f"{p['part']}: {p['reason']} (for {p['for_s']} s)" for p in self.readiness() if not p["ok"]]
+        return reasons or ["READY is not written yet (the first block of a PLC session is on its way)"]
+
     def status_line(self) -> str:
         """One human line for systemd's STATUS= (what `systemctl status` shows)."""
         j = self.journal.summary()
@@ -148,6 +219,9 @@ class Daemon:
         """The main thread's housekeeping, every fraction of a second: systemd's READY=1 the
         first time the bridge is ready, STATUS= on every change of readiness and every
         STATUS_EVERY_S."""
+        # Keeps each part's not-OK-since stamp current when nobody asks (no page open, no
+        # /readyz scrape), so that the "for N s" a reader gets later is true to within a poll.
+        self.readiness()
         ready = self.ready()
         now = time.monotonic()
         if ready and not self._ready_sent:
@@ -193,8 +267,8 @@ class Daemon:
         if ok:
             # The worker adopts the new session between two decisions: name the version that
             # was applied, not the one still serving this instant.
-            log_event(log, "reload_applied", logging.INFO, detail=detail, model_version=self._applied_version,
-                      previous_model_version=self._previous_version)
+            log_event(log, "reload_applied", logging.INFO, detail=detail, changed=self._changed,
+                      model_version=self._applied_version, previous_model_version=self._previous_version)
         # systemd's reload protocol ends with READY=1 (only for a unit that was ever ready);
         # STATUS= says whether the bridge is ready now.
         if self._ready_sent:
@@ -211,11 +285,12 @@ class Daemon:
             new = load_config(self.config_path)
         except ConfigError as e:
             return self._refuse("config", str(e))
-        changed = sorted(name for name in Config.model_fields if getattr(new, name) != getattr(self.config, name))
-        cold = [name for name in changed if name not in HOT_SECTIONS]
+        keys = changed_keys(self.config, new)
+        cold = [key for key in keys if key.split(".")[0] not in HOT_SECTIONS]
         if cold:
-            return self._refuse("config", f"section(s) {', '.join(cold)} changed; they need a restart "
-                                          "(systemctl restart plcbridge); nothing was applied")
+            sections = sorted({key.split(".")[0] for key in cold})
+            return self._refuse("config", f"section(s) {', '.join(sections)} changed ({', '.join(cold)}); they need a "
+                                          "restart (systemctl restart plcbridge); nothing was applied")
         # Always rebuild the model: the files behind an unchanged manifest path may be new.
         from plcbridge.inference.validate import validate_model
 
@@ -237,13 +312,16 @@ class Daemon:
         if not checked:
             return self._refuse("model", f"{m.manifest}: {report.failure}")
         model = checked[0]
+        serving = self.worker.model
         self._previous_version, self._applied_version = self.worker.model_version, model.version
+        self._changed = keys
         self.worker.swap_model(model)
         self.inspection.fs = new.failsafe
         self.loop.config = new
         logging.getLogger("plcbridge").setLevel(new.logging.level.upper())
         self.config = new
-        return True, f"model {model.name} v{model.version} checked (p99 {report.latency_ms.get('p99')} ms); changed: {', '.join(changed) or 'nothing'}"
+        return True, (f"model {model.name} v{model.version} checked (p99 {report.latency_ms.get('p99')} ms); "
+                      f"{reload_changes(self._changed, serving, model)}")
 
     def start(self) -> "Daemon":
         tune_interpreter()
@@ -252,7 +330,8 @@ class Daemon:
         log_event(log, "starting", logging.INFO, station=c.station.name, mode=c.station.mode, protocol=c.plc.protocol,
                   plc=c.plc.address, camera=c.camera.source, model=c.model.manifest, period_ms=c.timing.period_ms)
         if c.metrics.enabled:
-            http = self.http = HealthServer(self.metrics, c.metrics.host, c.metrics.port, self.live, self.ready).start()
+            http = self.http = HealthServer(self.metrics, c.metrics.host, c.metrics.port, self.live, self.ready,
+                                            why_not_ready=self.why_not_ready, routes=self._page_routes()).start()
             self.metrics.watch("plcbridge_http_connections_refused", "Metrics/health connections closed at once "
                                "because the endpoint's bounded queue was full", lambda: http.connections_refused)
             self.metrics.watch("plcbridge_http_requests_timed_out", "Metrics/health connections closed because the "
@@ -266,6 +345,14 @@ class Daemon:
         self.loop.start()
         self.poll()
         return self
+
+    def _page_routes(self) -> dict[str, Route] | None:
+        """The station page's routes (plcbridge/page), served beside /metrics."""
+        if self.page is None:
+            return None
+        from plcbridge.page import page_routes
+
+        return page_routes(self, self.page)
 
     def stop(self) -> None:
         self.notifier.stopping("stopping: writing the fail-safe block")

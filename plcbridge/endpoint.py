@@ -1,4 +1,5 @@
-"""The /metrics, /healthz and /readyz HTTP endpoint, bounded so that it cannot stall the write loop.
+"""The /metrics, /healthz and /readyz HTTP endpoint (and the routes the daemon adds: the
+station page and its JSON API), bounded so that it cannot stall the write loop.
 
 Why not http.server's ThreadingHTTPServer: it starts one thread per connection and sets no
 socket timeout. Every thread start, and every Python-level step of every handler, needs the
@@ -47,6 +48,12 @@ class _Exposes(Protocol):
     def exposition(self) -> bytes: ...
 
 
+# A route: the request target (path and query) -> (status, body, content type). A route's
+# key is a path, or a prefix ending in "/" (the longest one wins). Routes run on the
+# endpoint's worker threads, below the write loop; each is bounded by what it serves.
+Route = Callable[[str], tuple[int, bytes, str]]
+
+
 class _Timeout(Exception):
     pass
 
@@ -69,10 +76,13 @@ class HealthServer:
     """
 
     def __init__(self, metrics: _Exposes, host: str, port: int, live: Callable[[], bool], ready: Callable[[], bool], *,
+                 why_not_ready: Callable[[], list[str]] | None = None, routes: dict[str, Route] | None = None,
                  workers: int = 2, queue_size: int = 16, request_timeout_s: float = 2.0, write_timeout_s: float = 2.0) -> None:
         self.metrics = metrics
         self.live = live
         self.ready = ready
+        self.why_not_ready = why_not_ready or (lambda: [])
+        self.routes = dict(routes or {})
         self.workers = workers
         self.request_timeout_s = request_timeout_s
         self.write_timeout_s = write_timeout_s
@@ -245,14 +255,28 @@ class HealthServer:
         try:
             if path == "/metrics":
                 return 200, self.metrics.exposition(), CONTENT_TYPE_LATEST, head_only
-            if path in ("/healthz", "/readyz"):
-                ok = self.live() if path == "/healthz" else self.ready()
-                return (200, b"ok\n", text, head_only) if ok else (503, b"not ok\n", text, head_only)
+            if path == "/healthz":
+                return (200, b"ok\n", text, head_only) if self.live() else (503, b"not ok\n", text, head_only)
+            if path == "/readyz":
+                if self.ready():
+                    return 200, b"ok\n", text, head_only
+                reasons = self.why_not_ready()
+                return 503, ("not ready: " + "; ".join(reasons or ["not ok"]) + "\n").encode(), text, head_only
+            route = self._route(path)
+            if route is not None:
+                code, body, ctype = route(target)
+                return code, body, ctype, head_only
         except Exception as e:  # noqa: BLE001 - report it to the scraper, keep serving
             log_event(log, "http_handler_failed", logging.WARNING, path=path, error=f"{type(e).__name__}: {e}",
                       rate_key=path, exc_info=True)
             return 500, b"internal error\n", text, head_only
         return 404, b"not found\n", text, head_only
+
+    def _route(self, path: str) -> Route | None:
+        if path in self.routes:
+            return self.routes[path]
+        prefixes = [k for k in self.routes if k.endswith("/") and path.startswith(k)]
+        return self.routes[max(prefixes, key=len)] if prefixes else None
 
     def _count(self, name: str) -> None:
         with self._count_lock:

@@ -59,6 +59,20 @@ def new_decision_id() -> str:
     return "".join(_CROCKFORD[(n >> shift) & 31] for shift in range(125, -1, -5))
 
 
+def decision_time(decision_id: str) -> float:
+    """The wall-clock time (seconds) a decision id was made at, read back from its first 48
+    bits; ValueError for text that is no decision id (a URL path segment, say)."""
+    if len(decision_id) != 26:
+        raise ValueError(f"not a decision id: {decision_id[:40]!r}")
+    n = 0
+    for c in decision_id:
+        i = _CROCKFORD.find(c)
+        if i < 0:
+            raise ValueError(f"not a decision id: {decision_id!r}")
+        n = n << 5 | i
+    return (n >> 80) / 1000
+
+
 class Journal:
     def __init__(self, metrics: Metrics, station: str, sinks: SinkFanout | None = None) -> None:
         self.metrics = metrics

@@ -7,7 +7,8 @@ The write loop composes a block on time every period and `post()`s it: that only
 the block in a one-place slot. The link thread takes the newest block whenever the previous
 exchange is complete, so at most one exchange is in flight and a block that was superseded
 before it could be sent is skipped (counted), never queued. A reply that comes later than
-one period is used, counted and its age measured; it is no reason to drop the session.
+one period is used, counted and its age measured, and said once per log window
+(`plc_exchanges_late`, naming timing.period_ms); it is no reason to drop the session.
 
 Between two ticks, once no exchange has started for `plc.poll_ms` (default half a period),
 the inputs are read again (`PlcAdapter.read_inputs`: the block last sent, the same values,
@@ -107,12 +108,25 @@ class _Posted:
     session: int | None
 
 
+@dataclass
+class _LateExchanges:
+    """Exchanges slower than the period since the last plc_exchanges_late line."""
+
+    count: int = 0
+    slowest: float = 0.0
+    next_line: float = 0.0  # monotonic: when the next line may be written
+    exchanges_before: int = 0  # PlcLink.exchanges at the last line
+
+
 class PlcLink:
     def __init__(self, settings: Any, metrics: Metrics, period_s: float,
-                 factory: Callable[[Any], PlcAdapter] | None = None) -> None:
+                 factory: Callable[[Any], PlcAdapter] | None = None, log_window_s: float = 5.0) -> None:
         self.settings = settings
         self.metrics = metrics
         self.period = period_s
+        # Late exchanges are said once per log window (logging.rate_limit_s), counted in between.
+        self.log_window_s = log_window_s
+        self._late = _LateExchanges()
         self.link_timeout = settings.link_timeout_ms / 1000
         self._factory = factory or adapter_class(settings.protocol)
         self._adapter: PlcAdapter | None = None  # used by the link thread only
@@ -139,6 +153,7 @@ class PlcLink:
         self._last_sent_id = -1
         self.reply: Reply | None = None
         self.written: Written | None = None
+        self._last_block: tuple[Outputs, float] | None = None  # see last_block
         # What a block composed before the current session's first reply becomes on the wire
         # (the write loop sets it from its inspection: TriggeredInspection.session_start).
         self.session_start: Callable[[Outputs], Outputs] | None = None
@@ -161,6 +176,14 @@ class PlcLink:
         bridge does not know that this PLC takes its blocks (one that refuses the output
         addresses answers reads all the same), and READY is not reported as written."""
         return self._adapter is not None and self._written_session == self.sessions
+
+    @property
+    def last_block(self) -> tuple[Outputs, float] | None:
+        """The newest output block known to have reached the PLC (its write was answered), as
+        it went on the wire, and when (monotonic); None before any. Kept when the session is
+        lost: it is what the PLC last got. For the station page and `plcbridge status`; one
+        tuple replaced whole, so a reader on another thread never sees half of it."""
+        return self._last_block
 
     @property
     def adapter(self) -> PlcAdapter | None:
@@ -372,12 +395,33 @@ class PlcLink:
         self._retry.answered()
         self.metrics.plc_exchange_seconds.observe(took)
         if took > self.period:
-            self.metrics.plc_late_exchanges.inc()
+            self._late_exchange(adapter, took, t1)
         if not poll:
             self._mark_written(posted, t1)
         self._replied(inputs, t0, t1, posted.block_id)
         self._answered = True
         return 0.0
+
+    def _late_exchange(self, adapter: PlcAdapter, took: float, now: float) -> None:
+        """An exchange slower than the period: used and counted, never a reason to reconnect,
+        and said once per log window: a PLC that answers in 30 ms at a 10 ms period works,
+        but not as the PLC programmer expects, and the log must say why."""
+        self.metrics.plc_late_exchanges.inc()
+        late = self._late
+        late.count += 1
+        late.slowest = max(late.slowest, took)
+        if now < late.next_line:
+            return
+        period_ms = self.period * 1000
+        log_event(log, "plc_exchanges_late", logging.WARNING, target=adapter.describe(), late=late.count,
+                  exchanges=self.exchanges - late.exchanges_before, slowest_ms=round(late.slowest * 1000, 1),
+                  last_ms=round(took * 1000, 1), period_ms=period_ms, setting="timing.period_ms",
+                  reason=f"PLC exchanges take longer than timing.period_ms = {period_ms:g} ms (the write period): a "
+                         "block is composed every period but only one exchange is in flight, so the PLC gets the "
+                         "newest block when the last exchange is done; its heartbeat advances by more than one "
+                         "between two updates, and answers and triggers wait for the exchange in flight. A PLC that "
+                         "answers within the period, or a longer timing.period_ms, avoids it")
+        self._late = _LateExchanges(next_line=now + self.log_window_s, exchanges_before=self.exchanges)
 
     def _replied(self, inputs: Inputs, t0: float, t1: float, block_id: int) -> None:
         previous = self.reply
@@ -397,6 +441,7 @@ class PlcLink:
 
     def _mark_written(self, posted: _Posted, t: float) -> None:
         self._written_session = self.sessions
+        self._last_block = (posted.outputs, t)
         with self._delivered:
             self.written = Written(posted.block_id, posted.token, t)
             self._delivered.notify_all()

@@ -74,7 +74,9 @@ class RateLimiter(logging.Filter):
     """Pass the first record of a (event, rate_key) per window; count the rest.
 
     Only records that carry `rate_key` are limited: decisions are never suppressed, repeated
-    errors (a reconnect failing every 100 ms) and flapping state changes (status_changed) are.
+    errors (a reconnect failing every 100 ms) and flapping states (plc_inputs_stale/fresh) are.
+    (status_changed is limited where it is made, plcbridge/writeloop.py StatusLog: each of
+    its lines must state its change from the line before, which a suppressing filter breaks.)
     The next line printed for that key carries `suppressed`, the number not printed.
 
     A record that also carries `rate_last=True` is a state change: the latest suppressed one

@@ -75,6 +75,14 @@ class Metrics:
         for kind in ("connect", "exchange", "config", "refused"):
             self.plc_errors.labels(kind)
         self.camera_errors = Counter("plcbridge_camera_errors", "Camera source failures, by kind (open, grab)", ["kind"], registry=r)
+        self.archive_saved = Counter("plcbridge_archive_saved", "Frames kept in the image archive, by result",
+                                     ["result"], registry=r)
+        self.archive_dropped = Counter("plcbridge_archive_dropped", "Frames the archive should have kept and could "
+                                       "not: disk_full, read_only, missing_folder, permission, error (a full queue "
+                                       "is plcbridge_sink_dropped_total{sink=\"archive\"})", ["reason"], registry=r)
+        self.archive_evicted = Counter("plcbridge_archive_evicted", "Archived frames deleted to stay within "
+                                       "archive.max_bytes (quota) or archive.max_age_days (age)", ["reason"], registry=r)
+        self.archive_bytes = Gauge("plcbridge_archive_bytes", "Bytes the image archive holds", registry=r)
         self.sink_dropped = Counter("plcbridge_sink_dropped", "Decision records a side-work sink (archive, page, "
                                     "MQTT) left out: its queue was full, or it failed", ["sink", "reason"], registry=r)
         self.camera_frames_unpaired = Counter("plcbridge_camera_frames_unpaired", "Hardware-triggered frames that "

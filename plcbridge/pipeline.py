@@ -124,7 +124,8 @@ class GrabLoop:
             retry.opened()
             if opened_before:
                 self.metrics.camera_reconnects.inc()
-            log_event(cam_log, "camera_opened", logging.INFO, source=s.source, reopen=opened_before)
+            log_event(cam_log, "camera_opened", logging.INFO, source=s.source, reopen=opened_before,
+                      **source.opened_fields())
             opened_before = True
             try:
                 while not self._stop.is_set():
@@ -154,7 +155,7 @@ class GrabLoop:
                 self.failed()
                 self.metrics.camera_errors.labels("grab").inc()
                 delay = retry.absent() if isinstance(e, CameraAbsent) else retry.failed()
-                kind = "camera_failed" if isinstance(e, CameraError) else "camera_crashed"
+                kind = "camera_grab_failed" if isinstance(e, CameraError) else "camera_crashed"
                 log_event(cam_log, kind, logging.ERROR, source=s.source, reason=f"{type(e).__name__}: {e}",
                           frame_seq=self.seq, retry_in_ms=round(delay * 1000), rate_key=s.source)
                 retry.wait(delay)

@@ -21,7 +21,9 @@ stamps the heartbeat and the status word, and posts the block to the link, which
 newest block whenever its one exchange in flight is done (plcbridge/link.py). The tick knows
 how old its newest inputs are: past `plc.max_input_age_ms` the bridge cannot see triggers,
 so the block it still writes clears READY, TRIGGER_READY and PLC_INPUTS_OK and says
-PLC_INPUTS_STALE.
+PLC_INPUTS_STALE; the log says why once per log window while it lasts, a PLC that was never
+fast enough included (StatusReport). Every change of the status word is a status_changed
+line, rate-limited here without losing a transition (StatusLog).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from plcbridge.config import Config
 from plcbridge.contract import U16_MAX, FaultCode, Outputs, ResultCode, StatusBit
@@ -71,57 +73,165 @@ def status_word(health: Health, trigger_ready: bool, result_status: int) -> int:
     return int(status)
 
 
-def log_status_change(old: int, new: int, fault: int) -> None:
-    changed = old ^ new
-    raised = [b.name for b in StatusBit if changed & b and new & b]
-    cleared = [b.name for b in StatusBit if changed & b and not new & b]
-    level = logging.WARNING if any(n in ("CAMERA_OK", "MODEL_OK", "READY", "PLC_INPUTS_OK") for n in cleared) else logging.INFO
-    # Rate-limited per kind of change (which bits moved; a flapping CAMERA_OK raises and
-    # clears the same bits), never lost: `status` is the whole word after the change, and
-    # the latest suppressed line is written when the window ends, with `suppressed`.
-    kind = ",".join(sorted(raised + cleared)) or "fault"  # type: ignore[arg-type]  # iterating a Flag gives single bits, all named; typeshed says str | None
-    log_event(log, "status_changed", level, raised=raised, cleared=cleared, fault=FaultCode(fault).name,
-              status=[b.name for b in StatusBit if new & b], rate_key=kind, rate_last=True)
+def change_kind(old: int, new: int) -> str:
+    """Which bits moved ("CAMERA_OK,READY,TRIGGER_READY"), or "fault" when only the fault did:
+    a flapping CAMERA_OK raises and clears the same bits, one kind."""
+    return ",".join(sorted(b.name for b in StatusBit if (old ^ new) & b)) or "fault"  # type: ignore[misc]  # iterating a Flag gives single bits, all named; typeshed says str | None
+
+
+@dataclasses.dataclass
+class _Merged:
+    """Status changes not yet written: how many, when the first and the last were composed,
+    and their kinds."""
+
+    count: int
+    t_first: float
+    t_last: float
+    kinds: set[str]
+
+
+class StatusLog:
+    """The status_changed lines: every change of the status word (or the fault) is accounted
+    for, and the last line always shows the state now.
+
+    Rate-limited here, at the source, not by the log pipeline's limiter: a line that limiter
+    held back would describe its change from a state no line showed (a READY raised between
+    two "cleared READY" lines was never seen), and it came out after later decision lines
+    with nothing to order it by. So a change of a kind (the bits that moved) already written
+    within `window_s` is merged into the next line, which is written at once for a change of
+    another kind, else at the first block after the window. Every line says the net change
+    since the line before it (`raised`/`cleared` against that line's `status`), `merged` (the
+    changes it stands for, when more than one), and `t_block_mono`: the monotonic time of the
+    block whose state it reports, the clock of the decision lines' `t_trigger_mono` and
+    `t_capture_mono`, so a reader can order it among them. log_event only queues: the write
+    loop never waits on the log.
+    """
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._shown = 0  # the status word of the last line written
+        self._status = 0  # and of the last block composed
+        self._fault = FaultCode.NONE
+        self._written_at: dict[str, float] = {}  # kind -> when a line last carried a change of that kind
+        self._merged: _Merged | None = None
+
+    def change(self, old: int, new: int, fault: int, t: float, force: bool = False) -> None:
+        """A block composed at `t` (monotonic) changed the status word from `old` to `new` (or
+        the fault); `force`: written now whatever the window (the final block)."""
+        self._status, self._fault = new, FaultCode(fault)
+        kind = change_kind(old, new)
+        m = self._merged
+        if m is None:
+            m = self._merged = _Merged(0, t, t, set())
+        m.count += 1
+        m.t_last = t
+        m.kinds.add(kind)
+        last = self._written_at.get(kind)
+        if force or last is None or t - last >= self.window_s:
+            self._write(t)
+
+    def due(self, now: float) -> None:
+        """At every block: merged changes are written once the window of the first has ended."""
+        m = self._merged
+        if m is not None and now - m.t_first >= self.window_s:
+            self._write(now)
+
+    def _write(self, now: float) -> None:
+        m = self._merged
+        assert m is not None
+        self._merged = None
+        old, new = self._shown, self._status
+        self._shown = new
+        for kind in m.kinds:
+            self._written_at[kind] = now
+        changed = old ^ new
+        raised = [b.name for b in StatusBit if changed & b and new & b]
+        cleared = [b.name for b in StatusBit if changed & b and not new & b]
+        lost = any(n in ("CAMERA_OK", "MODEL_OK", "READY", "PLC_INPUTS_OK") for n in cleared)
+        level = logging.WARNING if lost and self._fault is not FaultCode.SHUTTING_DOWN else logging.INFO  # stopping: asked for
+        extra: dict[str, Any] = {}
+        if m.count > 1:
+            extra = {"merged": m.count, "t_first_mono": round(m.t_first, 6),
+                     "note": f"rate-limited: {m.count} status changes since the previous status_changed line, the "
+                             "first at t_first_mono; raised/cleared are the net change, status the state at t_block_mono"}
+        log_event(log, "status_changed", level, raised=raised, cleared=cleared, fault=self._fault.name,
+                  status=[b.name for b in StatusBit if new & b], t_block_mono=round(m.t_last, 6), **extra)
 
 
 class StatusReport:
     """What the loop tells people: the gauges, and a log line when something changes (never
-    one per tick). Keeps the state the daemon reads: the status word and fault last written,
-    and whether the PLC inputs are fresh."""
+    one per tick), or once per log window while the bridge is blind. Keeps the state the
+    daemon reads: the status word and fault last written, and whether the PLC inputs are fresh."""
 
-    def __init__(self, metrics: Metrics, link: PlcLink, max_input_age_ms: int) -> None:
+    def __init__(self, metrics: Metrics, link: PlcLink, max_input_age_ms: int, log_window_s: float = 5.0) -> None:
         self.metrics = metrics
         self._link = link
         self._limit_ms = max_input_age_ms
+        self._window_s = log_window_s
+        self._status_log = StatusLog(log_window_s)
+        self._next_blind_line = 0.0  # monotonic: the next "still blind" line is due
         self.status = 0
         self.fault = FaultCode.NONE
         self.inputs_ok = False
 
-    def inputs(self, fresh: bool, age: float) -> None:
+    def inputs(self, fresh: bool, age: float, now: float, exchange_s: float | None = None) -> None:
+        """The age of the newest inputs at this tick, and the time the exchange that brought
+        them took (None: no reply on the current session yet). Blindness is said when it
+        begins (after fresh inputs), and once per log window for as long as it lasts on a
+        session that answers: a PLC too slow for plc.max_input_age_ms has never given fresh
+        inputs, and must not be silent."""
         self.metrics.plc_input_age_seconds.set(age)
-        if fresh == self.inputs_ok:
-            return
-        self.inputs_ok = fresh
-        self.metrics.plc_inputs_ok.set(1 if fresh else 0)
-        if fresh:
-            log_event(log, "plc_inputs_fresh", logging.INFO, input_age_ms=round(age * 1000, 1), rate_key="inputs",
-                      rate_last=True)
-        else:  # only after having been fresh: before the first reply the link says why
-            link = self._link
+        if fresh != self.inputs_ok:
+            self.inputs_ok = fresh
+            self.metrics.plc_inputs_ok.set(1 if fresh else 0)
+            if fresh:
+                log_event(log, "plc_inputs_fresh", logging.INFO, input_age_ms=round(age * 1000, 1), rate_key="inputs",
+                          rate_last=True)
+                return
             self.metrics.plc_inputs_stale.inc()
-            log_event(log, "plc_inputs_stale", logging.WARNING, input_age_ms=round(age * 1000, 1),
-                      limit_ms=self._limit_ms, fault=FaultCode.PLC_INPUTS_STALE.name,
-                      link=link.last_error or ("connected, replies late" if link.connected else "not connected"),
-                      reason="no PLC inputs within plc.max_input_age_ms: triggers cannot be seen; "
-                             "TRIGGER_READY and READY cleared", rate_key="inputs", rate_last=True)
+        elif fresh or now < self._next_blind_line or exchange_s is None or age * 1000 <= self._limit_ms:
+            return  # before a session answers, the link's own lines say why there are no inputs
+        self._next_blind_line = now + self._window_s
+        self._log_stale(age, exchange_s)
 
-    def block(self, status: int, fault: int, camera_ok: bool) -> None:
+    def _log_stale(self, age: float, exchange_s: float | None) -> None:
+        link = self._link
+        age_ms = round(age * 1000, 1)
+        if age_ms > self._limit_ms:
+            reason = f"inputs {age_ms:g} ms old, above plc.max_input_age_ms = {self._limit_ms}"
+        else:  # young, but from a session that has ended
+            reason = "no inputs yet on the new PLC session (the newest are from the session that ended)"
+        reason += ": triggers cannot be seen; READY and TRIGGER_READY cleared"
+        fields: dict[str, Any] = {}
+        if exchange_s is not None:
+            fields["exchange_ms"] = round(exchange_s * 1000, 1)
+            if exchange_s * 1000 > self._limit_ms / 2:
+                reason += (f". The PLC answers an exchange in {exchange_s * 1000:.0f} ms, so its inputs are at least "
+                           f"that old when they arrive: make the PLC answer faster, or raise plc.max_input_age_ms "
+                           f"(and plc.link_timeout_ms, which must not be below it) well above {exchange_s * 1000:.0f} ms")
+        log_event(log, "plc_inputs_stale", logging.WARNING, input_age_ms=age_ms, limit_ms=self._limit_ms,
+                  setting="plc.max_input_age_ms", fault=FaultCode.PLC_INPUTS_STALE.name,
+                  link=link.last_error or ("connected, replies late" if link.connected else "not connected"),
+                  reason=reason, rate_key="inputs", rate_last=True, **fields)
+
+    def block(self, status: int, fault: int, camera_ok: bool, now: float) -> None:
+        """A block composed at `now` (monotonic): its status word and fault, logged when they change."""
+        self._status_log.due(now)
         if status != self.status or fault != self.fault:
-            log_status_change(self.status, status, fault)
+            self._status_log.change(self.status, status, fault, now)
         self.status = status
         self.fault = FaultCode(fault)
         self.metrics.ready.set(1 if self.ready else 0)
         self.metrics.camera_ok.set(1 if camera_ok else 0)
+
+    def final(self, status: int, fault: int, now: float) -> None:
+        """The final block: its change is written at once, with any changes merged before it."""
+        if status != self.status or fault != self.fault:
+            self._status_log.change(self.status, status, fault, now, force=True)
+        else:
+            self._status_log.due(now + self._window_s)
+        self.status = status
+        self.fault = FaultCode(fault)
 
     @property
     def ready(self) -> bool:
@@ -152,7 +262,7 @@ class WriteLoop:
         self.metrics = metrics
         self.lateness = Samples()
         self.schedule = FixedRateSchedule(config.timing.period_ms / 1000, lateness=self.lateness)
-        self.report = StatusReport(metrics, link, config.plc.max_input_age_ms)
+        self.report = StatusReport(metrics, link, config.plc.max_input_age_ms, config.logging.rate_limit_s)
         self.heartbeat = 0
         self.ticks = 0
         self.last_tick: float | None = None  # monotonic time of the last tick; the watchdog's truth
@@ -265,7 +375,7 @@ class WriteLoop:
         result, token = self.inspection.tick(now, health)
         health = self.inspection.stated_health(health)
         status = status_word(health, self.inspection.trigger_ready(health), result.status)
-        self.report.block(status, result.fault_code, health.camera_ok)
+        self.report.block(status, result.fault_code, health.camera_ok, now)
         return dataclasses.replace(result, status=status), token
 
     def _post(self, block: Outputs, token: object, heartbeat: int) -> None:
@@ -326,16 +436,18 @@ class WriteLoop:
         age = self.input_age if self.input_age is not None else now - self._started
         # Inputs of a session that has ended say nothing about the PLC now, however young.
         fresh = r is not None and r.session == self.link.sessions and age <= self.max_input_age
-        self.report.inputs(fresh, age)
+        exchange = r.t_answered - r.t_sent if r is not None and r.session == self.link.sessions else None
+        self.report.inputs(fresh, age, now, exchange)
         return fresh
 
     def _final_write(self) -> None:
         """The last block: READY cleared, fail-safe result, SHUTTING_DOWN (the inspection's
         shutdown block); retried through a reconnect within FINAL_WRITE_BUDGET_S."""
-        outputs = dataclasses.replace(self.inspection.shutdown(time.monotonic()), heartbeat=self.heartbeat)
+        now = time.monotonic()
+        outputs = dataclasses.replace(self.inspection.shutdown(now), heartbeat=self.heartbeat)
+        self.report.final(outputs.status, outputs.fault_code, now)
         ok = self.link.final_write(self._block_id, outputs, FINAL_WRITE_BUDGET_S, self._session)
         self.final_write_ok = ok
-        self.report.status = outputs.status
         # What the final block answered, as the PLC reads it: with the decision lines, the
         # journal says what the PLC received for every trigger, the last one included.
         answer = {"trigger_seq": outputs.result_seq, "part_id": outputs.part_id,

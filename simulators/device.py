@@ -197,7 +197,7 @@ def parse_device(raw: Mapping[str, Any], source: str, overrides: Mapping[str, An
     except ValidationError as e:
         problems = [
             f"  {where}: {why}" + (" (set on the command line)" if where in overrides else "")
-            for where, why in validation_problems(e)
+            for where, why in validation_problems(e, root=DeviceSettings)
         ]
         raise DeviceFileError(f"{source}: invalid device settings\n" + "\n".join(problems)) from None
 

@@ -306,7 +306,9 @@ class SimulatedPlc:
         }
 
     def status_line(self) -> str:
-        """One line for a live display; cheap enough to call every second."""
+        """One line for a live display; cheap enough to call every second. `trigger->result`
+        is this PLC's own measure: from raising a trigger to reading its answer (the bridge's
+        latency_ms register is capture -> decision, a part of it)."""
         r = self.results
         last = f"{self.latencies_ms[-1]:.1f}ms" if self.latencies_ms else "-"
         worst = f"{max(self.latencies_ms):.1f}ms" if self.latencies_ms else "-"
@@ -321,7 +323,7 @@ class SimulatedPlc:
             f"trig={self.triggers_sent} pass={r['PASS']} fail={r['FAIL']} failsafe={r['FAILSAFE']} "
             f"missing={self.missing} skipped={self.skipped} collapsed={self.collapsed}{extra} "
             f"proto_err={sum(self.protocol_errors.values())} "
-            f"lat={last} max={worst} hb_alarms={self.heartbeat_alarms}"
+            f"trigger->result={last} max={worst} hb_alarms={self.heartbeat_alarms}"
         )
 
     # ------------------------------------------------------------------ internals

@@ -7,18 +7,23 @@ about what we ask of cv2 rather than what cv2 does.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from helpers import wait_for
 
 from plcbridge.adapters.camera import opencv as opencv_mod
-from plcbridge.adapters.camera.base import CameraError, camera_class, open_camera
+from plcbridge.adapters.camera.base import CameraAbsent, CameraError, camera_class, open_camera
 from plcbridge.adapters.camera.folder import FolderCamera, label_for
 from plcbridge.adapters.camera.opencv import OpenCvCamera, parse_source, redact_url
-from plcbridge.config import FolderCameraSettings, OpenCvCameraSettings
+from plcbridge.config import FolderCameraSettings, OpenCvCameraSettings, parse_config
+from plcbridge.mailbox import FrameMailbox
+from plcbridge.metrics import Metrics
+from plcbridge.pipeline import GrabLoop
 
 
 def _img(value: int, bgr: tuple[int, int, int] | None = None) -> np.ndarray:
@@ -86,6 +91,48 @@ def test_a_folder_emptied_under_a_running_camera_is_one_warning_with_the_count(t
     w = warnings[0]
     assert w.event == "folder_camera_files_skipped" and w.count == 40 and w.skipped_total == 40
     assert len(w.files) == 5 and w.more == 35 and "pass_01.png" in w.files[0]
+
+
+def test_a_removed_folder_is_said_at_once_as_the_folder_not_file_by_file(tmp_path: Path, caplog) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(20):
+        cv2.imwrite(str(folder / f"pass_{i:02d}.png"), _img(i))
+    cam = FolderCamera(_folder(folder))
+    cam.open()
+    cam.grab()
+    shutil.rmtree(folder)
+    with caplog.at_level(logging.WARNING, logger="plcbridge.camera"), pytest.raises(CameraAbsent) as e:
+        cam.grab()
+    assert str(e.value) == f"folder camera: {folder} does not exist"
+    assert not [r for r in caplog.records if r.name == "plcbridge.camera"], "no per-file warning before the cause"
+
+
+def test_one_open_is_one_camera_opened_line_and_failures_are_named_alike(tmp_path: Path, caplog) -> None:
+    """The grab loop's own events: `camera_opened` once per open (with the folder's fields),
+    `camera_grab_failed` and `camera_open_failed` with the cause."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(5):
+        cv2.imwrite(str(images / f"pass_{i}.png"), _img(i))
+    cfg = parse_config({"station": {"mode": "free-run"},
+                        "camera": {"source": "folder", "path": str(images), "fps": 200.0}}, env={})
+    grab = GrabLoop(cfg, FrameMailbox(), Metrics())
+    events = lambda: [r for r in caplog.records if r.name == "plcbridge.camera"]  # noqa: E731
+    with caplog.at_level(logging.INFO, logger="plcbridge.camera"):
+        grab.start()
+        try:
+            wait_for(lambda: grab.seq >= 3, 10, "frames from the folder")
+            images.rename(images.with_name("moved-away"))  # the folder goes at once (rmtree takes file by file)
+            wait_for(lambda: any(r.event == "camera_open_failed" for r in events()), 10, "the reopen refused")
+        finally:
+            grab.stop()
+    names = [r.event for r in events()]
+    assert names[:3] == ["camera_opened", "camera_grab_failed", "camera_open_failed"], names
+    opened = events()[0]
+    assert (opened.source, opened.images, opened.path, opened.reopen) == ("folder", 5, str(images), False)
+    assert "does not exist" in events()[1].reason and "does not exist" in events()[2].reason
+    assert "folder_camera_opened" not in names and "folder_camera_files_skipped" not in names
 
 
 def test_folder_returns_bgr(tmp_path: Path) -> None:

@@ -143,6 +143,16 @@ def test_opcua_security_files_must_exist_and_parse(tmp_path):
     refused(plcbridge("check-config", str(p)), str(p), "plc.opcua.private_key", "not a private key")
 
 
+def test_a_truncated_certificate_is_said_in_our_words_not_the_parsers(tmp_path):
+    cert, key = _self_signed(tmp_path)
+    short = tmp_path / "short.der"
+    short.write_bytes(cert.read_bytes()[:40])  # a copy that stopped early
+    p = station(tmp_path, _opcua_station(short, key, cert))
+    r = plcbridge("check-config", str(p))
+    line = refused(r, str(p), "plc.opcua.certificate", "short.der", "ends early", "docs/opcua-certificates.md")
+    assert "ParseError" not in r.stderr and "ShortData" not in r.stderr, line
+
+
 # ---------------------------------------------------------------------- several files, stdin
 
 def test_check_config_takes_several_files_and_stdin(tmp_path):

@@ -176,6 +176,24 @@ def test_demo_summary_has_a_verdict() -> None:
     summary = json.loads(r.stdout)
     assert summary["verdict"] == {"ok": True, "problems": []}, summary["verdict"]
     assert r.returncode == 0
+    # Progress for a person: no Python dicts, and each latency says what it measures.
+    progress = [line for line in r.stderr.splitlines() if line.startswith("  ") and "/3 s" in line]
+    assert progress and not any("{'" in line or "': " in line for line in progress), progress
+    assert "PASS" in progress[-1] and "capture -> decision (latency_ms register): " in progress[-1], progress[-1]
+    assert "trigger -> result, as the PLC measured it" in r.stderr and "p50" in r.stderr
+
+
+def test_demo_progress_line_reads_as_words() -> None:
+    from plcbridge.tools.demo import latency_lines, progress_line
+
+    line = progress_line(5.0, 20, {"PASS": 31, "FAIL": 12}, [4.0, 5.0, 6.0], 0.3, True)
+    assert "results: 12 FAIL, 31 PASS" in line and "{" not in line
+    assert "capture -> decision (latency_ms register): 5.0 ms (median of the last 3)" in line
+    assert "PLC link: up" in line and "write-loop lateness p99: 0.30 ms" in line
+    plc, bridge = latency_lines({"latency_ms": {"count": 3, "p50": 27.0, "p95": 30.0, "p99": 31.0, "max": 31.0}},
+                                [4.0, 5.0, 6.0])
+    assert plc.startswith("trigger -> result, as the PLC measured it") and "p50 27.0 ms" in plc
+    assert bridge.startswith("capture -> decision, as the bridge measures it (the latency_ms register)")
 
 
 def test_demo_verdict_rules() -> None:

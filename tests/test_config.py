@@ -136,3 +136,54 @@ def test_a_triggered_station_whose_source_takes_frames_on_request_defaults_to_th
     assert trigger("triggered", {"source": "opencv", "url": "0"}) == "free-run"  # a stream cannot be asked
     assert trigger("free-run", {"source": "synthetic"}) == "free-run"
     assert trigger("triggered", {"source": "synthetic", "trigger": "free-run"}) == "free-run"  # said: kept
+
+
+# ------------------------------------------------ strict numbers, unknown keys, the camera default
+
+
+@pytest.mark.parametrize("text, where, words", [
+    ('[plc]\nport = "5020"\n', "plc.port", ("'5020' is text", "write port = 5020")),
+    ('[metrics]\nenabled = 1\n', "metrics.enabled", ("not a boolean", "true or", "false")),
+    ('[plc]\nlink_timeout_ms = 200.0\n', "plc.link_timeout_ms", ("200.0 is not an integer",)),
+    ('[timing]\nperiod_ms = "10"\n', "timing.period_ms", ("'10' is text", "write period_ms = 10")),
+    ('[plc.modbus]\ndevice_id = true\n', "plc.modbus.device_id", ("True", "not an integer")),
+])
+def test_numbers_and_booleans_are_taken_only_as_written(tmp_path, text, where, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, _NAMED + text), env={})
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and f": {where}: " in msg, msg
+    assert all(w in msg for w in words), msg
+    # Environment variables are text: an integer there is still read as one.
+    assert load_config(_write(tmp_path, _NAMED), env={"PLCBRIDGE_PLC_PORT": "5021"}).plc.port == 5021
+
+
+@pytest.mark.parametrize("text, line", [
+    ('[plc]\nhots = "x"\n', "plc.hots: unknown key `hots` in [plc] (did you mean `host`?)"),
+    ('[camera]\nsource = "genicam"\naddress = "10.0.0.2"\nadress = "x"\n',
+     "camera.adress: unknown key `adress` in [camera] (did you mean `address`?)"),
+    ('[plc.modbus]\ndevice_idd = 1\n', "plc.modbus.device_idd: unknown key `device_idd` in [plc.modbus] (did you mean `device_id`?)"),
+    ('[timng]\nperiod_ms = 10\n', "timng: unknown key `timng` at the top level (did you mean `timing`?)"),
+])
+def test_an_unknown_key_is_named_with_its_section_and_the_closest_known_key(tmp_path, text, line):
+    body = text if "[camera]" in text else _NAMED + text
+    if "[model]" not in body:
+        body += '[model]\nmanifest = "builtin:demo"\n'
+    p = _write(tmp_path, body)
+    with pytest.raises(ConfigError) as e:
+        load_config(p, env={})
+    assert str(e.value) == f"{p}: {line}"
+    assert "Extra inputs" not in str(e.value)
+
+
+def test_the_camera_source_defaults_to_synthetic_and_a_station_file_missing_it_gets_one_line(tmp_path):
+    from plcbridge.config import parse_config
+
+    assert parse_config({"camera": {"fps": 5.0}}, env={}).camera.source == "synthetic"  # as documented
+    p = _write(tmp_path, '[camera]\nfps = 5.0\npath = "/images"\n[model]\nmanifest = "builtin:demo"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(p, env={})
+    lines = str(e.value).splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{p}: camera.source: "), lines
+    assert all(f'"{s}"' in lines[0] for s in ("synthetic", "folder", "opencv", "genicam")), lines
+    assert "Unable to extract tag" not in lines[0]

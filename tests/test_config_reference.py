@@ -57,7 +57,7 @@ def test_every_key_is_documented_with_a_meaning():
 def test_reference_shows_types_defaults_and_constraints():
     text = config_reference.markdown_reference()
     assert '| `mode` | `"triggered"` \\| `"free-run"` | `"triggered"` |' in text
-    assert "| `port` | integer | `5020` (modbus), `4840` (opcua), `44 818` (enip), `0` (loop) | >= 1, <= 65 535 |" in text
+    assert "| `port` | integer | `5020` (modbus), `4840` (opcua), `44818` (enip), `0` (loop) | >= 1, <= 65535 |" in text
     assert "| `source` | `\"folder\"` | **required** |" in text
     assert "`PLCBRIDGE_PLC_HOST` | `plc.host`" in text
     assert typing.get_type_hints(config_reference.markdown_reference)["return"] is str
@@ -73,3 +73,25 @@ def test_station_sim_runs_against_the_simulator_unedited():
 def test_every_example_station_file_validates():
     for path in sorted((ROOT / "config").glob("*.toml")):
         load_config(path, env={})
+
+
+def _rows(text: str) -> list[list[str]]:
+    rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in text.splitlines() if line.startswith("| `")]
+    return [r for r in rows if len(r) == 5]  # the key tables (not the environment overrides)
+
+
+def test_types_read_as_words_and_numbers_paste_into_toml():
+    import re
+    import tomllib
+
+    text = config_reference.markdown_reference()
+    assert "typing." not in text and "FieldInfo" not in text and "Annotated" not in text
+    roi = next(r for r in _rows(text) if r[0] == "`roi`")
+    assert roi[1] == "array of 4 integers (optional)" and ">= 1" in roi[3], roi
+    for key, _type, default, constraints, _meaning in _rows(text):
+        # Every number shown as a default or a bound is one a station file can hold as written.
+        for number in re.findall(r"(?<![\w.])-?\d[\d_ ]*(?:\.\d+)?(?:e[+-]?\d+)?(?![\w.])", f"{default} {constraints}"):
+            number = number.strip()
+            assert tomllib.loads(f"x = {number}")["x"] is not None, (key, number)
+    source = next(r for r in _rows(text) if r[0] == "`source`")
+    assert all(f"`{s}`" in source[4] for s in ("synthetic", "folder", "opencv", "genicam")), source

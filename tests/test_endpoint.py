@@ -101,7 +101,7 @@ def test_routes_status_codes_and_bodies(capfd: Any) -> None:
 
         assert get(server.port, "/healthz")[::2] == (200, b"ok\n")
         assert get(server.port, "/healthz?verbose=1")[::2] == (200, b"ok\n")
-        assert get(server.port, "/readyz")[::2] == (503, b"not ok\n")
+        assert get(server.port, "/readyz")[::2] == (503, b"not ready: not ok\n")  # no reasons given
         state.update(live=False, ready=True)
         assert get(server.port, "/healthz")[::2] == (503, b"not ok\n")
         assert get(server.port, "/readyz")[::2] == (200, b"ok\n")
@@ -278,3 +278,16 @@ def test_flood_of_idle_connections_does_not_stall_a_10ms_loop() -> None:
     # No thread per connection: workers + accept thread + this loop, during the whole flood.
     assert max(threads_seen) - baseline <= 2 + 1 + 1
     assert max(lateness) < 0.100, f"write-loop-like thread stalled {max(lateness) * 1000:.1f} ms"
+
+
+def test_readyz_says_why_and_added_routes_are_served() -> None:
+    reasons = ["plc: inputs 120 ms old, above plc.max_input_age_ms = 100 (for 3.0 s)", "model: not loaded (for 9.5 s)"]
+    routes = {"/api/status": lambda target: (200, b'{"a": 1}', "application/json"),
+              "/api/thumb/": lambda target: (200, target.encode(), "text/plain")}
+    with serving(FakeMetrics(), live=lambda: True, ready=lambda: False, why_not_ready=lambda: reasons,
+                 routes=routes) as server:
+        assert get(server.port, "/readyz")[::2] == (503, ("not ready: " + "; ".join(reasons) + "\n").encode())
+        assert get(server.port, "/api/status")[::2] == (200, b'{"a": 1}')
+        assert get(server.port, "/api/thumb/01ABC?size=2")[::2] == (200, b"/api/thumb/01ABC?size=2")
+        assert get(server.port, "/api/thumb")[0] == 404  # a prefix route takes what is under it only
+        assert get(server.port, "/api/statusx")[0] == 404

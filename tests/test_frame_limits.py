@@ -191,7 +191,7 @@ def test_a_tiny_frame_is_a_bad_frame_failsafe_in_the_pipeline() -> None:
         ({"min_size": [True, 32]}, ["frame.min_size.0", "integer"]),
         ({"min_size": ["32", 32]}, ["frame.min_size.0", "integer"]),
         ({"min_size": "32x32"}, ["frame.min_size", "list"]),
-        ({"minsize": [32, 32]}, ["frame.minsize", "Extra inputs are not permitted"]),
+        ({"minsize": [32, 32]}, ["frame.minsize", "unknown key `minsize`", "did you mean `min_size`?"]),
         ([32, 32], ["frame", "FrameSection"]),
         ({"min_size": [64, 64], "max_size": [63, 100]},
          ["frame.min_size 64x64 is larger than frame.max_size 63x100 in width or height"]),

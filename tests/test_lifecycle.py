@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -240,3 +241,21 @@ def test_metrics_and_health_endpoints(make_sim):
                  "plcbridge_trigger_to_result_seconds_count", 'plcbridge_failsafe_total{fault="STALE_RESULT"}',
                  "plcbridge_plc_connected 1.0", "plcbridge_model_info{"):
         assert name in body, name
+
+
+def test_readyz_names_what_is_not_ready_and_since_when():
+    from helpers import closed_tcp_port
+
+    port = closed_tcp_port()
+    cfg = station_config(port, "triggered", metrics={"enabled": True, "port": 0})
+    with running(cfg) as d:
+        wait_for(lambda: read_metric(d, "plcbridge_plc_errors_total", kind="connect") >= 2, 30, "connect attempts")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{d.http.port}/readyz", timeout=5)
+            raise AssertionError("/readyz said 200 without a PLC")
+        except urllib.error.HTTPError as e:
+            assert e.code == 503
+            body = e.read().decode()
+    assert body.startswith("not ready: ") and f"plc: not connected to 127.0.0.1:{port}" in body, body
+    assert "connection refused" in body.lower() and " s)" in body, body
+    assert "camera:" not in body and "model:" not in body, body  # only what is not OK

@@ -24,7 +24,7 @@ from plcbridge.inspection import FreeRunInspection, Health
 from plcbridge.journal import Journal
 from plcbridge.logs import LogPipeline, get_logger, log_event, text_value
 from plcbridge.metrics import Metrics
-from plcbridge.writeloop import log_status_change
+from plcbridge.writeloop import StatusLog, StatusReport
 
 EVENT_NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 
@@ -144,36 +144,75 @@ def _status_lines(out: io.StringIO) -> list[dict]:
     return [e for e in map(json.loads, out.getvalue().splitlines()) if e["event"] == "status_changed"]
 
 
-def test_flapping_status_is_rate_limited_and_the_last_line_is_the_state_now():
-    out, p = _capture(rate_limit_s=0.3)
-    up = int(StatusBit.READY | StatusBit.CAMERA_OK | StatusBit.MODEL_OK | StatusBit.PLC_INPUTS_OK)
-    down = int(StatusBit.MODEL_OK | StatusBit.PLC_INPUTS_OK)
-    old = up
-    for i in range(43):  # the flapping camera: 43 changes in a short time, ending down
-        new = down if i % 2 == 0 else up
-        log_status_change(old, new, FaultCode.CAMERA_FAULT if new == down else FaultCode.NONE)
+_UP = int(StatusBit.READY | StatusBit.CAMERA_OK | StatusBit.MODEL_OK | StatusBit.PLC_INPUTS_OK)
+_DOWN = int(StatusBit.MODEL_OK | StatusBit.PLC_INPUTS_OK)
+
+
+def _bits(names: list[str]) -> int:
+    return sum(int(StatusBit[n]) for n in names)
+
+
+def _assert_every_line_follows_the_one_before(lines: list[dict], start: int = 0) -> None:
+    """Each line's raised/cleared is exactly the change from the previous line's status: no
+    transition a reader cannot see (a READY raised between two "cleared READY" lines)."""
+    prev = start
+    for e in lines:
+        now = _bits(e["status"])
+        assert _bits(e["raised"]) == now & ~prev and _bits(e["cleared"]) == prev & ~now, (e, prev)
+        prev = now
+
+
+def test_flapping_status_is_merged_and_every_line_says_the_change_from_the_line_before():
+    out, p = _capture(rate_limit_s=60)  # the pipeline's own limiter has no say over status_changed
+    status_log = StatusLog(window_s=0.3)
+    old, t = 0, 100.0
+    status_log.change(old, _UP, FaultCode.NONE, t)
+    old = _UP
+    for i in range(43):  # the flapping camera: 43 changes within the window, ending down
+        new = _DOWN if i % 2 == 0 else _UP
+        t += 0.001
+        status_log.change(old, new, FaultCode.CAMERA_FAULT if new == _DOWN else FaultCode.NONE, t)
         old = new
-    time.sleep(0.6)  # the window ends with no further change: the last state still gets written
-    lines = _status_lines(out)
-    assert 2 <= len(lines) <= 3, lines
-    assert len(lines) + sum(e.get("suppressed", 0) for e in lines) == 43  # every change accounted for
-    last = lines[-1]
-    assert last["status"] == ["MODEL_OK", "PLC_INPUTS_OK"]
-    assert last["cleared"] == ["READY", "CAMERA_OK"] and last["fault"] == "CAMERA_FAULT" and last["suppressed"] == 41
-    # Decisions are never suppressed.
-    for _ in range(5):
-        log_event(get_logger("journal"), "decision", logging.INFO, result="PASS")
+    status_log.due(t + 0.1)  # within the window: nothing yet, so this line merges the next change too
+    status_log.change(old, _UP, FaultCode.NONE, t + 0.2)
+    status_log.change(_UP, _DOWN, FaultCode.CAMERA_FAULT, t + 0.25)
+    t += 0.25
+    status_log.due(t + 0.1)  # the window of the first merged change has ended: written
     p.stop()
-    assert sum(e["event"] == "decision" for e in map(json.loads, out.getvalue().splitlines())) == 5
-
-
-def test_stop_writes_the_kept_state_line():
-    out, p = _capture(rate_limit_s=60)
-    log_status_change(0, int(StatusBit.MODEL_OK), FaultCode.NONE)
-    log_status_change(int(StatusBit.MODEL_OK), 0, FaultCode.MODEL_NOT_READY)
-    p.stop(timeout=2.0)
     lines = _status_lines(out)
-    assert [e["status"] for e in lines] == [["MODEL_OK"], []]
+    assert len(lines) == 3, lines
+    _assert_every_line_follows_the_one_before(lines)
+    assert sum(e.get("merged", 1) for e in lines) == 46  # every change accounted for
+    last = lines[-1]
+    assert last["status"] == ["MODEL_OK", "PLC_INPUTS_OK"] and last["fault"] == "CAMERA_FAULT"  # the state now
+    assert last["merged"] == 44 and "rate-limited" in last["note"] and "net change" in last["note"]
+    # Each line carries the monotonic time of the block it reports: ordered among the decisions.
+    assert [e["t_block_mono"] for e in lines] == sorted(e["t_block_mono"] for e in lines)
+    assert last["t_block_mono"] == round(t, 6) and last["t_first_mono"] == round(100.002, 6)
+
+
+def test_a_change_of_another_kind_is_written_at_once_with_the_merged_ones():
+    out, p = _capture()
+    report = StatusReport(Metrics(), _Link(), 100, log_window_s=60)
+    plc_down = int(StatusBit.MODEL_OK | StatusBit.CAMERA_OK)
+    report.block(_UP, FaultCode.NONE, True, 1.0)
+    report.block(_DOWN, FaultCode.CAMERA_FAULT, False, 1.1)  # CAMERA_OK, READY: written
+    report.block(_UP, FaultCode.NONE, True, 1.2)  # the same bits: merged
+    report.block(plc_down, FaultCode.PLC_INPUTS_STALE, True, 1.3)  # PLC_INPUTS_OK, READY: another kind, now
+    report.block(plc_down, FaultCode.PLC_INPUTS_STALE, True, 1.4)
+    report.final(0, FaultCode.SHUTTING_DOWN, 1.5)  # the final block: written whatever the window
+    p.stop()
+    lines = _status_lines(out)
+    _assert_every_line_follows_the_one_before(lines)
+    assert [e.get("merged", 1) for e in lines] == [1, 1, 2, 1]
+    assert lines[2]["status"] == ["CAMERA_OK", "MODEL_OK"] and lines[2]["t_block_mono"] == 1.3
+    assert lines[-1]["status"] == [] and lines[-1]["fault"] == "SHUTTING_DOWN"
+
+
+class _Link:
+    connected = True
+    delivering = True
+    last_error = None
 
 
 def test_failsafe_has_one_shape_in_both_modes():

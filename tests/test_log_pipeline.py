@@ -243,11 +243,11 @@ def test_nothing_is_formatted_on_the_callers_thread():
 def test_text_format_through_the_fd_keeps_unicode(pipe):
     fds, stream = pipe
     p = LogPipeline("text", "info", stream=stream).start()
-    log_event(get_logger("camera"), "camera_failed", logging.ERROR, reason="câble débranché")
+    log_event(get_logger("camera"), "camera_grab_failed", logging.ERROR, reason="câble débranché")
     p.stop(timeout=2.0)
     os.set_blocking(fds["r"], False)
     text = os.read(fds["r"], 65536).decode("utf-8")
-    assert "camera_failed" in text and 'reason="câble débranché"' in text and text.endswith("\n")
+    assert "camera_grab_failed" in text and 'reason="câble débranché"' in text and text.endswith("\n")
 
 
 def test_process_exits_while_stdout_is_never_read():

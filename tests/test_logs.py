@@ -39,10 +39,10 @@ def test_repeated_errors_are_counted_not_dropped_silently():
 def test_text_format_is_readable():
     out = io.StringIO()
     p = LogPipeline("text", "info", stream=out).start()
-    log_event(get_logger("camera"), "camera_failed", logging.ERROR, reason="unplugged")
+    log_event(get_logger("camera"), "camera_grab_failed", logging.ERROR, reason="unplugged")
     p.stop()
     text = out.getvalue()
-    assert "ERROR" in text and "camera" in text and "camera_failed" in text and "reason=unplugged" in text
+    assert "ERROR" in text and "camera" in text and "camera_grab_failed" in text and "reason=unplugged" in text
 
 
 def test_stop_is_idempotent_and_start_again_resumes():

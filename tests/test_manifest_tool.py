@@ -97,6 +97,18 @@ def test_bad_input_exits_2_with_a_reason(tmp_path, capsys, case):
     assert not (tmp_path / "manifest.json").exists()
 
 
+def test_a_too_new_opset_is_said_with_what_to_do_not_onnxruntimes_cpp_signature(tmp_path, capsys):
+    model = tmp_path / "new.onnx"
+    raw = onnx.load(str(DEMO))
+    raw.opset_import[0].version = 99
+    onnx.save(raw, str(model))
+    assert _run(model) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "opset 99" in err and "opset_version <=" in err and "newer onnxruntime" in err, err
+    assert "onnxruntime::" not in err and "[ONNXRuntimeError]" not in err and ".h:" not in err, err
+
+
 def test_multiclass_softmax_nhwc_dynamic_batch(tmp_path, capsys):
     model = _softmax_model(tmp_path / "orient.onnx", classes=4, shape=["batch", 24, 32, 3])
     assert _run(model) == 2

@@ -104,6 +104,8 @@ def test_reload_swaps_good_models_and_refuses_bad_ones(make_sim, tmp_path):
         t_hup = time.monotonic()
         applied = d.hup_and_wait("reload_applied")
         assert (applied["model_version"], applied["previous_model_version"]) == (2, 1)
+        assert applied["changed"] == ["model.manifest"] and "changed: model.manifest" in applied["detail"]
+        assert "v1 -> v2" in applied["detail"], applied["detail"]
         wait_for(lambda: _results_with_version(plc, 2, t_hup) >= 3, 10, "results from model v2")
         window = [t for t, o in plc.seen if t >= t_hup - 0.1]
         gaps = [b - a for a, b in zip(window, window[1:])]
@@ -154,3 +156,31 @@ def test_reload_swaps_good_models_and_refuses_bad_ones(make_sim, tmp_path):
             d.proc.kill()
     s = sim.summary()
     assert s["missing"] == 0 and s["protocol_errors"] == 0, s
+
+
+def test_a_reload_names_every_changed_key_and_the_model_change(tmp_path):
+    from types import SimpleNamespace
+
+    from plcbridge.config import changed_keys, parse_config
+    from plcbridge.daemon import reload_changes
+
+    v1, v2 = copy_demo(tmp_path / "v1", version=1), copy_demo(tmp_path / "v2", version=2)
+    old = parse_config({"model": {"manifest": str(v1.parent)}}, env={})
+    new = parse_config({"model": {"manifest": str(v2.parent), "latency_check_runs": 20},
+                        "failsafe": {"result_code": "FAIL"}}, env={})
+    keys = changed_keys(old, new)
+    assert keys == ["failsafe.result_code", "model.latency_check_runs", "model.manifest"]
+    assert changed_keys(old, old) == []
+
+    def model(path):
+        m = load_manifest(path)[0]
+        return SimpleNamespace(manifest=m, name=m.name, version=m.version)
+
+    text = reload_changes(keys, model(v1), model(v2))
+    assert text.startswith("changed: failsafe.result_code, model.latency_check_runs, model.manifest; ")
+    assert "v1 -> v2" in text
+    # The files behind an unchanged path replaced: no key changed, and the model change still said.
+    same_path = reload_changes([], model(v1), model(_rewrite(copy_demo(tmp_path / "v3", version=3), sha256="a" * 64)))
+    assert same_path.startswith("no key of the station file changed; ") and "v1 -> v3" in same_path
+    assert "sha256" in same_path and "nothing" not in same_path
+    assert "the model is the same" in reload_changes([], model(v1), model(v1))

@@ -229,6 +229,7 @@ def test_summary_is_json_and_status_line_is_one_line() -> None:
     assert set(s["latency_ms"]) == {"count", "p50", "p95", "p99", "max"}
     line = plc.status_line()
     assert "\n" not in line and "fail=1" in line
+    assert "trigger->result=5.0ms" in line and " lat=" not in line  # says what the latency measures
 
 
 # --------------------------------------------------------------------------- device file

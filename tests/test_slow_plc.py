@@ -184,3 +184,43 @@ def test_fc23_is_used_where_the_plc_has_it_and_forcing_it_on_a_plc_without_names
     with running(cfg) as d:
         wait_for(lambda: read_metric(d, "plcbridge_plc_errors_total", kind="config") >= 1, 30, "the refusal")
         assert 'plc.modbus.exchange = "fc16+fc3"' in (d.link.last_error or ""), d.link.last_error
+
+
+def _events(out: io.StringIO, name: str) -> list[dict]:
+    return [e for e in map(json.loads, out.getvalue().splitlines()) if e["event"] == name]
+
+
+@pytest.mark.parametrize("delay_ms, blind", [(120, True), (30, False)])
+def test_a_plc_too_slow_for_the_settings_is_said_once_per_log_window_naming_the_setting(make_sim, delay_ms, blind):
+    """120 ms replies: never READY, and the log says why (inputs older than plc.max_input_age_ms,
+    the exchange time that makes them so). 30 ms replies at a 10 ms period: every exchange is
+    late, and the log says so, naming timing.period_ms. Once per log window, not per tick."""
+    sim = make_sim("triggered", trigger_hz=5, watchdog_ms=5000, device={"network.reply_delay_ms": delay_ms})
+    cfg = station_config(sim.port, "triggered", logging={"rate_limit_s": 2.0})  # max_input_age_ms 100, period 10
+    out = io.StringIO()
+    logs = LogPipeline("json", "info", rate_limit_s=2.0, stream=out).start()
+    try:
+        with running(cfg) as d:
+            wait_for(lambda: _events(out, "plc_exchanges_late"), 20, "the late exchanges said")
+            t0 = time.monotonic()
+            if blind:
+                wait_for(lambda: _events(out, "plc_inputs_stale"), 10, "the blindness said")
+            time.sleep(3.0)
+            ready = read_metric(d, "plcbridge_ready")
+        elapsed = time.monotonic() - t0
+    finally:
+        logs.stop()
+    late = _events(out, "plc_exchanges_late")
+    assert 1 <= len(late) <= elapsed / 2.0 + 3, late  # one per 2 s window, give or take the edges
+    assert late[0]["setting"] == "timing.period_ms" and late[0]["period_ms"] == 10
+    assert late[0]["slowest_ms"] >= delay_ms * 0.8 and "heartbeat advances by more than one" in late[0]["reason"]
+    stale = _events(out, "plc_inputs_stale")
+    if not blind:
+        assert not stale and ready == 1  # late, not blind: READY with a 30 ms PLC
+        return
+    assert ready == 0
+    assert 1 <= len(stale) <= elapsed / 2.0 + 3, stale
+    s = stale[0]
+    assert s["setting"] == "plc.max_input_age_ms" and s["limit_ms"] == 100 and s["input_age_ms"] > 100, s
+    assert s["exchange_ms"] >= delay_ms * 0.8, s
+    assert "above plc.max_input_age_ms = 100" in s["reason"] and "raise plc.max_input_age_ms" in s["reason"], s

@@ -70,6 +70,11 @@ class CameraSource(abc.ABC):
         takes that frame now, unpaced.
         """
 
+    def opened_fields(self) -> dict[str, Any]:
+        """What the grab loop's one `camera_opened` line says about this source after open()
+        (a folder: its image count): a source logs no open line of its own."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 - optional
         """Release the device."""
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import cv2
 import numpy as np
@@ -89,8 +89,9 @@ class FolderCamera(CameraSource):
         self._index = 0
         self._bad.clear()
         self._pacer = FixedRateSchedule(1 / self.settings.fps)
-        log_event(log, "folder_camera_opened", logging.INFO, images=len(paths), path=str(root),
-                  pattern=self.settings.pattern)
+
+    def opened_fields(self) -> dict[str, Any]:
+        return {"images": len(self._files or ()), "path": str(self.settings.path), "pattern": self.settings.pattern}
 
     def grab(self) -> tuple[np.ndarray, str | None]:
         image, label = self._next_image()
@@ -129,6 +130,7 @@ class FolderCamera(CameraSource):
                     log_event(log, "folder_camera_decoder_output", logging.WARNING, file=str(path),
                               said=native.text(), rate_key="decoder")
                 return image, label
+            self._folder_still_there(skipped)
             self._bad.add(path)
             skipped.append((path, native.text() if native.lines else ""))
             if len(self._bad) == len(files):
@@ -137,9 +139,20 @@ class FolderCamera(CameraSource):
                     f"{self.settings.pattern!r} in {self.settings.path} could be decoded"
                 )
 
+    def _folder_still_there(self, skipped: list[tuple[Path, str]]) -> None:
+        """A file that cannot be read: if the folder itself is gone, that is the cause, said
+        at once (CameraAbsent, as open() says it), never one skipped-file warning per file."""
+        root = Path(self.settings.path)
+        if not root.is_dir():
+            skipped.clear()  # not bad files: no folder
+            raise CameraAbsent(f"folder camera: {root} does not exist" if not root.exists()
+                               else f"folder camera: {root} is no longer a folder")
+
     def _log_skipped(self, skipped: list[tuple[Path, str]]) -> None:
         """One warning for the files one grab found unreadable: a folder emptied or rewritten
-        under a running station gives one line with the count, not one line per file."""
+        under a running station gives one line with the count, not one line per file; and
+        files deleted one by one between grabs (an rm -r in progress) give one line per log
+        window, the rest counted (`skipped_total`, and the next line's `suppressed`)."""
         fields: _SkipFields = {}
         said = "; ".join(text for _, text in skipped[:_NAMED] if text)
         if said:
@@ -149,7 +162,7 @@ class FolderCamera(CameraSource):
                   files=[str(p) for p, _ in skipped[:_NAMED]], more=max(0, len(skipped) - _NAMED),
                   reason="cannot be read or decoded as an image (deleted, replaced or corrupt); left out until "
                          "the camera is opened again", skipped_total=len(self._bad), in_folder=len(self._files),
-                  **fields)
+                  rate_key="skipped", **fields)
 
     @property
     def skipped_files(self) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from typing import Any
 
 import cv2
 import numpy as np
@@ -78,6 +79,7 @@ class OpenCvCamera(CameraSource):
         self._is_file = isinstance(self._source, str) and os.path.isfile(self._source)
         self._cap: cv2.VideoCapture | None = None
         self._pacer: FixedRateSchedule | None = None
+        self._opened: dict[str, Any] = {}  # what camera_opened says of this source
 
     def _describe(self) -> str:
         return f"{redact_url(self.settings.url)!r} (backend {self.settings.backend})"
@@ -118,8 +120,11 @@ class OpenCvCamera(CameraSource):
             self._request(cv2.CAP_PROP_FRAME_WIDTH, "width", self.settings.width)
             self._request(cv2.CAP_PROP_FRAME_HEIGHT, "height", self.settings.height)
             self._request(cv2.CAP_PROP_FPS, "fps", self.settings.fps)
-        log_event(log, "opencv_camera_opened", logging.INFO, url=redact_url(self.settings.url),
-                  backend=self.settings.backend, backend_used=_backend_name(cap), file=self._is_file)
+        self._opened = {"url": redact_url(self.settings.url), "backend": self.settings.backend,
+                        "backend_used": _backend_name(cap), "file": self._is_file}
+
+    def opened_fields(self) -> dict[str, Any]:
+        return dict(self._opened)
 
     def _request(self, prop: int, name: str, value: float | None) -> None:
         """Ask the device for a setting and warn when it does not take it: a camera that

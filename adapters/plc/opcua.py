@@ -51,6 +51,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
+from plcbridge.checks import unreadable_pki
 from plcbridge.contract import OUTPUT_SIGNALS, Inputs, Outputs, check_range
 from plcbridge.contract.opcua import node_specs
 
@@ -366,24 +367,29 @@ def _load_pki(o: Any) -> _Pki:
         raw = {k: Path(p).read_bytes() for k, p in files.items()}
     except OSError as e:
         raise PlcError(f"cannot read the OPC UA security files: {e}") from None
+    cert, server_cert = (_certificate(raw[k], files[k], k) for k in ("certificate", "server_certificate"))
+    password = None
+    if o.private_key_password_env:
+        password = OpcUaAdapter._read_env(o.private_key_password_env, "plc.opcua.private_key_password_env is set").encode()
+    load = serialization.load_pem_private_key if raw["private_key"].startswith(b"-----") else serialization.load_der_private_key
     try:
-        cert, server_cert = (
-            x509.load_pem_x509_certificate(raw[k]) if raw[k].startswith(b"-----") else x509.load_der_x509_certificate(raw[k])
-            for k in ("certificate", "server_certificate"))
-        password = None
-        if o.private_key_password_env:
-            password = OpcUaAdapter._read_env(o.private_key_password_env, "plc.opcua.private_key_password_env is set").encode()
-        load = serialization.load_pem_private_key if raw["private_key"].startswith(b"-----") else serialization.load_der_private_key
         key = load(raw["private_key"], password=password)
-    except PlcError:
-        raise
-    except (ValueError, TypeError) as e:
-        raise PlcError(f"cannot load the OPC UA security files {', '.join(str(p) for p in files.values())}: {e}") from None
+    except TypeError as e:  # encrypted without a password, or a password for a plain key
+        raise PlcError(f"plc.opcua.private_key {files['private_key']}: {e}") from None
+    except ValueError as e:
+        raise PlcError(f"plc.opcua.private_key: {unreadable_pki(files['private_key'], 'a private key', e)}") from None
     pki = _Pki(cert, key, server_cert)
     with _pki_lock:
         _pki_cache.clear()  # one station, one set of files: keep only the newest
         _pki_cache[stamp] = pki
     return pki
+
+
+def _certificate(data: bytes, path: Any, field: str) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(data) if data.startswith(b"-----") else x509.load_der_x509_certificate(data)
+    except ValueError as e:
+        raise PlcError(f"plc.opcua.{field}: {unreadable_pki(path, 'an X.509 certificate', e)}") from None
 
 
 def _check_application_uri(cert: x509.Certificate, o: Any) -> None:

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from plcbridge import protocols
-from plcbridge.config import ENV_OVERRIDES, Config
+from plcbridge.config import CAMERA_SOURCES, ENV_OVERRIDES, Config
 
 SECTION_NAME = "config"
 DEFAULT_PATH = Path("docs/configuration.md")
@@ -33,7 +33,9 @@ EXTRA: dict[str, str] = {
     "station.name": "Station name: in log events, `STATUS=` and the bench report.",
     "station.mode": "`triggered`: one result per PLC trigger (discrete parts). `free-run`: every frame is judged, "
                     "each write tick carries the newest decision (continuous web).",
-    "camera.source": "Which camera source; selects the keys below.",
+    "camera.source": "Which camera source: " + ", ".join(f"`{c}`" for c in CAMERA_SOURCES)
+                     + "; selects the keys below. Unset: synthetic (the embedded demo station); a station file "
+                       "must name it.",
     "camera.reconnect_min_ms": "Reconnect backoff of the camera: doubles from min to max.",
     "camera.reconnect_max_ms": "Reconnect backoff of the camera: doubles from min to max.",
     "camera.fps": "Frame rate (synthetic, folder: generated/read at this rate).",
@@ -140,6 +142,10 @@ def _type_name(tp: Any) -> str:
         text = "table (signal -> name)" if typing.get_args(tp) == (str, str) else "table"
     elif origin is list:
         text = f"array of {_type_name(typing.get_args(tp)[0])}"
+    elif origin is tuple:  # a fixed-length array: roi = [x, y, width, height]
+        items = typing.get_args(tp)
+        names = {_type_name(a) for a in items}
+        text = f"array of {len(items)} {names.pop()}s" if len(names) == 1 else "array"
     elif tp is Path:
         text = "path"
     elif isinstance(tp, type) and issubclass(tp, Enum):
@@ -169,14 +175,18 @@ def _constraints(info: FieldInfo) -> str:
         pattern = getattr(m, "pattern", None)
         if isinstance(pattern, str):
             parts.append(f"matches `{pattern}`")
+    if typing.get_origin(_unwrap(inner)[0]) is tuple:  # each item's own bounds, in order
+        items = [_constraints(FieldInfo.from_annotation(a)) for a in typing.get_args(_unwrap(inner)[0])]
+        if any(items):
+            parts.append("items: " + "; ".join(i or "any" for i in items))
     return ", ".join(parts)
 
 
 def _number(v: Any) -> str:
     if isinstance(v, bool):
         return str(v).lower()
-    if isinstance(v, int):
-        return f"{v:_}".replace("_", " ") if abs(v) >= 10_000 else str(v)
+    if isinstance(v, int):  # as TOML takes it: 44818, and 2_000_000_000 for the long ones
+        return f"{v:_}" if abs(v) >= 1_000_000 else str(v)
     if isinstance(v, float):
         return f"{v:g}"
     return str(v)

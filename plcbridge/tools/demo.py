@@ -36,6 +36,7 @@ from typing import Any
 
 from plcbridge import protocols
 from plcbridge.config import load_config, parse_config
+from plcbridge.schedule import percentile_summary
 from plcbridge.simulators.process import free_udp_port, start_simulator, stop_simulator
 
 OVERRUN_MAX_FRACTION = 0.01  # verdict: write-loop overruns above 1 % of ticks are a problem
@@ -61,13 +62,16 @@ def demo_config(mode: str, port: int, protocol: str = "modbus", camera_trigger: 
 
 class _FailsafeTimeline:
     """Wraps the daemon's journal to tell the start-up fail-safe (before the first PASS/FAIL
-    verdict) from fail-safes in service, which the journal's counts do not."""
+    verdict) from fail-safes in service, which the journal's counts do not; and keeps the
+    bridge's own latency of each verdict (capture -> decision: what the PLC reads in the
+    latency_ms register) for the progress lines."""
 
     def __init__(self, journal: Any) -> None:
         self._lock = threading.Lock()
         self.served = False
         self.startup: collections.Counter[str] = collections.Counter()
         self.in_service: collections.Counter[str] = collections.Counter()
+        self.capture_to_decision_ms: collections.deque[float] = collections.deque(maxlen=10_000)
         decision, episode = journal.decision, journal.failsafe_episode
 
         def on_decision(d: Any) -> None:
@@ -76,6 +80,8 @@ class _FailsafeTimeline:
             elif d.result.name in ("PASS", "FAIL"):
                 with self._lock:
                     self.served = True
+                if d.t_capture is not None:
+                    self.capture_to_decision_ms.append((d.t_decided - d.t_capture) * 1000)
             decision(d)
 
         def on_episode(fault: Any, reason: str, **fields: Any) -> None:
@@ -87,6 +93,31 @@ class _FailsafeTimeline:
     def _count(self, fault: str) -> None:
         with self._lock:
             (self.in_service if self.served else self.startup)[fault] += 1
+
+
+def progress_line(elapsed: float, seconds: float, results: dict[str, int], capture_to_decision_ms: list[float],
+                  lateness_p99_ms: float | None, plc_up: bool) -> str:
+    """The once-a-second line on stderr, for a person: counts in words, and the latency the
+    bridge measures labelled as such (the PLC's own trigger -> result figure is in the summary)."""
+    counts = ", ".join(f"{n} {name}" for name, n in sorted(results.items())) or "none yet"
+    recent = capture_to_decision_ms[-50:]
+    latency = f"{sorted(recent)[len(recent) // 2]:.1f} ms (median of the last {len(recent)})" if recent else "-"
+    lateness = "-" if lateness_p99_ms is None else f"{lateness_p99_ms:.2f} ms"
+    return (f"  {elapsed:5.1f}/{seconds:g} s | results: {counts} | capture -> decision (latency_ms register): "
+            f"{latency} | write-loop lateness p99: {lateness} | PLC link: {'up' if plc_up else 'DOWN'}")
+
+
+def latency_lines(sim_summary: dict[str, Any], capture_to_decision_ms: list[float]) -> list[str]:
+    """The two latencies of a run, each saying what it measures."""
+    plc = sim_summary.get("latency_ms") or {}
+    bridge = percentile_summary(capture_to_decision_ms)
+
+    def figures(f: dict[str, Any]) -> str:
+        return "-" if f.get("p50") is None else f"p50 {f['p50']:.1f} ms, p99 {f['p99']:.1f} ms, max {f['max']:.1f} ms"
+
+    return [f"trigger -> result, as the PLC measured it (trigger raised to answer read; the simulator's "
+            f"trigger->result): {figures(plc)}",
+            f"capture -> decision, as the bridge measures it (the latency_ms register): {figures(bridge)}"]
 
 
 def demo_verdict(summary: dict[str, Any], in_service_failsafes: dict[str, int],
@@ -150,11 +181,9 @@ def run_demo(seconds: float, mode: str, trigger_hz: float, protocol: str = "modb
                 while (elapsed := time.monotonic() - t0) < seconds:
                     if stop.event.wait(min(1.0, seconds - elapsed)):
                         break
-                    j = daemon.journal.summary()
-                    late = daemon.loop.lateness.summary_ms()
-                    print(f"  {time.monotonic() - t0:5.1f}/{seconds:g} s  results {j['results']}  "
-                          f"lateness p99 {late['p99']} ms  plc {'up' if daemon.link.connected else 'DOWN'}",
-                          file=sys.stderr, flush=True)
+                    print(progress_line(time.monotonic() - t0, seconds, daemon.journal.summary()["results"],
+                                        list(timeline.capture_to_decision_ms), daemon.loop.lateness.summary_ms()["p99"],
+                                        daemon.link.connected), file=sys.stderr, flush=True)
         finally:
             if daemon is not None:
                 daemon.stop()
@@ -183,6 +212,8 @@ def run_demo(seconds: float, mode: str, trigger_hz: float, protocol: str = "modb
     }
     summary["verdict"] = demo_verdict(summary, dict(timeline.in_service), interrupted)
     summary["failsafes_at_startup"] = dict(timeline.startup)
+    for line in latency_lines(sim_summary, list(timeline.capture_to_decision_ms)):
+        print(f"plcbridge demo: {line}", file=sys.stderr)
     print(json.dumps(summary, indent=2))
     if interrupted:
         return 128 + (stop.signum or 0)

@@ -101,6 +101,7 @@ def scaffold(model_path: Path, *, name: str | None = None, version: int = 1, col
     Raises UsageError for input that is not a model a manifest can describe."""
     import onnxruntime as ort
 
+    from plcbridge.inference.errors import ort_load_reason
     from plcbridge.inference.modelfile import default_opset
 
     if not model_path.exists():
@@ -123,8 +124,8 @@ def scaffold(model_path: Path, *, name: str | None = None, version: int = 1, col
         so.log_severity_level = 3  # the reason goes into our message, not onto stderr twice
         session = ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidProtobuf, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{model_path}: not an ONNX model onnxruntime {ort.__version__} can load: {first}") from None
+        why = ort_load_reason(e, opset, ort.__version__)
+        raise UsageError(f"{model_path}: not an ONNX model onnxruntime {ort.__version__} can load: {why}") from None
     if opset is None:
         why = "its protobuf could not be parsed" if parse_failed else "it declares no default-domain opset"
         raise UsageError(f"{model_path}: onnxruntime loads it, but {why} (ai.onnx opset_import)")

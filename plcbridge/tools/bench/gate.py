@@ -70,10 +70,11 @@ def load_budget(path: Path) -> Any:
         raise BudgetError(f"{path}: cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise BudgetError(f"{path}: not valid TOML: {e}") from None
+    model = _budget_model()
     try:
-        return _budget_model().model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
-        problems = "\n".join(f"  {where}: {why}" for where, why in validation_problems(e))
+        problems = "\n".join(f"  {where}: {why}" for where, why in validation_problems(e, root=model))
         raise BudgetError(f"{path}: invalid budget\n{problems}") from None
 
 

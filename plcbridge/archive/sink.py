@@ -1,0 +1,161 @@
+"""The archive's writer: a sink on the journal's seam (plcbridge/sinks.py), so it runs on a
+thread of its own behind a bounded queue and never holds the control path up.
+
+What it keeps (`[archive]`): every FAIL, every fail-safe that judged a frame, a sample of
+PASS (one in `pass_every`, at most one per `pass_min_interval_s`). Decisions without a
+frame (NO_FRAME, a result timeout, a free-run fail-safe episode) have nothing to keep.
+
+What goes wrong is counted by reason (`plcbridge_archive_dropped_total{reason}`) and logged
+once per log window, and the frame is let go: `disk_full` (ENOSPC, EDQUOT), `read_only`
+(EROFS), `missing_folder` (the root is gone: an unmounted disk; it is never created in its
+place, and saving resumes by itself when it is back), `permission`, `error`. A writer that
+cannot keep up (a slow USB stick) loses frames at the seam instead: its queue is full
+(`plcbridge_sink_dropped_total{sink="archive", reason="queue_full"}`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+
+from plcbridge.archive.store import Entry, Index, entry_paths, scan, sidecar_json, unlink, write_atomic
+from plcbridge.contract import ResultCode
+from plcbridge.logs import get_logger, log_event
+from plcbridge.metrics import Metrics
+from plcbridge.sinks import DecisionRecord
+
+if TYPE_CHECKING:
+    from plcbridge.config import ArchiveSettings
+
+log = get_logger("archive")
+
+AGE_CHECK_S = 60.0  # age eviction runs this often, whether frames are saved or not
+_REASONS = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EROFS: "read_only",
+            errno.EACCES: "permission", errno.EPERM: "permission", errno.ENOENT: "missing_folder"}
+
+
+class ArchiveSink:
+    name = "archive"
+
+    def __init__(self, settings: ArchiveSettings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.root = Path(settings.path)
+        self._index: Index | None = None  # scanned at the first save, on this sink's thread
+        self._passes = 0
+        self._last_pass = -float("inf")
+        self._next_age_check = 0.0
+        self._suffix = ".png" if settings.format == "png" else ".jpg"
+        self._params = [] if settings.format == "png" else [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality]
+
+    # ------------------------------------------------------------------ the seam
+
+    def write(self, record: DecisionRecord) -> None:
+        if self._index is not None and time.monotonic() >= self._next_age_check:
+            self._evict(self._index, time.time())  # frames age also while none is saved
+        if not self.wanted(record):
+            return
+        reason = self._save(record)
+        if reason is not None:
+            self.metrics.archive_dropped.labels(reason).inc()
+
+    def close(self) -> None:
+        pass
+
+    def wanted(self, record: DecisionRecord) -> bool:
+        """Does this decision keep its frame? (Counts PASS frames for the sample.)"""
+        if record.image is None:
+            return False
+        s, result = self.settings, record.decision.result
+        if result is ResultCode.FAIL:
+            return s.save_fail
+        if result is ResultCode.FAILSAFE:
+            return s.save_failsafe
+        if not s.pass_every:
+            return False
+        self._passes += 1
+        now = time.monotonic()
+        if self._passes % s.pass_every or now - self._last_pass < s.pass_min_interval_s:
+            return False
+        self._last_pass = now
+        return True
+
+    # ------------------------------------------------------------------ disk
+
+    def _save(self, record: DecisionRecord) -> str | None:
+        """Keep one frame; the drop reason if it could not be kept."""
+        saved = time.time()
+        result = record.decision.result.name
+        image, sidecar = entry_paths(self.root, saved, result, record.decision_id, self._suffix)
+        data = None
+        try:
+            if not self.root.is_dir():
+                raise FileNotFoundError(errno.ENOENT, "the archive folder does not exist (an unmounted disk?)",
+                                        str(self.root))
+            index = self._ensure_index()
+            ok, data = cv2.imencode(self._suffix, record.image, self._params)
+            if not ok:
+                raise ValueError(f"the frame could not be encoded as {self.settings.format}")
+            # Day, then hour, never with parents: a root that vanished meanwhile is not recreated.
+            image.parent.parent.mkdir(exist_ok=True)
+            image.parent.mkdir(exist_ok=True)
+            write_atomic(image, data.tobytes())
+            try:
+                write_atomic(sidecar, sidecar_json(record.fields, image, saved))
+            except BaseException:
+                unlink(image)  # an image without its sidecar is no entry: never left taking space
+                raise
+        except OSError as e:
+            reason = _REASONS.get(e.errno or 0, "error")
+            if reason == "disk_full" and self._index is not None:
+                self._make_room(self._index, 2 * len(data) if data is not None else 1)
+            return self._failed(record, e, reason, image)
+        except Exception as e:  # noqa: BLE001 - an odd frame must not stop the archive
+            return self._failed(record, e, "error", image)
+        index.add(Entry(sidecar, image, saved, len(data) + sidecar.stat().st_size))
+        self.metrics.archive_saved.labels(result).inc()
+        self._evict(index, saved)
+        return None
+
+    def _make_room(self, index: Index, at_least: int) -> None:
+        """The disk is full before max_bytes is reached: the oldest frames make room for the
+        next ones, so the archive keeps the newest rejects rather than none."""
+        deleted = index.free(at_least)
+        if deleted:
+            self.metrics.archive_evicted.labels("disk_full").inc(deleted)
+            self.metrics.archive_bytes.set(index.bytes)
+
+    def _ensure_index(self) -> Index:
+        if self._index is None:
+            entries, removed = scan(self.root)
+            self._index = Index(entries)
+            self.metrics.archive_bytes.set(self._index.bytes)
+            log_event(log, "archive_opened", logging.INFO, path=str(self.root), entries=len(entries),
+                      bytes=self._index.bytes, leftovers_removed_bytes=removed or None)
+        return self._index
+
+    def _evict(self, index: Index, now: float) -> None:
+        self._next_age_check = time.monotonic() + AGE_CHECK_S
+        s = self.settings
+        by_quota, by_age = index.evict(s.max_bytes, s.max_age_days * 86400, now)
+        if by_quota:
+            self.metrics.archive_evicted.labels("quota").inc(by_quota)
+        if by_age:
+            self.metrics.archive_evicted.labels("age").inc(by_age)
+        self.metrics.archive_bytes.set(index.bytes)
+
+    def _failed(self, record: DecisionRecord, e: Exception, reason: str, image: Path) -> str:
+        if reason == "missing_folder":
+            self._index = None  # a disk mounted again may hold other entries: scan it again
+        what = {"disk_full": "the disk is full", "read_only": "the file system is read-only",
+                "missing_folder": f"{self.root} does not exist (an unmounted disk?); it is not created in its place",
+                "permission": "no permission to write there"}.get(reason, f"{type(e).__name__}: {e}")
+        log_event(log, "archive_write_failed", logging.WARNING, path=str(image), decision_id=record.decision_id,
+                  reason=f"{what}: this frame is not kept; the bridge goes on deciding and writing the PLC",
+                  drop=reason, setting="archive.path", rate_key=f"archive-{reason}")
+        return reason
