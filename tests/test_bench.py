@@ -145,6 +145,15 @@ def test_triggered_report_counts_triggers(tmp_path):
     assert r["plot_skipped"] == "--no-plot"
 
 
+def test_the_bench_can_keep_every_frame_in_the_archive_and_say_how_many(tmp_path):
+    r = run_bench(BenchOptions(mode="free-run", seconds=3, output_dir=tmp_path, plot=False, archive=True))
+    kept = r["side_work"]["archive"]
+    assert r["side_work"]["page_open_in_browser"] is False
+    decided = r["results"].get("PASS", 0) + r["results"].get("FAIL", 0)
+    assert kept["bytes"] > 0 and kept["frames"] >= decided // 2 > 0, (kept, decided)  # pass_every = 1: about every frame
+    assert Path(kept["path"]).is_dir() and r["files"]["report"].endswith("-archive.json")
+
+
 def _gate(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "plcbridge", "gate", "--output-dir", str(tmp_path), "--quiet", *args],
                           capture_output=True, text=True, timeout=120)
