@@ -18,7 +18,7 @@ So the work this endpoint can cause is bounded by construction:
   time, and connections that expired while queued cost a worker almost nothing), and
   `write_timeout_s` in total to take the response (a client that never reads).
 * One request per connection (Connection: close), GET or HEAD only, a head of 8 KiB at most.
-* The endpoint's threads run below the write loop (`lower_this_thread`), like the producers.
+* The endpoint's threads run below the write loop and the producers (`SIDE_WORK_NICENESS`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Callable, Protocol
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from plcbridge.logs import get_logger, log_event
-from plcbridge.threads import lower_this_thread
+from plcbridge.threads import SIDE_WORK_NICENESS, lower_this_thread
 
 log = get_logger("http")
 
@@ -145,7 +145,7 @@ class HealthServer:
     # --- accept thread: accept, stamp, enqueue or close. Nothing else. ---
 
     def _accept_loop(self) -> None:
-        lower_this_thread()
+        lower_this_thread(SIDE_WORK_NICENESS)
         with selectors.DefaultSelector() as sel:
             sel.register(self._listener, selectors.EVENT_READ)
             sel.register(self._wake_r, selectors.EVENT_READ)
@@ -169,7 +169,7 @@ class HealthServer:
     # --- workers ---
 
     def _work(self) -> None:
-        lower_this_thread()
+        lower_this_thread(SIDE_WORK_NICENESS)
         while True:
             item = self._queue.get()
             if item is None:

@@ -6,7 +6,7 @@ journal to sinks (the image archive, the station page, MQTT), each a package of 
 
 The journal is called on the write loop's thread (triggered answers) or the inference
 thread (free-run decisions): handing a record over is a `put_nowait` per sink and nothing
-else. Each sink has its own thread (at the lowest priority, like the other side work) and
+else. Each sink has its own thread (at SIDE_WORK_NICENESS, below the producers) and
 its own bounded queue; a record that finds the queue full is dropped and counted
 (`plcbridge_sink_dropped_total{sink, reason="queue_full"}`), never waited for. A sink that
 raises is counted (`reason="error"`) and logged once per log window; its thread goes on
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from plcbridge.decision import Decision
 from plcbridge.logs import get_logger, log_event
 from plcbridge.metrics import Metrics
-from plcbridge.threads import lower_this_thread
+from plcbridge.threads import SIDE_WORK_NICENESS, lower_this_thread
 
 log = get_logger("sinks")
 
@@ -74,7 +74,7 @@ class _Feed:
                              "left out (the PLC and the journal are not affected)", rate_key=f"drop-{self.sink.name}")
 
     def _run(self) -> None:
-        lower_this_thread()
+        lower_this_thread(SIDE_WORK_NICENESS)
         while True:
             record = self.queue.get()
             if record is None:

@@ -18,6 +18,10 @@ _POOL_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUM
 
 # Producer threads run this much nicer than the write loop (raising niceness needs no privilege).
 PRODUCER_NICENESS = 5
+# Side work (the archive's encoder, the station page, /metrics) runs nicer still: on a 2-core
+# line PC it gets what the write loop and the producers leave, never an equal share with the
+# model (nice 5 against 15 is a CFS weight of 335 against 36).
+SIDE_WORK_NICENESS = 15
 # How long a thread may hold the GIL before another waiting thread gets it (CPython default 5 ms).
 # Half a millisecond bounds how long pure-Python work elsewhere can delay a write tick.
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -50,8 +54,9 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
-def lower_this_thread() -> None:
-    """Put the calling (producer) thread below the write loop.
+def lower_this_thread(niceness: int = PRODUCER_NICENESS) -> None:
+    """Put the calling (producer, or with SIDE_WORK_NICENESS side-work) thread below the
+    write loop.
 
     Under the real-time drop-in systemd starts the whole process SCHED_FIFO; a busy
     inference thread must not run at that priority, so it drops back to SCHED_OTHER
@@ -61,6 +66,6 @@ def lower_this_thread() -> None:
     try:
         if os.sched_getscheduler(tid) in (os.SCHED_FIFO, os.SCHED_RR):
             os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-        os.setpriority(os.PRIO_PROCESS, tid, PRODUCER_NICENESS)
+        os.setpriority(os.PRIO_PROCESS, tid, niceness)
     except (OSError, AttributeError):
         pass

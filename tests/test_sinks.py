@@ -148,3 +148,22 @@ def test_decision_ids_never_repeat_across_a_plc_restart_and_a_daemon_restart(mak
         assert len({decision_id for decision_id, _ in seen}) == len(seen)
     first_run = [r for r in records if r.fields.get("part_id") == 1]
     assert len({r.fields["plc_session"] for r in first_run[:2]}) == 2, first_run[:2]
+
+
+def test_sinks_run_below_the_producers():
+    import os
+
+    from plcbridge.threads import PRODUCER_NICENESS, SIDE_WORK_NICENESS
+
+    seen: list[int] = []
+
+    class Nice(Recorder):
+        def write(self, record: DecisionRecord) -> None:
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    m = Metrics()
+    fanout = SinkFanout(m)
+    fanout.add(Nice())
+    Journal(m, "st", fanout).decision(_verdict(1))
+    fanout.close()
+    assert seen == [SIDE_WORK_NICENESS] and SIDE_WORK_NICENESS > PRODUCER_NICENESS

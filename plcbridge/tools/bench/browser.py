@@ -5,6 +5,7 @@ Selenium (the `page-test` extra); never a downloaded driver."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from typing import Any
 
@@ -17,8 +18,13 @@ HINT = ("the station page needs Chromium and Selenium: as root `apt-get install 
         "`pip install -e '.[page-test]'` (or `make test` as root, which installs both)")
 
 
-def open_page(url: str) -> Any:
-    """A headless Chromium showing `url`; quit() it when done."""
+def open_page(url: str, niceness: int = 0) -> Any:
+    """A headless Chromium showing `url` (chromedriver and every browser process it starts at
+    `niceness`: 0 is a browser as a user starts it); quit() it when done.
+
+    Run as root (a container, CI), it runs as the unprivileged user `nobody`, as a person's
+    browser would: Chromium started by root raises some of its own processes to nice -8,
+    above the daemon's threads, which no user's browser can do."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
     if chromium is None or driver_path is None:
@@ -32,6 +38,29 @@ def open_page(url: str) -> Any:
     opts.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"):
         opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=opts)
+    demote = None
+    if os.geteuid() == 0:
+        import pwd
+        import tempfile
+
+        nobody = pwd.getpwnam("nobody")
+        profile = tempfile.mkdtemp(prefix="plcbridge-page-")
+        os.chown(profile, nobody.pw_uid, nobody.pw_gid)
+        opts.add_argument(f"--user-data-dir={profile}")
+
+        def demote() -> None:
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+
+    def start() -> None:
+        if niceness:
+            os.nice(niceness)
+        if demote is not None:
+            demote()
+
+    env = {**os.environ, "HOME": "/tmp"}
+    service = Service(executable_path=driver_path, env=env, popen_kw={"preexec_fn": start})
+    driver = webdriver.Chrome(service=service, options=opts)
     driver.get(url)
     return driver

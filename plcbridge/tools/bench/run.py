@@ -62,6 +62,7 @@ class BenchOptions:
     plot: bool = True
     archive: bool = False  # keep every frame in the image archive (pass_every = 1)
     page: bool = False  # the station page open in headless Chromium for the whole run
+    page_niceness: int = 0  # the browser's niceness (0: as a user starts it on the line PC)
 
 
 class BenchError(RuntimeError):
@@ -340,7 +341,7 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
 
             say("opening the station page in headless Chromium")
             try:
-                browser = open_page(f"http://127.0.0.1:{metrics_port}/")
+                browser = open_page(f"http://127.0.0.1:{metrics_port}/", o.page_niceness)
             except BrowserMissing as e:
                 raise BenchError(str(e)) from None
         t_ready = notify.first("READY")
@@ -418,7 +419,8 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
                        "load_avg_after": [round(x, 2) for x in os.getloadavg()]},
               "versions": _tool_versions(),
               "files": {k: str(v) for k, v in files.items()}})
-    report["side_work"] = {"archive": _archive_summary(archive_dir), "page_open_in_browser": o.page}
+    report["side_work"] = {"archive": _archive_summary(archive_dir), "page_open_in_browser": o.page,
+                           "browser_niceness": o.page_niceness if o.page else None}
     if o.plot:
         try:
             from plcbridge.tools.bench.plot import plot_report
@@ -464,13 +466,16 @@ def add_run_arguments(p: argparse.ArgumentParser, *, for_gate: bool = False) -> 
         p.add_argument("--page", action="store_true",
                        help="serve the station page and keep it open in headless Chromium for the whole run "
                             "(needs chromium, chromium-driver and the page-test extra)")
+        p.add_argument("--page-niceness", type=int, default=0, choices=range(0, 20), metavar="0..19",
+                       help="run that browser this much nicer (default 0: as a user starts it on the line PC)")
 
 
 def options_from_args(args: argparse.Namespace, fps: float, seconds: float) -> BenchOptions:
     return BenchOptions(protocol=args.protocol, mode=args.mode, model=args.model, fps=fps, trigger_hz=args.trigger_hz,
                         camera_trigger=args.camera_trigger,
                         seconds=seconds, period_ms=args.period_ms, output_dir=args.output_dir, plot=not args.no_plot,
-                        archive=getattr(args, "archive", False), page=getattr(args, "page", False))
+                        archive=getattr(args, "archive", False), page=getattr(args, "page", False),
+                        page_niceness=getattr(args, "page_niceness", 0))
 
 
 def progress_printer(quiet: bool, prefix: str = "plcbridge bench") -> Callable[[str], None]:
