@@ -82,24 +82,19 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        _unlink(tmp)
+        unlink(tmp)
         raise
     os.close(fd)
     try:
         os.replace(tmp, path)
     except BaseException:
-        _unlink(tmp)
+        unlink(tmp)
         raise
     dirfd = os.open(path.parent, os.O_RDONLY)  # the rename itself survives a power cut
     try:
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
-
-
-def unlink(path: Path) -> int:
-    """Remove a file; its size, or 0 if it was not there."""
-    return _unlink(path)
 
 
 def folders(root: Path) -> list[Path]:
@@ -118,7 +113,7 @@ def folders(root: Path) -> list[Path]:
     return out
 
 
-def _unlink(path: Path) -> int:
+def unlink(path: Path) -> int:
     """Remove a file; its size, or 0 if it was not there."""
     try:
         size = path.stat().st_size
@@ -137,9 +132,9 @@ def scan(root: Path) -> tuple[list[Entry], int]:
         names = {p.name: p for p in hour.iterdir() if p.is_file()}
         for name, path in sorted(names.items()):
             if name.startswith(".") and name.endswith(".tmp"):
-                removed += _unlink(path)
+                removed += unlink(path)
             elif path.suffix in IMAGE_SUFFIXES and path.with_suffix(".json").name not in names:
-                removed += _unlink(path)
+                removed += unlink(path)
             elif path.suffix == ".json":
                 image = next((path.with_suffix(s) for s in IMAGE_SUFFIXES if path.with_suffix(s).name in names), None)
                 if image is None:
@@ -197,8 +192,8 @@ class Index:
         oldest = self.entries.popleft()
         self.bytes -= oldest.size
         try:
-            _unlink(oldest.sidecar)  # the sidecar first: the image alone is no entry
-            _unlink(oldest.image)
+            unlink(oldest.sidecar)  # the sidecar first: the image alone is no entry
+            unlink(oldest.image)
         except OSError:
             pass  # not ours to delete after all (permissions changed): forgotten, not retried
         _prune(oldest.sidecar.parent)
