@@ -14,7 +14,9 @@ sidecar exists.
 Atomic: each file is written under a temporary name (`.NAME.tmp`) in its own folder, synced,
 then renamed. The image is renamed before the sidecar is written, so a power cut leaves at
 worst a temporary file (removed at the next scan) or an image without its sidecar (not an
-entry; removed at the next scan), never a half file under a real name.
+entry; removed at the next scan), never a half file under a real name. The folder itself is
+not synced after each rename (two more syncs a frame, 0.2 ms of CPU and more of the disk's
+time): a rename the power cut caught is lost whole, the newest entry or two with it.
 """
 
 from __future__ import annotations
@@ -90,11 +92,6 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         unlink(tmp)
         raise
-    dirfd = os.open(path.parent, os.O_RDONLY)  # the rename itself survives a power cut
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
 
 
 def folders(root: Path) -> list[Path]:
