@@ -81,7 +81,8 @@ class Metrics:
                                        "not: disk_full, read_only, missing_folder, permission, error (a full queue "
                                        "is plcbridge_sink_dropped_total{sink=\"archive\"})", ["reason"], registry=r)
         self.archive_evicted = Counter("plcbridge_archive_evicted", "Archived frames deleted to stay within "
-                                       "archive.max_bytes (quota) or archive.max_age_days (age)", ["reason"], registry=r)
+                                       "archive.max_bytes (quota) or archive.max_age_days (age), or to make room on a "
+                                       "full disk (disk_full)", ["reason"], registry=r)
         self.archive_bytes = Gauge("plcbridge_archive_bytes", "Bytes the image archive holds", registry=r)
         self.sink_dropped = Counter("plcbridge_sink_dropped", "Decision records a side-work sink (archive, page, "
                                     "MQTT) left out: its queue was full, or it failed", ["sink", "reason"], registry=r)
