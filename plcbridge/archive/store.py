@@ -51,6 +51,12 @@ class Entry:
     def decision_id(self) -> str:
         return self.sidecar.stem.rsplit("_", 1)[-1]
 
+    @property
+    def result(self) -> str:
+        """The result the name carries (TIME_RESULT_ID): filters without reading the JSON."""
+        parts = self.sidecar.stem.split("_")
+        return parts[1] if len(parts) >= 3 else ""
+
     def record(self) -> dict[str, Any]:
         return json.loads(self.sidecar.read_text())
 
@@ -118,6 +124,23 @@ def unlink(path: Path) -> int:
         return size
     except FileNotFoundError:
         return 0
+
+
+def complete_entries(folder: Path) -> dict[str, Path]:
+    """decision id -> image, for each complete entry (image and sidecar) of one hour folder;
+    empty when the folder is not there (an hour without entries, a disk that is gone)."""
+    try:
+        names = {e.name for e in os.scandir(folder) if not e.name.startswith(".")}
+    except OSError:
+        return {}
+    out: dict[str, Path] = {}
+    for name in names:
+        stem, dot, ext = name.rpartition(".")
+        if dot and ext == "json":
+            image = next((stem + s for s in IMAGE_SUFFIXES if stem + s in names), None)
+            if image is not None:
+                out[stem.rsplit("_", 1)[-1]] = folder / image
+    return out
 
 
 def scan(root: Path) -> tuple[list[Entry], int]:

@@ -7,7 +7,6 @@ a few encodes a second.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -17,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from plcbridge.archive.store import IMAGE_SUFFIXES, entry_paths
+from plcbridge.archive.store import complete_entries, entry_paths
 from plcbridge.journal import decision_time
 from plcbridge.page.sink import Kept, PageSink
 
@@ -144,29 +143,13 @@ class ArchiveLookup:
             cached = self._folders.get(folder)
             if cached is not None and now - cached[0] < FOLDER_TTL_S:
                 return cached[1]
-        found = _entries_in(folder)
+        found = complete_entries(folder)
         with self._lock:
             self._folders[folder] = (now, found)
             self._folders.move_to_end(folder)
             while len(self._folders) > FOLDERS_CACHED:
                 self._folders.popitem(last=False)
         return found
-
-
-def _entries_in(folder: Path) -> dict[str, Path]:
-    """decision id -> image, for each complete entry (image and sidecar) in an hour folder."""
-    try:
-        names = {e.name for e in os.scandir(folder) if not e.name.startswith(".")}
-    except OSError:  # no such hour (yet), or the disk is gone
-        return {}
-    out: dict[str, Path] = {}
-    for name in names:
-        stem, dot, ext = name.rpartition(".")
-        if dot and ext == "json":
-            image = next((stem + s for s in IMAGE_SUFFIXES if stem + s in names), None)
-            if image is not None:
-                out[stem.rsplit("_", 1)[-1]] = folder / image
-    return out
 
 
 class Thumbs:

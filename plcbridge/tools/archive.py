@@ -208,17 +208,11 @@ def utc(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def entry_result(entry: Entry) -> str:
-    """The result the file name carries (TIME_RESULT_ID): filters without reading the JSON."""
-    parts = entry.sidecar.stem.split("_")
-    return parts[1] if len(parts) >= 3 else ""
-
-
 def select(root: Path, since: float | None, until: float | None, results: frozenset[str] | None) -> list[Entry]:
     """The entries in [since, until) with one of `results`, oldest first."""
     from plcbridge.archive.store import iter_entries
 
-    return [e for e in iter_entries(root, since, until) if results is None or entry_result(e) in results]
+    return [e for e in iter_entries(root, since, until) if results is None or e.result in results]
 
 
 def read_record(entry: Entry) -> dict[str, Any] | None:
@@ -278,7 +272,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({**record, "image_path": str(e.image), "sidecar_path": str(e.sidecar)}, default=str))
         else:
-            print(_ROW.format(utc(e.saved), _text(record.get("result", entry_result(e))), _text(record.get("fault")),
+            print(_ROW.format(utc(e.saved), _text(record.get("result", e.result)), _text(record.get("fault")),
                               _score(record.get("score")), _text(record.get("part_id")), _text(record.get("plc_session")),
                               _text(record.get("decision_id", e.decision_id)), e.image))
     return 0
