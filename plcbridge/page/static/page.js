@@ -2,6 +2,10 @@
 // image twice a second, /api/decisions when a new decision is there) and fills the page in.
 // Plain browser JavaScript, no library, nothing loaded from anywhere else. Every value from
 // the daemon is shown as text (textContent), never parsed as HTML.
+//
+// A browser is often on the line PC itself, on the two cores the model needs: the page asks
+// for nothing while its tab is hidden, and loads thumbnails one at a time, newest first,
+// only for rows still on screen (at 30 decisions a second most rows are gone within a second).
 "use strict";
 
 (function () {
@@ -9,7 +13,9 @@
   const LIVE_EVERY_MS = 500;
   const DECISIONS_SHOWN = 50;
 
-  const state = { hasFrame: false, liveBusy: false, liveN: 0, newest: undefined, rows: new Map(), lastOk: null };
+  const state = {
+    hasFrame: false, liveBusy: false, liveN: 0, newest: undefined, rows: new Map(), lastOk: null, statusPaused: false,
+  };
   const $ = (id) => document.getElementById(id);
 
   function el(tag, text, cls) {
@@ -26,6 +32,41 @@
   }
 
   function td(text, cls) { return el("td", text, cls); }
+
+  // Every second the same few dozen values come back, most unchanged: a node is touched only
+  // when its text or class differs, and table rows are kept and updated, never rebuilt, so
+  // the browser lays out and paints only what changed (a browser on the line PC shares the
+  // model's two cores; rebuilding every table each second cost it a burst of work each time).
+  function setText(node, text, cls) {
+    const t = text === undefined || text === null ? "" : String(text);
+    if (node.textContent !== t) node.textContent = t;
+    if (cls !== undefined && node.className !== cls) node.className = cls;
+  }
+
+  // Make `tbody` hold one row per key, in `keys` order: existing rows are kept (moved only if
+  // their place changed), missing ones made with make(key) (`cells` tds), gone ones removed.
+  // update(tr, key) then sets the cells.
+  function syncRows(tbody, keys, cells, update) {
+    const have = new Map();
+    for (const tr of Array.from(tbody.rows)) {
+      if (tr.dataset.key !== undefined && !have.has(tr.dataset.key)) have.set(tr.dataset.key, tr);
+      else tr.remove();
+    }
+    const wanted = new Set(keys.map(String));
+    for (const [k, tr] of have) if (!wanted.has(k)) { tr.remove(); have.delete(k); }
+    let at = tbody.firstElementChild;
+    for (const key of keys.map(String)) {
+      let tr = have.get(key);
+      if (!tr) {
+        tr = document.createElement("tr");
+        tr.dataset.key = key;
+        for (let i = 0; i < cells; i++) tr.appendChild(document.createElement("td"));
+      }
+      if (tr !== at) tbody.insertBefore(tr, at);
+      else at = at.nextElementSibling;
+      update(tr, key);
+    }
+  }
 
   function localTime(iso) {
     if (!iso) return "";
@@ -46,48 +87,58 @@
   // ------------------------------------------------------------------ status
 
   function renderHeader(s) {
-    $("station").textContent = s.station.name;
-    $("mode").textContent = s.station.mode + " · " + s.station.protocol + " " + s.station.plc + " · camera " + s.station.camera;
-    document.title = s.station.name + (s.ready ? " · READY" : " · NOT READY");
-    const badge = $("ready");
-    badge.textContent = s.ready ? "READY" : "NOT READY";
-    badge.className = "badge " + (s.ready ? "ok" : "bad");
+    setText($("station"), s.station.name);
+    setText($("mode"), s.station.mode + " · " + s.station.protocol + " " + s.station.plc + " · camera " + s.station.camera);
+    const title = s.station.name + (s.ready ? " · READY" : " · NOT READY");
+    if (document.title !== title) document.title = title;
+    setText($("ready"), s.ready ? "READY" : "NOT READY", "badge " + (s.ready ? "ok" : "bad"));
     const alerts = $("alerts");
     const bad = s.readiness.filter((p) => !p.ok);
-    alerts.replaceChildren(...bad.map((p) => el("div", p.part + ": " + p.reason)));
-    alerts.hidden = bad.length === 0;
+    const text = bad.map((p) => p.part + ": " + p.reason);
+    if (Array.from(alerts.children, (d) => d.textContent).join("\n") !== text.join("\n")) {
+      alerts.replaceChildren(...text.map((t) => el("div", t)));
+    }
+    if (alerts.hidden !== (bad.length === 0)) alerts.hidden = bad.length === 0;
   }
 
   function renderReadiness(s) {
-    const rows = s.readiness.map((p) => row([
-      td(p.part),
-      td(p.ok ? "OK" : "NOT OK", p.ok ? "ok" : "bad"),
-      td(p.reason || ""),
-      td(p.ok ? "" : localTime(p.since_utc) + " (" + p.for_s + " s)"),
-    ]));
-    rows.forEach((r, i) => { r.dataset.part = s.readiness[i].part; r.dataset.ok = String(s.readiness[i].ok); });
-    $("readiness").tBodies[0].replaceChildren(...rows);
+    const parts = new Map(s.readiness.map((p) => [p.part, p]));
+    syncRows($("readiness").tBodies[0], Array.from(parts.keys()), 4, (tr, key) => {
+      const p = parts.get(key), c = tr.cells;
+      tr.dataset.part = p.part;
+      tr.dataset.ok = String(p.ok);
+      setText(c[0], p.part);
+      setText(c[1], p.ok ? "OK" : "NOT OK", p.ok ? "ok" : "bad");
+      setText(c[2], p.reason || "");
+      setText(c[3], p.ok ? "" : localTime(p.since_utc) + " (" + p.for_s + " s)");
+    });
     const m = s.model;
-    $("model").textContent = m.loaded ? "model v" + m.version + " (" + m.manifest + ")" : "model NOT LOADED: " + (m.error || "loading");
+    setText($("model"), m.loaded ? "model v" + m.version + " (" + m.manifest + ")" : "model NOT LOADED: " + (m.error || "loading"));
     const w = s.write_loop, late = w.lateness_ms || {};
-    $("loop").textContent = "write loop: period " + w.period_ms + " ms, " + w.ticks + " ticks, " + w.overruns +
-      " overruns; lateness p50 " + ms(late.p50) + ", p99 " + ms(late.p99) + ", max " + ms(late.max);
+    setText($("loop"), "write loop: period " + w.period_ms + " ms, " + w.ticks + " ticks, " + w.overruns +
+      " overruns; lateness p50 " + ms(late.p50) + ", p99 " + ms(late.p99) + ", max " + ms(late.max));
   }
 
   function renderBlock(table, block, decode) {
     const body = table.tBodies[0];
     if (!block) {
-      body.replaceChildren(row([td("none yet", "muted")]));
+      syncRows(body, [" none"], 3, (tr) => setText(tr.cells[0], "none yet", "muted"));
       return;
     }
-    const rows = Object.entries(block.values).map(([name, value]) => {
-      const r = row([td(name), td(value, "num"), td(decode(name, value, block), "bits")]);
-      r.dataset.signal = name;
-      r.dataset.value = String(value);
-      return r;
+    const values = block.values;
+    syncRows(body, [...Object.keys(values), " age"], 3, (tr, key) => {
+      const c = tr.cells;
+      if (key === " age") {
+        setText(c[0], "age", "muted");
+        setText(c[1], ms(block.age_ms), "num muted");
+        return;
+      }
+      tr.dataset.signal = key;
+      tr.dataset.value = String(values[key]);
+      setText(c[0], key);
+      setText(c[1], values[key], "num");
+      setText(c[2], decode(key, values[key], block), "bits");
     });
-    rows.push(row([td("age", "muted"), td(ms(block.age_ms), "num muted"), td("")]));
-    body.replaceChildren(...rows);
   }
 
   function decodeOutput(name, value, block) {
@@ -101,32 +152,40 @@
     const l = s.plc.link;
     const link = $("link");
     if (l.connected) {
-      link.className = l.inputs_ok ? "" : "warn";
-      link.textContent = "connected (session " + l.sessions + "), reply " + ms(l.reply_age_ms) + " old, " +
+      setText(link, "connected (session " + l.sessions + "), reply " + ms(l.reply_age_ms) + " old, " +
         l.exchanges + " exchanges, " + l.late_exchanges + " late, " + l.reconnects + " reconnects" +
-        (l.inputs_ok ? "" : " · INPUTS STALE");
+        (l.inputs_ok ? "" : " · INPUTS STALE"), l.inputs_ok ? "" : "warn");
     } else {
-      link.className = "bad";
-      link.textContent = "NOT CONNECTED: " + (l.last_error || "connecting") + " · " + l.reconnects + " reconnects";
+      setText(link, "NOT CONNECTED: " + (l.last_error || "connecting") + " · " + l.reconnects + " reconnects", "bad");
     }
     renderBlock($("outputs"), s.plc.outputs, decodeOutput);
     renderBlock($("inputs"), s.plc.inputs, () => "");
   }
 
   function renderCounts(s) {
-    const line = (label, counts, y) => row([
-      td(label), td(counts.PASS || 0, "num"), td(counts.FAIL || 0, "num"), td(counts.FAILSAFE || 0, "num"), td(pct(y), "num"),
-    ]);
-    $("counts").tBodies[0].replaceChildren(
-      line("since start", s.counts.since_start, s.yield.since_start),
-      line("last hour", s.counts.last_hour, s.yield.last_hour));
+    const lines = {
+      "since start": [s.counts.since_start, s.yield.since_start],
+      "last hour": [s.counts.last_hour, s.yield.last_hour],
+    };
+    syncRows($("counts").tBodies[0], Object.keys(lines), 5, (tr, key) => {
+      const [counts, y] = lines[key], c = tr.cells;
+      setText(c[0], key);
+      setText(c[1], counts.PASS || 0, "num");
+      setText(c[2], counts.FAIL || 0, "num");
+      setText(c[3], counts.FAILSAFE || 0, "num");
+      setText(c[4], pct(y), "num");
+    });
   }
 
   async function pollStatus() {
+    if (document.hidden) {  // resumed by the visibilitychange listener
+      state.statusPaused = true;
+      return;
+    }
     try {
       const s = await getJSON("/api/status");
       state.lastOk = Date.now();
-      $("conn").textContent = "updated " + localTime(s.time_utc) + (s.uptime_s !== null ? " · up " + Math.round(s.uptime_s) + " s" : "");
+      setText($("conn"), "updated " + localTime(s.time_utc) + (s.uptime_s !== null ? " · up " + Math.round(s.uptime_s) + " s" : ""));
       renderHeader(s);
       renderReadiness(s);
       renderPlc(s);
@@ -138,9 +197,7 @@
       }
     } catch (e) {
       $("conn").textContent = "the daemon does not answer" + (state.lastOk ? " (last answer " + Math.round((Date.now() - state.lastOk) / 1000) + " s ago)" : "");
-      const badge = $("ready");
-      badge.textContent = "NO ANSWER";
-      badge.className = "badge unknown";
+      setText($("ready"), "NO ANSWER", "badge unknown");
     } finally {
       setTimeout(pollStatus, STATUS_EVERY_MS);
     }
@@ -178,21 +235,34 @@
       rows.set(d.decision_id, r);
     }
     state.rows = rows;
-    $("decisions").tBodies[0].replaceChildren(...Array.from(rows.values(), (r) => r.tr));
+    // Rows already shown stay where they are in the DOM; new ones go in, gone ones out.
+    const body = $("decisions").tBodies[0];
+    for (const tr of Array.from(body.rows)) if (!rows.has(tr.dataset.decision)) tr.remove();
+    let at = body.firstElementChild;
+    for (const r of rows.values()) {
+      if (r.tr !== at) body.insertBefore(r.tr, at);
+      else at = at.nextElementSibling;
+    }
+    dropGoneThumbs();
   }
 
   // One thumbnail at a time: a page opened on a full list asks the daemon for 50 of them, and
-  // each is an image read from disk on one of the endpoint's few worker threads.
-  const thumbs = [];
+  // each is an image read from disk on one of the endpoint's few worker threads. Newest
+  // first, and only for rows still shown: the queue never holds more than the list.
+  let thumbs = [];
   let thumbBusy = false;
 
   function loadThumb(img, url) {
-    thumbs.push([img, url]);
+    thumbs.unshift([img, url]);
     nextThumb();
   }
 
+  function dropGoneThumbs() {
+    thumbs = thumbs.filter(([img]) => img.isConnected);
+  }
+
   function nextThumb() {
-    if (thumbBusy || thumbs.length === 0) return;
+    if (thumbBusy || thumbs.length === 0 || document.hidden) return;
     const [img, url] = thumbs.shift();
     thumbBusy = true;
     const done = () => { thumbBusy = false; nextThumb(); };
@@ -204,7 +274,7 @@
   // ------------------------------------------------------------------ live image
 
   function pollLive() {
-    if (state.hasFrame && !state.liveBusy) {  // never asked before a frame exists: no 404s
+    if (state.hasFrame && !state.liveBusy && !document.hidden) {  // never asked before a frame exists: no 404s
       state.liveBusy = true;
       $("live").src = "/api/live.jpg?n=" + (++state.liveN);
     }
@@ -218,6 +288,14 @@
       $("live-none").hidden = true;
     });
     live.addEventListener("error", () => { state.liveBusy = false; });
+    document.addEventListener("visibilitychange", () => {
+      if (document.hidden) return;
+      if (state.statusPaused) {
+        state.statusPaused = false;
+        pollStatus();
+      }
+      nextThumb();
+    });
     pollStatus();
     setInterval(pollLive, LIVE_EVERY_MS);
   }
