@@ -17,11 +17,15 @@ import threading
 _POOL_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 # Producer threads run this much nicer than the write loop (raising niceness needs no privilege).
+# Both are relative to the niceness the process was started with: the systemd unit starts it
+# at Nice=-10, so the model (then at -5) outranks a browser or an HMI at 0 on the same cores.
 PRODUCER_NICENESS = 5
 # Side work (the archive's encoder, the station page, /metrics) runs nicer still: on a 2-core
 # line PC it gets what the write loop and the producers leave, never an equal share with the
 # model (nice 5 against 15 is a CFS weight of 335 against 36).
 SIDE_WORK_NICENESS = 15
+# The niceness of the process at import: what the write loop (the main thread's child) runs at.
+_BASE_NICENESS = os.getpriority(os.PRIO_PROCESS, 0)
 # How long a thread may hold the GIL before another waiting thread gets it (CPython default 5 ms).
 # Half a millisecond bounds how long pure-Python work elsewhere can delay a write tick.
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -55,8 +59,8 @@ def freeze_heap() -> None:
 
 
 def lower_this_thread(niceness: int = PRODUCER_NICENESS) -> None:
-    """Put the calling (producer, or with SIDE_WORK_NICENESS side-work) thread below the
-    write loop.
+    """Put the calling (producer, or with SIDE_WORK_NICENESS side-work) thread `niceness`
+    below the write loop, i.e. below the niceness the process started with (at most 19).
 
     Under the real-time drop-in systemd starts the whole process SCHED_FIFO; a busy
     inference thread must not run at that priority, so it drops back to SCHED_OTHER
@@ -66,6 +70,6 @@ def lower_this_thread(niceness: int = PRODUCER_NICENESS) -> None:
     try:
         if os.sched_getscheduler(tid) in (os.SCHED_FIFO, os.SCHED_RR):
             os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-        os.setpriority(os.PRIO_PROCESS, tid, niceness)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, _BASE_NICENESS + niceness))
     except (OSError, AttributeError):
         pass
