@@ -64,3 +64,38 @@ def open_page(url: str, niceness: int = 0) -> Any:
     driver = webdriver.Chrome(service=service, options=opts)
     driver.get(url)
     return driver
+
+
+def tree_cpu_seconds(driver: Any) -> float | None:
+    """CPU seconds used so far by chromedriver and every browser process under it (those
+    already gone included, as their parents' cutime/cstime), or None if it is gone."""
+    from pathlib import Path
+
+    from plcbridge.tools.bench.stats import cpu_seconds
+
+    root = getattr(getattr(getattr(driver, "service", None), "process", None), "pid", None)
+    if root is None:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, str]] = {}  # pid -> (ppid, stat line)
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                line = (d / "stat").read_text()
+            except OSError:
+                continue
+            stats[int(d.name)] = (int(line.rsplit(")", 1)[1].split()[1]), line)
+    if root not in stats:
+        return None
+    tree, total = {root}, 0.0
+    for pid in sorted(stats):  # parents before children, almost always; a second pass catches the rest
+        if stats[pid][0] in tree:
+            tree.add(pid)
+    for pid in sorted(stats):
+        if stats[pid][0] in tree:
+            tree.add(pid)
+    for pid in tree:
+        line = stats[pid][1]
+        fields = line.rsplit(")", 1)[1].split()
+        total += cpu_seconds(line, ticks) + (int(fields[13]) + int(fields[14])) / ticks  # + cutime, cstime
+    return total
