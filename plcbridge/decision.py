@@ -46,6 +46,14 @@ class Decision:
     # The frame judged (a numpy BGR image, the camera's own buffer, never copied), for the
     # side work that keeps or shows it (plcbridge/sinks.py); None when no frame was judged.
     image: Any = field(default=None, repr=False, compare=False)
+    # Result details for the PLC's optional outputs (docs/plc-interface.md), by model kind;
+    # the defaults say "nothing measured", what a classifier and a fail-safe give.
+    # Detection, segmentation: how many defects were counted, and the class id (as the model
+    # numbers its classes, 0-based) of the worst one; None: none counted, or no class.
+    defect_count: int = 0
+    defect_class: int | None = None
+    # Anomaly: the anomalous area of the frame, in frame pixels.
+    anomaly_area: int = 0
 
     @property
     def is_failsafe(self) -> bool:
@@ -55,5 +63,7 @@ class Decision:
 def failsafe(fault: FaultCode, now: float, reason: str, *, model_version: int = 0, request: Request | None = None,
              frame_seq: int | None = None, t_capture: float | None = None, label: str | None = None,
              collapsed: int = 0, frame_meta: dict[str, Any] | None = None, image: Any = None) -> Decision:
+    """A fail-safe decision: no verdict, and no result details (a fail-safe measures nothing:
+    the PLC's optional outputs read defect_count 0, defect_class none, anomaly_area 0)."""
     return Decision(ResultCode.FAILSAFE, fault, 1.0, now, model_version, frame_seq, t_capture, label, None, request, reason,
-                    collapsed, frame_meta, image)
+                    collapsed, frame_meta, image, defect_count=0, defect_class=None, anomaly_area=0)

@@ -30,7 +30,19 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from plcbridge.config import FailsafeSettings, TimingSettings
-from plcbridge.contract import U16_MAX, FaultCode, Inputs, Outputs, StatusBit, next_seq, score_to_register, seq_delta
+from plcbridge.contract import (
+    U16_MAX,
+    FaultCode,
+    Inputs,
+    Outputs,
+    StatusBit,
+    area_register,
+    defect_class_register,
+    defect_count_register,
+    next_seq,
+    score_to_register,
+    seq_delta,
+)
 from plcbridge.decision import Decision, Request, failsafe
 from plcbridge.journal import Journal
 from plcbridge.logs import get_logger, log_event
@@ -90,15 +102,19 @@ def block_fault(h: Health, own: FaultCode | None = None) -> FaultCode:
 
 
 def block_for(d: Decision, seq: int, part_id: int, fs: FailsafeSettings, health: Health) -> Outputs:
-    """The block presenting a decision; a fail-safe decision gets the configured fail-safe values."""
+    """The block presenting a decision; a fail-safe decision gets the configured fail-safe values,
+    and the optional outputs' "nothing measured" (Outputs' defaults). A verdict's result
+    details go out in the same block as its result_seq, saturated to their registers."""
     latency = 0
     if d.t_capture is not None:
         latency = min(U16_MAX, max(0, round((d.t_decided - d.t_capture) * 1000)))
     if d.is_failsafe:
         return Outputs(0, int(StatusBit.RESULT_VALID | StatusBit.FAILSAFE_ACTIVE), seq & U16_MAX, fs.code,
                        score_to_register(fs.score), block_fault(health, d.fault), latency, d.model_version, part_id)
+    count = defect_count_register(d.defect_count)
     return Outputs(0, int(StatusBit.RESULT_VALID), seq & U16_MAX, d.result, score_to_register(d.score),
-                   block_fault(health), latency, d.model_version, part_id)
+                   block_fault(health), latency, d.model_version, part_id, defect_count=count,
+                   defect_class=defect_class_register(d.defect_class, count), anomaly_area=area_register(d.anomaly_area))
 
 
 def shutdown_block(fs: FailsafeSettings, result_seq: int, model_version: int, part_id: int = 0,

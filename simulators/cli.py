@@ -143,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
 
     trace = getattr(args, "trace", None)
     try:
-        program = SimulatedPlc(settings.program) if trace is None else TracingPlc(settings.program, trace)
+        carried = getattr(settings, args.frontend).optional_outputs
+        program = SimulatedPlc(settings.program) if trace is None else TracingPlc(settings.program, trace, carried)
     except OSError as e:
         print(f"plcbridge sim: cannot open the trace file {trace}: {e.strerror}", file=sys.stderr)
         return 2

@@ -47,8 +47,8 @@ from ethernetip.protocol.eip_adapter import EipAdapter
 
 from plcbridge.contract.enip import (
     INPUT_TAGS,
-    OUTPUT_TAGS,
     TagSpec,
+    carried_tags,
     decode_outputs,
     encode_inputs,
     out_of_contract,
@@ -100,7 +100,10 @@ class EnipSimulator(ThreadedFrontend):
     def _build_tags(self) -> TagDatabase:
         db = TagDatabase()
         e = self.settings.enip
-        for specs, names, table in ((OUTPUT_TAGS, e.output_tags, self._outputs), (INPUT_TAGS, e.input_tags, self._inputs)):
+        # The base output tags and the optional ones its [enip] optional_outputs lists, as a
+        # controller programmed for that station would hold them.
+        outputs = carried_tags(e.output_tags)
+        for specs, names, table in ((outputs, e.output_tags, self._outputs), (INPUT_TAGS, e.input_tags, self._inputs)):
             for spec in specs:
                 name = names[spec.signal.name]
                 table[name.lower()] = (spec, db.add_tag(name, _CIP_TYPE[spec.type]))

@@ -13,6 +13,11 @@ is always the one clients connect to, and `network` gives the relay's runtime co
 summary() adds a program-independent "network" entry: {"relay": false} without the relay,
 else its settings and connection counts (Relay.stats()).
 
+Where the front-end's mapping carries optional outputs (its section's `optional_outputs`),
+summary() adds "result_details" (SimulatedPlc.result_details: the last result's values and
+totals over the verdicts) and the status line the last result's values; otherwise both are
+as they were.
+
 A PLC restart (`restart_plc()` from any thread, or the device file's `restart_after_s`)
 resets the program (SimulatedPlc.restart) and, with the relay in the path, drops every client
 connection as a real restart does; without the relay the connections stay up.
@@ -106,9 +111,17 @@ class ThreadedFrontend:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def optional_outputs(self) -> tuple[str, ...]:
+        """The optional outputs this front-end's mapping carries (none for one without a section)."""
+        return tuple(getattr(getattr(self.settings, self.section, None), "optional_outputs", ()))
+
     def summary(self) -> dict[str, Any]:
+        carried = self.optional_outputs
         with self._lock:
             summary = self.program.summary()
+            if carried:
+                summary["result_details"] = self.program.result_details(carried)
         summary["network"] = self._relay.stats() if self._relay is not None else {"relay": False}
         if self.camera_line is not None:
             summary["camera_line"] = self.camera_line.stats()
@@ -140,8 +153,12 @@ class ThreadedFrontend:
             pass
 
     def status_line(self) -> str:
+        carried = self.optional_outputs
         with self._lock:
             line = self.program.status_line()
+            if carried:
+                last = self.program.result_details(carried)["last"]
+                line += "".join(f" {name}={value}" for name, value in last.items())
         if self._relay is not None:
             r = self._relay
             line += f" conns={r.connections_accepted} open={r.connections_open}" + (" BLACKHOLE" if r.blackholed else "")

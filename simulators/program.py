@@ -36,6 +36,13 @@ The handshake (triggered mode), as the bridge plays it:
   trigger: with its verdict if it was decided, else with FAILSAFE + SHUTTING_DOWN
   (FAILSAFE_ACTIVE set; taken as an answer even without RESULT_VALID).
 
+Optional outputs (result details: defect_count, defect_class, anomaly_area) are read from
+every block like the rest (a front-end whose mapping does not carry them hands over their
+defaults, "nothing measured"). Each result taken is checked against the contract: a fail-safe
+says nothing was measured (0, none, 0), and defect_class is none when defect_count is 0
+("failsafe_details", "defect_class_mismatch" protocol errors). `result_details(carried)` reports
+them for the signals a front-end's mapping carries (its summary's "result_details").
+
 The accounting is kept closed on purpose: every trigger sent ends up in exactly one of
 results / collapsed / missing / skipped / lost_in_restart / outstanding, so a summary that
 does not add up (its "unaccounted" is not 0) is itself a finding.
@@ -51,11 +58,13 @@ new trigger_seq value per program tick, whatever the answers), and `trigger_hz` 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
 from plcbridge.contract import (
+    DEFECT_CLASS_NONE,
+    OPTIONAL_OUTPUT_SIGNALS,
     U32_MAX,
     FaultCode,
     Inputs,
@@ -157,6 +166,11 @@ class SimulatedPlc:
         self.latencies_ms: list[float] = []
         self.heartbeat_alarms = 0
         self._hb_longest_gap_s = 0.0
+        # Optional outputs of the results taken (reported by result_details()).
+        self._last_details: dict[str, int] = {}
+        self.defects_counted = 0  # defect_count summed over the verdicts
+        self.defect_classes: Counter[str] = Counter()  # verdicts with a defect, by defect_class
+        self.anomaly_area_max = 0
 
     # ------------------------------------------------------------------ front-end API
 
@@ -304,6 +318,21 @@ class SimulatedPlc:
                 "stuck_trigger_for_s": s.stuck_trigger_for_s if s.stuck_trigger_after_s is not None else None,
             },
         }
+
+    def result_details(self, carried: Collection[str]) -> dict[str, Any]:
+        """The optional outputs `carried` names (those the front-end's mapping carries), as the
+        results taken brought them: the last result's values and, over the verdicts (fail-safes
+        measure nothing), the defects counted, the verdicts with a defect by defect_class, and
+        the largest anomaly_area."""
+        names = [s.name for s in OPTIONAL_OUTPUT_SIGNALS if s.name in carried]
+        out: dict[str, Any] = {"carried": names, "last": {n: self._last_details[n] for n in names if n in self._last_details}}
+        if "defect_count" in names:
+            out["defects_counted"] = self.defects_counted
+        if "defect_class" in names:
+            out["defect_classes"] = dict(sorted(self.defect_classes.items(), key=lambda kv: int(kv[0])))
+        if "anomaly_area" in names:
+            out["anomaly_area_max"] = self.anomaly_area_max
+        return out
 
     def status_line(self) -> str:
         """One line for a live display; cheap enough to call every second. `trigger->result`
@@ -528,7 +557,25 @@ class SimulatedPlc:
         self._last_result_key = key
         self._count_result(outputs, triggered=False)
 
+    def _take_details(self, outputs: Outputs, failsafe: bool) -> None:
+        """The optional outputs of a result taken: recorded, and checked against the contract."""
+        count, cls, area = outputs.defect_count, outputs.defect_class, outputs.anomaly_area
+        self._last_details = {"defect_count": count, "defect_class": cls, "anomaly_area": area}
+        if failsafe:
+            if (count, cls, area) != (0, DEFECT_CLASS_NONE, 0):
+                self.protocol_error("failsafe_details", f"seq {outputs.result_seq}: a fail-safe measures nothing, but "
+                                                        f"defect_count={count} defect_class={cls} anomaly_area={area}")
+            return
+        if count == 0 and cls != DEFECT_CLASS_NONE:
+            self.protocol_error("defect_class_mismatch", f"seq {outputs.result_seq}: defect_class={cls} with no defect "
+                                                         f"counted (defect_count 0 has defect_class {DEFECT_CLASS_NONE}, none)")
+        self.defects_counted += count
+        if count:
+            self.defect_classes[str(cls)] += 1
+        self.anomaly_area_max = max(self.anomaly_area_max, area)
+
     def _count_result(self, outputs: Outputs, *, triggered: bool) -> None:
+        self._take_details(outputs, is_failsafe(outputs))
         code = code_name(ResultCode, outputs.result_code)
         if code is None or (triggered and outputs.result_code == ResultCode.NONE):
             self.protocol_error("bad_result_code", f"seq {outputs.result_seq}: result_code {outputs.result_code}")

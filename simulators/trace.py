@@ -7,16 +7,18 @@ PLC side of every end-to-end latency: `plcbridge bench` joins it with the daemon
 all processes on Linux). A commissioning engineer can `tail -f` it, like pyserial's spy://.
 
 Only changes are written (about one line per result, not one per 10 ms write), each flushed
-so that a killed simulator loses nothing; the cost is one small write(2) per result.
+so that a killed simulator loses nothing; the cost is one small write(2) per result. The
+optional outputs the front-end's mapping carries (`optional_outputs`) are in each line too.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import TextIO
 
-from plcbridge.contract import FaultCode, Outputs, ResultCode, code_name
+from plcbridge.contract import OPTIONAL_OUTPUT_SIGNALS, FaultCode, Outputs, ResultCode, code_name
 
 from .device import ProgramSettings
 from .program import SimulatedPlc
@@ -25,21 +27,25 @@ from .program import SimulatedPlc
 class TracingPlc(SimulatedPlc):
     """The simulated PLC program, also appending each new result to a JSON-lines file."""
 
-    def __init__(self, settings: ProgramSettings, trace: Path) -> None:
+    def __init__(self, settings: ProgramSettings, trace: Path, optional_outputs: Collection[str] = ()) -> None:
         super().__init__(settings)
         self._trace: TextIO | None = open(trace, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._last_key: tuple[int, int, int] | None = None
+        self._details = tuple(s.name for s in OPTIONAL_OUTPUT_SIGNALS if s.name in optional_outputs)
 
     def on_outputs(self, outputs: Outputs, t: float) -> None:
         key = (outputs.result_seq, outputs.result_code, outputs.fault_code)
         if key != self._last_key and self._trace is not None:
             self._last_key = key
-            self._trace.write(json.dumps({
+            line = {
                 "t": round(t, 6), "result_seq": outputs.result_seq,
                 "result": code_name(ResultCode, outputs.result_code) or f"UNKNOWN_{outputs.result_code}",
                 "fault": code_name(FaultCode, outputs.fault_code) or f"UNKNOWN_{outputs.fault_code}",
                 "part_id": outputs.part_id, "status": outputs.status, "model_version": outputs.model_version,
-                "latency_ms": outputs.latency_ms}) + "\n")
+                "latency_ms": outputs.latency_ms}
+            values = outputs.as_dict()
+            line.update({name: values[name] for name in self._details})
+            self._trace.write(json.dumps(line) + "\n")
         super().on_outputs(outputs, t)
 
     def close(self) -> None:

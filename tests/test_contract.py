@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from plcbridge.contract import INPUT_SIGNALS, OUTPUT_SIGNALS, Inputs, Outputs, score_to_register
+from plcbridge.contract import BASE_OUTPUT_SIGNALS, INPUT_SIGNALS, OUTPUT_SIGNALS, Inputs, Outputs, score_to_register
 from plcbridge.contract.modbus import RegisterMap
 from plcbridge.tools.docs import render_interface_doc
 
@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_default_layout_matches_the_published_offsets():
     m = RegisterMap()
-    assert m.offsets(OUTPUT_SIGNALS) == {
+    assert m.output_signals == BASE_OUTPUT_SIGNALS  # the optional outputs: tests/test_optional_outputs.py
+    assert m.offsets(BASE_OUTPUT_SIGNALS) == {
         "heartbeat": 0, "status": 1, "result_seq": 2, "result_code": 3, "score": 4,
         "fault_code": 5, "latency_ms": 6, "model_version": 7, "part_id": 8,
     }

@@ -29,6 +29,7 @@ from plcbridge.contract import (
 from plcbridge.contract.enip import (
     INPUT_TAGS,
     OUTPUT_TAGS,
+    carried_tags,
     decode_inputs,
     decode_outputs,
     encode_inputs,
@@ -237,7 +238,8 @@ def test_pylogix_reads_the_simulator_tags_while_the_daemon_writes_them(make_sim)
         listed = plc.GetTagList()
         assert listed.Status == "Success", listed.Status
         types = {t.TagName: t.DataType for t in listed.Value}
-        assert types == {t.default_name: t.type for t in (*OUTPUT_TAGS, *INPUT_TAGS)}
+        # A classifier station's controller: the base tags, no optional one.
+        assert types == {t.default_name: t.type for t in (*carried_tags(()), *INPUT_TAGS)}
         beats = set()
         for _ in range(10):
             r = plc.Read(["PB_Heartbeat", "PB_Status", "PB_Score", "PB_PlcTriggerSeq"])

@@ -25,7 +25,7 @@ from helpers import RecordingPlc, read_metric, running, station_config, wait_for
 from plcbridge.adapters.plc.base import PlcError
 from plcbridge.adapters.plc.opcua import OpcUaAdapter
 from plcbridge.config import Config, ConfigError
-from plcbridge.contract import INPUT_SIGNALS, OUTPUT_SIGNALS, Outputs, StatusBit
+from plcbridge.contract import BASE_OUTPUT_SIGNALS, INPUT_SIGNALS, Outputs, StatusBit
 from plcbridge.contract.opcua import OpcUaNodeMap, markdown_tables, node_specs, resolve_nodes
 from plcbridge.simulators.device import DeviceFileError, load_device
 from plcbridge.simulators.opcua import OpcUaSimulator
@@ -73,7 +73,7 @@ class _Records(logging.Handler):
 
 def test_nodes_are_the_contract_with_its_types():
     outs, ins = node_specs(*resolve_nodes("plcbridge.outputs.{signal}", "plcbridge.inputs.{signal}", {}, {}))
-    assert [n.signal for n in outs] == list(OUTPUT_SIGNALS)
+    assert [n.signal for n in outs] == list(BASE_OUTPUT_SIGNALS)  # optional nodes only when listed
     assert [n.signal for n in ins] == list(INPUT_SIGNALS)
     types = {n.key: n.ua_type for n in (*outs, *ins)}
     assert types["outputs.part_id"] == types["inputs.part_id"] == "UInt32"
@@ -261,7 +261,7 @@ def test_secured_session_carries_typed_value_only_writes(secured, monkeypatch):
     finally:
         adapter.close()
     assert sim.program.writes_seen - before == 5
-    assert len(sent) == 5 * len(OUTPUT_SIGNALS)
+    assert len(sent) == 5 * len(BASE_OUTPUT_SIGNALS)
     assert {dv.Value.VariantType.name for dv in sent} == {"UInt16", "UInt32"}
     assert all(dv.SourceTimestamp is None and dv.ServerTimestamp is None and dv.StatusCode is None for dv in sent)
     assert sim.summary()["protocol_errors"] == 0, sim.summary()["recent_protocol_errors"]

@@ -24,7 +24,7 @@ from pymodbus.exceptions import ModbusIOException
 
 from plcbridge import protocols
 from plcbridge.contract import Outputs, StatusBit
-from plcbridge.contract.enip import INPUT_TAGS, OUTPUT_TAGS
+from plcbridge.contract.enip import INPUT_TAGS
 from plcbridge.contract.opcua import node_specs
 from plcbridge.simulators.device import DeviceFileError, load_device
 from plcbridge.simulators.frontend import ThreadedFrontend
@@ -106,7 +106,8 @@ def _opcua_exchanges(sim: ThreadedFrontend, n: int) -> list[float]:
             nodes = [client.get_node(ua.NodeId(s.parsed_identifier, ns)) for s in outs]
             vtypes = [getattr(ua.VariantType, s.ua_type) for s in outs]
             for hb in range(1, n + 1):
-                values = _outputs(hb).as_dict()
+                block = _outputs(hb).as_dict()
+                values = {s.signal.name: block[s.signal.name] for s in outs}  # the nodes the PLC has
                 dvs = [ua.DataValue(ua.Variant(values[s.signal.name], t), StatusCode=None) for s, t in zip(outs, vtypes)]
                 t0 = time.perf_counter()
                 await client.write_values(nodes, dvs)
@@ -126,7 +127,7 @@ def _opcua_exchanges(sim: ThreadedFrontend, n: int) -> list[float]:
 def _enip_exchanges(sim: ThreadedFrontend, n: int) -> list[float]:
     from pylogix import PLC
 
-    names = {t.signal.name: t.default_name for t in OUTPUT_TAGS}
+    names = dict(sim.settings.enip.output_tags)  # the tags the simulated controller has
     rtts: list[float] = []
     with PLC() as plc:
         plc.IPAddress, plc.Port, plc.SocketTimeout = "127.0.0.1", sim.port, 5.0
@@ -134,7 +135,7 @@ def _enip_exchanges(sim: ThreadedFrontend, n: int) -> list[float]:
         # pylogix looks each tag's type up on its first write of it: one request per tag.
         assert [w.Status for w in plc.Write([(t, 0) for t in names.values()])] == ["Success"] * len(names)
         for hb in range(1, n + 1):
-            values = _outputs(hb).as_dict()
+            values = {k: v for k, v in _outputs(hb).as_dict().items() if k in names}
             values["score"] = values["score"] / 10_000  # a REAL tag holds the score itself
             written = _timed(lambda: plc.Write([(names[k], v) for k, v in values.items()]), rtts)
             assert [w.Status for w in written] == ["Success"] * len(values), written

@@ -7,7 +7,7 @@ then one multi-tag read of the input tags, also one packet.
 What pycomm3 1.2.16 does, and how this adapter lives with it (pinned in pyproject):
 
 - A single-tag write puts the Write Tag request into the packet twice; strict servers refuse
-  it. Only multi-tag writes are made: the contract has nine outputs, so `write()` always
+  it. Only multi-tag writes are made: the contract has nine base outputs, so `write()` always
   takes its multi-request path. A Micro800 (catalog 2080-) would be sent single requests, so
   it is refused at connect.
 - `socket_timeout=` in the constructor is ignored: the attribute is set before `open()`
@@ -33,8 +33,8 @@ from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
 from plcbridge.contract import Inputs, Outputs
 from plcbridge.contract.enip import (
     INPUT_TAGS,
-    OUTPUT_TAGS,
     TagSpec,
+    carried_tags,
     decode_inputs,
     encode_outputs,
 )
@@ -47,7 +47,7 @@ logging.getLogger("pycomm3").setLevel(logging.CRITICAL)
 # connection at once; on a dead link that must not hold the connector up for long.
 CLOSE_TIMEOUT_S = 0.5
 
-assert len(OUTPUT_TAGS) > 1, "a single-tag write would hit pycomm3's duplicated Write Tag request"
+assert len(carried_tags(())) > 1, "a single-tag write would hit pycomm3's duplicated Write Tag request"
 
 
 class EnipAdapter(PlcAdapter):
@@ -79,7 +79,8 @@ class EnipAdapter(PlcAdapter):
         if driver._micro800:
             raise PlcError(f"{self.describe()} is a Micro800 ({driver.info.get('product_name')}): pycomm3 would "
                            "send it single-tag writes, which this bridge does not rely on; use a Logix controller")
-        self._out_names = self._check_tags(driver.tags, OUTPUT_TAGS, self._out_names)
+        # The base tags and the optional ones listed in plc.enip.optional_outputs, no others.
+        self._out_names = self._check_tags(driver.tags, carried_tags(self._out_names), self._out_names)
         self._in_names = self._check_tags(driver.tags, INPUT_TAGS, self._in_names)
         self._in_tags = [self._in_names[t.signal.name] for t in INPUT_TAGS]
         assert driver._sock is not None  # open() returned True: pycomm3 made the socket
@@ -118,7 +119,8 @@ class EnipAdapter(PlcAdapter):
                 resolved[spec.signal.name] = actual
         if problems:
             raise PlcConfigError(f"{self.describe()}: " + "; ".join(problems),
-                                 setting="plc.enip.output_tags / plc.enip.input_tags or the controller's tags")
+                                 setting="plc.enip.output_tags / plc.enip.input_tags / plc.enip.optional_outputs "
+                                         "or the controller's tags")
         return resolved
 
     def exchange(self, outputs: Outputs, timeout_s: float) -> Inputs:

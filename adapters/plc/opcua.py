@@ -52,7 +52,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
 from plcbridge.checks import unreadable_pki
-from plcbridge.contract import OUTPUT_SIGNALS, Inputs, Outputs, check_range
+from plcbridge.contract import Inputs, Outputs, check_range
 from plcbridge.contract.opcua import node_specs
 
 # asyncua logs every lost connection, failed close and revised session timeout, at WARNING
@@ -77,8 +77,9 @@ class OpcUaAdapter(PlcAdapter):
         super().__init__(settings)
         o = settings.opcua
         self.url = f"opc.tcp://{settings.host}:{settings.port}{o.endpoint_path}"
+        # The base outputs and the optional ones listed in plc.opcua.optional_outputs, no others.
         self._outs, self._ins = node_specs(o.output_nodes, o.input_nodes)
-        self._out_names = tuple(s.name for s in OUTPUT_SIGNALS)
+        self._out_names = tuple(n.signal.name for n in self._outs)
         self._out_vtypes = tuple(getattr(ua.VariantType, n.ua_type) for n in self._outs)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -193,7 +194,8 @@ class OpcUaAdapter(PlcAdapter):
                                 "for this session's user (UserAccessLevel)")
         if problems:
             raise PlcConfigError("PLC refused: " + "; ".join(problems),
-                                 setting="plc.opcua node map (namespace_uri, *_template, *_nodes) or the PLC program")
+                                 setting="plc.opcua node map (namespace_uri, *_template, *_nodes, optional_outputs) "
+                                         "or the PLC program")
 
     def _explain(self, e: BaseException) -> str:
         """A connect failure, in the terms of the settings that fix it."""
@@ -222,8 +224,8 @@ class OpcUaAdapter(PlcAdapter):
     def exchange(self, outputs: Outputs, timeout_s: float) -> Inputs:
         values = [getattr(outputs, name) for name in self._out_names]
         try:
-            for signal, v in zip(OUTPUT_SIGNALS, values):
-                check_range(signal, v)
+            for spec, v in zip(self._outs, values):
+                check_range(spec.signal, v)
         except ValueError as e:
             raise PlcError(str(e)) from None
         return self._run(lambda written: self._exchange(values, written), timeout_s)

@@ -8,17 +8,28 @@ This module holds the protocol-free part: the signals, codes and the `Outputs` /
 values adapters carry. Each protocol's wire form (how those values become registers, nodes or
 tags, and the mapping model the bridge's config and the simulator's device file share) is a
 module beside it: `modbus.py`, `opcua.py`, `enip.py`, listed in plcbridge/protocols.py.
+
+Optional signals. The outputs a classifier station writes are the base block; the result
+details of other model kinds (detection, segmentation: `defect_count`, `defect_class`;
+anomaly: `anomaly_area`) are *optional* outputs, after the base block in OUTPUT_SIGNALS. A
+station carries one only when its mapping lists it (`optional_outputs` of each protocol's
+map; `carried_outputs()` says which), so a station that lists none keeps its register map,
+node set and tag list exactly as they were. The in-process `loop` carries every signal.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields
-from typing import Literal
+from typing import Literal, get_args
 
 U16_MAX = 0xFFFF
 U32_MAX = 0xFFFFFFFF
 SCORE_SCALE = 10000  # score register = defect score x 10000
+# defect_class when there is no class to give: no defect counted, a fail-safe, no result yet.
+# Not 0: class ids are the model's own, 0-based, so 0 is the model's first class.
+DEFECT_CLASS_NONE = U16_MAX
 
 
 class StatusBit(enum.IntFlag):
@@ -126,6 +137,8 @@ class Signal:
     name: str
     type: SignalType
     meaning: str
+    # An optional output: carried only where the station's mapping lists it (optional_outputs).
+    optional: bool = False
 
     @property
     def words(self) -> int:
@@ -146,7 +159,38 @@ OUTPUT_SIGNALS: tuple[Signal, ...] = (
                                 "the answer judged no frame"),
     Signal("model_version", "u16", "model version from the model manifest"),
     Signal("part_id", "u32", "echo of the PLC's part_id for this result (triggered); 0 in free-run"),
+    # Optional result details, after the base block (nothing of a classifier station moves).
+    # Each describes the result of its own block (same result_seq), like score; with a
+    # FAILSAFE or NONE result they say "nothing measured".
+    Signal("defect_count", "u16", "optional (detection, segmentation models): how many defects the model counted in "
+                                  "the frame judged, saturating at 65535; 0 with a FAILSAFE or NONE result and for "
+                                  "other model kinds", optional=True),
+    Signal("defect_class", "u16", f"optional (detection, segmentation models): the class id of the worst counted "
+                                  f"defect as the model numbers its classes (0 is its first class, no +1), "
+                                  f"0..{DEFECT_CLASS_NONE - 1}; {DEFECT_CLASS_NONE} = none: no defect counted "
+                                  f"(always with defect_count 0), no class given, a FAILSAFE or NONE result, other "
+                                  f"model kinds", optional=True),
+    Signal("anomaly_area", "u32", "optional (anomaly models): the anomalous area of the frame judged, in frame pixels, "
+                                  f"saturating at {U32_MAX}; 0 with a FAILSAFE or NONE result and for other model "
+                                  "kinds", optional=True),
 )
+
+#: The outputs every station carries (a classifier station's whole block), in contract order.
+BASE_OUTPUT_SIGNALS: tuple[Signal, ...] = tuple(s for s in OUTPUT_SIGNALS if not s.optional)
+#: The optional outputs, in contract order: after the base block, never between its signals.
+OPTIONAL_OUTPUT_SIGNALS: tuple[Signal, ...] = tuple(s for s in OUTPUT_SIGNALS if s.optional)
+assert OUTPUT_SIGNALS == BASE_OUTPUT_SIGNALS + OPTIONAL_OUTPUT_SIGNALS
+
+#: The name of an optional output, as the mappings' `optional_outputs` lists it.
+OptionalOutput = Literal["defect_count", "defect_class", "anomaly_area"]
+assert get_args(OptionalOutput) == tuple(s.name for s in OPTIONAL_OUTPUT_SIGNALS)
+
+
+def carried_outputs(optional_outputs: Collection[str] = ()) -> tuple[Signal, ...]:
+    """The output signals a station carries, in contract order: every base signal, then the
+    optional ones `optional_outputs` lists (names that are no optional signal are ignored:
+    the settings' own validation names them)."""
+    return tuple(s for s in OUTPUT_SIGNALS if not s.optional or s.name in optional_outputs)
 
 INPUT_SIGNALS: tuple[Signal, ...] = (
     Signal("trigger_seq", "u16", "the PLC increments it by 1 to ask for one inspection: 1..65535, wrapping to 1; "
@@ -169,6 +213,10 @@ class Outputs:
     latency_ms: int = 0
     model_version: int = 0
     part_id: int = 0
+    # Optional outputs (carried only where the mapping lists them); "nothing measured" by default.
+    defect_count: int = 0
+    defect_class: int = DEFECT_CLASS_NONE
+    anomaly_area: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {k: int(v) for k, v in asdict(self).items()}
@@ -203,6 +251,25 @@ def score_to_register(score: float) -> int:
     if not score == score:  # NaN
         return SCORE_SCALE
     return int(round(min(max(score, 0.0), 1.0) * SCORE_SCALE))
+
+
+def defect_count_register(count: int) -> int:
+    """A defect count -> its u16 register, saturating at 65535 (a negative count is 0)."""
+    return min(max(int(count), 0), U16_MAX)
+
+
+def defect_class_register(class_id: int | None, count: int) -> int:
+    """The class id of the worst counted defect -> its u16 register: DEFECT_CLASS_NONE when
+    no defect was counted (`count` 0) or there is no class (None, negative); an id beyond
+    DEFECT_CLASS_NONE - 1 saturates there, so it never reads as "none"."""
+    if count <= 0 or class_id is None or class_id < 0:
+        return DEFECT_CLASS_NONE
+    return min(int(class_id), DEFECT_CLASS_NONE - 1)
+
+
+def area_register(pixels: int) -> int:
+    """An area in frame pixels -> its u32 value, saturating at 2^32 - 1 (negative is 0)."""
+    return min(max(int(pixels), 0), U32_MAX)
 
 
 def code_tables() -> str:

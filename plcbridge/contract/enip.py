@@ -17,13 +17,22 @@ would read -1 at 65535 and PLC code would need conversions everywhere. So:
   is unaffected, and the bridge echoes the bits it read.
 - score is REAL, the defect score itself in 0.0..1.0 (not x10000), so the PLC does not have
   to rescale it. The contract carries it as score x SCORE_SCALE; the conversion is here.
+- optional outputs are DINT like the rest: defect_count and defect_class hold 0..65535,
+  anomaly_area holds the u32 area two's complement, like part_id (an area from 2^31 pixels
+  up reads negative; no camera frame has that many).
+
+Optional outputs (`optional_outputs`) are tags like the others (default names PB_DefectCount,
+PB_DefectClass, PB_AnomalyArea; renamed in `output_tags`), but only a station that lists them
+has them: without it the bridge writes, and checks at connect, the base tags alone, so a
+controller needs no tag it did not have. OUTPUT_TAGS is the table of every output tag;
+`carried_tags()` picks a station's.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,8 +45,10 @@ from plcbridge.contract import (
     U16_MAX,
     U32_MAX,
     Inputs,
+    OptionalOutput,
     Outputs,
     Signal,
+    carried_outputs,
 )
 from plcbridge.schema import Strict
 
@@ -86,22 +97,33 @@ OUTPUT_TAGS: tuple[TagSpec, ...] = tuple(TagSpec(s, "output", OUTPUT_PREFIX + _c
 INPUT_TAGS: tuple[TagSpec, ...] = tuple(TagSpec(s, "input", INPUT_PREFIX + _camel(s.name)) for s in INPUT_SIGNALS)
 
 
+def carried_tags(signals: Collection[str]) -> tuple[TagSpec, ...]:
+    """The output tags of a station, in contract order: every base tag, and the optional ones
+    whose signal `signals` names (a complete output_tags map, or the optional_outputs list)."""
+    return tuple(t for t in OUTPUT_TAGS if not t.signal.optional or t.signal.name in signals)
+
+
 def default_names(specs: tuple[TagSpec, ...]) -> dict[str, str]:
     return {t.signal.name: t.default_name for t in specs}
 
 
-def resolve_names(output_tags: Mapping[str, str], input_tags: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+def resolve_names(output_tags: Mapping[str, str], input_tags: Mapping[str, str],
+                  optional_outputs: Collection[str] = ()) -> tuple[dict[str, str], dict[str, str]]:
     """Configured names over the defaults, checked: known signals, valid and distinct names.
 
-    Returns complete (signal -> tag name) maps for outputs and inputs; raises ValueError
-    with every problem named, for the config schemas to report against the field.
+    Returns complete (signal -> tag name) maps for outputs (the base signals and the optional
+    ones `optional_outputs` lists) and inputs; raises ValueError with every problem named, for
+    the config schemas to report against the field.
     """
     problems: list[str] = []
     resolved: list[dict[str, str]] = []
-    for what, specs, given in (("output_tags", OUTPUT_TAGS, output_tags), ("input_tags", INPUT_TAGS, input_tags)):
+    carried = carried_tags([s.name for s in carried_outputs(optional_outputs)])
+    for what, specs, given in (("output_tags", carried, output_tags), ("input_tags", INPUT_TAGS, input_tags)):
         names = default_names(specs)
         for signal, name in given.items():
-            if signal not in names:
+            if what == "output_tags" and signal not in names and any(t.signal.name == signal for t in OUTPUT_TAGS):
+                problems.append(f"output_tags: {signal!r} is an optional output: list it in optional_outputs to carry it")
+            elif signal not in names:
                 problems.append(f"{what}: {signal!r} is not a contract signal (known: {', '.join(names)})")
             elif not isinstance(name, str) or not TAG_NAME_RE.match(name):
                 problems.append(f"{what}.{signal}: {name!r} is not a Logix tag name (Tag or Program:Prog.Tag)")
@@ -126,9 +148,10 @@ def complete_tag_names(data: Any) -> Any:
     if not isinstance(data, dict):
         return data
     given = data.get("output_tags", {}), data.get("input_tags", {})
-    if not all(isinstance(g, dict) for g in given):
+    optional = data.get("optional_outputs", [])
+    if not all(isinstance(g, dict) for g in given) or not isinstance(optional, (list, tuple)):
         return data  # the field's own type check reports it
-    outputs, inputs = resolve_names(*given)
+    outputs, inputs = resolve_names(*given, optional_outputs=[n for n in optional if isinstance(n, str)])
     return {**data, "output_tags": outputs, "input_tags": inputs}
 
 
@@ -140,6 +163,10 @@ class EnipTagMap(Strict):
     # signal name -> tag name ("PB_Status" or "Program:MainProgram.PB_Status").
     output_tags: dict[str, str] = {}
     input_tags: dict[str, str] = {}
+    # Optional outputs this station carries (detection, segmentation, anomaly models): DINT
+    # tags PB_DefectCount, PB_DefectClass, PB_AnomalyArea (or as renamed in output_tags),
+    # written in the same request. Unlisted ones need no tag in the controller.
+    optional_outputs: list[OptionalOutput] = []
 
     @model_validator(mode="before")
     @classmethod
@@ -186,14 +213,16 @@ def out_of_contract(signal: Signal, raw: float) -> str | None:
 
 
 def encode_outputs(outputs: Outputs, names: Mapping[str, str]) -> list[tuple[str, int | float]]:
-    """(tag, value) pairs for one multi-tag write, in contract order."""
+    """(tag, value) pairs for one multi-tag write, in contract order: the signals `names`
+    (signal -> tag) carries, which are every base signal and the optional ones it names."""
     values = outputs.as_dict()
-    return [(names[t.signal.name], to_logix(t.signal, values[t.signal.name])) for t in OUTPUT_TAGS]
+    return [(names[t.signal.name], to_logix(t.signal, values[t.signal.name])) for t in carried_tags(names)]
 
 
 def decode_outputs(raw: Mapping[str, int | float]) -> Outputs:
-    """Outputs from {signal name: tag value} (the simulator's side)."""
-    return Outputs(**{t.signal.name: from_logix(t.signal, raw[t.signal.name]) for t in OUTPUT_TAGS})
+    """Outputs from {signal name: tag value} (the simulator's side): every base signal, and
+    the optional ones `raw` holds; the others keep their defaults (nothing measured)."""
+    return Outputs(**{t.signal.name: from_logix(t.signal, raw[t.signal.name]) for t in carried_tags(raw)})
 
 
 def encode_inputs(inputs: Inputs) -> dict[str, int | float]:
@@ -215,20 +244,33 @@ _ENCODING = {
     ("DINT", "u32"): "all 32 bits, two's complement (ids from 2^31 read negative)",
     ("REAL", "u16"): "0.0..1.0",
 }
+# Signals whose value in the tag reads otherwise than their type's row above says.
+_SIGNAL_ENCODING = {
+    "anomaly_area": "all 32 bits, two's complement (an area from 2^31 pixels up would read negative)",
+}
 
 
 def markdown_tables() -> str:
     """The tag table for docs/plc-interface.md (`plcbridge docs`)."""
     lines: list[str] = []
-    for title, specs, writer in (
-        ("Outputs, bridge -> PLC (the bridge writes them)", OUTPUT_TAGS, "bridge"),
-        ("Inputs, PLC -> bridge (the PLC writes them)", INPUT_TAGS, "PLC"),
+    optional_intro = (
+        "Written only by a station that lists them in `plc.enip.optional_outputs` (the simulator: `[enip] "
+        "optional_outputs`); without it the bridge neither writes nor checks them, and the controller needs no such "
+        "tags. A listed one is a tag like those above: checked at connect, renamed in `[plc.enip.output_tags]`, "
+        "written in the same request.")
+    for title, specs, writer, intro in (
+        ("Outputs, bridge -> PLC (the bridge writes them)", carried_tags(()), "bridge", ""),
+        ("Optional outputs, bridge -> PLC (only with `plc.enip.optional_outputs`)",
+         tuple(t for t in OUTPUT_TAGS if t.signal.optional), "bridge", optional_intro),
+        ("Inputs, PLC -> bridge (the PLC writes them)", INPUT_TAGS, "PLC", ""),
     ):
         lines.append(f"### {title}\n")
+        if intro:
+            lines.append(f"{intro}\n")
         lines.append("| default tag name | Logix type | signal | contract type | value in the tag | meaning |")
         lines.append("|---|---|---|---|---|---|")
         for t in specs:
-            enc = _ENCODING[(t.type, t.signal.type)]
+            enc = _SIGNAL_ENCODING.get(t.signal.name) or _ENCODING[(t.type, t.signal.type)]
             if writer == "PLC" and t.signal.type == "u16":
                 enc += "; the bridge uses the value modulo 65536"
             meaning = _TYPE_OVERRIDES[t.signal.name][1] if t.signal.name in _TYPE_OVERRIDES else t.signal.meaning

@@ -4,6 +4,13 @@ The one place that says how `plcbridge.contract` maps onto Modbus TCP. The adapt
 (adapters/plc/modbus.py), the simulator front-end (simulators/modbus.py), the bridge's
 `[plc.modbus]` and the simulator's `[modbus]` settings (both extend `ModbusMap`) and the docs
 use it, so the two ends of a link cannot lay the registers out differently.
+
+Optional outputs (`optional_outputs`) have fixed offsets after the base block, in contract
+order (10 defect_count, 11 defect_class, 12-13 anomaly_area at the default layout), so the
+base block never moves and a signal's address never depends on which others are listed. The
+output block stays one contiguous block, written by one request: with optional outputs it
+runs on to the end of the last one listed, and an optional signal before that one is
+written too (with its value: 0, or none, where the model gives none).
 """
 
 from __future__ import annotations
@@ -13,7 +20,20 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from plcbridge.contract import INPUT_SIGNALS, OUTPUT_SIGNALS, U16_MAX, Inputs, Outputs, Signal, check_range, code_tables
+from plcbridge.contract import (
+    BASE_OUTPUT_SIGNALS,
+    INPUT_SIGNALS,
+    OPTIONAL_OUTPUT_SIGNALS,
+    OUTPUT_SIGNALS,
+    U16_MAX,
+    Inputs,
+    OptionalOutput,
+    Outputs,
+    Signal,
+    carried_outputs,
+    check_range,
+    code_tables,
+)
 from plcbridge.schema import FieldsError, Strict
 
 WordOrder = Literal["high_first", "low_first"]
@@ -25,15 +45,24 @@ class RegisterMap:
 
     Outputs are one contiguous block from `outputs_base`, inputs one block from `inputs_base`,
     in the order of OUTPUT_SIGNALS / INPUT_SIGNALS. A u32 takes two registers in `word_order`.
+    The output block is the base signals, then the optional ones up to the last one
+    `optional_outputs` lists (none listed: the base block alone).
     """
 
     outputs_base: int = 0
     inputs_base: int = 100
     word_order: WordOrder = "high_first"
+    optional_outputs: tuple[str, ...] = ()
+
+    @property
+    def output_signals(self) -> tuple[Signal, ...]:
+        """The signals of the output block, in register order."""
+        last = max(OUTPUT_SIGNALS.index(s) for s in carried_outputs(self.optional_outputs))
+        return OUTPUT_SIGNALS[: last + 1]
 
     @property
     def outputs_count(self) -> int:
-        return sum(s.words for s in OUTPUT_SIGNALS)
+        return sum(s.words for s in self.output_signals)
 
     @property
     def inputs_count(self) -> int:
@@ -72,10 +101,11 @@ class RegisterMap:
         return values
 
     def encode_outputs(self, o: Outputs) -> list[int]:
-        return self._pack(OUTPUT_SIGNALS, o.as_dict())
+        return self._pack(self.output_signals, o.as_dict())
 
     def decode_outputs(self, regs: list[int]) -> Outputs:
-        return Outputs(**self._unpack(OUTPUT_SIGNALS, regs))
+        """The block's values; a signal outside the block keeps its default (nothing measured)."""
+        return Outputs(**self._unpack(self.output_signals, regs))
 
     def encode_inputs(self, i: Inputs) -> list[int]:
         return self._pack(INPUT_SIGNALS, i.as_dict())
@@ -91,10 +121,15 @@ class ModbusMap(Strict):
     outputs_base: Annotated[int, Field(ge=0, le=65535)] = 0
     inputs_base: Annotated[int, Field(ge=0, le=65535)] = 100
     word_order: WordOrder = "high_first"
+    # Optional outputs this station carries (detection, segmentation, anomaly models). They
+    # follow the base block at fixed offsets (10 defect_count, 11 defect_class, 12-13
+    # anomaly_area from outputs_base), so nothing of the base block moves; the output block
+    # then runs to the last one listed, and an optional signal before it is written too.
+    optional_outputs: list[OptionalOutput] = []
 
     @property
     def register_map(self) -> RegisterMap:
-        return RegisterMap(self.outputs_base, self.inputs_base, self.word_order)
+        return RegisterMap(self.outputs_base, self.inputs_base, self.word_order, tuple(self.optional_outputs))
 
     @model_validator(mode="after")
     def _blocks_fit_and_do_not_overlap(self) -> "ModbusMap":
@@ -102,11 +137,11 @@ class ModbusMap(Strict):
         rmap = self.register_map
         out = range(rmap.outputs_base, rmap.outputs_base + rmap.outputs_count)
         inp = range(rmap.inputs_base, rmap.inputs_base + rmap.inputs_count)
+        where = ("outputs_base", "inputs_base", *(("optional_outputs",) if self.optional_outputs else ()))
         if out.stop > 65536 or inp.stop > 65536:
-            raise FieldsError(("outputs_base", "inputs_base"), "a register block runs past address 65535")
+            raise FieldsError(where, "a register block runs past address 65535")
         if out.start < inp.stop and inp.start < out.stop:
-            raise FieldsError(("outputs_base", "inputs_base"),
-                              f"output block {out.start}..{out.stop - 1} overlaps input block {inp.start}..{inp.stop - 1}")
+            raise FieldsError(where, f"output block {out.start}..{out.stop - 1} overlaps input block {inp.start}..{inp.stop - 1}")
         return self
 
 
@@ -115,9 +150,11 @@ def markdown_tables(rmap: RegisterMap | None = None) -> str:
     rmap = rmap or RegisterMap()
     lines: list[str] = []
 
-    def table(title: str, signals: tuple[Signal, ...], base: int) -> None:
-        offs = rmap.offsets(signals)
+    def table(title: str, signals: tuple[Signal, ...], base: int, every: tuple[Signal, ...], intro: str = "") -> None:
+        offs = rmap.offsets(every)
         lines.append(f"### {title}\n")
+        if intro:
+            lines.append(f"{intro}\n")
         lines.append("| register | offset | signal | type | meaning |")
         lines.append("|---|---|---|---|---|")
         for s in signals:
@@ -127,7 +164,19 @@ def markdown_tables(rmap: RegisterMap | None = None) -> str:
             lines.append(f"| {reg} | {off} | `{s.name}` | {s.type} | {s.meaning} |")
         lines.append("")
 
-    table(f"Outputs, bridge -> PLC (holding registers from outputs_base = {rmap.outputs_base})", OUTPUT_SIGNALS, rmap.outputs_base)
-    table(f"Inputs, PLC -> bridge (holding registers from inputs_base = {rmap.inputs_base})", INPUT_SIGNALS, rmap.inputs_base)
+    table(f"Outputs, bridge -> PLC (holding registers from outputs_base = {rmap.outputs_base})", BASE_OUTPUT_SIGNALS,
+          rmap.outputs_base, OUTPUT_SIGNALS)
+    every = RegisterMap(rmap.outputs_base, rmap.inputs_base, rmap.word_order, tuple(s.name for s in OPTIONAL_OUTPUT_SIGNALS))
+    table("Optional outputs, bridge -> PLC (only with `plc.modbus.optional_outputs`)", OPTIONAL_OUTPUT_SIGNALS,
+          rmap.outputs_base, OUTPUT_SIGNALS,
+          "Written only by a station that lists them in `plc.modbus.optional_outputs` (the simulator: `[modbus] "
+          "optional_outputs`); without it the output block is the table above and nothing here exists. Their "
+          "addresses are fixed, right after the block above, whichever of them are listed: the output block then "
+          "runs on, still one write, to the end of the last one listed, and an optional signal before that one is "
+          "written too (with its value). All of them make the block "
+          f"{every.outputs_count} registers ({rmap.outputs_base}..{rmap.outputs_base + every.outputs_count - 1}); "
+          "keep the input block clear of it.")
+    table(f"Inputs, PLC -> bridge (holding registers from inputs_base = {rmap.inputs_base})", INPUT_SIGNALS,
+          rmap.inputs_base, INPUT_SIGNALS)
     lines.append(code_tables())
     return "\n".join(lines)

@@ -25,19 +25,33 @@ word is UInt16 (IEC 61131-3 UINT / UDINT / WORD, which S7-1500 and TwinCAT expos
 these). `score` stays the u16 defect score x 10000, as over Modbus, so one PLC program
 handles both transports.
 
+Optional outputs (`optional_outputs`) are nodes like the others, from the same template
+and renamed the same way, but only a station that lists them has them: without it the node
+set is the base signals' alone, and neither the bridge nor the simulator knows the others.
+A listed one is written in the same Write as the rest and checked at connect like the rest.
+
 This module does not import asyncua: the config schema uses it, and a Modbus-only station
 never loads asyncua. Types are named here ("UInt16"); the adapter resolves them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from plcbridge.contract import INPUT_SIGNALS, OUTPUT_SIGNALS, Signal, SignalType
+from plcbridge.contract import (
+    BASE_OUTPUT_SIGNALS,
+    INPUT_SIGNALS,
+    OPTIONAL_OUTPUT_SIGNALS,
+    OUTPUT_SIGNALS,
+    OptionalOutput,
+    Signal,
+    SignalType,
+    carried_outputs,
+)
 from plcbridge.schema import Strict
 
 Direction = Literal["output", "input"]
@@ -94,24 +108,29 @@ def _defaults(template: str, signals: tuple[Signal, ...]) -> dict[str, str]:
 
 
 def resolve_nodes(
-    output_template: str, input_template: str, output_nodes: Mapping[str, str], input_nodes: Mapping[str, str]
+    output_template: str, input_template: str, output_nodes: Mapping[str, str], input_nodes: Mapping[str, str],
+    optional_outputs: Collection[str] = (),
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """Per-signal identifiers over the templates' defaults, checked; complete maps back.
+    """Per-signal identifiers over the templates' defaults, checked; complete maps back: every
+    base output, the optional outputs `optional_outputs` lists, every input.
 
     Raises ValueError naming every problem: a template without `{signal}`, an unknown
-    signal, an empty identifier, two signals on one node.
+    signal, an optional one renamed but not listed, an empty identifier, two signals on one node.
     """
     problems: list[str] = []
     resolved: list[dict[str, str]] = []
     for what, template, signals, given in (
-        ("output", output_template, OUTPUT_SIGNALS, output_nodes),
+        ("output", output_template, carried_outputs(optional_outputs), output_nodes),
         ("input", input_template, INPUT_SIGNALS, input_nodes),
     ):
         if PLACEHOLDER not in template:
             problems.append(f"{what}_template {template!r} has no {PLACEHOLDER}: every signal would share one node")
         names = _defaults(template, signals)
         for signal, ident in given.items():
-            if signal not in names:
+            if what == "output" and signal not in names and any(s.name == signal for s in OPTIONAL_OUTPUT_SIGNALS):
+                problems.append(f"output_nodes: {signal!r} is an optional output: list it in optional_outputs "
+                                "to carry it")
+            elif signal not in names:
                 problems.append(f"{what}_nodes: {signal!r} is not a contract signal (known: {', '.join(names)})")
             elif not isinstance(ident, str) or not parse_identifier(ident):
                 problems.append(f"{what}_nodes.{signal}: {ident!r} is not a node identifier")
@@ -137,9 +156,11 @@ def complete_node_names(data: Any) -> Any:
         return data
     templates = data.get("output_template", DEFAULT_OUTPUT_TEMPLATE), data.get("input_template", DEFAULT_INPUT_TEMPLATE)
     given = data.get("output_nodes", {}), data.get("input_nodes", {})
-    if not all(isinstance(t, str) for t in templates) or not all(isinstance(g, dict) for g in given):
+    optional = data.get("optional_outputs", [])
+    if not all(isinstance(t, str) for t in templates) or not all(isinstance(g, dict) for g in given) \
+            or not isinstance(optional, (list, tuple)):
         return data  # the fields' own type checks report it
-    outputs, inputs = resolve_nodes(*templates, *given)
+    outputs, inputs = resolve_nodes(*templates, *given, optional_outputs=[n for n in optional if isinstance(n, str)])
     return {**data, "output_nodes": outputs, "input_nodes": inputs}
 
 
@@ -154,6 +175,10 @@ class OpcUaNodeMap(Strict):
     # signal name -> identifier ("s=..." string, "i=1234" numeric; plain text is a string id).
     output_nodes: dict[str, str] = {}
     input_nodes: dict[str, str] = {}
+    # Optional outputs this station carries (detection, segmentation, anomaly models): nodes
+    # from output_template (or output_nodes) like the rest, written in the same Write request.
+    # Unlisted ones have no node: the base node set is what it was.
+    optional_outputs: list[OptionalOutput] = []
 
     @model_validator(mode="before")
     @classmethod
@@ -166,20 +191,25 @@ class OpcUaNodeMap(Strict):
 
 
 def node_specs(output_nodes: Mapping[str, str], input_nodes: Mapping[str, str]) -> tuple[tuple[NodeSpec, ...], tuple[NodeSpec, ...]]:
-    """The nodes in contract order (the order of Outputs / Inputs fields)."""
+    """The nodes in contract order (the order of Outputs / Inputs fields): every base output,
+    the optional ones `output_nodes` names (a complete map names those listed), every input."""
     return (
-        tuple(NodeSpec(s, "output", output_nodes[s.name]) for s in OUTPUT_SIGNALS),
+        tuple(NodeSpec(s, "output", output_nodes[s.name]) for s in OUTPUT_SIGNALS if not s.optional or s.name in output_nodes),
         tuple(NodeSpec(s, "input", input_nodes[s.name]) for s in INPUT_SIGNALS),
     )
 
 
 def markdown_tables() -> str:
     """The node table for docs/plc-interface.md, with the default identifiers."""
-    outs, ins = node_specs(_defaults(DEFAULT_OUTPUT_TEMPLATE, OUTPUT_SIGNALS), _defaults(DEFAULT_INPUT_TEMPLATE, INPUT_SIGNALS))
+    every, ins = node_specs(_defaults(DEFAULT_OUTPUT_TEMPLATE, OUTPUT_SIGNALS), _defaults(DEFAULT_INPUT_TEMPLATE, INPUT_SIGNALS))
+    outs = tuple(n for n in every if n.signal in BASE_OUTPUT_SIGNALS)
+    optional = tuple(n for n in every if n.signal in OPTIONAL_OUTPUT_SIGNALS)
     lines: list[str] = []
 
-    def table(title: str, specs: tuple[NodeSpec, ...], writer: str) -> None:
+    def table(title: str, specs: tuple[NodeSpec, ...], writer: str, intro: str = "") -> None:
         lines.append(f"### {title}\n")
+        if intro:
+            lines.append(f"{intro}\n")
         lines.append(f"| node (namespace `{DEFAULT_NAMESPACE_URI}`) | signal | OPC UA type | declare as | written by | meaning |")
         lines.append("|---|---|---|---|---|---|")
         for n in specs:
@@ -189,6 +219,11 @@ def markdown_tables() -> str:
         lines.append("")
 
     table("Output nodes, bridge -> PLC (written together in one Write request per tick)", outs, "bridge")
+    table("Optional output nodes, bridge -> PLC (only with `plc.opcua.optional_outputs`)", optional, "bridge",
+          "Written only by a station that lists them in `plc.opcua.optional_outputs` (the simulator: `[opcua] "
+          "optional_outputs`, which creates them); without it the bridge neither writes nor checks them, and the "
+          "PLC needs no such variables. A listed one is a node like those above: from `output_template` (or "
+          "renamed in `[plc.opcua.output_nodes]`), checked at connect, written in the same Write request.")
     table("Input nodes, PLC -> bridge (read together in one Read request per tick)", ins, "PLC")
     lines.append(
         "Status bits, result codes and fault codes are the same numbers as in the Modbus tables above."
