@@ -247,10 +247,17 @@ def _proto(out: object, what: str, nm: int | None = None) -> np.ndarray:
 
 def _finish(boxes_in: np.ndarray, scores: np.ndarray, classes: np.ndarray, lb: Letterbox,
             coeffs: np.ndarray | None = None, proto: np.ndarray | None = None) -> Detections:
+    boxes = lb.boxes_to_frame(boxes_in)
+    # A box wholly in the letterbox's padding clips to nothing: it saw no pixel of the frame
+    # (a model can react to the grey border), so it is no finding about the part.
+    inside = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    if not inside.all():
+        boxes, boxes_in, scores, classes = boxes[inside], boxes_in[inside], scores[inside], classes[inside]
+        coeffs = coeffs[inside] if coeffs is not None else None
     masks = areas = None
     if proto is not None and coeffs is not None:
         masks, areas = _masks(coeffs, proto, boxes_in, lb)
-    return Detections(lb.boxes_to_frame(boxes_in), scores, classes, masks, areas, lb)
+    return Detections(boxes, scores, classes, masks, areas, lb)
 
 
 def decode_yolov8(output0: object, letterbox: Letterbox, *, conf: float = DEFAULT_CONF, iou: float = DEFAULT_IOU,

@@ -34,6 +34,23 @@ Defaults, so that a manifest without the section keeps working:
 `score >= threshold` is FAIL. `labels` must be ["pass", "fail"]: the PLC contract knows
 only PASS and FAIL, so a model with other classes is refused at load, not misread later.
 
+Model kinds (`kind`, default "classifier": everything above). The other kinds read the
+model's outputs through decoders and turn them into PASS/FAIL with the verdict rules the
+manifest states (plcbridge.inference.rules; docs/manifest.md has examples):
+
+- `kind = "anomaly"`: anomalib exports. `outputs` lists the graph outputs read, `anomaly`
+  says `format` ("anomalib2": `pred_score`/`pred_label`/`anomaly_map`/`pred_mask`,
+  normalised so 0.5 is the threshold; "anomalib1": one output `output` plus the
+  `metadata.json` it names, with its sha256) and `rules` (threshold, pixel_threshold,
+  min_area). No top-level `threshold`: the rules hold it.
+- `kind = "detection"` / `"segmentation"`: Ultralytics YOLO exports. `detection` says the
+  `layout` (yolov8, end2end (NMS in the graph, v10/26 heads), yolov5; yolov8-seg,
+  end2end-seg), the `class_names` in the model's order, the decoder's `conf`/`iou`/`max_det`
+  and the `rules` (per class min_score/min_area/min_length, max_count, roi, ignore_regions).
+  `preprocessing.letterbox` (pad value, default 114) makes the input as Ultralytics does.
+- `external_data`: weight files beside the graph (anomalib >= 2.7 writes `model.onnx.data`),
+  each with its sha256; they are checked and handed to ONNX Runtime from the verified bytes.
+
 `file` is relative to the manifest's directory, or `pkg:MODULE/PATH` for a model shipped
 inside an installed Python package (found with importlib.util.find_spec, without importing
 the package). `load_manifest` returns such a manifest with `file` resolved to an absolute
@@ -52,7 +69,9 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
+from plcbridge.inference.detection import SEGMENT_LAYOUTS, Layout
 from plcbridge.inference.errors import ModelError
+from plcbridge.inference.rules import AnomalyRules, DetectionRules
 from plcbridge.schema import Strict, validation_problems
 
 MANIFEST_NAME = "manifest.json"
@@ -60,6 +79,11 @@ BUILTIN_PREFIX = "builtin:"
 PKG_PREFIX = "pkg:"
 
 TensorDtype = Literal["float32", "float16", "uint8"]
+# What the outputs of the other model kinds may be (anomalib's pred_label and pred_mask are bool).
+GraphDtype = Literal["float32", "float16", "uint8", "bool", "int64"]
+ModelKind = Literal["classifier", "anomaly", "detection", "segmentation"]
+ANOMALIB2_OUTPUTS = ("pred_score", "pred_label", "anomaly_map", "pred_mask")
+YOLO_MASK_COEFFS = 32  # Ultralytics segment heads: 32 prototype masks
 
 # Frame limits when the manifest has no `frame` section (see the module docstring for why).
 DEFAULT_MIN_DIVISOR = 4  # min_size = ceil(resize / 4) ...
@@ -105,6 +129,81 @@ class OutputSpec(TensorSpec):
         return self.fail_classes or [1]
 
 
+class GraphOutput(Strict):
+    """One graph output a non-classifier model is read through, as the graph declares it."""
+
+    name: Annotated[str, Field(min_length=1)]
+    shape: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]
+    dtype: GraphDtype
+
+
+HexDigest = Annotated[str, BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v),
+                      Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _inside_model_dir(rel: str) -> bool:
+    return bool(rel) and not Path(rel).is_absolute() and ".." not in Path(rel).parts
+
+
+class PinnedFile(Strict):
+    """A file beside the graph the model needs (external weights, anomalib 1.x metadata),
+    relative to the manifest's directory, pinned by its sha256 like the graph itself."""
+
+    file: Annotated[str, Field(min_length=1)]
+    sha256: HexDigest
+
+    @model_validator(mode="after")
+    def _relative(self) -> "PinnedFile":
+        if not _inside_model_dir(self.file):
+            raise ValueError(f"file must be a path inside the model directory, got {self.file!r}")
+        return self
+
+
+class LetterboxSpec(Strict):
+    """Scale the frame to fit the input with its aspect ratio kept, centred, the rest filled
+    with `pad_value` (Ultralytics' letterbox; plcbridge.inference.letterbox)."""
+
+    pad_value: Annotated[int, Field(ge=0, le=255, strict=True)] = 114
+
+
+class AnomalySection(Strict):
+    """How an anomalib export is read (see the module docstring)."""
+
+    format: Literal["anomalib2", "anomalib1"]
+    metadata: PinnedFile | None = None  # anomalib1: its metadata.json (normalisation statistics)
+    rules: AnomalyRules = AnomalyRules()
+
+
+class DetectionSection(Strict):
+    """How a YOLO export is read and judged (see the module docstring)."""
+
+    layout: Layout
+    class_names: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    # Candidates at or below `conf` are dropped before NMS (default: just below the lowest
+    # min_score the rules count, so nothing a rule would count is lost).
+    conf: Annotated[float, Field(ge=0, lt=1)] | None = None
+    iou: Annotated[float, Field(gt=0, le=1)] = 0.7  # Ultralytics' default NMS IoU
+    max_det: Annotated[int, Field(ge=1, le=10000)] = 300
+    rules: DetectionRules = DetectionRules()
+
+    @property
+    def decoder_conf(self) -> float:
+        if self.conf is not None:
+            return self.conf
+        return max(0.0, self.rules.score_floor - 1e-6)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DetectionSection":
+        if self.conf is not None and self.conf >= self.rules.score_floor:
+            raise ValueError(f"conf {self.conf:g} must be below the lowest min_score the rules count "
+                             f"({self.rules.score_floor:g}): the decoder drops what the rules would count")
+        try:
+            self.rules.resolve(self.class_names)
+        except ModelError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+
 class Preprocessing(Strict):
     resize: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=2)]  # [w, h]
     color: Literal["rgb", "bgr", "gray"]
@@ -112,6 +211,11 @@ class Preprocessing(Strict):
     mean: Annotated[list[float], Field(min_length=1, max_length=3)]
     std: Annotated[list[float], Field(min_length=1, max_length=3)]
     layout: Literal["nchw", "nhwc"]
+    # None: stretch the frame to `resize`; set: letterbox it (YOLO exports are trained so).
+    letterbox: LetterboxSpec | None = None
+    # True states that the graph normalises itself (anomalib puts ImageNet mean/std inside the
+    # export): mean must then be 0 and std 1, and only `scale` maps pixels to the graph's range.
+    normalized_in_graph: bool = False
 
     @property
     def channels(self) -> int:
@@ -124,6 +228,9 @@ class Preprocessing(Strict):
                 raise ValueError(f"{field} needs {self.channels} value(s) for color {self.color!r}")
         if any(s == 0 for s in self.std):
             raise ValueError("std must not contain 0")
+        if self.normalized_in_graph and (any(self.mean) or any(s != 1 for s in self.std)):
+            raise ValueError("normalized_in_graph: the graph normalises, so mean must be 0 and std 1 "
+                             f"(got mean {self.mean}, std {self.std})")
         return self
 
     def tensor_shape(self) -> list[int]:
@@ -191,15 +298,19 @@ class FrameLimits:
 class Manifest(Strict):
     name: Annotated[str, Field(min_length=1)]
     version: Annotated[int, Field(ge=0, le=65535)]  # written to a u16 PLC register
+    kind: ModelKind = "classifier"
     file: Annotated[str, Field(min_length=1)]  # relative to the manifest's directory
     # Hex digits in either case (sha256sum prints lower case, some tools upper); kept lower.
-    sha256: Annotated[str, BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v),
-                      Field(pattern=r"^[0-9a-f]{64}$")]
+    sha256: HexDigest
     opset: Annotated[int, Field(ge=1)]
     input: TensorSpec
-    output: OutputSpec
+    output: OutputSpec | None = None  # classifier: the one output read as the defect score
+    outputs: Annotated[list[GraphOutput], Field(min_length=1)] | None = None  # the other kinds
     preprocessing: Preprocessing
-    threshold: Annotated[float, Field(ge=0, le=1)]
+    threshold: Annotated[float, Field(ge=0, le=1)] | None = None  # classifier: score >= threshold fails
+    anomaly: AnomalySection | None = None
+    detection: DetectionSection | None = None
+    external_data: list[PinnedFile] = []
     labels: tuple[str, str] = ("pass", "fail")
     frame: FrameSection | None = None  # frame size limits; see the module docstring
 
@@ -207,17 +318,43 @@ class Manifest(Strict):
     def frame_limits(self) -> FrameLimits:
         return FrameLimits.for_manifest(self.preprocessing, self.frame)
 
+    @property
+    def output_names(self) -> list[str]:
+        """The graph outputs the session runs for, in the order the decoder reads them."""
+        if self.output is not None:
+            return [self.output.name]
+        return [o.name for o in self.outputs or []]
+
+    def describe_output(self) -> str:
+        """One line on how the output becomes a verdict (CLI summaries, the bench report)."""
+        if self.kind == "classifier":
+            assert self.output is not None
+            return f"{self.output.kind} output, threshold {self.threshold:g}"
+        if self.anomaly is not None:
+            r = self.anomaly.rules
+            return (f"{self.anomaly.format} anomaly model, fails at score {r.threshold:g}"
+                    + (f" and an area of {r.min_area:g} px" if r.min_area else ""))
+        assert self.detection is not None
+        d = self.detection
+        return (f"{d.layout} {self.kind} model, {len(d.class_names)} class(es) {d.class_names}, "
+                f"fails above {d.rules.max_count} counted defect(s)")
+
     @model_validator(mode="after")
     def _consistent(self) -> "Manifest":
         if self.labels != ("pass", "fail"):
             raise ValueError(f'labels must be ["pass", "fail"] (the PLC knows only those), got {list(self.labels)}')
         rel = self.file[len(PKG_PREFIX):].partition("/")[2] if self.file.startswith(PKG_PREFIX) else self.file
-        if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        if not _inside_model_dir(rel):
             raise ValueError(f"file must be a path inside the model directory, or pkg:MODULE/PATH, got {self.file!r}")
+        self._kind_sections()
         pp = self.preprocessing
         if self.input.dtype == "uint8" and (pp.scale != 1 or any(pp.mean) or any(s != 1 for s in pp.std)):
             raise ValueError("a uint8 input takes raw pixels: scale must be 1, mean 0 and std 1")
         expected = pp.tensor_shape()
+        if self.kind != "classifier":
+            # An export with a fixed batch (anomalib can give 2) is fed the frame once per
+            # batch slot; the verdict reads slot 0.
+            expected[0] = self.input.shape[0]
         if self.input.shape != expected:
             raise ValueError(
                 f"input.shape {self.input.shape} does not match preprocessing "
@@ -229,6 +366,83 @@ class Manifest(Strict):
             raise ValueError(f"{limits.describe('min_size')} is larger than {limits.describe('max_size')} "
                              "in width or height: no frame could be judged")
         return self
+
+    def _kind_sections(self) -> None:
+        """Each kind has exactly its own sections, and its outputs are the shapes its export makes."""
+        kind = self.kind
+        own = {"classifier": {"output", "threshold"}, "anomaly": {"outputs", "anomaly"},
+               "detection": {"outputs", "detection"}, "segmentation": {"outputs", "detection"}}[kind]
+        for section in ("output", "threshold", "outputs", "anomaly", "detection"):
+            given = getattr(self, section) is not None
+            if section in own and not given:
+                raise ValueError(f"a {kind} model needs `{section}`")
+            if section not in own and given:
+                hint = " (the anomaly rules hold the threshold)" if section == "threshold" and kind == "anomaly" else ""
+                raise ValueError(f"`{section}` is not for a {kind} model{hint}")
+        if kind == "classifier":
+            return
+        outputs = {o.name: o for o in self.outputs or []}
+        if len(outputs) != len(self.outputs or []):
+            raise ValueError("outputs: each graph output once")
+        if self.anomaly is not None:
+            self._anomaly_outputs(self.anomaly, outputs)
+        elif self.detection is not None:
+            self._detection_outputs(self.detection, list(outputs.values()))
+
+    def _anomaly_outputs(self, a: AnomalySection, outputs: dict[str, GraphOutput]) -> None:
+        if self.preprocessing.letterbox is not None:
+            raise ValueError("preprocessing.letterbox: anomalib stretches the frame to its input, it does not letterbox")
+        if a.format == "anomalib2":
+            if a.metadata is not None:
+                raise ValueError("anomaly.metadata is for anomalib1 exports (anomalib 2.x normalises inside the graph)")
+            unknown = sorted(set(outputs) - set(ANOMALIB2_OUTPUTS))
+            if unknown:
+                raise ValueError(f"outputs {unknown}: an anomalib 2.x export names its outputs {list(ANOMALIB2_OUTPUTS)}")
+            if "pred_score" not in outputs and "anomaly_map" not in outputs:
+                raise ValueError("outputs: an anomalib 2.x model is read through pred_score and/or anomaly_map")
+            amap = outputs.get("anomaly_map")
+        else:
+            if a.metadata is None:
+                raise ValueError("anomaly.metadata: an anomalib1 export needs its metadata.json (file and sha256)")
+            if list(outputs) != ["output"]:
+                raise ValueError(f"outputs: an anomalib 1.x export has one output named 'output', got {list(outputs)}")
+            amap = outputs["output"] if len(outputs["output"].shape) == 4 else None
+        if amap is not None and (len(amap.shape) != 4 or amap.shape[1] != 1):
+            raise ValueError(f"outputs: the anomaly map {amap.name!r} must be [B, 1, h, w], got {amap.shape}")
+        w, h = self.preprocessing.resize
+        if amap is not None and (amap.shape[2] > h or amap.shape[3] > w):
+            raise ValueError(f"outputs: the anomaly map {amap.name!r} {amap.shape} is larger than the model's input "
+                             f"{w}x{h} (preprocessing.resize): anomalib's maps are at most the input's resolution")
+        mask = outputs.get("pred_mask")
+        if amap is not None and mask is not None and mask.shape != amap.shape:
+            raise ValueError(f"outputs: pred_mask {mask.shape} must have the anomaly map's shape {amap.shape} "
+                             "(anomalib's mask is the map thresholded)")
+        if amap is None and a.rules.min_area > 0:
+            raise ValueError(f"anomaly.rules.min_area {a.rules.min_area:g}: the model gives no anomaly map to measure "
+                             "an area on")
+
+    def _detection_outputs(self, d: DetectionSection, outputs: list[GraphOutput]) -> None:
+        seg = d.layout in SEGMENT_LAYOUTS
+        if seg != (self.kind == "segmentation"):
+            raise ValueError(f"detection.layout {d.layout!r} is a {'segmentation' if seg else 'detection'} layout, "
+                             f"the manifest says kind {self.kind!r}")
+        if len(outputs) != (2 if seg else 1):
+            raise ValueError(f"outputs: layout {d.layout!r} reads {'output0 and the prototypes' if seg else 'one output'}, "
+                             f"got {[o.name for o in outputs]}")
+        nc, nm = len(d.class_names), YOLO_MASK_COEFFS if seg else 0
+        shape = outputs[0].shape
+        expected = {"yolov8": (1, 4 + nc), "yolov8-seg": (1, 4 + nc + nm), "yolov5": (2, 5 + nc),
+                    "end2end": (2, 6), "end2end-seg": (2, 6 + nm)}[d.layout]
+        axis, width = expected
+        if len(shape) != 3 or shape[axis] != width:
+            where = "[B, 4+nc(+32), N]" if axis == 1 else "[B, N, 5+nc]" if d.layout == "yolov5" else "[B, N, 6(+32)]"
+            raise ValueError(f"outputs: {outputs[0].name!r} {shape} is not layout {d.layout!r} {where} for "
+                             f"{nc} class(es): expected {width} at axis {axis}")
+        if seg:
+            proto = outputs[1].shape
+            w, h = self.preprocessing.resize
+            if len(proto) != 4 or proto[1] != nm or proto[2] * 4 != h or proto[3] * 4 != w:
+                raise ValueError(f"outputs: prototypes {outputs[1].name!r} {proto} must be [B, {nm}, {h // 4}, {w // 4}]")
 
 
 def _builtin_manifest(name: str) -> Path:

@@ -82,3 +82,67 @@ def default_opset(data: bytes) -> int | None:
             if domain in _DEFAULT_DOMAINS:
                 return version
     return None
+
+
+# Where tensors may keep their data in a file beside the graph (field numbers of onnx.proto3):
+# ModelProto.graph 7; GraphProto.node 1, .initializer 5, .sparse_initializer 15; NodeProto.attribute
+# 5; AttributeProto.t 5, .g 6, .tensors 10, .graphs 11, .sparse_tensor 22, .sparse_tensors 23;
+# SparseTensorProto.values 1, .indices 2; TensorProto.external_data 13 (StringStringEntryProto
+# {1: key, 2: value}), the entry whose key is "location" names the file.
+_MODEL_GRAPH = 7
+_GRAPH_TENSORS, _GRAPH_SPARSE, _GRAPH_NODES = 5, 15, 1
+_NODE_ATTRIBUTE = 5
+_ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE = (5, 10), (6, 11), (22, 23)
+_TENSOR_EXTERNAL_DATA = 13
+
+
+def _tensor_location(tensor: bytes) -> str | None:
+    for field, wire, value in _fields(tensor):
+        if field == _TENSOR_EXTERNAL_DATA and wire == 2 and isinstance(value, bytes):
+            entry = {f: v for f, w, v in _fields(value) if w == 2 and isinstance(v, bytes)}
+            if entry.get(1) == b"location" and 2 in entry:
+                return entry[2].decode("utf-8", "replace")
+    return None
+
+
+def _graph_locations(graph: bytes, found: dict[str, None], depth: int = 0) -> None:
+    if depth > 32:  # a subgraph nested this deep is a malformed file, not a model
+        raise ValueError("subgraphs nested too deeply")
+    for field, wire, value in _fields(graph):
+        if wire != 2 or not isinstance(value, bytes):
+            continue
+        if field == _GRAPH_TENSORS:
+            tensors = [value]
+        elif field == _GRAPH_SPARSE:
+            tensors = [v for f, w, v in _fields(value) if f in (1, 2) and w == 2 and isinstance(v, bytes)]
+        elif field == _GRAPH_NODES:
+            tensors = []
+            for f, w, attr in _fields(value):
+                if f != _NODE_ATTRIBUTE or w != 2 or not isinstance(attr, bytes):
+                    continue
+                for af, aw, av in _fields(attr):
+                    if aw != 2 or not isinstance(av, bytes):
+                        continue
+                    if af in _ATTR_TENSORS:
+                        tensors.append(av)
+                    elif af in _ATTR_SPARSE:
+                        tensors += [v for sf, sw, v in _fields(av) if sf in (1, 2) and sw == 2 and isinstance(v, bytes)]
+                    elif af in _ATTR_GRAPHS:
+                        _graph_locations(av, found, depth + 1)
+        else:
+            continue
+        for tensor in tensors:
+            location = _tensor_location(tensor)
+            if location is not None:
+                found.setdefault(location)
+
+
+def external_data_files(data: bytes) -> list[str]:
+    """The files the model keeps tensor data in (external data `location`s, relative to the
+    .onnx file's directory, as written), each once, in the order the graph first names them;
+    empty for a self-contained model. ValueError for bytes that are not a readable ModelProto."""
+    found: dict[str, None] = {}
+    for field, wire, value in _fields(data):
+        if field == _MODEL_GRAPH and wire == 2 and isinstance(value, bytes):
+            _graph_locations(value, found)
+    return list(found)

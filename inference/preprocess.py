@@ -4,8 +4,10 @@ cannot drift apart.
 
 Order: validate (type, shape, dtype, and size against the manifest's frame limits: a look
 at the array's header, before any pixel is touched), resize (INTER_AREA, on the full BGR
-frame), colour-convert (on the small image, cheaper), then one fused multiply-add per
-channel for scale/mean/std, then layout.
+frame; or, with `preprocessing.letterbox`, Ultralytics' letterbox: plcbridge.inference.letterbox),
+colour-convert (on the small image, cheaper), then one fused multiply-add per channel for
+scale/mean/std, then layout. `prepare()` also returns the geometry that maps the model's
+boxes and maps back to the frame.
 No encode/decode round trip, no per-pixel Python.
 """
 
@@ -15,6 +17,7 @@ import cv2
 import numpy as np
 
 from plcbridge.inference.errors import BadFrame
+from plcbridge.inference.letterbox import Letterbox
 from plcbridge.inference.manifest import FrameLimits, Preprocessing, TensorSpec
 
 # OpenCV's own thread pool would compete with the 10 ms PLC write loop for the line PC's
@@ -62,10 +65,21 @@ class Preprocessor:
         self._dtype = _NUMPY_DTYPES[input_spec.dtype]
 
     def __call__(self, image: object) -> np.ndarray:
+        return self.prepare(image)[0]
+
+    def prepare(self, image: object) -> tuple[np.ndarray, Letterbox]:
+        """The model's tensor for `image`, and where the frame went in it (a plain resize is a
+        letterbox without padding, so the decoders map back one way for both)."""
         frame = check_frame(image, self.limits)
         h, w = frame.shape[:2]
+        if self.pp.letterbox is not None:
+            geometry = Letterbox.fit(frame.shape, self.size)
+            return self._tensor(geometry.apply(frame, self.pp.letterbox.pad_value)), geometry
         interp = cv2.INTER_AREA if (w >= self.size[0] and h >= self.size[1]) else cv2.INTER_LINEAR
-        small = cv2.resize(frame, self.size, interpolation=interp)
+        geometry = Letterbox((w, h), self.size, min(self.size[0] / w, self.size[1] / h), self.size, (0, 0, 0, 0))
+        return self._tensor(cv2.resize(frame, self.size, interpolation=interp)), geometry
+
+    def _tensor(self, small: np.ndarray) -> np.ndarray:
         if self.pp.color == "gray":
             small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)[:, :, None]
         elif self.pp.color == "rgb":

@@ -33,8 +33,8 @@ anomalous area), its box, and a one-line note for the journal.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Annotated, Literal, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Sequence
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -136,6 +136,9 @@ class Findings:
     area_px: float
     box: tuple[int, int, int, int] | None
     note: str
+    # Detection / segmentation: (N,) bool, which detections counted (in the decoder's order,
+    # best first), for the journal and the pictures; None for anomaly.
+    counted: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -193,14 +196,14 @@ def _judge_detections(det: Detections, rules: DetectionRules, class_names: Seque
     if discounted:
         note += f"; not counted: {', '.join(discounted)}"
     if not count:
-        return Judgement(label, 0.0, Findings(0, None, 0.0, None, note))
+        return Judgement(label, 0.0, Findings(0, None, 0.0, None, note, counted))
     idx = np.flatnonzero(counted)
     worst = int(idx[np.argmax(det.scores[idx])])
     score = float(det.scores[worst])
     worst_class = int(det.classes[worst])
     note += f"; worst: class {worst_class} score {score:.3f} area {float(areas[worst]):.0f} px"
     box = _box_xywh(*(float(v) for v in det.boxes[worst]))
-    return Judgement(label, score, Findings(count, worst_class, float(areas[worst]), box, note))
+    return Judgement(label, score, Findings(count, worst_class, float(areas[worst]), box, note, counted))
 
 
 def _judge_anomaly(result: AnomalyResult, rules: AnomalyRules) -> Judgement:
@@ -232,3 +235,45 @@ def judge(result: Detections | AnomalyResult, rules: DetectionRules | AnomalyRul
         return _judge_anomaly(result, rules)
     raise TypeError(f"no rules for {type(result).__name__} with {type(rules).__name__}: "
                     "Detections go with DetectionRules, AnomalyResult with AnomalyRules")
+
+
+# The journal keeps at most this many detections per decision (the best first): a head gone
+# wrong can give hundreds, and one journal line must stay a line.
+DESCRIBED_DETECTIONS = 20
+
+
+def describe(result: Detections | AnomalyResult, findings: Findings,
+             class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The decoded result and the findings as plain JSON values, for the journal line, the
+    archive's sidecar and the station page: boxes as [x, y, w, h] in frame pixels (rounded
+    outwards), scores to 3 decimals, class ids with their names, and whether the rules
+    counted each detection (`counted`)."""
+    out: dict[str, Any] = {"count": findings.count, "note": findings.note}
+    if findings.box is not None:
+        out["box"] = list(findings.box)
+    if isinstance(result, AnomalyResult):
+        s = result.summary
+        out.update(kind="anomaly", score=round(result.score, 4), area_px=round(findings.area_px))
+        if s.max is not None:
+            out.update(map_max=round(s.max, 4), map_mean=round(s.mean or 0.0, 4), pixel_threshold=s.pixel_threshold)
+        return out
+    names = list(class_names or [])
+
+    def name(c: int) -> str | None:
+        return names[c] if 0 <= c < len(names) else None
+
+    out["kind"] = "detection"
+    if findings.worst_class is not None:
+        out.update(worst_class=findings.worst_class, worst_class_name=name(findings.worst_class),
+                   area_px=round(findings.area_px))
+    shown = []
+    for i in range(min(len(result), DESCRIBED_DETECTIONS)):
+        c = int(result.classes[i])
+        shown.append({"class": c, "name": name(c), "score": round(float(result.scores[i]), 3),
+                      "box": list(_box_xywh(*(float(v) for v in result.boxes[i])))})
+        if findings.counted is not None and i < len(findings.counted):
+            shown[-1]["counted"] = bool(findings.counted[i])
+    out["detections"] = shown
+    if len(result) > len(shown):
+        out["detections_total"] = len(result)
+    return out

@@ -16,6 +16,13 @@ on the run in progress; ONNX Runtime checks that flag between nodes, so a run is
 at the next node boundary (a single huge node still finishes first; the daemon's own
 result timeout is the outer bound).
 
+Kinds (manifest `kind`): a classifier's one output is the defect score; an anomaly or
+detection/segmentation model's outputs are decoded (anomaly.py, detection.py) and judged by
+the manifest's rules (rules.py), and the Verdict carries the findings the PLC gets (defect
+count and class, anomalous area) and the decoded result for the journal and the pictures.
+External weight files (`external_data`) and anomalib 1.x's metadata.json are read, hashed
+and handed over from those same bytes, like the graph.
+
 The session is tuned for a 2-core line PC that also runs a 10 ms PLC loop: intra-op
 threads as configured (default 1), inter-op 1, sequential executor, and no spin-waiting
 (ORT's default spinning burns most of a core while idle between frames).
@@ -23,17 +30,21 @@ threads as configured (default 1), inter-op 1, sequential executor, and no spin-
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
 
+from plcbridge.inference.anomaly import AnomalibMetadata, AnomalyResult, decode_anomalib1, decode_anomalib2, parse_anomalib1_metadata
+from plcbridge.inference.detection import Detections, decode
 from plcbridge.inference.errors import (
     BadFrame,
     InferenceError,
@@ -41,9 +52,11 @@ from plcbridge.inference.errors import (
     ModelError,
     ort_load_reason,
 )
+from plcbridge.inference.letterbox import Letterbox
 from plcbridge.inference.manifest import load_manifest
 from plcbridge.inference.modelfile import default_opset, read_verified
 from plcbridge.inference.preprocess import Preprocessor
+from plcbridge.inference.rules import Findings, judge
 
 __all__ = ["Model", "Verdict", "BadFrame", "InferenceError", "InferenceTimeout", "ModelError"]
 
@@ -51,18 +64,25 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8"}
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
+               "tensor(bool)": "bool", "tensor(int64)": "int64"}
 
 
 @dataclass(frozen=True)
 class Verdict:
     """One decision: `label` is "pass" or "fail" (score >= threshold), `score` the defect
-    score in [0, 1], and the two stage times in milliseconds."""
+    score in [0, 1], and the two stage times in milliseconds. Anomaly and detection models
+    add `findings` (what the rules counted: the PLC's defect_count, defect_class,
+    anomaly_area) and `result`, the decoded outputs in frame pixels (boxes, map)."""
 
     label: str
     score: float
     preprocess_ms: float
     infer_ms: float
+    findings: Findings | None = None
+    # Decoding the outputs and applying the rules (0 for a classifier's one number).
+    postprocess_ms: float = 0.0
+    result: Detections | AnomalyResult | None = field(default=None, repr=False, compare=False)
 
 
 class _Watchdog:
@@ -148,9 +168,23 @@ class Model:
             raise ModelError(f"{where}: {self.path.name} is not a readable ONNX model: {e}") from None
         if opset != m.opset:
             raise ModelError(f"{where}: manifest says opset {m.opset}, {self.path.name} declares opset {opset}")
+        # External weights: verified here and handed to ONNX Runtime as bytes, never re-read by it,
+        # under the name the graph gives them: relative to the .onnx's folder, not the manifest's.
+        external = {os.path.relpath(self.manifest_path.parent / e.file, self.path.parent).replace(os.sep, "/"):
+                    read_verified(self.manifest_path.parent / e.file, e.sha256, where) for e in m.external_data}
+        self._metadata: AnomalibMetadata | None = None
+        if m.anomaly is not None and m.anomaly.metadata is not None:
+            pinned = m.anomaly.metadata
+            raw = read_verified(self.manifest_path.parent / pinned.file, pinned.sha256, where)
+            try:
+                meta = json.loads(raw)
+            except ValueError as e:
+                raise ModelError(f"{where}: {pinned.file} is not JSON: {e}") from None
+            needs_map = m.outputs is not None and len(m.outputs[0].shape) == 4
+            self._metadata = parse_anomalib1_metadata(meta, f"{where}: {pinned.file}", needs_map)
 
         self.requested_providers = [CUDA, CPU] if device == "cuda" else [CPU]
-        self._session, self.fallback_reason = self._create_session(data, intra_op_threads, where)
+        self._session, self.fallback_reason = self._create_session(data, intra_op_threads, where, external)
         self.providers: list[str] = list(self._session.get_providers())
         # What the session really runs with (model.intra_op_threads); 1 keeps the write loop a core.
         self.intra_op_threads: int = self._session.get_session_options().intra_op_num_threads
@@ -169,13 +203,22 @@ class Model:
         try:
             # The model's own input size, or the nearest size the manifest's frame limits accept.
             w, h = m.frame_limits.clamp(*m.preprocessing.resize)
-            self._score(self._run(self._preprocess(np.full((h, w, 3), 128, np.uint8)), None))
+            # The smoke run decodes and judges too: a map of the wrong size or a NaN output is
+            # refused here, not found on the line.
+            grey = np.full((h, w, 3), 128, np.uint8)
+            x, geometry = self._preprocess.prepare(grey)
+            self._verdict(self._run(x, None), grey.shape, geometry)
         except (InferenceError, InferenceTimeout) as e:
             self.close()
             raise ModelError(f"{where}: smoke run failed: {e}") from None
 
-    def _create_session(self, data: bytes, threads: int, where: str) -> tuple[ort.InferenceSession, str | None]:
+    def _create_session(self, data: bytes, threads: int, where: str,
+                        external: dict[str, bytes] | None = None) -> tuple[ort.InferenceSession, str | None]:
         so = ort.SessionOptions()
+        if external:
+            names = list(external)
+            so.add_external_initializers_from_files_in_memory(names, [external[n] for n in names],
+                                                              [len(external[n]) for n in names])
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -209,9 +252,11 @@ class Model:
             raise ModelError(f"{where}: {self.path.name} has {len(inputs)} inputs {[i.name for i in inputs]}, expected 1")
         self._check_tensor("input", m.input.name, m.input.shape, m.input.dtype, inputs[0], where)
         outputs = {o.name: o for o in self._session.get_outputs()}
-        if m.output.name not in outputs:
-            raise ModelError(f"{where}: output {m.output.name!r} not in {self.path.name}; it has {sorted(outputs)}")
-        self._check_tensor("output", m.output.name, m.output.shape, m.output.dtype, outputs[m.output.name], where)
+        specs = [m.output] if m.output is not None else list(m.outputs or [])
+        for spec in specs:
+            if spec.name not in outputs:
+                raise ModelError(f"{where}: output {spec.name!r} not in {self.path.name}; it has {sorted(outputs)}")
+            self._check_tensor("output", spec.name, spec.shape, spec.dtype, outputs[spec.name], where)
 
     def _check_tensor(self, what: str, name: str, shape: list[int], dtype: str, actual: ort.NodeArg, where: str) -> None:
         actual_dtype = _ORT_DTYPES.get(actual.type, actual.type)
@@ -233,7 +278,7 @@ class Model:
         try:
             budget_ms = self.timeout_ms
             t0 = time.perf_counter()
-            x = self._preprocess(image)
+            x, geometry = self._preprocess.prepare(image)
             t1 = time.perf_counter()
             preprocess_ms = (t1 - t0) * 1000.0
             left_ms = budget_ms - preprocess_ms
@@ -242,25 +287,63 @@ class Model:
                                        f"{budget_ms:g} ms budget; the model was not run")
             out = self._run(x, left_ms / 1000.0, preprocess_ms)
             t2 = time.perf_counter()
-            score = self._score(out)
+            label, score, findings, result = self._verdict(out, image.shape, geometry)
+            t3 = time.perf_counter()
         finally:
             self._busy.release()
-        label = self.manifest.labels[1] if score >= self.manifest.threshold else self.manifest.labels[0]
-        return Verdict(label, score, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0)
+        return Verdict(label, score, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0, findings,
+                       (t3 - t2) * 1000.0 if findings is not None else 0.0, result)
 
-    def _run(self, x: np.ndarray, timeout_s: float | None, preprocess_ms: float = 0.0) -> np.ndarray:
+    def _verdict(self, out: list[np.ndarray], frame_shape: tuple[int, ...],
+                 geometry: Letterbox) -> tuple[str, float, Findings | None, Detections | AnomalyResult | None]:
+        """The outputs of one run as (label, score, findings, decoded result); anything that
+        is no valid output is an InferenceError, so garbage never comes out as PASS."""
+        m = self.manifest
+        if m.kind == "classifier":
+            score = self._score(out[0])
+            assert m.threshold is not None  # the manifest requires it for a classifier
+            return (m.labels[1] if score >= m.threshold else m.labels[0]), score, None, None
+        result: Detections | AnomalyResult
+        if m.anomaly is not None:
+            rules = m.anomaly.rules
+            if self._metadata is not None:
+                result = decode_anomalib1(out[0], self._metadata, frame_shape, pixel_threshold=rules.pixel_threshold,
+                                          map_size=self._map_size)
+            else:
+                result = decode_anomalib2(dict(zip(m.output_names, out)), frame_shape,
+                                          pixel_threshold=rules.pixel_threshold, map_size=self._map_size)
+            j = judge(result, rules)
+        else:
+            d = m.detection
+            assert d is not None  # the manifest requires it for detection and segmentation
+            result = decode(out, d.layout, geometry, conf=d.decoder_conf, iou=d.iou, max_det=d.max_det)
+            j = judge(result, d.rules, d.class_names)
+        return j.label, j.score, j.findings, result
+
+    @property
+    def _map_size(self) -> tuple[int, int] | None:
+        """(w, h) of the anomaly map the graph declares, or None for a score-only model."""
+        for o in self.manifest.outputs or []:
+            if o.name in ("anomaly_map", "output") and len(o.shape) == 4:
+                return o.shape[3], o.shape[2]
+        return None
+
+    def _run(self, x: np.ndarray, timeout_s: float | None, preprocess_ms: float = 0.0) -> list[np.ndarray]:
         """One ORT run, terminated after `timeout_s` (None: unbounded), which is what is left
-        of the budget after `preprocess_ms` of preprocessing."""
+        of the budget after `preprocess_ms` of preprocessing. The manifest's outputs, in order."""
         session = self._session
         if session is None:
             raise InferenceError(f"model {self.name} is closed")
+        batch = self.manifest.input.shape[0]
+        if batch > 1:  # an export with a fixed batch: the frame in every slot, slot 0 read
+            x = np.repeat(x, batch, axis=0)
         options = ort.RunOptions()
         options.log_severity_level = 3  # a terminated run is reported by us, not as ORT stderr noise
         start = time.monotonic()
         if timeout_s is not None:
             self._watchdog.arm(options, start + timeout_s)
         try:
-            out = session.run([self.manifest.output.name], {self.manifest.input.name: x}, options)[0]
+            out = session.run(self.manifest.output_names, {self.manifest.input.name: x}, options)
         except Exception as e:
             elapsed_ms = (time.monotonic() - start) * 1000.0
             if self._watchdog.disarm():
@@ -283,6 +366,7 @@ class Model:
         """The output as one defect score in [0, 1]; anything else is an InferenceError,
         so a NaN or a broken model can never come out as PASS."""
         spec = self.manifest.output
+        assert spec is not None  # classifiers only
         v = np.asarray(out, dtype=np.float64).reshape(-1)
         if v.size != spec.size:
             raise InferenceError(f"model {self.name}: output has {v.size} values, manifest says {spec.shape}")

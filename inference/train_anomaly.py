@@ -472,6 +472,37 @@ def main() -> None:
     onnx.save(detector_model(mean, inv_cov, cal, facts), str(path))
     for key, value in export_facts(path).items():
         print(f"{key}: {value}")
+    print(f"wrote {write_manifest(path)}")
+
+
+MANIFEST_NAME = "manifest.json"
+MODEL_NAME = "padim-synthetic"
+MODEL_VERSION = 1
+
+
+def write_manifest(path: Path = OUT_DIR / ONNX_NAME) -> Path:
+    """manifest.json beside the exported file, from `export_facts`: an anomalib 2.x model
+    (`kind = "anomaly"`), RGB in [0, 1] with ImageNet normalisation inside the graph, judged
+    at the exported threshold. Validated before it is written."""
+    import json
+
+    from plcbridge.inference.manifest import Manifest
+
+    facts = export_facts(path)
+    w, h = FRAME
+    manifest = {
+        "name": MODEL_NAME, "version": MODEL_VERSION, "kind": "anomaly", "file": facts["file"],
+        "sha256": facts["sha256"], "opset": facts["opset"],
+        "input": facts["input"], "outputs": facts["outputs"],
+        "preprocessing": {"resize": [w, h], "color": "rgb", "scale": 1 / 255, "mean": [0.0, 0.0, 0.0],
+                          "std": [1.0, 1.0, 1.0], "layout": "nchw", "normalized_in_graph": True},
+        "anomaly": {"format": "anomalib2", "rules": {"threshold": facts["threshold"]}},
+        "labels": ["pass", "fail"],
+    }
+    Manifest.model_validate(manifest)
+    out = path.parent / MANIFEST_NAME
+    out.write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
 
 
 if __name__ == "__main__":

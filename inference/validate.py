@@ -8,15 +8,20 @@ One function for both, so that "promoted" and "accepted on reload" cannot mean d
 things. The checks, in order, each named in the report:
 
 - `manifest`:  manifest.json parses and is consistent (`load_manifest`);
-- `sha256`:    the file is the one the manifest pins (`read_verified`);
+- `sha256`:    the file is the one the manifest pins (`read_verified`), and so is every file
+               beside it the manifest pins (external weights, anomalib 1.x's metadata.json);
+               every external weights file the graph names must be pinned;
 - `opset`:     the file declares the manifest's opset, and the target ONNX Runtime implements
                it (`MAX_OPSET`; the target defaults to the installed onnxruntime);
 - `interface`: onnxruntime loads the file and its input/output names, shapes and dtypes are
                the manifest's (`Model`'s build checks);
 - `smoke`:     one judge() of a mid-grey frame, through the real preprocessing, gives a score;
-               fails, saying so, when `frame_size` is outside the manifest's frame limits;
+               anomaly and detection outputs are decoded and judged by the manifest's rules (a
+               NaN map, a map of another size than the manifest's is a failure naming the
+               output); fails, saying so, when `frame_size` is outside the manifest's frame limits;
 - `range`:     black, white and noise frames too give finite outputs, in [0, 1] for
-               probability/softmax outputs (a logit only needs to be finite);
+               probability/softmax outputs (a logit only needs to be finite), decoded and judged
+               for the other kinds;
 - `latency`:   `runs` judge() calls (preprocess + inference, as the daemon runs them) give
                p50/p95/p99/max; the check fails when p99 > `p99_max_ms`.
 
@@ -39,8 +44,8 @@ from typing import TYPE_CHECKING, Callable, Literal
 import numpy as np
 
 from plcbridge.inference.errors import BadFrame, InferenceError, InferenceTimeout, ModelError
-from plcbridge.inference.manifest import ModelSpecError, load_manifest
-from plcbridge.inference.modelfile import default_opset, read_verified
+from plcbridge.inference.manifest import Manifest, ModelSpecError, PinnedFile, load_manifest
+from plcbridge.inference.modelfile import default_opset, external_data_files, read_verified
 from plcbridge.schedule import percentile_summary
 
 if TYPE_CHECKING:
@@ -252,16 +257,22 @@ def validate_model(
         return r._skip_rest("needs a valid manifest")
     where = str(manifest_path)
     r.manifest_path, r.name, r.version = where, manifest.name, manifest.version
-    r._record("manifest", True, f"{manifest.name} v{manifest.version}: {manifest.file}, "
-                                f"{manifest.output.kind} output, threshold {manifest.threshold:g}")
+    r._record("manifest", True, f"{manifest.name} v{manifest.version}: {manifest.file}, {manifest.describe_output()}")
 
     try:
         data = read_verified(manifest_path.parent / manifest.file, manifest.sha256, where)
     except ModelError as e:
         r._record("sha256", False, str(e))
         return r._skip_rest("needs the file the manifest pins")
+    pinned = _pinned_files(manifest)
+    problem = _pinned_problem(manifest, manifest_path, data, pinned)
+    if problem is not None:
+        r._record("sha256", False, problem)
+        return r._skip_rest("needs every file the manifest pins")
     r.sha256 = manifest.sha256
-    r._record("sha256", True, f"{manifest.file} ({len(data)} bytes) has the manifest's sha256")
+    also = f", and {', '.join(f'{e.file} ({what})' for e, what in pinned)}" if pinned else ""
+    r._record("sha256", True, f"{manifest.file} ({len(data)} bytes){also} {'have' if pinned else 'has'} the "
+                              "manifest's sha256")
 
     # A file that misdeclares its opset is refused by Model too, so that stops the rest; a
     # target too old for it does not: the remaining checks run on the installed release.
@@ -308,9 +319,11 @@ def validate_model(
             r._record("interface", False, f"asked for {device}, but ONNX Runtime runs it on {r.providers[0]} "
                                           f"({model.fallback_reason}): the latency figures would be the CPU's")
             return r._skip_rest(f"needs the model running on {device}")
-        i, o = manifest.input, manifest.output
+        i = manifest.input
+        outs = [manifest.output] if manifest.output is not None else list(manifest.outputs or [])
+        listed = ", ".join(f"{o.name!r} {o.shape} {o.dtype}" for o in outs)
         r._record("interface", True, f"onnxruntime {installed} loads it on {r.providers[0]}; input {i.name!r} "
-                                     f"{i.shape} {i.dtype}, output {o.name!r} {o.shape} {o.dtype}{fallback}")
+                                     f"{i.shape} {i.dtype}, output{'s' if len(outs) > 1 else ''} {listed}{fallback}")
         _judge_checks(model, r, runs, p99_max_ms, frame_size, progress, pause_s)
         if on_pass is not None and r.ok:
             on_pass(model)
@@ -319,6 +332,43 @@ def validate_model(
     finally:
         if not handed_over:
             model.close()
+
+
+def _pinned_files(manifest: Manifest) -> list[tuple[PinnedFile, str]]:
+    """The files beside the graph the manifest pins, each with what it is."""
+    pinned = [(e, "external weights, external_data") for e in manifest.external_data]
+    if manifest.anomaly is not None and manifest.anomaly.metadata is not None:
+        pinned.append((manifest.anomaly.metadata, "anomalib 1.x metadata, anomaly.metadata"))
+    return pinned
+
+
+def _pinned_problem(manifest: Manifest, manifest_path: Path, data: bytes,
+                    pinned: list[tuple[PinnedFile, str]]) -> str | None:
+    """Why the files beside the graph are not the ones the manifest pins, or None: each is
+    there with its sha256, and every external weights file the graph names is pinned (else
+    ONNX Runtime would read an unverified file, or fail with its own message)."""
+    where, model_dir = str(manifest_path), manifest_path.parent
+    for extra, what in pinned:
+        path = model_dir / extra.file
+        if not path.is_file():
+            return (f"{where}: {extra.file} ({what}) is missing: looked for {path}. The manifest pins it by sha256 and "
+                    f"{manifest.file} cannot run without it: copy it into the model directory together with the .onnx")
+        try:
+            read_verified(path, extra.sha256, where)
+        except ModelError as e:
+            return f"{e} ({what})"
+    try:
+        referenced = external_data_files(data)
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return None  # not a readable ModelProto: the opset check says so
+    graph_dir = (model_dir / manifest.file).parent
+    listed = {(model_dir / e.file).resolve() for e in manifest.external_data}
+    unlisted = [loc for loc in referenced if (graph_dir / loc).resolve() not in listed]
+    if unlisted:
+        return (f"{where}: {manifest.file} keeps its weights in {', '.join(repr(u) for u in unlisted)} (the graph's "
+                "external data), which the manifest does not pin: list each under external_data with its sha256 "
+                "(plcbridge manifest MODEL.onnx writes them)")
+    return None
 
 
 def _judge_checks(model: Model, r: ValidationReport, runs: int, p99_max_ms: float | None,
@@ -339,7 +389,8 @@ def _judge_checks(model: Model, r: ValidationReport, runs: int, p99_max_ms: floa
     scores: dict[str, float] = {}
     for name, frame in frames.items():
         try:
-            scores[name] = model.judge(frame).score
+            verdict = model.judge(frame)
+            scores[name] = verdict.score
         except (BadFrame, InferenceError, InferenceTimeout) as e:
             if name == "mid-grey":
                 r._record("smoke", False, f"{name} frame {frame_size[0]}x{frame_size[1]}: {e}")
@@ -349,10 +400,15 @@ def _judge_checks(model: Model, r: ValidationReport, runs: int, p99_max_ms: floa
                 r._skip_rest("needs every generated frame to give a score")
             return
         if name == "mid-grey":
-            r._record("smoke", True, f"mid-grey frame {frame_size[0]}x{frame_size[1]} -> score {scores[name]:.4f}")
-    kind = model.manifest.output.kind
-    rule = "finite" if kind == "logit" else "finite, in [0, 1]"
-    r._record("range", True, f"{kind} output {rule} for every frame: " + ", ".join(f"{n} {s:.4f}" for n, s in scores.items()))
+            # Anomaly and detection models: the outputs were decoded and judged; say what came out.
+            decoded = f" ({verdict.label}: {verdict.findings.note})" if verdict.findings is not None else ""
+            r._record("smoke", True, f"mid-grey frame {frame_size[0]}x{frame_size[1]} -> score {scores[name]:.4f}{decoded}")
+    out = model.manifest.output
+    if out is None:
+        what = f"{model.manifest.kind} outputs decoded and judged (finite, scores in [0, 1])"
+    else:
+        what = f"{out.kind} output {'finite' if out.kind == 'logit' else 'finite, in [0, 1]'}"
+    r._record("range", True, f"{what} for every frame: " + ", ".join(f"{n} {s:.4f}" for n, s in scores.items()))
 
     cycle = list(frames.values())
     samples: list[float] = []

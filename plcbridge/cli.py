@@ -142,7 +142,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"plcbridge demo: --camera-trigger {args.camera_trigger} needs --mode triggered", file=sys.stderr)
         return 2
     return run_demo(args.seconds, args.mode, args.trigger_hz, protocol=args.protocol, verbose=args.verbose,
-                    camera_trigger=args.camera_trigger)
+                    camera_trigger=args.camera_trigger, model=args.model)
 
 
 def _cmd_docs(args: argparse.Namespace) -> int:
@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="software: one frame taken per trigger; hardware: the simulated PLC pulses the camera's "
                         "trigger input (camera.trigger); free-run: the camera streams (default: the station's, "
                         "software when triggered)")
+    d.add_argument("--model", default=None, metavar="SPEC",
+                   help="the model to run (default builtin:demo, the defect classifier); builtin:anomaly: the anomaly "
+                        "detector trained on good surfaces only; or any manifest, directory or .onnx with one")
     d.add_argument("--verbose", action="store_true", help="show the daemon's info logs on stderr")
     d.set_defaults(func=_cmd_demo)
 

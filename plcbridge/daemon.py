@@ -396,6 +396,8 @@ class Daemon:
                          "extra_blocks": self._count("plcbridge_plc_extra_blocks_total"),
                          "polls": self._count("plcbridge_plc_polls_total"),
                          "inputs_stale_episodes": self._count("plcbridge_plc_inputs_stale_total")},
-            "model": {"version": self.worker.model_version, "loaded": self.worker.model_ok,
+            "model": {"name": getattr(self.worker.model, "name", None),
+                      "kind": getattr(getattr(self.worker.model, "manifest", None), "kind", None),
+                      "version": self.worker.model_version, "loaded": self.worker.model_ok,
                       "providers": getattr(self.worker.model, "providers", None)},
         }

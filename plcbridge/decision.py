@@ -54,6 +54,12 @@ class Decision:
     defect_class: int | None = None
     # Anomaly: the anomalous area of the frame, in frame pixels.
     anomaly_area: int = 0
+    # Anomaly, detection, segmentation: what the model found and the rules counted, as JSON
+    # values for the journal line and the sinks (plcbridge.inference.rules.describe), and the
+    # decoded result itself (boxes, map) for the pictures; None for a classifier. (Not named
+    # `result`: that is the verdict's ResultCode, the first field.)
+    findings: dict[str, Any] | None = None
+    decoded: Any = field(default=None, repr=False, compare=False)
 
     @property
     def is_failsafe(self) -> bool:

@@ -40,7 +40,7 @@ import threading
 import time
 from typing import Any
 
-from plcbridge.contract import FaultCode, ResultCode
+from plcbridge.contract import FaultCode, ResultCode, area_register, defect_class_register, defect_count_register
 from plcbridge.decision import Decision, failsafe
 from plcbridge.logs import get_logger, log_event
 from plcbridge.metrics import Metrics
@@ -117,6 +117,15 @@ class Journal:
             fields["reason"] = d.reason
         if d.collapsed:
             fields["collapsed"] = d.collapsed  # older trigger values this answer also stands for
+        if d.findings is not None:
+            # What the PLC's optional outputs carry for this decision (written where the station
+            # maps them), then what the model found and the rules counted.
+            if d.findings.get("kind") == "anomaly":
+                fields["anomaly_area"] = area_register(d.anomaly_area)
+            else:
+                fields.update(defect_count=defect_count_register(d.defect_count),
+                              defect_class=defect_class_register(d.defect_class, d.defect_count))
+            fields["findings"] = d.findings
         level = logging.WARNING if d.is_failsafe else logging.INFO
         log_event(log, "decision", level, **fields)
         self._count(d.result, d.fault if d.is_failsafe else None)

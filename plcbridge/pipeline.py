@@ -13,7 +13,7 @@ import math
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from plcbridge.adapters.camera.base import CameraAbsent, CameraError, CameraSource, Frame, open_camera
 from plcbridge.backoff import Reconnector
@@ -26,6 +26,7 @@ from plcbridge.inference.errors import (
     InferenceTimeout,
     ModelError,
 )
+from plcbridge.inference.rules import describe
 from plcbridge.journal import Journal
 from plcbridge.logs import get_logger, log_event
 from plcbridge.mailbox import FrameMailbox, LatestValue
@@ -33,7 +34,7 @@ from plcbridge.metrics import Metrics
 from plcbridge.threads import lower_this_thread
 
 if TYPE_CHECKING:
-    from plcbridge.inference.session import Model
+    from plcbridge.inference.session import Model, Verdict
 
 cam_log = get_logger("camera")
 model_log = get_logger("model")
@@ -433,4 +434,21 @@ class InferenceWorker:
         self.metrics.inference_seconds.observe(now - t0)
         result = ResultCode.FAIL if v.label == "fail" else ResultCode.PASS
         return Decision(result, FaultCode.NONE, v.score, now, self.model_version, frame.seq, frame.t_capture,
-                        frame.label, v.preprocess_ms + v.infer_ms, req, frame_meta=frame.meta, image=frame.image)
+                        frame.label, v.preprocess_ms + v.infer_ms + v.postprocess_ms, req, frame_meta=frame.meta,
+                        image=frame.image, **self._details(v))
+
+    def _details(self, v: Verdict) -> dict[str, Any]:
+        """The Decision's result details from a verdict: the PLC's optional outputs by model
+        kind (detection: defect_count and defect_class; anomaly: anomaly_area) and the findings."""
+        if v.findings is None or v.result is None or self.model is None:
+            return {}
+        m = self.model.manifest
+        names = m.detection.class_names if m.detection is not None else None
+        findings = describe(v.result, v.findings, names)
+        findings["post_ms"] = round(v.postprocess_ms, 3)  # decoding + rules, inside infer_ms
+        details: dict[str, Any] = {"findings": findings, "decoded": v.result}
+        if m.kind == "anomaly":
+            details["anomaly_area"] = round(v.findings.area_px)
+        else:
+            details.update(defect_count=v.findings.count, defect_class=v.findings.worst_class)
+        return details

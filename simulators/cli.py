@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from plcbridge import protocols
 from plcbridge.cliargs import positive
+from plcbridge.contract import OPTIONAL_OUTPUT_SIGNALS
 
 from .device import DeviceFileError, load_device
 from .program import SimulatedPlc
@@ -43,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=None, help="TCP port; 0 lets the OS choose (printed)")
     parser.add_argument("--mode", choices=["triggered", "free-run"], default=None)
     parser.add_argument("--trigger-hz", type=float, default=None, help="triggers per second (triggered mode)")
+    parser.add_argument("--optional-outputs", type=_output_names, default=None, metavar="NAMES",
+                        help="comma-separated optional outputs this PLC takes: defect_count, defect_class, "
+                             "anomaly_area (the device file's <protocol>.optional_outputs; must match the bridge's)")
     scenarios = parser.add_argument_group(
         "scenarios", "PLC behaviours to rehearse; each overrides one [program] field of the device file "
                      "(see devices/default.toml)")
@@ -82,8 +86,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "CLOCK_MONOTONIC arrival time t); see simulators/trace.py")
 
 
+def _output_names(text: str) -> list[str]:
+    """--optional-outputs: "anomaly_area" or "defect_count,defect_class"; "" for none."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    known = [s.name for s in OPTIONAL_OUTPUT_SIGNALS]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown optional output(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return names
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
+        f"{args.frontend}.optional_outputs": getattr(args, "optional_outputs", None),
         f"{args.frontend}.host": args.host,
         f"{args.frontend}.port": args.port,
         "program.mode": args.mode,

@@ -305,9 +305,11 @@ def test_segment_masks_match_the_full_product_cropped_as_ultralytics_process_mas
     lb = Letterbox.fit((700, 1000, 3), (640, 640))  # content rows 96..544 of 640
     proto = rng.normal(0, 1, (1, 32, 160, 160)).astype(np.float32)
     cands = []
-    for _ in range(25):
+    while len(cands) < 25:
         x1, y1 = rng.uniform(0, 600), rng.uniform(0, 600)
         w, h = rng.uniform(1, 200), rng.uniform(1, 200)
+        if y1 + h <= 96 or y1 >= 544:  # wholly in the padding: dropped by the decoder (test below)
+            continue
         cands.append((x1 + w / 2, y1 + h / 2, w, h, 0, rng.uniform(0.3, 1.0), tuple(rng.normal(0, 1, 32))))
     out = np.zeros((1, 4 + 1 + 32, 100), np.float32)
     for i, (cx, cy, w, h, c, s, coef) in enumerate(cands):
@@ -327,3 +329,15 @@ def test_segment_masks_match_the_full_product_cropped_as_ultralytics_process_mas
     want = (sig > 0.5) & crop
     assert np.array_equal(det.masks, want)
     assert det.mask_areas.tolist() == pytest.approx((want.sum(axis=(1, 2)) * 16 / lb.scale ** 2).tolist(), rel=1e-3)
+
+
+def test_a_box_wholly_in_the_letterbox_padding_is_no_detection():
+    """A model may react to the grey border; a box that covers no frame pixel says nothing
+    about the part. One box in the top padding, one straddling it: only the second stays."""
+    lb = Letterbox.fit((480, 640, 3), (320, 320))  # 40 px of padding top and bottom
+    out = np.zeros((1, 4 + 1, 2), np.float32)
+    out[0, :, 0] = (100, 20, 30, 20, 0.9)  # y 10..30: padding only
+    out[0, :, 1] = (200, 40, 30, 20, 0.8)  # y 30..50: 10 px into the frame
+    det = decode([out], "yolov8", lb)
+    assert len(det) == 1 and det.scores[0] == pytest.approx(0.8)
+    assert det.boxes[0][1] == pytest.approx(0) and det.boxes[0][3] == pytest.approx(20)

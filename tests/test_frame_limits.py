@@ -234,13 +234,13 @@ class _SpySession:
 
 
 def _slow_preprocessing(model: Model, monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    real = model._preprocess
+    real = model._preprocess.prepare
 
     def slow(image):
         time.sleep(seconds)
         return real(image)
 
-    monkeypatch.setattr(model, "_preprocess", slow)
+    monkeypatch.setattr(model._preprocess, "prepare", slow)
 
 
 def test_preprocessing_past_the_budget_is_a_timeout_and_the_model_is_not_run(monkeypatch: pytest.MonkeyPatch) -> None:

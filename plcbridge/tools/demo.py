@@ -42,12 +42,29 @@ from plcbridge.simulators.process import free_udp_port, start_simulator, stop_si
 OVERRUN_MAX_FRACTION = 0.01  # verdict: write-loop overruns above 1 % of ticks are a problem
 
 
+def result_details(model: str | None) -> list[str]:
+    """The optional outputs the PLC gets for this model's kind (docs/plc-interface.md): what
+    the demo's simulated PLC and bridge both carry. A model that does not load: none (the
+    daemon then says why, as it would on a station)."""
+    from plcbridge.inference.errors import ModelError
+    from plcbridge.inference.manifest import load_manifest
+
+    try:
+        kind = load_manifest(model or "builtin:demo")[0].kind
+    except ModelError:
+        return []
+    return {"anomaly": ["anomaly_area"], "detection": ["defect_count", "defect_class"],
+            "segmentation": ["defect_count", "defect_class"]}.get(kind, [])
+
+
 def demo_config(mode: str, port: int, protocol: str = "modbus", camera_trigger: str | None = None,
-                trigger_port: int | None = None):
+                trigger_port: int | None = None, model: str | None = None, optional_outputs: list[str] | None = None):
     """The embedded default station for `mode`; camera_trigger None: the station's default
-    (software when triggered, see camera.trigger)."""
+    (software when triggered, see camera.trigger); model None: the station's (builtin:demo)."""
     base = load_config(None).model_dump(mode="json")
     base["station"]["mode"] = mode
+    if model is not None:
+        base["model"]["manifest"] = model
     base["camera"].pop("trigger")
     if camera_trigger is not None:
         base["camera"]["trigger"] = camera_trigger
@@ -56,6 +73,8 @@ def demo_config(mode: str, port: int, protocol: str = "modbus", camera_trigger: 
     base["plc"] = {k: v for k, v in base["plc"].items() if k not in protocols.NAMES}  # the default's section
     base["plc"]["protocol"] = protocol
     base["plc"]["port"] = port
+    if optional_outputs:
+        base["plc"][protocol] = {"optional_outputs": optional_outputs}
     base["metrics"]["port"] = 0  # any free port: the demo must not collide with a running daemon
     return parse_config(base, "<demo>", env={})
 
@@ -155,16 +174,36 @@ def demo_verdict(summary: dict[str, Any], in_service_failsafes: dict[str, int],
     return {"ok": not problems, "problems": problems}
 
 
+# The agreement with the synthetic camera's ground truth a bundled model is trained for.
+AGREEMENT_TARGET = 0.95
+
+
+def agreement_line(accuracy: dict[str, Any], model: dict[str, Any]) -> str:
+    """How often the model agreed with the synthetic camera's ground truth (every synthetic
+    frame knows whether it drew a defect), against the target the bundled models are trained to."""
+    labelled, agreement = accuracy.get("labelled") or 0, accuracy.get("agreement")
+    name = f"{model.get('name')} v{model.get('version')}"
+    if not labelled or agreement is None:
+        return f"agreement with the camera's ground truth: no labelled verdict ({name})"
+    met = "met" if agreement >= AGREEMENT_TARGET else "NOT met"
+    return (f"agreement with the camera's ground truth: {agreement:.3f} over {labelled} verdicts ({name}; "
+            f"target {AGREEMENT_TARGET:g}: {met})")
+
+
 def run_demo(seconds: float, mode: str, trigger_hz: float, protocol: str = "modbus", verbose: bool = False,
-             camera_trigger: str | None = None) -> int:
+             camera_trigger: str | None = None, model: str | None = None) -> int:
     from plcbridge.daemon import Daemon
     from plcbridge.logs import LogPipeline
     from plcbridge.tools.bench.run import StopSignals
 
     with StopSignals() as stop:  # SIGINT/SIGTERM: stop the daemon and the simulator, then exit
-        print(f"plcbridge demo: {protocol}, {mode}, {seconds:g} s, starting the PLC simulator ...", file=sys.stderr)
+        print(f"plcbridge demo: {protocol}, {mode}, {seconds:g} s, model {model or 'builtin:demo'}, starting the PLC "
+              "simulator ...", file=sys.stderr)
         trigger_port = free_udp_port() if camera_trigger == "hardware" else None
         wire = ["--camera-line-port", str(trigger_port)] if trigger_port is not None else []
+        details = result_details(model)
+        if details:
+            wire += ["--optional-outputs", ",".join(details)]
         try:
             sim, port = start_simulator(mode, trigger_hz, extra=wire, protocol=protocol)
         except RuntimeError as e:
@@ -174,7 +213,7 @@ def run_demo(seconds: float, mode: str, trigger_hz: float, protocol: str = "modb
         daemon = None
         try:
             if stop.signum is None:
-                daemon = Daemon(demo_config(mode, port, protocol, camera_trigger, trigger_port))
+                daemon = Daemon(demo_config(mode, port, protocol, camera_trigger, trigger_port, model, details))
                 timeline = _FailsafeTimeline(daemon.journal)
                 daemon.start()
                 t0 = time.monotonic()
@@ -214,6 +253,7 @@ def run_demo(seconds: float, mode: str, trigger_hz: float, protocol: str = "modb
     summary["failsafes_at_startup"] = dict(timeline.startup)
     for line in latency_lines(sim_summary, list(timeline.capture_to_decision_ms)):
         print(f"plcbridge demo: {line}", file=sys.stderr)
+    print(f"plcbridge demo: {agreement_line(s['accuracy'], s['model'])}", file=sys.stderr)
     print(json.dumps(summary, indent=2))
     if interrupted:
         return 128 + (stop.signum or 0)

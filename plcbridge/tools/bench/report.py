@@ -101,6 +101,8 @@ def build_report(*, options: Any, model: dict[str, Any], events: list[dict[str, 
         "decision_to_plc_ms": stats_ms(decided_to_plc),
         "trigger_to_result_ms": _trigger_latency(sim_summary) if o.mode == "triggered" else None,
         "inference_ms": stats_ms(d["infer_ms"] for d in judged),
+        # Anomaly and detection models: decoding the outputs and the rules, inside inference_ms.
+        "postprocess_ms": _postprocess(judged),
         "write_loop": {
             "period_ms": wl.get("period_ms"),
             "ticks": wl.get("ticks"),
@@ -187,3 +189,13 @@ def headline(r: dict[str, Any]) -> list[str]:
         f = r["frames"]
         lines.append(f"frames              captured {f['captured']}, inferred {f['inferred']}, dropped {f['dropped']}")
     return lines
+
+
+def _postprocess(judged: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Post-processing time (decode + rules) and its share of inference, None for a classifier."""
+    post = [(d["findings"]["post_ms"], d["infer_ms"]) for d in judged
+            if isinstance(d.get("findings"), dict) and d["findings"].get("post_ms") is not None]
+    if not post:
+        return None
+    share = sum(p for p, _ in post) / max(sum(i for _, i in post), 1e-9)
+    return {**stats_ms(p for p, _ in post), "share_of_inference": round(share, 4)}

