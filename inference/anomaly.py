@@ -151,7 +151,7 @@ def _map_image(out: object, what: str, map_size: tuple[int, int] | None) -> np.n
         raise InferenceError(f"{what}: expected an anomaly map of shape [B, 1, h, w] or [B, h, w], got {a.shape}")
     m = _finite(a[0, 0] if a.ndim == 4 else a[0], what)
     if map_size is not None and (m.shape[1], m.shape[0]) != tuple(map_size):
-        raise InferenceError(f"{what}: map is {m.shape[1]}x{m.shape[0]}, the model's is {map_size[0]}x{map_size[1]}")
+        raise InferenceError(f"{what}: map is {m.shape[1]}x{m.shape[0]}, the manifest declares {map_size[0]}x{map_size[1]}")
     return m.astype(np.float32, copy=False)
 
 

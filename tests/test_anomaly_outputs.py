@@ -101,7 +101,7 @@ def test_anomalib2_output_problems_are_inference_errors(outputs, match):
 
 
 def test_anomalib2_map_of_the_wrong_size():
-    with pytest.raises(InferenceError, match="4x4, the model's is 256x256"):
+    with pytest.raises(InferenceError, match="4x4, the manifest declares 256x256"):
         decode_anomalib2({"anomaly_map": MAP[None, None]}, FRAME, map_size=(256, 256))
     assert decode_anomalib2({"anomaly_map": MAP[None, None]}, FRAME, map_size=(4, 4)).score == pytest.approx(0.9)
 
