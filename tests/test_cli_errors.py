@@ -183,6 +183,23 @@ def test_demo_summary_has_a_verdict() -> None:
     assert "trigger -> result, as the PLC measured it" in r.stderr and "p50" in r.stderr
 
 
+@pytest.mark.serial  # as above: real time
+def test_demo_with_the_anomaly_model_answers_every_trigger_and_writes_the_area() -> None:
+    """`plcbridge demo --model builtin:anomaly`: the whole line with the anomaly detector; the
+    simulated PLC takes the anomalous area (an optional output) and the demo reports how often
+    the model agreed with the synthetic camera's ground truth."""
+    r = plcbridge("demo", "--seconds", "6", "--model", "builtin:anomaly")
+    no_traceback(r)
+    summary = json.loads(r.stdout)
+    assert summary["verdict"] == {"ok": True, "problems": []}, summary["verdict"]  # every trigger answered
+    assert summary["model"]["name"] == "padim-synthetic" and summary["model"]["kind"] == "anomaly"
+    assert summary["accuracy"]["labelled"] >= 20 and summary["accuracy"]["agreement"] >= 0.95, summary["accuracy"]
+    details = summary["plc_simulator"]["result_details"]
+    assert details["carried"] == ["anomaly_area"] and details["anomaly_area_max"] > 0, details
+    assert summary["results"].get("FAIL", 0) > 0 and summary["results"].get("PASS", 0) > 0
+    assert "agreement with the camera's ground truth: " in r.stderr and "target 0.95: met" in r.stderr
+
+
 def test_demo_progress_line_reads_as_words() -> None:
     from plcbridge.tools.demo import latency_lines, progress_line
 
