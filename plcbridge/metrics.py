@@ -84,6 +84,9 @@ class Metrics:
                                        "archive.max_bytes (quota) or archive.max_age_days (age), or to make room on a "
                                        "full disk (disk_full)", ["reason"], registry=r)
         self.archive_bytes = Gauge("plcbridge_archive_bytes", "Bytes the image archive holds", registry=r)
+        self.archive_overlays_failed = Counter("plcbridge_archive_overlays_failed", "Overlays (the frame with the "
+                                               "findings drawn) that could not be drawn or encoded; the frame itself "
+                                               "was kept", registry=r)
         self.sink_dropped = Counter("plcbridge_sink_dropped", "Decision records a side-work sink (archive, page, "
                                     "MQTT) left out: its queue was full, or it failed", ["sink", "reason"], registry=r)
         self.camera_frames_unpaired = Counter("plcbridge_camera_frames_unpaired", "Hardware-triggered frames that "

@@ -1,5 +1,7 @@
 """The image archive (plcbridge/archive): what it keeps, whole files only, its bounds, and a
-disk that is full, gone or slow, which costs frames and never the PLC's answers."""
+disk that is full, gone or slow, which costs frames and never the PLC's answers; for a
+decision with findings (real anomaly and detection models), the frame as judged and an
+overlay beside it that shows them, one entry with it for the scan, the sizes and eviction."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import pytest
 from helpers import read_metric, running, station_config, wait_for
 
 from plcbridge.archive import ArchiveSink
-from plcbridge.archive.store import Index, entry_paths, scan, sidecar_json, write_atomic
+from plcbridge.archive.store import Index, complete_entries, entry_paths, overlay_path, scan, sidecar_json, write_atomic
 from plcbridge.config import ArchiveSettings
 from plcbridge.contract import FaultCode, ResultCode
 from plcbridge.decision import Decision, Request, failsafe
@@ -76,6 +78,21 @@ def test_pass_frames_are_also_limited_per_interval_and_jpeg_has_its_quality(tmp_
     entries, _ = scan(tmp_path)
     assert len(entries) == 1 and entries[0].image.suffix == ".jpg"
     assert cv2.imread(str(entries[0].image)).shape == (128, 128, 3)
+
+
+def test_png_compression_trades_bytes_for_cpu_and_stays_lossless(tmp_path: Path):
+    sizes = {}
+    for level in (0, 1):
+        root = tmp_path / f"level{level}"
+        root.mkdir()
+        _, journal, fanout, _ = _archive(root, png_compression=level)
+        frame = np.tile(_frame(level, 32), (4, 4, 1))  # 128x128, repetitive: zlib finds something
+        journal.decision(_decision(ResultCode.FAIL, 1, frame))
+        fanout.close()
+        (entry,), _ = scan(root)
+        assert (cv2.imread(str(entry.image)) == frame).all()  # lossless at every level
+        sizes[level] = entry.image.stat().st_size
+    assert sizes[0] > 2 * sizes[1], sizes  # level 0 stores, level 1 compresses
 
 
 def test_writes_are_atomic_and_what_a_crash_leaves_is_cleaned_and_never_listed(tmp_path: Path):
@@ -227,3 +244,144 @@ def test_only_the_archives_own_folders_are_read(tmp_path: Path):
     entries, _ = scan(tmp_path)
     assert len(entries) == 1 and read_metric(m, "plcbridge_archive_saved_total", result="FAIL") == 1
     assert (tmp_path / "lost+found" / "#1234").exists() and (tmp_path / "notes").exists()
+
+
+# ---------------------------------------------------------------------- findings: the overlay beside the frame
+
+
+def _colour_at(img: np.ndarray, xs: slice, ys: slice) -> np.ndarray:
+    """The mean BGR of a patch (a JPEG's colours are close, not exact)."""
+    return img[ys, xs].reshape(-1, 3).mean(axis=0)
+
+
+def _reddish(bgr: np.ndarray) -> bool:
+    return bool(bgr[2] > 150 and bgr[0] < 110 and bgr[1] < 110)
+
+
+def _bluish(bgr: np.ndarray) -> bool:
+    return bool(bgr[0] > 150 and bgr[2] < 130)
+
+
+def test_a_decision_with_findings_keeps_its_frame_as_judged_and_an_overlay_that_shows_them(tmp_path: Path):
+    from findings_models import DENT_BOX, SCRATCH_BOX, Judge, anomaly_frames, detection_frame, detection_manifest
+
+    root = tmp_path / "archive"
+    root.mkdir()
+    _, journal, fanout, m = _archive(root, pass_every=1)
+    yolo, anomaly = Judge(detection_manifest(tmp_path / "yolo"), journal), Judge("builtin:anomaly", journal)
+    frames = {"detection": detection_frame(), "empty": detection_frame() * 0, "anomaly": anomaly_frames()[1]}
+    try:
+        ids = {"detection": journal.decision(yolo.decide(frames["detection"])),
+               "empty": journal.decision(yolo.decide(frames["empty"])),
+               "anomaly": journal.decision(anomaly.decide(frames["anomaly"]))}
+    finally:
+        fanout.close()
+        yolo.close()
+        anomaly.close()
+    entries, leftovers = scan(root)
+    assert leftovers == 0 and len(entries) == 3
+    by_id = {e.decision_id: e for e in entries}
+    for name, decision_id in ids.items():
+        e = by_id[decision_id]
+        record = e.record()
+        # The frame exactly as judged (PNG), and the overlay beside it: same stem, counted in the size.
+        assert np.array_equal(cv2.imread(str(e.image)), frames[name])
+        assert e.overlay == e.sidecar.with_name(e.sidecar.stem + ".overlay.jpg") and e.overlay.is_file()
+        assert record["overlay"] == e.overlay.name and record["image"] == e.image.name
+        assert e.size == sum(p.stat().st_size for p in (e.sidecar, e.image, e.overlay))
+        assert record["findings"]["kind"] == ("anomaly" if name == "anomaly" else "detection")
+    assert read_metric(m, "plcbridge_archive_bytes") == sum(e.size for e in entries)
+
+    det = by_id[ids["detection"]]
+    record = det.record()
+    assert record["result"] == "FAIL" and record["defect_count"] == 1 and record["defect_class"] == 0
+    assert [d["box"] for d in record["findings"]["detections"]] == [SCRATCH_BOX, DENT_BOX]
+    overlay, frame = cv2.imread(str(det.overlay)), frames["detection"]
+    assert overlay.shape == frame.shape
+    # The counted scratch's box is red where the frame is black (its right edge, just past the red
+    # cell), the dent that did not count light blue; both are labelled above their box.
+    x, y, w, h = SCRATCH_BOX
+    assert not frame[y + 4:y + h - 4, x + w].any() and _reddish(_colour_at(overlay, slice(x + w, x + w + 1), slice(y + 4, y + h - 4)))
+    x, y, w, h = DENT_BOX
+    assert not frame[y + 4:y + h - 4, x + w].any() and _bluish(_colour_at(overlay, slice(x + w, x + w + 1), slice(y + 4, y + h - 4)))
+    assert _bluish(_colour_at(overlay, slice(x + 1, x + 10), slice(y - 6, y - 2)))  # the label's background
+
+    empty = by_id[ids["empty"]]
+    assert empty.record()["result"] == "PASS" and empty.record()["defect_class"] == 65535
+    assert cv2.imread(str(empty.overlay))[120:, :].max() < 40  # nothing found, nothing drawn (below the band)
+
+    ano = by_id[ids["anomaly"]]
+    f = ano.record()["findings"]
+    assert ano.record()["result"] == "FAIL" and ano.record()["anomaly_area"] == f["area_px"] > 0
+    overlay, frame = cv2.imread(str(ano.overlay)).astype(int), frames["anomaly"].astype(int)
+    x, y, w, h = f["box"]
+    inside = np.abs(overlay[y:y + h, x:x + w] - frame[y:y + h, x:x + w]).mean()
+    assert inside > 10, inside  # tinted and outlined where the map is anomalous
+    band = 100  # the verdict's band at the top
+    outside = np.ones(frame.shape[:2], bool)
+    outside[:band] = False
+    outside[max(0, y - 24):y + h + 24, max(0, x - 24):x + w + 24] = False
+    assert np.abs(overlay - frame)[outside].mean() < 3  # and the rest of the frame as it was (a JPEG of it)
+    red = (overlay[..., 2] > 180) & (overlay[..., 1] < 90) & (overlay[..., 0] < 90) & ~(frame[..., 2] > 180)
+    assert red[max(0, y - 4):y + h + 4, max(0, x - 4):x + w + 4].sum() >= 8  # the red outline of a counted anomaly
+
+
+def test_an_overlay_is_part_of_its_entry_counted_evicted_and_cleaned_with_it(tmp_path: Path):
+    now = time.time()
+    made = []
+    for k, age_days in enumerate((3, 2, 1)):  # oldest first; the first two have an overlay
+        saved = now - age_days * 86400
+        image, sidecar = entry_paths(tmp_path, saved, "FAIL", new_decision_id(), ".png")
+        image.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(image, bytes(1000))
+        overlay = overlay_path(sidecar) if k < 2 else None
+        if overlay is not None:
+            write_atomic(overlay, bytes(500))
+        write_atomic(sidecar, sidecar_json({"k": k}, image, saved, overlay))
+        made.append((image, sidecar, overlay))
+    # What a crash leaves: an overlay whose sidecar was never written, a half-written overlay.
+    hour = made[2][0].parent
+    orphan = hour / "235959.000_FAIL_01ORPHAN0000000000000000000.overlay.jpg"
+    orphan.write_bytes(bytes(300))
+    (hour / f".{made[2][1].stem}.overlay.jpg.tmp").write_bytes(bytes(7))
+    entries, removed = scan(tmp_path)
+    assert removed == 307 and not orphan.exists() and not list(hour.glob(".*"))
+    assert [e.overlay for e in entries] == [made[0][2], made[1][2], None]
+    assert [e.size for e in entries] == [e.sidecar.stat().st_size + 1500 for e in entries[:2]] + \
+        [entries[2].sidecar.stat().st_size + 1000]
+    assert json.loads(made[0][1].read_text())["overlay"] == made[0][2].name and "overlay" not in entries[2].record()
+    # The page finds each entry's pictures: the overlay to show when there is one.
+    pictures = complete_entries(made[0][0].parent)
+    assert pictures[entries[0].decision_id].shown == made[0][2] and pictures[entries[0].decision_id].image == made[0][0]
+    assert complete_entries(hour)[entries[2].decision_id].shown == made[2][0]
+    # Eviction takes the whole entry, overlay included, and counts its bytes.
+    index = Index(entries)
+    assert index.bytes == sum(e.size for e in entries)
+    assert index.evict(entries[2].size + 1, 30 * 86400, now) == (2, 0)
+    assert index.bytes == entries[2].size
+    assert all(not p.exists() for image, sidecar, overlay in made[:2] for p in (image, sidecar, overlay))
+    assert [e.decision_id for e in scan(tmp_path)[0]] == [entries[2].decision_id]
+
+
+def test_a_picture_that_cannot_be_drawn_costs_the_overlay_never_the_frame(tmp_path: Path, monkeypatch):
+    from findings_models import Judge, detection_frame, detection_manifest
+
+    import plcbridge.archive.sink as archive_sink
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("drawing bug")
+
+    monkeypatch.setattr(archive_sink, "annotate", broken)
+    (tmp_path / "archive").mkdir()
+    _, journal, fanout, m = _archive(tmp_path / "archive")
+    judge = Judge(detection_manifest(tmp_path / "yolo"), journal)
+    try:
+        decision_id = journal.decision(judge.decide(detection_frame()))
+    finally:
+        fanout.close()
+        judge.close()
+    (entry,), _ = scan(tmp_path / "archive")
+    assert entry.decision_id == decision_id and entry.overlay is None and "overlay" not in entry.record()
+    assert entry.record()["findings"]["count"] == 1 and np.array_equal(cv2.imread(str(entry.image)), detection_frame())
+    assert read_metric(m, "plcbridge_archive_saved_total", result="FAIL") == 1
+    assert read_metric(m, "plcbridge_archive_overlays_failed_total") == 1

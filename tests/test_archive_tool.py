@@ -3,7 +3,9 @@ functions (entry_paths, sidecar_json, write_atomic), so the tool is tested again
 layout the daemon's writer produces: real PNG frames, records shaped like the journal's,
 entries over two days (with a midnight boundary and a new PLC session) and two recent ones
 for the relative times. Plus what a power cut leaves (a temporary file, an image without its
-sidecar), which the tool must neither list nor touch.
+sidecar), which the tool must neither list nor touch; and entries of decisions with findings
+(detection, anomaly), whose overlay the tool shows and exports, and whose findings go into
+index.csv.
 
 Errors run as a subprocess (`python -m plcbridge archive`), as the quality engineer runs it:
 exit 1, one line on stderr, no traceback.
@@ -28,7 +30,7 @@ import cv2
 import numpy as np
 import pytest
 
-from plcbridge.archive.store import entry_paths, sidecar_json, write_atomic
+from plcbridge.archive.store import entry_paths, overlay_path, sidecar_json, write_atomic
 from plcbridge.tools import archive as tool
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -66,10 +68,13 @@ class Built:
         self.frames: dict[str, np.ndarray] = {}
         self.images: dict[str, Path] = {}
         self.sidecars: dict[str, Path] = {}
+        self.overlays: dict[str, Path] = {}
         self.order: list[str] = []
 
     def add(self, name: str, saved: float, result: str, fault: str, score: float, part_id: int | None,
-            plc_session: int | None) -> None:
+            plc_session: int | None, findings: dict[str, Any] | None = None) -> None:
+        """An entry; with `findings`, the record carries them and the entry an overlay (the
+        frame inverted, as a JPEG: what the writer would have drawn does not matter here)."""
         n = len(self.order)
         decision_id = ulid(saved, n)
         record: dict[str, Any] = {"decision_id": decision_id, "station": "line-3", "result": result, "score": score,
@@ -81,13 +86,22 @@ class Built:
         record.update(t_capture_mono=812.6 + n, latency_ms=4.25, infer_ms=2.1)
         if result == "FAILSAFE":
             record["reason"] = f"{fault.lower()}: test"
+        if findings is not None:
+            record["findings"] = findings
         frame = np.random.default_rng(n).integers(0, 256, (24, 32, 3), dtype=np.uint8)
         image, sidecar = entry_paths(self.root, saved, result, decision_id, ".png")
         image.parent.mkdir(parents=True, exist_ok=True)
         ok, png = cv2.imencode(".png", frame)
         assert ok
         write_atomic(image, png.tobytes())
-        write_atomic(sidecar, sidecar_json(record, image, saved))
+        overlay = None
+        if findings is not None:
+            overlay = overlay_path(sidecar)
+            ok, jpg = cv2.imencode(".jpg", 255 - frame)
+            assert ok
+            write_atomic(overlay, jpg.tobytes())
+            self.overlays[name] = overlay
+        write_atomic(sidecar, sidecar_json(record, image, saved, overlay))
         self.ids[name], self.records[name], self.frames[name] = decision_id, record, frame
         self.images[name], self.sidecars[name] = image, sidecar
         self.order.append(name)
@@ -175,7 +189,7 @@ def test_list_json_is_the_sidecar_plus_paths(arc: Built, capsys: pytest.CaptureF
     assert [r["decision_id"] for r in rows] == [arc.ids["bad-frame"], arc.ids["timeout"]]
     for row, name in zip(rows, ["bad-frame", "timeout"]):
         assert row == {**json.loads(arc.sidecars[name].read_text()), "image_path": str(arc.images[name]),
-                       "sidecar_path": str(arc.sidecars[name])}
+                       "sidecar_path": str(arc.sidecars[name]), "overlay_path": None}
         assert {k: row[k] for k in arc.records[name]} == arc.records[name]
         assert row["image"] == arc.images[name].name and row["saved_utc"].startswith("2026-11-")
 
@@ -194,7 +208,8 @@ def test_show_prints_the_sidecar_and_the_image_path(arc: Built, capsys: pytest.C
     rc, out, _ = run_main(capsys, "--path", arc.root, "show", "--json", decision_id)
     assert rc == 0
     assert json.loads(out) == {"record": json.loads(arc.sidecars["bad-frame"].read_text()),
-                               "image_path": str(arc.images["bad-frame"]), "sidecar_path": str(arc.sidecars["bad-frame"])}
+                               "image_path": str(arc.images["bad-frame"]), "overlay_path": None,
+                               "sidecar_path": str(arc.sidecars["bad-frame"])}
 
 
 def test_show_an_ambiguous_beginning_is_refused(arc: Built, capsys: pytest.CaptureFixture[str]) -> None:
@@ -211,7 +226,8 @@ def _check_export(arc: Built, files: dict[str, bytes], expected: list[str]) -> N
     naming files that are there; the images decode to the archived frames."""
     rows = list(csv.DictReader(io.StringIO(files["index.csv"].decode())))
     assert [r["decision_id"] for r in rows] == [arc.ids[n] for n in expected]
-    assert set(files) == {"index.csv"} | {r["image"] for r in rows} | {r["sidecar"] for r in rows}
+    assert set(files) == {"index.csv"} | {r["image"] for r in rows} | {r["sidecar"] for r in rows} | \
+        {r["overlay"] for r in rows if r["overlay"]}
     for row, name in zip(rows, expected):
         rec = arc.records[name]
         assert row["result"] == rec["result"] and row["fault"] == rec["fault"] and float(row["score"]) == rec["score"]
@@ -221,6 +237,11 @@ def _check_export(arc: Built, files: dict[str, bytes], expected: list[str]) -> N
         assert files[row["sidecar"]] == arc.sidecars[name].read_bytes()
         frame = cv2.imdecode(np.frombuffer(files[row["image"]], np.uint8), cv2.IMREAD_COLOR)
         assert frame is not None and np.array_equal(frame, arc.frames[name])
+        if name in arc.overlays:
+            assert row["overlay"] == arc.overlays[name].relative_to(arc.root).as_posix()
+            assert files[row["overlay"]] == arc.overlays[name].read_bytes()
+        else:
+            assert row["overlay"] == "" and row["defects"] == row["worst_class"] == row["area_px"] == ""
 
 
 @pytest.mark.parametrize("name", ["fails.tar.gz", "fails.tgz", "fails.tar"])
@@ -376,3 +397,87 @@ def test_the_tool_never_changes_the_archive(arc: Built, tmp_path: Path, capsys: 
         rc, _, err = run_main(capsys, "--path", arc.root, *argv)
         assert rc == 0, err
     assert snapshot() == before  # ... and stay: removing them is the daemon's scan's work
+
+
+# ---------------------------------------------------------------------- findings and overlays
+
+DETECTION = {"count": 2, "note": "3 detection(s), 2 counted (at most 0 pass); not counted: 1 below min_score",
+             "box": [64, 96, 32, 32], "kind": "detection", "worst_class": 0, "worst_class_name": "scratch",
+             "area_px": 1024, "detections": [
+                 {"class": 0, "name": "scratch", "score": 0.97, "box": [64, 96, 32, 32], "counted": True},
+                 {"class": 0, "name": "scratch", "score": 0.81, "box": [10, 10, 20, 20], "counted": True},
+                 {"class": 1, "name": "dent", "score": 0.5, "box": [192, 160, 32, 32], "counted": False}]}
+ANOMALY = {"count": 1, "note": "score 0.712 (fails at 0.5), area 1234 px at pixel threshold 0.5", "box": [40, 40, 50, 30],
+           "kind": "anomaly", "score": 0.712, "area_px": 1234, "map_max": 0.83, "map_mean": 0.21, "pixel_threshold": 0.5}
+
+
+@pytest.fixture
+def arc_findings(tmp_path: Path) -> Built:
+    built = Built(tmp_path / "archive")
+    built.root.mkdir()
+    built.add("classifier", at("2026-11-28T08:00:00.000"), "PASS", "NONE", 0.02, 201, 1)
+    built.add("detection", at("2026-11-28T08:00:01.000"), "FAIL", "NONE", 0.97, 202, 1, DETECTION)
+    built.add("anomaly", at("2026-11-28T08:00:02.000"), "FAIL", "NONE", 0.712, 203, 1, ANOMALY)
+    # An overlay whose sidecar never came (a crash between the two): no entry, never listed.
+    hour = built.images["anomaly"].parent
+    (hour / "080003.000_FAIL_01ORPHAN0000000000000000000.overlay.jpg").write_bytes(b"jpeg")
+    return built
+
+
+def test_an_entry_with_an_overlay_is_one_entry_and_list_json_names_the_overlay(arc_findings: Built,
+                                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run_main(capsys, "--path", arc_findings.root, "list")
+    assert rc == 0 and err == "" and arc_findings.names(listed_ids(out)) == arc_findings.order
+    rc, out, _ = run_main(capsys, "--path", arc_findings.root, "list", "--json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["overlay_path"] for r in rows] == [None, str(arc_findings.overlays["detection"]),
+                                                 str(arc_findings.overlays["anomaly"])]
+    assert rows[1]["findings"] == DETECTION and rows[1]["overlay"] == arc_findings.overlays["detection"].name
+
+
+def test_show_names_the_overlay_and_what_it_shows(arc_findings: Built, capsys: pytest.CaptureFixture[str]) -> None:
+    for name, words in (("detection", "2 defects, worst scratch (1 not counted)"), ("anomaly", "anomalous area 1234 px")):
+        rc, out, err = run_main(capsys, "--path", arc_findings.root, "show", arc_findings.ids[name])
+        assert rc == 0 and err == ""
+        lines = out.rstrip("\n").splitlines()
+        assert lines[-2] == f"image: {arc_findings.images[name]}"
+        assert lines[-1] == f"overlay: {arc_findings.overlays[name]} (the frame with the findings drawn: {words})"
+        assert json.loads("\n".join(lines[:-2]))["findings"] == arc_findings.records[name]["findings"]
+        rc, out, _ = run_main(capsys, "--path", arc_findings.root, "show", "--json", arc_findings.ids[name])
+        assert json.loads(out)["overlay_path"] == str(arc_findings.overlays[name])
+    rc, out, _ = run_main(capsys, "--path", arc_findings.root, "show", arc_findings.ids["classifier"])
+    assert rc == 0 and out.rstrip("\n").splitlines()[-1].startswith("image: ") and "\noverlay" not in out
+    rc, out, _ = run_main(capsys, "--path", arc_findings.root, "show", "--json", arc_findings.ids["classifier"])
+    assert json.loads(out)["overlay_path"] is None
+    # A sidecar naming an overlay that is gone (deleted by hand): said, not hidden.
+    arc_findings.overlays["anomaly"].unlink()
+    rc, out, _ = run_main(capsys, "--path", arc_findings.root, "show", arc_findings.ids["anomaly"])
+    assert rc == 0 and out.rstrip("\n").splitlines()[-1].startswith("overlay: (missing: ")
+
+
+@pytest.mark.parametrize("out_name", ["findings.tar.gz", "findings-folder"])
+def test_export_carries_the_overlays_and_the_findings_in_the_index(arc_findings: Built, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str], out_name: str) -> None:
+    out = tmp_path / out_name
+    rc, stdout, err = run_main(capsys, "--path", arc_findings.root, "export", "--since", "2026-11-28", "--until",
+                               "2026-11-29", "--out", out)
+    assert rc == 0 and err == "" and stdout.startswith("exported 3 entries, ")
+    size = sum(p.stat().st_size for d in (arc_findings.images, arc_findings.sidecars, arc_findings.overlays)
+               for p in d.values())
+    assert f" {size} bytes " in stdout  # the overlays are counted
+    if tool.is_tar(out):
+        with tarfile.open(out) as tar:
+            files = {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    else:
+        files = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    expected = ["classifier", "detection", "anomaly"]
+    _check_export(arc_findings, files, expected)
+    rows = {r["decision_id"]: r for r in csv.DictReader(io.StringIO(files["index.csv"].decode()))}
+    det, ano = rows[arc_findings.ids["detection"]], rows[arc_findings.ids["anomaly"]]
+    assert (det["defects"], det["worst_class"], det["area_px"]) == ("2", "scratch", "1024")
+    assert (ano["defects"], ano["worst_class"], ano["area_px"]) == ("1", "", "1234")
+    assert list(rows[arc_findings.ids["classifier"]])[-6:] == ["defects", "worst_class", "area_px", "image", "sidecar",
+                                                                "overlay"]
+    if not tool.is_tar(out):  # an export is an archive again: its overlays are part of its entries
+        rc, listed, _ = run_main(capsys, "list", "--json", "--path", out)
+        assert [json.loads(x)["overlay_path"] is not None for x in listed.splitlines()] == [False, True, True]

@@ -1,7 +1,9 @@
 """The station page (plcbridge/page) and `plcbridge status`, against a running daemon and
 the PLC simulator, over real HTTP on 127.0.0.1: what /api/status says matches what the
-simulated PLC saw, the decision list's order and bounds, the live image, a PLC outage, the
-page's own files, and the command line."""
+simulated PLC saw (the outputs this station carries, no others), the decision list's order
+and bounds, the live image, a PLC outage, the page's own files, and the command line; and
+for models with findings (anomaly, detection), the findings in the list, drawn on the live
+image and in the thumbnails (the archive's overlays)."""
 
 from __future__ import annotations
 
@@ -15,14 +17,26 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 from helpers import closed_tcp_port, running, station_config, wait_for
 
-from plcbridge.contract import INPUT_SIGNALS, OUTPUT_SIGNALS, ResultCode, StatusBit
+from plcbridge.contract import (
+    BASE_OUTPUT_SIGNALS,
+    INPUT_SIGNALS,
+    OPTIONAL_OUTPUT_SIGNALS,
+    OUTPUT_SIGNALS,
+    Outputs,
+    ResultCode,
+    StatusBit,
+)
 from plcbridge.page import PageSink
+from plcbridge.page.api import outputs_view, station_outputs
+from plcbridge.page.images import LiveImage
 from plcbridge.page.sink import KEEP
 from plcbridge.sinks import DecisionRecord
 
@@ -59,10 +73,11 @@ def test_status_names_the_blocks_the_plc_saw_and_says_why_not_ready(make_sim) ->
         assert [(p["part"], p["ok"], p["reason"]) for p in s["readiness"]] == \
             [(p, True, None) for p in ("write_loop", "plc", "camera", "model")]
         # The output block is one the simulated PLC really got, named in the contract's order,
-        # its status word and codes decoded by the contract.
+        # its status word and codes decoded by the contract: the signals this station carries
+        # (a classifier station: the base block, none of the optional outputs).
         out = s["plc"]["outputs"]
-        assert list(out["values"]) == [sig.name for sig in OUTPUT_SIGNALS]
-        assert out["values"] in [o.as_dict() for _, o in list(sim.program.seen)]
+        assert list(out["values"]) == [sig.name for sig in BASE_OUTPUT_SIGNALS]
+        assert out["values"] in [{k: o.as_dict()[k] for k in out["values"]} for _, o in list(sim.program.seen)]
         assert out["status_bits"] == [b.name for b in StatusBit if out["values"]["status"] & b]
         assert "READY" in out["status_bits"] and out["fault"] == "NONE"
         assert out["result"] == ResultCode(out["values"]["result_code"]).name
@@ -238,7 +253,8 @@ def test_plcbridge_status_prints_one_screen_and_watches(make_sim, tmp_path: Path
         for part in ("write_loop", "plc", "camera", "model"):
             assert re.search(rf"^  {part} +OK$", out, re.M), out
         assert "PLC link: connected (session 1)" in out
-        assert all(f"{sig.name}=" in out for sig in (*OUTPUT_SIGNALS, *INPUT_SIGNALS))
+        assert all(f"{sig.name}=" in out for sig in (*BASE_OUTPUT_SIGNALS, *INPUT_SIGNALS))
+        assert not any(f"{sig.name}=" in out for sig in OPTIONAL_OUTPUT_SIGNALS)  # not carried by this station
         assert re.search(r"^status: .*READY.*; result \w+; fault NONE$", out.replace("\n    ", " ").replace("  status:", "status:"), re.M)
         assert re.search(r"^  since start +\d+ +\d+ +\d+ ", out, re.M) and "last decisions (" in out
         decisions = out.split("last decisions (", 1)[1].splitlines()[1:]
@@ -263,3 +279,107 @@ def test_plcbridge_status_without_a_daemon_is_one_line_and_exit_1(tmp_path: Path
         assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"plcbridge status: no plcbridge daemon answers at http://127.0.0.1:{port}")
     r = _status_cmd("--config", str(tmp_path / "missing.toml"))
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.startswith("plcbridge status: ")
+
+
+# ---------------------------------------------------------------------- the outputs a station carries
+
+
+@pytest.mark.parametrize(("plc", "optional"), [
+    ({}, []),
+    ({"modbus": {"optional_outputs": ["anomaly_area"]}}, ["anomaly_area"]),
+    ({"protocol": "opcua", "opcua": {"optional_outputs": ["defect_class", "defect_count"]}}, ["defect_count", "defect_class"]),
+    ({"protocol": "enip", "enip": {"optional_outputs": ["defect_count"]}}, ["defect_count"]),
+    ({"protocol": "loop"}, [s.name for s in OPTIONAL_OUTPUT_SIGNALS]),  # the in-process loop carries every signal
+])
+def test_the_outputs_shown_are_those_the_station_carries(plc: dict[str, Any], optional: list[str]) -> None:
+    if plc.get("protocol") == "loop":
+        cfg = station_config(SimpleNamespace(section="loop", channel="page-test"))
+    else:
+        cfg = station_config(closed_tcp_port(), plc=plc)
+    signals = station_outputs(cfg)
+    assert [s.name for s in signals] == [s.name for s in BASE_OUTPUT_SIGNALS] + optional  # contract order
+    block = Outputs(result_code=2, defect_count=3, defect_class=1, anomaly_area=1234)
+    view = outputs_view(block, signals)
+    assert list(view["values"]) == [s.name for s in signals]
+    assert all(view["values"][k] == block.as_dict()[k] for k in view["values"]) and view["result"] == "FAIL"
+    assert list(outputs_view(block)["values"]) == [s.name for s in OUTPUT_SIGNALS]  # the default: every signal
+
+
+# ---------------------------------------------------------------------- findings on the page
+
+
+def _red(img: np.ndarray) -> np.ndarray:
+    return (img[..., 2] > 170) & (img[..., 1] < 90) & (img[..., 0] < 90)
+
+
+def test_the_live_image_draws_the_findings(tmp_path: Path) -> None:
+    from findings_models import SCRATCH_BOX, Judge, anomaly_frames, detection_frame, detection_manifest
+
+    from plcbridge.journal import Journal
+    from plcbridge.metrics import Metrics
+    from plcbridge.sinks import SinkFanout
+
+    sink = PageSink()
+    fanout = SinkFanout(Metrics())
+    fanout.add(sink)
+    journal = Journal(Metrics(), "st", fanout)
+    yolo, anomaly = Judge(detection_manifest(tmp_path / "yolo"), journal), Judge("builtin:anomaly", journal)
+    live = LiveImage(sink, min_interval_s=0.0)
+    try:
+        frame = detection_frame()
+        journal.decision(yolo.decide(frame))
+        wait_for(lambda: sink.frame() is not None, 5, "the page sink's frame")
+        made = live.jpeg()
+        assert made is not None
+        img = cv2.imdecode(np.frombuffer(made[1], np.uint8), cv2.IMREAD_COLOR)
+        x, y, w, h = SCRATCH_BOX
+        assert img.shape == frame.shape and _red(img[y + 4:y + h - 4, x + w:x + w + 1]).all()  # the counted box, drawn
+        assert np.array_equal(frame, detection_frame())  # drawn on a copy: the frame is as it was
+
+        clean, defect = anomaly_frames()
+        journal.decision(anomaly.decide(defect))
+        wait_for(lambda: sink.frame() is not None and sink.frame()[0].fields["findings"]["kind"] == "anomaly", 5,
+                 "the anomaly decision")
+        kept, _, decoded = sink.frame()
+        assert decoded is not None and kept.fields["findings"]["count"] == 1
+        img = cv2.imdecode(np.frombuffer(live.jpeg()[1], np.uint8), cv2.IMREAD_COLOR)
+        bx, by, bw, bh = kept.fields["findings"]["box"]
+        near = _red(img)[max(0, by - 4):by + bh + 4, max(0, bx - 4):bx + bw + 4] & ~_red(defect)[max(0, by - 4):by + bh + 4,
+                                                                                                   max(0, bx - 4):bx + bw + 4]
+        assert near.sum() >= 8  # the anomalous region outlined in red
+    finally:
+        fanout.close()
+        yolo.close()
+        anomaly.close()
+
+
+def test_an_anomaly_station_lists_its_findings_and_its_thumbnails_show_them(make_sim, tmp_path: Path) -> None:
+    sim = make_sim(trigger_hz=10)
+    archive = {"enabled": True, "path": str(tmp_path), "pass_every": 5}
+    with running(station_config(sim, model={"manifest": "builtin:anomaly"}, archive=archive, **PAGE)) as d:
+        port = d.http.port
+
+        def archived_fail() -> Any:
+            rows = get_json(port, "/api/decisions?limit=100")["decisions"]
+            return next((x for x in rows if x["result"] == "FAIL" and x["thumb"]), None)
+
+        x = wait_for(archived_fail, 30, "an archived FAIL of the anomaly model", poll=0.3)
+        assert x["findings"]["kind"] == "anomaly" and x["anomaly_area"] == x["findings"]["area_px"] > 0
+        assert x["findings_summary"] == f"anomalous area {x['findings']['area_px']} px"
+        rows = get_json(port, "/api/decisions?limit=100")["decisions"]
+        passes = [r for r in rows if r["result"] == "PASS"]
+        assert all(r["findings_summary"] in ("no anomalous area", f"anomalous area {r['findings']['area_px']} px, not counted")
+                   for r in passes)
+        # The thumbnail is the overlay's (the outline and heatmap drawn), not the bare frame's.
+        status, body, ctype = get(port, x["thumb"])
+        assert (status, ctype) == (200, "image/jpeg")
+        thumb = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR).astype(int)
+        entry = next(p for p in tmp_path.rglob(f"*_{x['decision_id']}.json"))
+        overlay = cv2.imread(str(entry.with_name(entry.stem + ".overlay.jpg")))
+        frame = cv2.imread(str(entry.with_suffix(".png")))
+        assert overlay is not None and frame is not None
+
+        def small(img: np.ndarray) -> np.ndarray:
+            return cv2.resize(img, (thumb.shape[1], thumb.shape[0]), interpolation=cv2.INTER_AREA).astype(int)
+
+        assert np.abs(thumb - small(overlay)).mean() < np.abs(thumb - small(frame)).mean() / 2

@@ -96,6 +96,11 @@ def test_the_page_in_chromium_shows_the_station_and_a_plc_outage(make_sim, brows
                                                  'r => r.dataset.decision)')) - listed, SHOWS_WITHIN_S, "a new decision listed",
                          poll=0.2)
         assert all(len(x) == 26 for x in newer)
+        # Every row has a cell per column, the findings column among them (empty for a classifier).
+        heads = js(browser, 'return Array.from(document.querySelectorAll("#decisions thead th"), h => h.textContent)')
+        assert "findings" in heads
+        cells = js(browser, 'return Array.from(document.querySelectorAll("#decisions tbody tr"), r => r.cells.length)')
+        assert cells and set(cells) == {len(heads)}, (heads, cells)
         # Archived decisions show their thumbnail (loaded, not only asked for).
         wait_for(lambda: js(browser, 'return Array.from(document.querySelectorAll("#decisions tbody img"))'
                                      '.some(i => i.complete && i.naturalWidth > 0)'), SHOWS_WITHIN_S, "a thumbnail shown", poll=0.2)

@@ -3,7 +3,12 @@ thread of its own behind a bounded queue and never holds the control path up.
 
 What it keeps (`[archive]`): every FAIL, every fail-safe that judged a frame, a sample of
 PASS (one in `pass_every`, at most one per `pass_min_interval_s`). Decisions without a
-frame (NO_FRAME, a result timeout, a free-run fail-safe episode) have nothing to keep.
+frame (NO_FRAME, a result timeout, a free-run fail-safe episode) have nothing to keep. The
+frame is kept exactly as judged (PNG by default: what retraining needs); a decision with
+findings (an anomaly, detection or segmentation model) also gets its overlay, a JPEG of the
+frame with the findings drawn on it (plcbridge/overlay.py), written before the sidecar. A
+picture that cannot be drawn (a bug, an odd result) costs the overlay only, logged
+(`archive_overlay_failed`), never the frame.
 
 What goes wrong is counted by reason (`plcbridge_archive_dropped_total{reason}`) and logged
 once per log window, and the frame is let go: `disk_full` (ENOSPC, EDQUOT), `read_only`
@@ -23,10 +28,11 @@ from typing import TYPE_CHECKING
 
 import cv2
 
-from plcbridge.archive.store import Entry, Index, entry_paths, scan, sidecar_json, unlink, write_atomic
+from plcbridge.archive.store import Entry, Index, entry_paths, overlay_path, scan, sidecar_json, unlink, write_atomic
 from plcbridge.contract import ResultCode
 from plcbridge.logs import get_logger, log_event
 from plcbridge.metrics import Metrics
+from plcbridge.overlay import annotate, jpeg_params
 from plcbridge.sinks import DecisionRecord
 
 if TYPE_CHECKING:
@@ -35,6 +41,7 @@ if TYPE_CHECKING:
 log = get_logger("archive")
 
 AGE_CHECK_S = 60.0  # age eviction runs this often, whether frames are saved or not
+OVERLAY_QUALITY = 85  # JPEG quality of the overlays: for people to look at, not to retrain on
 _REASONS = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EROFS: "read_only",
             errno.EACCES: "permission", errno.EPERM: "permission", errno.ENOENT: "missing_folder"}
 
@@ -51,7 +58,8 @@ class ArchiveSink:
         self._last_pass = -float("inf")
         self._next_age_check = 0.0
         self._suffix = ".png" if settings.format == "png" else ".jpg"
-        self._params = [] if settings.format == "png" else [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality]
+        self._params = ([cv2.IMWRITE_PNG_COMPRESSION, settings.png_compression] if settings.format == "png"
+                        else [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality])
 
     # ------------------------------------------------------------------ the seam
 
@@ -93,6 +101,8 @@ class ArchiveSink:
         result = record.decision.result.name
         image, sidecar = entry_paths(self.root, saved, result, record.decision_id, self._suffix)
         data = None
+        overlay: bytes | None = None
+        written: list[Path] = []
         try:
             if not self.root.is_dir():
                 raise FileNotFoundError(errno.ENOENT, "the archive folder does not exist (an unmounted disk?)",
@@ -101,26 +111,50 @@ class ArchiveSink:
             ok, data = cv2.imencode(self._suffix, record.image, self._params)
             if not ok:
                 raise ValueError(f"the frame could not be encoded as {self.settings.format}")
+            overlay = self._overlay(record)
             # Day, then hour, never with parents: a root that vanished meanwhile is not recreated.
             image.parent.parent.mkdir(exist_ok=True)
             image.parent.mkdir(exist_ok=True)
-            write_atomic(image, data.tobytes())
+            overlay_file = overlay_path(sidecar) if overlay is not None else None
             try:
-                write_atomic(sidecar, sidecar_json(record.fields, image, saved))
+                write_atomic(image, data.tobytes())
+                written.append(image)
+                if overlay_file is not None and overlay is not None:
+                    write_atomic(overlay_file, overlay)
+                    written.append(overlay_file)
+                write_atomic(sidecar, sidecar_json(record.fields, image, saved, overlay_file))
             except BaseException:
-                unlink(image)  # an image without its sidecar is no entry: never left taking space
+                for path in written:  # pictures without their sidecar are no entry: never left taking space
+                    unlink(path)
                 raise
         except OSError as e:
             reason = _REASONS.get(e.errno or 0, "error")
             if reason == "disk_full" and self._index is not None:
-                self._make_room(self._index, 2 * len(data) if data is not None else 1)
+                self._make_room(self._index, 2 * (len(data) + len(overlay or b"")) if data is not None else 1)
             return self._failed(record, e, reason, image)
         except Exception as e:  # noqa: BLE001 - an odd frame must not stop the archive
             return self._failed(record, e, "error", image)
-        index.add(Entry(sidecar, image, saved, len(data) + sidecar.stat().st_size))
+        index.add(Entry(sidecar, image, saved, len(data) + len(overlay or b"") + sidecar.stat().st_size, overlay_file))
         self.metrics.archive_saved.labels(result).inc()
         self._evict(index, saved)
         return None
+
+    def _overlay(self, record: DecisionRecord) -> bytes | None:
+        """The overlay JPEG of a decision with findings; None without findings, or when it
+        cannot be drawn (logged: the frame is kept all the same)."""
+        if not record.fields.get("findings"):
+            return None
+        try:
+            picture = annotate(record.image, record.fields, getattr(record.decision, "decoded", None))
+            ok, data = cv2.imencode(".jpg", picture, jpeg_params(OVERLAY_QUALITY))
+            if not ok:
+                raise ValueError("the overlay could not be encoded as JPEG")
+            return bytes(data.tobytes())
+        except Exception as e:  # noqa: BLE001 - a picture must never cost the frame
+            self.metrics.archive_overlays_failed.inc()
+            log_event(log, "archive_overlay_failed", logging.WARNING, decision_id=record.decision_id,
+                      reason=f"{type(e).__name__}: {e}: the frame is kept without its overlay", rate_key="archive-overlay")
+            return None
 
     def _make_room(self, index: Index, at_least: int) -> None:
         """The disk is full before max_bytes is reached: the oldest frames make room for the

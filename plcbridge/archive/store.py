@@ -3,18 +3,23 @@ the oldest go when the bounds are passed. Used by the writer (sink.py) and by
 `plcbridge archive` (plcbridge/tools/archive.py), so both read one layout.
 
     <root>/2026-12-06/21/215301.123_FAIL_01M96N04VGAZHG5VYJ438PG01X.png
+    <root>/2026-12-06/21/215301.123_FAIL_01M96N04VGAZHG5VYJ438PG01X.overlay.jpg
     <root>/2026-12-06/21/215301.123_FAIL_01M96N04VGAZHG5VYJ438PG01X.json
 
 Folders by UTC date and hour, so `find`, `rsync` and a file browser work; names start with
 the UTC time, then the result, then the decision id (a ULID, also ordered by time), so a
 plain sort is chronological. The JSON sidecar is the decision's journal record plus what
-the archive adds (`image`, `saved_utc`); an entry is the pair, and it counts only once its
-sidecar exists.
+the archive adds (`image`, `overlay`, `saved_utc`); an entry is the image (the frame exactly
+as judged), the sidecar, and for a decision with findings (an anomaly, detection or
+segmentation model) the overlay: a JPEG of the frame with the findings drawn on it
+(plcbridge/overlay.py). An entry counts only once its sidecar exists; its files are counted,
+evicted and exported together.
 
 Atomic: each file is written under a temporary name (`.NAME.tmp`) in its own folder, synced,
-then renamed. The image is renamed before the sidecar is written, so a power cut leaves at
-worst a temporary file (removed at the next scan) or an image without its sidecar (not an
-entry; removed at the next scan), never a half file under a real name. The folder itself is
+then renamed. The image and the overlay are renamed before the sidecar is written, so a
+power cut leaves at worst a temporary file (removed at the next scan) or an image or overlay
+without its sidecar (not an entry; removed at the next scan), never a half file under a real
+name. The folder itself is
 not synced after each rename (two more syncs a frame, 0.2 ms of CPU and more of the disk's
 time): a rename the power cut caught is lost whole, the newest entry or two with it.
 """
@@ -26,7 +31,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,18 +39,27 @@ from typing import Any
 
 SCHEMA = "plcbridge-archive/1"
 IMAGE_SUFFIXES = (".png", ".jpg")
+# The annotated picture beside an entry's image: STEM.overlay.jpg (its sidecar is STEM.json).
+OVERLAY_SUFFIX = ".overlay.jpg"
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _HOUR = re.compile(r"\d{2}")
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One archived decision: its sidecar, its image, and their size together."""
+    """One archived decision: its sidecar, its image, its overlay if it has one, and the size
+    of all its files together."""
 
     sidecar: Path
     image: Path
     saved: float  # wall-clock seconds (from the name)
     size: int
+    overlay: Path | None = None
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The entry's files, the sidecar first (what makes it an entry), then the pictures."""
+        return (self.sidecar, self.image) if self.overlay is None else (self.sidecar, self.image, self.overlay)
 
     @property
     def decision_id(self) -> str:
@@ -67,6 +81,26 @@ def entry_paths(root: Path, saved: float, result: str, decision_id: str, suffix:
     folder = root / t.strftime("%Y-%m-%d") / t.strftime("%H")
     stem = f"{t.strftime('%H%M%S')}.{t.microsecond // 1000:03d}_{result}_{decision_id}"
     return folder / (stem + suffix), folder / (stem + ".json")
+
+
+def overlay_path(sidecar: Path) -> Path:
+    """Where the overlay of the entry with this sidecar is (whether or not it has one)."""
+    return sidecar.with_name(sidecar.stem + OVERLAY_SUFFIX)
+
+
+def _stem(name: str) -> tuple[str, str] | None:
+    """(entry stem, what the file is: "sidecar", "overlay", "image") for a file name of the
+    layout; None for any other name."""
+    if name.endswith(OVERLAY_SUFFIX):
+        return name[: -len(OVERLAY_SUFFIX)], "overlay"
+    stem, dot, ext = name.rpartition(".")
+    if not dot:
+        return None
+    if ext == "json":
+        return stem, "sidecar"
+    if "." + ext in IMAGE_SUFFIXES:
+        return stem, "image"
+    return None
 
 
 def _saved_time(sidecar: Path) -> float:
@@ -126,49 +160,78 @@ def unlink(path: Path) -> int:
         return 0
 
 
-def complete_entries(folder: Path) -> dict[str, Path]:
-    """decision id -> image, for each complete entry (image and sidecar) of one hour folder;
-    empty when the folder is not there (an hour without entries, a disk that is gone)."""
+@dataclass(frozen=True)
+class Pictures:
+    """A complete entry's pictures: the frame as judged, and the overlay when it has one."""
+
+    image: Path
+    overlay: Path | None = None
+
+    @property
+    def shown(self) -> Path:
+        """The picture to show a person: the overlay (the findings drawn) when there is one."""
+        return self.overlay if self.overlay is not None else self.image
+
+
+def complete_entries(folder: Path) -> dict[str, Pictures]:
+    """decision id -> its pictures, for each complete entry (image and sidecar) of one hour
+    folder; empty when the folder is not there (an hour without entries, a disk that is gone)."""
     try:
         names = {e.name for e in os.scandir(folder) if not e.name.startswith(".")}
     except OSError:
         return {}
-    out: dict[str, Path] = {}
+    out: dict[str, Pictures] = {}
     for name in names:
         stem, dot, ext = name.rpartition(".")
         if dot and ext == "json":
             image = next((stem + s for s in IMAGE_SUFFIXES if stem + s in names), None)
             if image is not None:
-                out[stem.rsplit("_", 1)[-1]] = folder / image
+                overlay = stem + OVERLAY_SUFFIX
+                out[stem.rsplit("_", 1)[-1]] = Pictures(folder / image, folder / overlay if overlay in names else None)
     return out
+
+
+def _entry(sidecar: Path, present: Container[str]) -> Entry | None:
+    """The entry of a sidecar, given the names present in its folder; None when it has no
+    image or is not of the layout (a file someone put there: left alone)."""
+    image = next((sidecar.with_suffix(s) for s in IMAGE_SUFFIXES if sidecar.with_suffix(s).name in present), None)
+    if image is None:
+        return None  # a sidecar is written after its image: cannot happen but by hand
+    overlay = overlay_path(sidecar)
+    pictures = (image, overlay) if overlay.name in present else (image,)
+    try:
+        size = sidecar.stat().st_size + sum(p.stat().st_size for p in pictures)
+        return Entry(sidecar, image, _saved_time(sidecar), size, overlay if len(pictures) == 2 else None)
+    except (ValueError, OSError):
+        return None
 
 
 def scan(root: Path) -> tuple[list[Entry], int]:
     """Every entry under `root`, oldest first, and the bytes of leftovers removed (temporary
-    files and images without a sidecar: what a power cut or a crash mid-write leaves)."""
+    files, and images and overlays without a sidecar: what a power cut or a crash mid-write
+    leaves)."""
     entries: list[Entry] = []
     removed = 0
     for hour in folders(root):
         names = {p.name: p for p in hour.iterdir() if p.is_file()}
         for name, path in sorted(names.items()):
+            kind = _stem(name)
             if name.startswith(".") and name.endswith(".tmp"):
                 removed += unlink(path)
-            elif path.suffix in IMAGE_SUFFIXES and path.with_suffix(".json").name not in names:
-                removed += unlink(path)
-            elif path.suffix == ".json":
-                image = next((path.with_suffix(s) for s in IMAGE_SUFFIXES if path.with_suffix(s).name in names), None)
-                if image is None:
-                    continue  # a sidecar is written after its image: cannot happen but by hand
-                try:
-                    entries.append(Entry(path, image, _saved_time(path), path.stat().st_size + image.stat().st_size))
-                except (ValueError, OSError):
-                    continue  # not ours (a file someone put there): left alone
+            elif kind is not None and kind[1] != "sidecar" and kind[0] + ".json" not in names:
+                removed += unlink(path)  # an image or overlay whose sidecar never came
+            elif kind is not None and kind[1] == "sidecar":
+                entry = _entry(path, names)
+                if entry is not None:
+                    entries.append(entry)
     return entries, removed
 
 
-def sidecar_json(record: dict[str, Any], image: Path, saved: float) -> bytes:
+def sidecar_json(record: dict[str, Any], image: Path, saved: float, overlay: Path | None = None) -> bytes:
     head = {"schema": SCHEMA, "saved_utc": datetime.fromtimestamp(saved, timezone.utc).isoformat(timespec="milliseconds"),
             "image": image.name}
+    if overlay is not None:
+        head["overlay"] = overlay.name
     return (json.dumps({**head, **record}, indent=1, default=str) + "\n").encode()
 
 
@@ -212,8 +275,8 @@ class Index:
         oldest = self.entries.popleft()
         self.bytes -= oldest.size
         try:
-            unlink(oldest.sidecar)  # the sidecar first: the image alone is no entry
-            unlink(oldest.image)
+            for path in oldest.files:  # the sidecar first: the pictures alone are no entry
+                unlink(path)
         except OSError:
             pass  # not ours to delete after all (permissions changed): forgotten, not retried
         _prune(oldest.sidecar.parent)
@@ -239,14 +302,14 @@ def iter_entries(root: Path, since: float | None = None, until: float | None = N
 def _list(root: Path) -> list[Entry]:
     """Like scan(), without removing anything (the tool only reads)."""
     out: list[Entry] = []
-    for sidecar in (p for hour in folders(root) for p in sorted(hour.glob("*.json"))):
-        if sidecar.name.startswith("."):
-            continue
-        image = next((sidecar.with_suffix(s) for s in IMAGE_SUFFIXES if sidecar.with_suffix(s).exists()), None)
-        if image is None:
-            continue
+    for hour in folders(root):
         try:
-            out.append(Entry(sidecar, image, _saved_time(sidecar), sidecar.stat().st_size + image.stat().st_size))
-        except (ValueError, OSError):
+            names = {e.name for e in os.scandir(hour) if not e.name.startswith(".")}
+        except OSError:
             continue
+        for name in sorted(names):
+            if name.endswith(".json"):
+                entry = _entry(hour / name, names)
+                if entry is not None:
+                    out.append(entry)
     return out

@@ -13,14 +13,27 @@ from __future__ import annotations
 import threading
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from plcbridge.contract import INPUT_SIGNALS, OUTPUT_SIGNALS, FaultCode, Inputs, Outputs, ResultCode, StatusBit, code_name
+from plcbridge.contract import (
+    INPUT_SIGNALS,
+    OUTPUT_SIGNALS,
+    FaultCode,
+    Inputs,
+    Outputs,
+    ResultCode,
+    Signal,
+    StatusBit,
+    carried_outputs,
+    code_name,
+)
 from plcbridge.journal import decision_time
+from plcbridge.overlay import findings_summary
 from plcbridge.page.images import ArchiveLookup
 from plcbridge.page.sink import Kept, PageSink
 
 if TYPE_CHECKING:
+    from plcbridge.config import Config
     from plcbridge.daemon import Daemon
 
 LATENESS_EVERY_S = 5.0  # the lateness summary (a sort of up to 200 000 samples) is recomputed this often
@@ -47,12 +60,22 @@ def yield_of(counts: dict[str, int]) -> float | None:
     return round(p / (p + f), 4) if p + f else None
 
 
-def outputs_view(outputs: Outputs) -> dict[str, Any]:
-    """An output block named per the contract, the status word decoded into bit names and
-    the result and fault codes named (None for a value that is no such code)."""
+def station_outputs(config: Config) -> tuple[Signal, ...]:
+    """The output signals this station carries, in contract order: the base block and the
+    optional outputs its protocol section lists (`plc.<protocol>.optional_outputs`); every
+    signal for a protocol whose section has no such list (the in-process loop carries all)."""
+    section = getattr(config.plc, config.plc.protocol, None)
+    optional = getattr(section, "optional_outputs", None)
+    return OUTPUT_SIGNALS if optional is None else carried_outputs(optional)
+
+
+def outputs_view(outputs: Outputs, signals: Sequence[Signal] = OUTPUT_SIGNALS) -> dict[str, Any]:
+    """An output block named per the contract (the `signals` the station carries: see
+    station_outputs), the status word decoded into bit names and the result and fault codes
+    named (None for a value that is no such code)."""
     values = outputs.as_dict()
     return {
-        "values": {s.name: values[s.name] for s in OUTPUT_SIGNALS},
+        "values": {s.name: values[s.name] for s in signals},
         "status_bits": [b.name for b in StatusBit if values["status"] & b],
         "result": code_name(ResultCode, values["result_code"]),
         "fault": code_name(FaultCode, values["fault_code"]),
@@ -88,6 +111,7 @@ class StatusApi:
         self.daemon = daemon
         self.sink = sink
         self.archive = archive
+        self._outputs = station_outputs(daemon.config)
         self._lateness = _Every(LATENESS_EVERY_S, daemon.loop.lateness.summary_ms)
         self._counters = _Every(COUNTERS_EVERY_S, self._read_counters)
 
@@ -128,7 +152,7 @@ class StatusApi:
             "ready": d.ready(),
             "readiness": readiness,
             "plc": {
-                "outputs": None if block is None else {**outputs_view(block[0]), "age_ms": _ms(now - block[1])},
+                "outputs": None if block is None else {**outputs_view(block[0], self._outputs), "age_ms": _ms(now - block[1])},
                 "inputs": None if reply is None else {**inputs_view(reply.inputs), "age_ms": _ms(now - reply.t_answered)},
                 "link": {"connected": link.connected, "delivering": link.delivering, "sessions": link.sessions,
                          "reply_age_ms": None if reply is None else _ms(now - reply.t_answered),
@@ -148,14 +172,19 @@ class StatusApi:
         }
 
     def decisions(self, limit: int) -> dict[str, Any]:
-        """The newest `limit` decisions, newest first, each with `thumb` when it is archived."""
+        """The newest `limit` decisions, newest first, each with `thumb` when it is archived
+        (the overlay's, findings drawn, when the entry has one) and `findings_summary`: the
+        findings in a few words ("2 defects, worst scratch", "anomalous area 1234 px"), ""
+        without findings."""
         return {"decisions": [self._decision(k) for k in self.sink.recent(limit)], "limit": limit}
 
     def _decision(self, kept: Kept) -> dict[str, Any]:
-        archived = kept.has_image and self.archive.image(kept.decision_id) is not None
+        archived = kept.has_image and self.archive.pictures(kept.decision_id) is not None
         try:
             when: str | None = _utc(decision_time(kept.decision_id))
         except ValueError:
             when = None
+        findings = kept.fields.get("findings")
         return {**kept.fields, "time_utc": when, "image": kept.has_image,
-                "thumb": f"/api/thumb/{kept.decision_id}" if archived else None}
+                "thumb": f"/api/thumb/{kept.decision_id}" if archived else None,
+                "findings_summary": findings_summary(findings if isinstance(findings, dict) else None)}

@@ -1,8 +1,10 @@
-"""The page's images: the live frame with its verdict drawn on it, and thumbnails of archived
-decisions. Both run on the endpoint's worker threads (below the write loop) and spend their
-time in OpenCV, which releases the GIL; the Python around each call is a few lines, and what
-they make is cached, so a browser polling twice a second (or several browsers) costs at most
-a few encodes a second.
+"""The page's images: the live frame with its verdict and findings drawn on it (boxes, masks,
+the anomaly outline: plcbridge/overlay.py, shared with the archive's overlays), and
+thumbnails of archived decisions (of the overlay when the entry has one). Both run on the
+endpoint's worker threads (below the write loop) and spend their time in OpenCV, which
+releases the GIL; the Python around each call is a few lines, and what they make is cached,
+so a browser polling twice a second (or several browsers) costs at most a few encodes a
+second.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
 
 import cv2
-import numpy as np
 
-from plcbridge.archive.store import complete_entries, entry_paths
+from plcbridge.archive.store import Pictures, complete_entries, entry_paths
 from plcbridge.journal import decision_time
+from plcbridge.overlay import annotate, jpeg_params, scaled, verdict_lines
 from plcbridge.page.sink import Kept, PageSink
+
+__all__ = ["ArchiveLookup", "LiveImage", "Thumbs", "verdict_lines"]
 
 LIVE_MIN_INTERVAL_S = 0.25  # the live JPEG is made again at most 4 times a second
 LIVE_MAX_WIDTH = 800  # wider frames are scaled down first: the page shows them smaller anyway
@@ -32,56 +35,12 @@ ARCHIVE_LAG_S = 300.0
 FOLDER_TTL_S = 1.0  # an hour folder's listing is read again after this long
 FOLDERS_CACHED = 16
 
-_COLOURS = {"PASS": (40, 160, 40), "FAIL": (40, 40, 220), "FAILSAFE": (0, 140, 255)}  # BGR
-
-
-def _as_bgr8(image: Any) -> np.ndarray:
-    """The frame as 8-bit BGR, a new array (the camera's own is never drawn on)."""
-    img = np.asarray(image)
-    if img.dtype != np.uint8:
-        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    if img.ndim == 3 and img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    return img.copy()
-
-
-def _scaled(img: np.ndarray, width: int) -> np.ndarray:
-    h, w = img.shape[:2]
-    if w <= width:
-        return img
-    return cv2.resize(img, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
-
-
-def _label(img: np.ndarray, lines: list[str], colour: tuple[int, int, int]) -> None:
-    """Lines of text at the top left, on a dark band, sized to the image."""
-    scale = max(0.5, img.shape[1] / 900)
-    thick = max(1, round(scale * 2))
-    y = 0
-    for i, text in enumerate(lines):
-        s = scale if i == 0 else scale * 0.7
-        (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, s, thick)
-        cv2.rectangle(img, (0, y), (w + 16, y + h + base + 12), (0, 0, 0), -1)
-        cv2.putText(img, text, (8, y + h + 6), cv2.FONT_HERSHEY_SIMPLEX, s, colour if i == 0 else (230, 230, 230),
-                    thick, cv2.LINE_AA)
-        y += h + base + 12
-
-
-def verdict_lines(fields: dict[str, Any]) -> list[str]:
-    """What is drawn on the live image: the verdict and score, then what the decision was about."""
-    result = str(fields.get("result", "?"))
-    head = f"{result}  score {fields['score']:.4f}" if isinstance(fields.get("score"), (int, float)) else result
-    if fields.get("fault") not in (None, "NONE"):
-        head += f"  {fields['fault']}"
-    about = [f"{k} {fields[k]}" for k in ("part_id", "trigger_seq", "frame_seq") if fields.get(k) is not None]
-    return [head, "  ".join(about)] if about else [head]
-
 
 class LiveImage:
-    """The newest judged frame as a JPEG with its verdict drawn on it; made again only when
-    a newer frame is there and the last one is at least `min_interval_s` old. Concurrent
-    requests share one encode (the second waits for the first, then takes its bytes)."""
+    """The newest judged frame as a JPEG with its verdict and findings drawn on it (a copy, no
+    wider than `max_width`: plcbridge.overlay.annotate); made again only when a newer frame
+    is there and the last one is at least `min_interval_s` old. Concurrent requests share
+    one encode (the second waits for the first, then takes its bytes)."""
 
     def __init__(self, sink: PageSink, min_interval_s: float = LIVE_MIN_INTERVAL_S, max_width: int = LIVE_MAX_WIDTH) -> None:
         self.sink = sink
@@ -100,10 +59,9 @@ class LiveImage:
             made, now = self._made, time.monotonic()
             if made is not None and (made[0] == newest[0].seq or now - made[1] < self.min_interval_s):
                 return newest[0], made[2]
-            kept, image = newest
-            img = _scaled(_as_bgr8(image), self.max_width)
-            _label(img, verdict_lines(kept.fields), _COLOURS.get(str(kept.fields.get("result")), (255, 255, 255)))
-            ok, data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, LIVE_QUALITY])
+            kept, image, decoded = newest
+            img = annotate(image, kept.fields, decoded, self.max_width)
+            ok, data = cv2.imencode(".jpg", img, jpeg_params(LIVE_QUALITY))
             if not ok:
                 raise ValueError("the frame could not be encoded as JPEG")
             self._made = (kept.seq, now, data.tobytes())
@@ -112,7 +70,7 @@ class LiveImage:
 
 
 class ArchiveLookup:
-    """Which decisions are in the image archive, and where their image is: from the archive's
+    """Which decisions are in the image archive, and where their pictures are: from the archive's
     own layout (plcbridge/archive/store.py: folders by UTC date and hour, names ending in the
     decision id). Only the one or two hour folders a decision can be in are listed, and each
     listing is kept for FOLDER_TTL_S, so a page listing 50 decisions costs a few `scandir`s."""
@@ -120,9 +78,10 @@ class ArchiveLookup:
     def __init__(self, root: Path | None) -> None:
         self.root = root
         self._lock = threading.Lock()
-        self._folders: OrderedDict[Path, tuple[float, dict[str, Path]]] = OrderedDict()
+        self._folders: OrderedDict[Path, tuple[float, dict[str, Pictures]]] = OrderedDict()
 
-    def image(self, decision_id: str) -> Path | None:
+    def pictures(self, decision_id: str) -> Pictures | None:
+        """The archived decision's image and overlay; None when it is not in the archive."""
         if self.root is None:
             return None
         try:
@@ -137,7 +96,7 @@ class ArchiveLookup:
                 return found
         return None
 
-    def _listing(self, folder: Path) -> dict[str, Path]:
+    def _listing(self, folder: Path) -> dict[str, Pictures]:
         now = time.monotonic()
         with self._lock:
             cached = self._folders.get(folder)
@@ -153,7 +112,8 @@ class ArchiveLookup:
 
 
 class Thumbs:
-    """Small JPEGs of archived decisions, the newest THUMBS_CACHED of them kept in memory."""
+    """Small JPEGs of archived decisions (of the overlay, the findings drawn, when the entry has
+    one; else of the frame), the newest THUMBS_CACHED of them kept in memory."""
 
     def __init__(self, lookup: ArchiveLookup, width: int = THUMB_WIDTH) -> None:
         self.lookup = lookup
@@ -167,13 +127,13 @@ class Thumbs:
             data = self._cache.get(decision_id)
         if data is not None:
             return data
-        path = self.lookup.image(decision_id)
-        if path is None:
+        pictures = self.lookup.pictures(decision_id)
+        if pictures is None:
             return None
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        img = cv2.imread(str(pictures.shown), cv2.IMREAD_COLOR)  # the overlay, when the entry has one
         if img is None:  # evicted meanwhile, or unreadable
             return None
-        ok, enc = cv2.imencode(".jpg", _scaled(img, self.width), [cv2.IMWRITE_JPEG_QUALITY, THUMB_QUALITY])
+        ok, enc = cv2.imencode(".jpg", scaled(img, self.width), [cv2.IMWRITE_JPEG_QUALITY, THUMB_QUALITY])
         if not ok:
             return None
         data = enc.tobytes()

@@ -5,7 +5,8 @@ It keeps three things, each of fixed size whatever the line rate:
 
 - the newest record that judged a frame, with that frame (a reference to the array the
   camera made, never copied or drawn on here: the live image is drawn on a copy, at most a
-  few times a second, when a browser asks for it);
+  few times a second, when a browser asks for it) and the decision's decoded result (boxes,
+  anomaly map: what the live image draws besides the journal line's findings);
 - the newest KEEP decision records (their journal fields), for the page's list;
 - counts per result for each of the last 60 minutes, for the last hour's yield. The counts
   since start are the journal's (`Journal.summary()`): one count of every decision, which a
@@ -50,7 +51,7 @@ class PageSink:
         self._clock = clock
         self._lock = threading.Lock()
         self._recent: deque[Kept] = deque(maxlen=keep)
-        self._frame: tuple[Kept, Any] | None = None
+        self._frame: tuple[Kept, Any, Any] | None = None
         self._minutes: deque[tuple[int, Counter[str]]] = deque(maxlen=HOUR_MINUTES)
         self._seq = 0
 
@@ -64,7 +65,7 @@ class PageSink:
             kept = Kept(record.decision_id, record.fields, record.image is not None, self._seq)
             self._recent.appendleft(kept)
             if record.image is not None:
-                self._frame = (kept, record.image)
+                self._frame = (kept, record.image, getattr(record.decision, "decoded", None))
             if not self._minutes or self._minutes[-1][0] != minute:
                 self._minutes.append((minute, Counter()))
             self._minutes[-1][1][result] += 1
@@ -84,8 +85,9 @@ class PageSink:
         with self._lock:
             return self._recent[0] if self._recent else None
 
-    def frame(self) -> tuple[Kept, Any] | None:
-        """The newest record that judged a frame, and the frame."""
+    def frame(self) -> tuple[Kept, Any, Any] | None:
+        """The newest record that judged a frame, the frame, and the decision's decoded
+        result (None for a classifier or a fail-safe)."""
         return self._frame  # one tuple replaced whole: no lock needed
 
     def last_hour(self) -> dict[str, int]:

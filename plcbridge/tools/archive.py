@@ -4,11 +4,13 @@ for the quality engineer, read from the folder the daemon writes.
 * `list [--since T] [--until T] [--result R] [--limit N] [--json]`: one line per entry, oldest
   first (UTC time, result, fault, score, part_id, plc_session, decision_id, image path), or
   one JSON object per line.
-* `show DECISION_ID`: the entry's sidecar (its decision record) and its image path.
-* `export --since T --until T [--result R] --out PATH`: the entries' images and sidecars and an
-  `index.csv`, as a tar (PATH ends in .tar, .tar.gz or .tgz) or in a new folder; either mirrors
-  the archive's own layout (DAY/HOUR/NAME), so an unpacked export is itself an archive that
-  `--path` can read.
+* `show DECISION_ID`: the entry's sidecar (its decision record), its image path, and its
+  overlay's (the frame with the findings drawn) when it has one.
+* `export --since T --until T [--result R] --out PATH`: the entries' images, overlays and
+  sidecars and an `index.csv` (with the findings: defects counted, worst class, area), as a
+  tar (PATH ends in .tar, .tar.gz or .tgz) or in a new folder; either mirrors the archive's
+  own layout (DAY/HOUR/NAME), so an unpacked export is itself an archive that `--path` can
+  read.
 
 The folder comes from `--config STATION.toml` (its `[archive] path`) or `--path DIR`. The tool
 only reads the archive: it never deletes, moves or writes a file there (the daemon's writer
@@ -43,9 +45,13 @@ RESULTS = ("PASS", "FAIL", "FAILSAFE")
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 # At most one progress line per this many seconds of an export (none for a quick one).
 PROGRESS_INTERVAL_S = 1.0
-# index.csv: the record fields a reviewer sorts and filters by, then where the files are.
+# index.csv: the record fields a reviewer sorts and filters by, the findings (anomaly,
+# detection, segmentation models: defects counted, the worst one's class name (its id when
+# the model has no names), the area in frame pixels: the worst defect's, or the anomalous
+# one), then where the files are (overlay: empty when the entry has none).
 INDEX_FIELDS = ("saved_utc", "decision_id", "result", "fault", "score", "part_id", "plc_session", "trigger_seq",
-                "frame_seq", "model_version", "station", "latency_ms", "image", "sidecar")
+                "frame_seq", "model_version", "station", "latency_ms", "defects", "worst_class", "area_px",
+                "image", "sidecar", "overlay")
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _RELATIVE = re.compile(r"-(\d+(?:\.\d+)?)([smhd])")
 _TIME_HELP = ("an ISO date (2026-12-06), a datetime (2026-12-06T21:00, UTC unless it has an offset such as "
@@ -70,14 +76,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _folder_options(ls, argparse.SUPPRESS)
     _range_options(ls, required=False)
     ls.add_argument("--limit", default=None, metavar="N", help="only the newest N of the entries that match")
-    ls.add_argument("--json", action="store_true", help="one JSON object per line: the sidecar plus image_path, sidecar_path")
+    ls.add_argument("--json", action="store_true",
+                    help="one JSON object per line: the sidecar plus image_path, sidecar_path, overlay_path")
 
-    show = sub.add_parser("show", help="one entry's sidecar (its decision record) and image path")
+    show = sub.add_parser("show", help="one entry's sidecar (its decision record), image path and overlay path")
     _folder_options(show, argparse.SUPPRESS)
     show.add_argument("decision_id", metavar="DECISION_ID", help="the decision id (the journal's), or a unique beginning of it")
-    show.add_argument("--json", action="store_true", help="one JSON object: record, image_path, sidecar_path")
+    show.add_argument("--json", action="store_true", help="one JSON object: record, image_path, overlay_path, sidecar_path")
 
-    ex = sub.add_parser("export", help="copy a time range's images, sidecars and an index.csv to a tar or a new folder")
+    ex = sub.add_parser("export", help="copy a time range's images, overlays, sidecars and an index.csv to a tar or a new folder")
     _folder_options(ex, argparse.SUPPRESS)
     _range_options(ex, required=True)
     ex.add_argument("--out", type=Path, default=None, metavar="PATH",
@@ -270,7 +277,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if record is None:
             continue
         if args.json:
-            print(json.dumps({**record, "image_path": str(e.image), "sidecar_path": str(e.sidecar)}, default=str))
+            print(json.dumps({**record, "image_path": str(e.image), "sidecar_path": str(e.sidecar),
+                              "overlay_path": None if e.overlay is None else str(e.overlay)}, default=str))
         else:
             print(_ROW.format(utc(e.saved), _text(record.get("result", e.result)), _text(record.get("fault")),
                               _score(record.get("score")), _text(record.get("part_id")), _text(record.get("plc_session")),
@@ -295,7 +303,7 @@ def find_sidecar(root: Path, decision_id: str) -> Path:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from plcbridge.archive.store import IMAGE_SUFFIXES
+    from plcbridge.archive.store import IMAGE_SUFFIXES, overlay_path
 
     root = archive_root(args.config, args.path)
     sidecar = find_sidecar(root, args.decision_id)
@@ -306,13 +314,28 @@ def _cmd_show(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ToolError(f"{sidecar}: unreadable sidecar: {e}") from None
     image = next((sidecar.with_suffix(s) for s in IMAGE_SUFFIXES if sidecar.with_suffix(s).exists()), None)
+    overlay = overlay_path(sidecar) if overlay_path(sidecar).exists() else None
     if args.json:
         print(json.dumps({"record": record, "image_path": None if image is None else str(image),
+                          "overlay_path": None if overlay is None else str(overlay),
                           "sidecar_path": str(sidecar)}, indent=2, default=str))
     else:
         print(json.dumps(record, indent=2, default=str))
         print(f"image: {image}" if image is not None else f"image: (missing: no image beside {sidecar.name})")
+        if overlay is not None:
+            print(f"overlay: {overlay} (the frame with the findings drawn: {_findings_words(record)})")
+        elif record.get("overlay"):
+            print(f"overlay: (missing: {record['overlay']} is not beside {sidecar.name})")
     return 0
+
+
+def _findings_words(record: dict[str, Any]) -> str:
+    findings = record.get("findings")
+    if not isinstance(findings, dict):
+        return "none"
+    from plcbridge.overlay import findings_summary
+
+    return findings_summary(findings) or "none"
 
 
 # ---------------------------------------------------------------------- export
@@ -422,9 +445,15 @@ def _human(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def _index_row(record: dict[str, Any], entry: Entry, image: str, sidecar: str) -> dict[str, Any]:
+def _index_row(record: dict[str, Any], entry: Entry, image: str, sidecar: str, overlay: str) -> dict[str, Any]:
     row = {k: record.get(k, "") for k in INDEX_FIELDS}
-    row.update(saved_utc=utc(entry.saved), decision_id=record.get("decision_id", entry.decision_id), image=image, sidecar=sidecar)
+    row.update(saved_utc=utc(entry.saved), decision_id=record.get("decision_id", entry.decision_id), image=image,
+               sidecar=sidecar, overlay=overlay, defects="", worst_class="", area_px="")
+    findings = record.get("findings")
+    if isinstance(findings, dict):
+        worst = findings.get("worst_class_name")
+        row.update(defects=findings.get("count", ""), area_px=findings.get("area_px", ""),
+                   worst_class=worst if worst is not None else findings.get("worst_class", ""))
     return row
 
 
@@ -465,7 +494,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _copy(root: Path, entries: list[Entry], output: _Output) -> tuple[list[dict[str, Any]], int, int]:
-    """Each entry's sidecar and image into `output`; (index rows, bytes copied, entries skipped).
+    """Each entry's sidecar, image and overlay into `output`; (index rows, bytes copied,
+    entries skipped).
 
     Read errors skip the entry (the daemon may evict it meanwhile); write errors raise."""
     rows: list[dict[str, Any]] = []
@@ -474,6 +504,7 @@ def _copy(root: Path, entries: list[Entry], output: _Output) -> tuple[list[dict[
     for i, e in enumerate(entries, 1):
         try:
             sidecar_data, image_data = e.sidecar.read_bytes(), e.image.read_bytes()
+            overlay_data = e.overlay.read_bytes() if e.overlay is not None else b""
             record = json.loads(sidecar_data)
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
@@ -486,10 +517,13 @@ def _copy(root: Path, entries: list[Entry], output: _Output) -> tuple[list[dict[
             skipped += 1
             continue
         sidecar_name, image_name = e.sidecar.relative_to(root).as_posix(), e.image.relative_to(root).as_posix()
+        overlay_name = e.overlay.relative_to(root).as_posix() if e.overlay is not None else ""
         output.add(sidecar_name, sidecar_data, e.saved)
         output.add(image_name, image_data, e.saved)
-        rows.append(_index_row(record, e, image_name, sidecar_name))
-        size += len(sidecar_data) + len(image_data)
+        if e.overlay is not None:
+            output.add(overlay_name, overlay_data, e.saved)
+        rows.append(_index_row(record, e, image_name, sidecar_name, overlay_name))
+        size += len(sidecar_data) + len(image_data) + len(overlay_data)
         now = time.monotonic()
         if now - last >= PROGRESS_INTERVAL_S:
             last = now

@@ -209,7 +209,7 @@
     const thumb = td("");
     const tr = row([
       td(localTime(d.time_utc)), td(d.result, d.result), td(typeof d.score === "number" ? d.score.toFixed(4) : "", "num"),
-      td(d.fault === "NONE" ? "" : d.fault), td(d.part_id ?? "", "num"), td(d.trigger_seq ?? "", "num"),
+      td(d.findings_summary || "", "findings"), td(d.fault === "NONE" ? "" : d.fault), td(d.part_id ?? "", "num"), td(d.trigger_seq ?? "", "num"),
       td(d.frame_seq ?? "", "num"), td(d.latency_ms ?? "", "num"), td(d.reason || "", "reason"), thumb,
     ]);
     tr.dataset.decision = d.decision_id;
