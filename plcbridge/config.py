@@ -475,6 +475,10 @@ class ArchiveSettings(Strict):
     format: Literal["png", "jpeg"] = "png"
     # JPEG quality, 1..100 (format = "jpeg" only).
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 90
+    # PNG compression, 0..9 (format = "png" only): 1 (OpenCV's default) is its fastest zlib
+    # level; 0 stores the pixels uncompressed, about 2.5x the bytes for half the CPU per frame
+    # (docs/archive.md, "What it costs").
+    png_compression: Annotated[int, Field(ge=0, le=9)] = 1
     # Past this many bytes the oldest frames are deleted first.
     max_bytes: Annotated[int, Field(ge=1_000_000)] = 2_000_000_000
     # Frames older than this many days are deleted.

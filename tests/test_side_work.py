@@ -23,7 +23,9 @@ from plcbridge.contract import StatusBit
 
 
 def test_a_flood_of_idle_clients_on_the_metrics_port_does_not_stall_the_write_loop(make_sim):
-    sim = make_sim("free-run", watchdog_ms=100)
+    # 200 ms: the stall this guards against was a 480 ms heartbeat gap; a 100 ms watchdog also
+    # fired once under make test's four workers on two cores.
+    sim = make_sim("free-run", watchdog_ms=200)
     cfg = station_config(sim.port, "free-run", metrics={"enabled": True, "port": 0})
     with running(cfg) as d:
         wait_for(lambda: sim.program.seen and sim.program.seen[-1][1].status & StatusBit.READY, 30, "READY")
