@@ -58,8 +58,10 @@ class ArchiveSink:
         self._last_pass = -float("inf")
         self._next_age_check = 0.0
         self._suffix = ".png" if settings.format == "png" else ".jpg"
-        self._params = ([cv2.IMWRITE_PNG_COMPRESSION, settings.png_compression] if settings.format == "png"
-                        else [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality])
+        if settings.format == "jpeg":
+            self._params = [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality]
+        else:  # OpenCV's default unless a level is set: faster than any level but 0 (config.py)
+            self._params = [] if settings.png_compression is None else [cv2.IMWRITE_PNG_COMPRESSION, settings.png_compression]
 
     # ------------------------------------------------------------------ the seam
 
