@@ -93,7 +93,7 @@ class Daemon:
         if log_pipeline is not None:
             self.metrics.watch("plcbridge_log_events_dropped", "Log events dropped because the log output was not "
                                "being read fast enough (bounded queue full)", lambda: log_pipeline.dropped)
-        self.journal = Journal(self.metrics, config.station.name)
+        self.journal = Journal(self.metrics, config.station.name, carried=config.plc.carried_optional)
         if config.archive.enabled:
             from plcbridge.archive import ArchiveSink  # OpenCV's encoder: only where frames are kept
 

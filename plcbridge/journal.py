@@ -38,9 +38,17 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Collection
 from typing import Any
 
-from plcbridge.contract import FaultCode, ResultCode, area_register, defect_class_register, defect_count_register
+from plcbridge.contract import (
+    OPTIONAL_OUTPUT_SIGNALS,
+    FaultCode,
+    ResultCode,
+    area_register,
+    defect_class_register,
+    defect_count_register,
+)
 from plcbridge.decision import Decision, failsafe
 from plcbridge.logs import get_logger, log_event
 from plcbridge.metrics import Metrics
@@ -74,9 +82,13 @@ def decision_time(decision_id: str) -> float:
 
 
 class Journal:
-    def __init__(self, metrics: Metrics, station: str, sinks: SinkFanout | None = None) -> None:
+    def __init__(self, metrics: Metrics, station: str, sinks: SinkFanout | None = None,
+                 carried: Collection[str] | None = None) -> None:
         self.metrics = metrics
         self.station = station
+        # The optional outputs the station writes (config: PlcCommon.carried_optional): a
+        # decision's line names those, as the PLC got them, and no others (None: all).
+        self.carried = frozenset(s.name for s in OPTIONAL_OUTPUT_SIGNALS if carried is None or s.name in carried)
         self.sinks = sinks if sinks is not None else SinkFanout(metrics)
         self._lock = threading.Lock()
         self.results: collections.Counter[str] = collections.Counter()
@@ -120,11 +132,10 @@ class Journal:
         if d.findings is not None:
             # What the PLC's optional outputs carry for this decision (written where the station
             # maps them), then what the model found and the rules counted.
-            if d.findings.get("kind") == "anomaly":
-                fields["anomaly_area"] = area_register(d.anomaly_area)
-            else:
-                fields.update(defect_count=defect_count_register(d.defect_count),
-                              defect_class=defect_class_register(d.defect_class, d.defect_count))
+            plc = {"defect_count": defect_count_register(d.defect_count),
+                   "defect_class": defect_class_register(d.defect_class, d.defect_count),
+                   "anomaly_area": area_register(d.anomaly_area)}
+            fields.update({k: v for k, v in plc.items() if k in self.carried})
             fields["findings"] = d.findings
         level = logging.WARNING if d.is_failsafe else logging.INFO
         log_event(log, "decision", level, **fields)

@@ -43,12 +43,13 @@ class Recording:
         pass
 
 
-def _journal() -> tuple[Journal, SinkFanout, Recording]:
+def _journal(carried: tuple[str, ...] | None = None) -> tuple[Journal, SinkFanout, Recording]:
+    """A journal for a station writing the optional outputs `carried` (None: all of them)."""
     m = Metrics()
     fanout = SinkFanout(m)
     sink = Recording()
     fanout.add(sink)
-    return Journal(m, "line-3", fanout), fanout, sink
+    return Journal(m, "line-3", fanout, carried=carried), fanout, sink
 
 
 def _lines(out: io.StringIO) -> list[dict[str, Any]]:
@@ -78,7 +79,7 @@ def anomaly_judge():
 
 
 def test_an_anomaly_decision_journals_its_area_as_the_plc_gets_it_and_its_findings(anomaly_judge: Judge) -> None:
-    journal, fanout, sink = _journal()
+    journal, fanout, sink = _journal(("anomaly_area",))  # config/station-anomaly.toml
     clean, defect = anomaly_frames()
     good, bad = _journaled(anomaly_judge, journal, fanout, [clean, defect])
 
@@ -109,7 +110,7 @@ def test_an_anomaly_decision_journals_its_area_as_the_plc_gets_it_and_its_findin
 
 def test_a_detection_decision_journals_count_and_class_as_the_plc_gets_them_and_each_detection(tmp_path: Path) -> None:
     judge = Judge(detection_manifest(tmp_path / "yolo"))
-    journal, fanout, sink = _journal()
+    journal, fanout, sink = _journal(("defect_count", "defect_class"))
     empty = detection_frame() * 0
     try:
         bad, good = _journaled(judge, journal, fanout, [detection_frame(), empty])
@@ -159,3 +160,15 @@ def test_a_failsafe_and_a_classifier_decision_carry_no_findings() -> None:
     for line in lines:
         assert not {"findings", "defect_count", "defect_class", "anomaly_area"} & set(line), line
     assert all(r.decision.findings is None and r.decision.decoded is None for r in sink.records)
+
+
+def test_a_station_that_writes_no_optional_output_journals_none_and_keeps_the_findings(anomaly_judge: Judge) -> None:
+    """The journal says what the PLC got: a station whose map lists no optional output gets no
+    area, so its lines name none; what the model found is still in `findings`."""
+    journal, fanout, _ = _journal(())
+    try:
+        (bad,) = _journaled(anomaly_judge, journal, fanout, [anomaly_frames()[1]])
+    finally:
+        fanout.close()
+    assert not {"defect_count", "defect_class", "anomaly_area"} & set(bad), bad
+    assert bad["findings"]["kind"] == "anomaly" and bad["findings"]["area_px"] > 0

@@ -62,11 +62,8 @@ def yield_of(counts: dict[str, int]) -> float | None:
 
 def station_outputs(config: Config) -> tuple[Signal, ...]:
     """The output signals this station carries, in contract order: the base block and the
-    optional outputs its protocol section lists (`plc.<protocol>.optional_outputs`); every
-    signal for a protocol whose section has no such list (the in-process loop carries all)."""
-    section = getattr(config.plc, config.plc.protocol, None)
-    optional = getattr(section, "optional_outputs", None)
-    return OUTPUT_SIGNALS if optional is None else carried_outputs(optional)
+    optional outputs it writes (`PlcCommon.carried_optional`)."""
+    return carried_outputs(config.plc.carried_optional)
 
 
 def outputs_view(outputs: Outputs, signals: Sequence[Signal] = OUTPUT_SIGNALS) -> dict[str, Any]:
