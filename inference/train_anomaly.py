@@ -166,7 +166,7 @@ def blob_kernel(inner: float = 1.0, outer: float = 2.5, size: int = 15) -> np.nd
 # --------------------------------------------------------------------------------------------
 
 
-class _Graph:
+class GraphBuilder:
     """Nodes and initializers of one graph, written as straight-line code: each `op` returns
     the name of its output, so no intermediate needs a hand-made name."""
 
@@ -194,7 +194,7 @@ class _Graph:
         return self.op("InstanceNormalization", x, scale, bias, epsilon=NORM_EPS)
 
 
-def _features(g: _Graph) -> str:
+def _features(g: GraphBuilder) -> str:
     """input -> features [N, 2, CELLS, CELLS] (ridge, blob); batch-agnostic."""
     normalised = g.op("Div", g.op("Sub", INPUT_NAME, g.const("imagenet_mean", IMAGENET_MEAN.reshape(1, 3, 1, 1))),
                       g.const("imagenet_std", IMAGENET_STD.reshape(1, 3, 1, 1)))
@@ -213,7 +213,7 @@ def _features(g: _Graph) -> str:
     return g.op("Concat", ridge, blob, axis=1, out="features")
 
 
-def _raw_map(g: _Graph, features: str, mean: np.ndarray, inv_cov: np.ndarray, out: str | None = None) -> str:
+def _raw_map(g: GraphBuilder, features: str, mean: np.ndarray, inv_cov: np.ndarray, out: str | None = None) -> str:
     """features [1, d, CELLS, CELLS] -> raw anomaly map [1, 1, MAP_SIZE, MAP_SIZE]."""
     cells, d = mean.shape
     flat = g.op("Transpose", g.op("Reshape", features, g.const("shape_d_p", [d, cells], np.int64)), perm=[1, 0])
@@ -227,7 +227,7 @@ def _raw_map(g: _Graph, features: str, mean: np.ndarray, inv_cov: np.ndarray, ou
     return g.reflect_conv(up, "smooth", gaussian_kernel(1.0, 5).astype(np.float32)[None, None], out=out)
 
 
-def _normalise(g: _Graph, x: str, name: str, threshold: float, lo: float, hi: float, out: str) -> str:
+def _normalise(g: GraphBuilder, x: str, name: str, threshold: float, lo: float, hi: float, out: str) -> str:
     """anomalib 2.x's min-max normalisation around the threshold, clipped to [0, 1]."""
     shifted = g.op("Div", g.op("Sub", x, g.const(f"{name}_threshold", threshold)), g.const(f"{name}_range", hi - lo))
     return g.op("Clip", g.op("Add", shifted, "half"), "zero", "one", out=out)
@@ -244,7 +244,7 @@ class Calibration:
     pixel_max: float
 
 
-def _model(g: _Graph, outputs: list[onnx.ValueInfoProto], batch: int | str = 1, facts: dict[str, str] | None = None) -> onnx.ModelProto:
+def _model(g: GraphBuilder, outputs: list[onnx.ValueInfoProto], batch: int | str = 1, facts: dict[str, str] | None = None) -> onnx.ModelProto:
     graph = helper.make_graph(
         g.nodes, "padim_synthetic",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [batch, *INPUT_SHAPE[1:]])], outputs, g.inits,
@@ -261,7 +261,7 @@ def _model(g: _Graph, outputs: list[onnx.ValueInfoProto], batch: int | str = 1, 
 def feature_model() -> onnx.ModelProto:
     """input [N, 3, 256, 256] -> features [N, 2, CELLS, CELLS]: what the Gaussians are fitted to,
     the very nodes of the detector (so training and run time cannot compute different features)."""
-    g = _Graph()
+    g = GraphBuilder()
     _features(g)
     out = helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 2, CELLS, CELLS])
     return _model(g, [out], batch="N")
@@ -269,14 +269,14 @@ def feature_model() -> onnx.ModelProto:
 
 def raw_map_model(mean: np.ndarray, inv_cov: np.ndarray) -> onnx.ModelProto:
     """The detector up to the raw (unnormalised) map: what the threshold is chosen on."""
-    g = _Graph()
+    g = GraphBuilder()
     _raw_map(g, _features(g), mean, inv_cov, out="raw_map")
     return _model(g, [helper.make_tensor_value_info("raw_map", TensorProto.FLOAT, [1, 1, MAP_SIZE, MAP_SIZE])])
 
 
 def detector_model(mean: np.ndarray, inv_cov: np.ndarray, cal: Calibration, facts: dict[str, str] | None = None) -> onnx.ModelProto:
     """The exported model, anomalib 2.x's signature (see the module docstring)."""
-    g = _Graph()
+    g = GraphBuilder()
     raw = _raw_map(g, _features(g), mean, inv_cov)
     for name, value in (("half", 0.5), ("zero", 0.0), ("one", 1.0)):
         g.const(name, value)

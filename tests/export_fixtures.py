@@ -48,7 +48,9 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+
+from plcbridge.inference.train_anomaly import GraphBuilder
 
 OPSET = 17
 IR_VERSION = 8  # what onnxruntime >= 1.15 reads, whatever the onnx package's default
@@ -63,23 +65,13 @@ FIXED_DATE = "2026-01-01T00:00:00"  # Ultralytics writes datetime.now().isoforma
 Fault = Literal["nan", "rank", "channels", "larger", "mask_size"]
 
 
-class _Graph:
-    """Nodes and initializers of one graph, written as straight-line code: each `op` returns
-    the name of its output, so no intermediate needs a hand-made name."""
+class _Graph(GraphBuilder):
+    """The training script's graph builder (plcbridge.inference.train_anomaly), plus the graph
+    outputs and the model with Ultralytics-style metadata these fixtures need."""
 
     def __init__(self) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
+        super().__init__()
         self.outputs: list[onnx.ValueInfoProto] = []
-
-    def const(self, name: str, value: Any, dtype: type = np.float32) -> str:
-        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype), name))
-        return name
-
-    def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs: Any) -> str:
-        out = out or f"{op_type.lower()}_{len(self.nodes)}"
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attrs))
-        return out
 
     def output(self, name: str, elem: int, shape: Sequence[int | str]) -> None:
         self.outputs.append(helper.make_tensor_value_info(name, elem, list(shape)))
