@@ -25,8 +25,8 @@ arrays (boxes in one polylines call per colour, contours in one drawContours per
 the only Python loop is over the labels of the described detections (at most 20).
 
 Timing (`annotate`: copy, band and drawing; best of 20 on the 2-core dev VM shared with
-other work, OpenCV 5.1, numpy 2.4; tests/test_overlay.py::test_drawing_is_cheap prints the
-first two): 256x256 0.3-0.5 ms (20 boxes, or an anomaly), 1.2 ms (20 segmentation masks);
+other work, OpenCV 5.1, numpy 2.4; `.venv/bin/python tests/bench_overlay.py` prints them):
+256x256 0.3-0.5 ms (20 boxes, or an anomaly), 1.2 ms (20 segmentation masks);
 1280x1024 0.9-1.7 ms (boxes), 1.1-1.9 ms (anomaly), 1.9-2.6 ms (masks); 4096x3000 8-11 ms,
 of which 4-5 ms is the copy. The JPEG encode of the result costs more than the drawing: on
 a synthetic camera surface at quality 85, 4:4:4, 0.2 ms (256x256), 4.9 ms (1280x1024),
