@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from plcbridge.contract import FaultCode, ResultCode
+from plcbridge.contract import RECIPE_DEFAULT, FaultCode, ResultCode
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,6 +60,10 @@ class Decision:
     # `result`: that is the verdict's ResultCode, the first field.)
     findings: dict[str, Any] | None = None
     decoded: Any = field(default=None, repr=False, compare=False)
+    # The recipe that judged the frame (the PLC's result_recipe with a verdict): 0, the
+    # station's default recipe, unless the station switches recipes. A fail-safe judged with
+    # none: its block says RECIPE_NONE whatever this holds.
+    recipe: int = RECIPE_DEFAULT
 
     @property
     def is_failsafe(self) -> bool:

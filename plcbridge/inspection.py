@@ -114,7 +114,8 @@ def block_for(d: Decision, seq: int, part_id: int, fs: FailsafeSettings, health:
     count = defect_count_register(d.defect_count)
     return Outputs(0, int(StatusBit.RESULT_VALID), seq & U16_MAX, d.result, score_to_register(d.score),
                    block_fault(health), latency, d.model_version, part_id, defect_count=count,
-                   defect_class=defect_class_register(d.defect_class, count), anomaly_area=area_register(d.anomaly_area))
+                   defect_class=defect_class_register(d.defect_class, count), anomaly_area=area_register(d.anomaly_area),
+                   result_recipe=d.recipe)
 
 
 def shutdown_block(fs: FailsafeSettings, result_seq: int, model_version: int, part_id: int = 0,

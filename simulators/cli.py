@@ -11,8 +11,10 @@ the end, the JSON summary; the live status goes to stderr. `--reply-delay-ms` an
 `--reply-jitter-ms` put the network relay (simulators/network.py) in front of the server, as
 `[network]` in the device file does; like every flag they override single fields of it. The
 scenario flags (--max-outstanding, --early-first-trigger, --wait-trigger-ready, --no-ack,
---restart-after-s, --stuck-trigger-after-s, --stuck-trigger-for-s) override the [program]
-fields of the same names (simulators/program.py, devices/default.toml).
+--restart-after-s, --stuck-trigger-after-s, --stuck-trigger-for-s, --recipe, --recipe-sequence,
+--recipe-change-every-s, --wait-active-recipe) override the [program] fields of the same names
+(simulators/program.py, devices/default.toml); --optional-outputs and --optional-inputs the
+front-end section's lists.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, TextIO
 
 from plcbridge import protocols
 from plcbridge.cliargs import positive
-from plcbridge.contract import OPTIONAL_OUTPUT_SIGNALS
+from plcbridge.contract import OPTIONAL_INPUT_SIGNALS, OPTIONAL_OUTPUT_SIGNALS, RECIPE_NONE
 
 from .device import DeviceFileError, load_device
 from .program import SimulatedPlc
@@ -46,7 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trigger-hz", type=float, default=None, help="triggers per second (triggered mode)")
     parser.add_argument("--optional-outputs", type=_output_names, default=None, metavar="NAMES",
                         help="comma-separated optional outputs this PLC takes: defect_count, defect_class, "
-                             "anomaly_area (the device file's <protocol>.optional_outputs; must match the bridge's)")
+                             "anomaly_area, active_recipe, result_recipe (the device file's "
+                             "<protocol>.optional_outputs; must match the bridge's)")
+    parser.add_argument("--optional-inputs", type=_input_names, default=None, metavar="NAMES",
+                        help="comma-separated optional inputs this PLC writes: recipe_id (the device file's "
+                             "<protocol>.optional_inputs; must match the bridge's)")
     scenarios = parser.add_argument_group(
         "scenarios", "PLC behaviours to rehearse; each overrides one [program] field of the device file "
                      "(see devices/default.toml)")
@@ -70,6 +76,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 "every program tick (program.stuck_trigger_after_s)")
     scenarios.add_argument("--stuck-trigger-for-s", type=float, default=None, metavar="S",
                            help="how long the trigger edge stays stuck (program.stuck_trigger_for_s, default 0.1)")
+    scenarios.add_argument("--recipe", type=int, default=None, metavar="N",
+                           help=f"the recipe id the PLC writes in recipe_id, 0..{RECIPE_NONE} (0: the station's "
+                                f"default recipe; {RECIPE_NONE} names none): needs --optional-inputs recipe_id and "
+                                "--optional-outputs active_recipe (program.recipe)")
+    scenarios.add_argument("--recipe-sequence", type=_recipe_ids, default=None, metavar="IDS",
+                           help="comma-separated recipe ids the product changes go to in turn, cycling "
+                                "(program.recipe_sequence)")
+    scenarios.add_argument("--recipe-change-every-s", type=float, default=None, metavar="S",
+                           help="a product change every S seconds from the bridge's first write: recipe_id := the "
+                                "next id of --recipe-sequence; no trigger until active_recipe == recipe_id and READY "
+                                "(program.recipe_change_every_s)")
+    scenarios.add_argument("--wait-active-recipe", action=argparse.BooleanOptionalAction, default=None,
+                           help="trigger only while the bridge's active_recipe equals recipe_id (default); --no-...: "
+                                "trigger the new product at once, through the switch (program.wait_active_recipe)")
     parser.add_argument("--reply-delay-ms", type=float, default=None, metavar="MS",
                         help="answer every request this much later, through a relay in front of the server "
                              "(device file network.reply_delay_ms)")
@@ -96,9 +116,28 @@ def _output_names(text: str) -> list[str]:
     return names
 
 
+def _input_names(text: str) -> list[str]:
+    """--optional-inputs: "recipe_id"; "" for none."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    known = [s.name for s in OPTIONAL_INPUT_SIGNALS]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown optional input(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return names
+
+
+def _recipe_ids(text: str) -> list[int]:
+    """--recipe-sequence: "1,2,3" (validated against 0..65535 with the device file's fields)."""
+    try:
+        return [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of recipe ids") from None
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         f"{args.frontend}.optional_outputs": getattr(args, "optional_outputs", None),
+        f"{args.frontend}.optional_inputs": getattr(args, "optional_inputs", None),
         f"{args.frontend}.host": args.host,
         f"{args.frontend}.port": args.port,
         "program.mode": args.mode,
@@ -110,6 +149,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "program.restart_after_s": getattr(args, "restart_after_s", None),
         "program.stuck_trigger_after_s": getattr(args, "stuck_trigger_after_s", None),
         "program.stuck_trigger_for_s": getattr(args, "stuck_trigger_for_s", None),
+        "program.recipe": getattr(args, "recipe", None),
+        "program.recipe_sequence": getattr(args, "recipe_sequence", None),
+        "program.recipe_change_every_s": getattr(args, "recipe_change_every_s", None),
+        "program.wait_active_recipe": getattr(args, "wait_active_recipe", None),
         "camera_line.port": getattr(args, "camera_line_port", None),
         "network.reply_delay_ms": args.reply_delay_ms,
         "network.reply_jitter_ms": args.reply_jitter_ms,
@@ -158,12 +201,19 @@ def run(args: argparse.Namespace) -> int:
 
     trace = getattr(args, "trace", None)
     try:
-        carried = getattr(settings, args.frontend).optional_outputs
-        program = SimulatedPlc(settings.program) if trace is None else TracingPlc(settings.program, trace, carried)
+        section = getattr(settings, args.frontend)
+        program = SimulatedPlc(settings.program) if trace is None else \
+            TracingPlc(settings.program, trace, section.optional_outputs, section.optional_inputs)
     except OSError as e:
         print(f"plcbridge sim: cannot open the trace file {trace}: {e.strerror}", file=sys.stderr)
         return 2
-    sim = protocols.frontend_class(args.frontend)(settings, program)
+    try:
+        sim = protocols.frontend_class(args.frontend)(settings, program)
+    except ValueError as e:  # a program the front-end's mapping cannot carry (recipes without recipe_id)
+        if isinstance(program, TracingPlc):
+            program.close()
+        print(f"plcbridge sim {args.frontend}: {e}", file=sys.stderr)
+        return 2
     status = None if args.quiet else _StatusLine(sys.stderr)
     try:
         # asyncua logs a failed start with its traceback on its own; the message below says it all.

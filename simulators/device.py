@@ -3,7 +3,8 @@
 Commissioning engineers adapt the simulator to a station by editing data, not code (the
 pyvisa-sim idea): a device file has one section for the PLC program, which every protocol
 front-end shares (with the scenarios to rehearse: an early first trigger, a line that waits
-for TRIGGER_READY, a PLC restart, a stuck trigger edge, triggers faster than the camera), one
+for TRIGGER_READY, a PLC restart, a stuck trigger edge, triggers faster than the camera, a
+product change: the recipe the PLC asks for changing every few seconds), one
 for the network in front of it (a reply delay, for every front-end; simulators/network.py),
 and one section per front-end. Unknown keys are rejected and every error
 names the file and the field, because a silently ignored typo in a commissioning tool proves
@@ -21,11 +22,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from plcbridge import protocols
-from plcbridge.contract import U32_MAX
+from plcbridge.contract import RECIPE_NONE, U32_MAX
 from plcbridge.contract.enip import EnipTagMap
 from plcbridge.contract.modbus import ModbusMap
 from plcbridge.contract.opcua import OpcUaNodeMap
-from plcbridge.schema import Strict, validation_problems
+from plcbridge.schema import FieldsError, Strict, validation_problems
 
 DEFAULT_DEVICE = "default"
 #: Upper bound of reply_delay_ms / reply_jitter_ms: far above any PLC timeout worth testing.
@@ -42,7 +43,11 @@ class ProgramSettings(Strict):
     `early_first_trigger`, `wait_trigger_ready`, a program that never acks (`ack` false), one
     PLC restart `restart_after_s` after the bridge's first write, and a stuck trigger edge from
     `stuck_trigger_after_s` after the first write for `stuck_trigger_for_s`
-    (simulators/program.py; devices/default.toml explains each).
+    (simulators/program.py; devices/default.toml explains each). Recipes: the PLC writes
+    `recipe` in recipe_id (a mapping that lists it in `optional_inputs`), and with
+    `recipe_change_every_s` changes it that often to the next id of `recipe_sequence`, cycling,
+    waiting each time for the bridge's active_recipe to equal it (and READY) before it
+    triggers again (`wait_active_recipe` false: a PLC that does not wait).
     """
 
     mode: Literal["triggered", "free-run"] = "triggered"
@@ -57,6 +62,23 @@ class ProgramSettings(Strict):
     restart_after_s: Annotated[float, Field(ge=0, le=MAX_SCENARIO_S, allow_inf_nan=False)] | None = None
     stuck_trigger_after_s: Annotated[float, Field(ge=0, le=MAX_SCENARIO_S, allow_inf_nan=False)] | None = None
     stuck_trigger_for_s: Annotated[float, Field(gt=0, le=MAX_SCENARIO_S, allow_inf_nan=False)] = 0.1
+    # 65535 is allowed on purpose: it names no recipe, the way to rehearse RECIPE_UNKNOWN.
+    recipe: Annotated[int, Field(ge=0, le=RECIPE_NONE)] = 0
+    recipe_sequence: list[Annotated[int, Field(ge=0, le=RECIPE_NONE)]] = []
+    recipe_change_every_s: Annotated[float, Field(gt=0, le=MAX_SCENARIO_S, allow_inf_nan=False)] | None = None
+    wait_active_recipe: bool = True
+
+    @model_validator(mode="after")
+    def _a_recipe_change_has_recipes_to_change_to(self) -> "ProgramSettings":
+        if self.recipe_change_every_s is not None and not self.recipe_sequence:
+            raise FieldsError(("recipe_change_every_s", "recipe_sequence"),
+                              "recipe_change_every_s needs recipe_sequence: the recipe ids to change to, in turn")
+        return self
+
+    @property
+    def uses_recipes(self) -> bool:
+        """The program asks for a recipe other than the default, or changes recipes."""
+        return self.recipe != 0 or self.recipe_change_every_s is not None
 
 
 class NetworkSettings(Strict):

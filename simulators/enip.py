@@ -46,8 +46,8 @@ from ethernetip.logix.tag_database import TagDatabase
 from ethernetip.protocol.eip_adapter import EipAdapter
 
 from plcbridge.contract.enip import (
-    INPUT_TAGS,
     TagSpec,
+    carried_input_tags,
     carried_tags,
     decode_outputs,
     encode_inputs,
@@ -100,10 +100,10 @@ class EnipSimulator(ThreadedFrontend):
     def _build_tags(self) -> TagDatabase:
         db = TagDatabase()
         e = self.settings.enip
-        # The base output tags and the optional ones its [enip] optional_outputs lists, as a
-        # controller programmed for that station would hold them.
-        outputs = carried_tags(e.output_tags)
-        for specs, names, table in ((outputs, e.output_tags, self._outputs), (INPUT_TAGS, e.input_tags, self._inputs)):
+        # The base tags and the optional ones its [enip] optional_outputs / optional_inputs
+        # list, as a controller programmed for that station would hold them.
+        outputs, inputs = carried_tags(e.output_tags), carried_input_tags(e.input_tags)
+        for specs, names, table in ((outputs, e.output_tags, self._outputs), (inputs, e.input_tags, self._inputs)):
             for spec in specs:
                 name = names[spec.signal.name]
                 table[name.lower()] = (spec, db.add_tag(name, _CIP_TYPE[spec.type]))

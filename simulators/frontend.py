@@ -18,6 +18,14 @@ summary() adds "result_details" (SimulatedPlc.result_details: the last result's 
 totals over the verdicts) and the status line the last result's values; otherwise both are
 as they were.
 
+Recipes: the front-end tells the program which optional signals its mapping carries
+(`SimulatedPlc.set_mapping`: its section's `optional_inputs` and `optional_outputs`, every
+one for a front-end that carries the whole contract), and refuses a program that asks for
+recipes (`recipe`, `recipe_change_every_s`) through a mapping without recipe_id and
+active_recipe: the bridge would never see the recipe, nor the PLC the switch. Where the
+section lists a recipe signal, or the program uses recipes, summary() adds "recipes"
+(SimulatedPlc.recipe_summary) and the status line the recipe asked.
+
 A PLC restart (`restart_plc()` from any thread, or the device file's `restart_after_s`)
 resets the program (SimulatedPlc.restart) and, with the relay in the path, drops every client
 connection as a real restart does; without the relay the connections stay up.
@@ -30,6 +38,8 @@ import threading
 import time
 from typing import Any
 
+from plcbridge.contract import OPTIONAL_INPUT_SIGNALS, OPTIONAL_OUTPUT_SIGNALS
+
 from .camera_line import CameraLine
 from .device import DeviceSettings
 from .network import INTERNAL_HOST, Relay
@@ -41,6 +51,8 @@ class ThreadedFrontend:
     section = ""
     #: how the protocol is named in messages
     title = ""
+    #: the front-end carries every signal of the contract, whatever a section lists (the loop)
+    carries_every_signal = False
 
     def __init__(self, settings: DeviceSettings, program: SimulatedPlc | None = None) -> None:
         self.settings = settings
@@ -55,6 +67,16 @@ class ThreadedFrontend:
         net = settings.network
         self._relay = Relay(net.reply_delay_ms, net.reply_jitter_ms) if net.relayed else None
         self.program.add_restart_listener(self._on_program_restart)
+        listed = {*self.optional_inputs, *self.optional_outputs}
+        carried_inputs, carried_outputs = self._carried()
+        self.program.set_mapping(carried_inputs, carried_outputs,
+                                 show=bool(listed & {"recipe_id", "active_recipe", "result_recipe"}))
+        missing = [n for n in ("recipe_id", "active_recipe") if n not in {*carried_inputs, *carried_outputs}]
+        if settings.program.uses_recipes and missing:
+            raise ValueError(
+                f"program.recipe / recipe_change_every_s ask for recipes, but the {self.title} mapping does not carry "
+                f"{' and '.join(missing)}: list recipe_id in {self.section}.optional_inputs and active_recipe (and "
+                f"result_recipe, the recipe each result was judged with) in {self.section}.optional_outputs")
         self.camera_line: CameraLine | None = None
         if settings.camera_line.port is not None:
             self.camera_line = CameraLine(settings.camera_line)
@@ -116,12 +138,26 @@ class ThreadedFrontend:
         """The optional outputs this front-end's mapping carries (none for one without a section)."""
         return tuple(getattr(getattr(self.settings, self.section, None), "optional_outputs", ()))
 
+    @property
+    def optional_inputs(self) -> tuple[str, ...]:
+        """The optional inputs this front-end's mapping carries (none for one without a section)."""
+        return tuple(getattr(getattr(self.settings, self.section, None), "optional_inputs", ()))
+
+    def _carried(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The optional inputs and outputs that cross this front-end: its section's lists, or
+        every one where it carries the whole contract (the loop)."""
+        if self.carries_every_signal:
+            return tuple(s.name for s in OPTIONAL_INPUT_SIGNALS), tuple(s.name for s in OPTIONAL_OUTPUT_SIGNALS)
+        return self.optional_inputs, self.optional_outputs
+
     def summary(self) -> dict[str, Any]:
         carried = self.optional_outputs
         with self._lock:
             summary = self.program.summary()
             if carried:
                 summary["result_details"] = self.program.result_details(carried)
+            if getattr(self.program, "shows_recipes", False):  # SimulatedPlc; a test's own PLC program has none
+                summary["recipes"] = self.program.recipe_summary()
         summary["network"] = self._relay.stats() if self._relay is not None else {"relay": False}
         if self.camera_line is not None:
             summary["camera_line"] = self.camera_line.stats()

@@ -47,6 +47,7 @@ class LoopSimulator(ThreadedFrontend):
     """A SimulatedPlc attached to a loop channel, its clock on a thread of its own."""
 
     section, title = "loop", "in-process loop"
+    carries_every_signal = True  # recipe_id and every optional output cross the channel
 
     def __init__(self, settings: DeviceSettings, program: SimulatedPlc | None = None, *,
                  channel: str | None = None) -> None:

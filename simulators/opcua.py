@@ -4,8 +4,8 @@ The address space holds the contract's nodes in the configured namespace, under
 Objects/PlcBridge/Outputs and Objects/PlcBridge/Inputs, typed from the contract
 (plcbridge/contract/opcua.py), each with the contract's meaning as its Description, so a
 commissioning engineer browsing with UaExpert sees what every value is. The optional output
-nodes exist only where the device file's `[opcua] optional_outputs` lists them, as in a PLC
-programmed for such a station.
+and input nodes exist only where the device file's `[opcua] optional_outputs` /
+`optional_inputs` list them, as in a PLC programmed for such a station.
 
 - Output nodes are writable; input nodes are read-only to clients (the PLC owns them, as the
   contract says), so a client's write to one is refused by the server and counted.

@@ -47,12 +47,29 @@ The accounting is kept closed on purpose: every trigger sent ends up in exactly 
 results / collapsed / missing / skipped / lost_in_restart / outstanding, so a summary that
 does not add up (its "unaccounted" is not 0) is itself a finding.
 
+Recipes (a mapping that carries recipe_id and active_recipe: `set_mapping()`, which every
+front-end calls). The PLC presents `recipe` in recipe_id and, like a real line at a product
+change, with `recipe_change_every_s` writes the next id of `recipe_sequence` (cycling) that
+often, timed from the bridge's first write: once a change is due it sends no new part, and
+writes the new recipe_id when every trigger of the old product has its answer. It raises a
+trigger only while the bridge's latest block shows active_recipe == recipe_id (and READY):
+after a change it waits for the switch (`wait_active_recipe` false: a PLC that does not: it
+raises the first trigger of the new product in the same scan as the new recipe_id, and then
+triggers whenever READY is set). Each trigger remembers the recipe asked with it: a verdict
+judged with another recipe is a "wrong_recipe" protocol error (by its result_recipe where the
+mapping carries it, else by the active_recipe of the block that brings it, which is the same
+while recipe_id does not change with triggers outstanding), and a fail-safe with a
+result_recipe but 65535 (none) a "failsafe_details" one. `recipe_summary()` has
+the counts and the switch times as the PLC sees them (new recipe_id written -> the first block
+with active_recipe equal to it and READY).
+
 Scenarios a commissioning engineer can rehearse ([program] in the device file, `plcbridge
 sim` flags): `early_first_trigger` (the first trigger as soon as TRIGGER_READY is seen),
 `wait_trigger_ready` (a line that triggers only while TRIGGER_READY is set), `restart_after_s`
 (one PLC restart), `stuck_trigger_after_s`/`stuck_trigger_for_s` (a stuck trigger edge: one
 new trigger_seq value per program tick, whatever the answers), and `trigger_hz` with
-`max_outstanding` > 1 (triggers faster than the camera).
+`max_outstanding` > 1 (triggers faster than the camera), `recipe_change_every_s` with
+`recipe_sequence` (a product change every few seconds).
 """
 
 from __future__ import annotations
@@ -65,6 +82,7 @@ from typing import Any
 from plcbridge.contract import (
     DEFECT_CLASS_NONE,
     OPTIONAL_OUTPUT_SIGNALS,
+    RECIPE_NONE,
     U32_MAX,
     FaultCode,
     Inputs,
@@ -98,6 +116,7 @@ class Trigger:
     seq: int
     part_id: int
     t: float
+    recipe: int = 0  # the recipe_id presented with it
 
 
 def is_failsafe(outputs: Outputs) -> bool:
@@ -171,6 +190,18 @@ class SimulatedPlc:
         self.defects_counted = 0  # defect_count summed over the verdicts
         self.defect_classes: Counter[str] = Counter()  # verdicts with a defect, by defect_class
         self.anomaly_area_max = 0
+        # Recipes: which recipe signals the front-end's mapping carries (set_mapping), what the
+        # PLC asks for, its product changes and the bridge's switches as the PLC sees them.
+        self._recipe_signals: frozenset[str] = frozenset()
+        self._show_recipes = False
+        self._recipe = self.settings.recipe
+        self._recipe_changes_made = 0
+        self._recipe_next_change: float | None = None  # when the next change is due
+        self._recipe_change_due = False  # due, waiting for the old product's last answers
+        self._recipe_t_asked: float | None = None  # a change waiting for its echo, since then
+        self.recipe_switch_ms: list[float] = []
+        self.triggers_by_recipe: Counter[str] = Counter()
+        self.verdicts_by_recipe: Counter[str] = Counter()  # by the result_recipe they came with
 
     # ------------------------------------------------------------------ front-end API
 
@@ -182,7 +213,8 @@ class SimulatedPlc:
     @property
     def inputs(self) -> Inputs:
         """The PLC -> bridge block as the PLC presents it right now."""
-        return Inputs(trigger_seq=self._trigger_seq, part_id=self._part_id, result_ack_seq=self._ack_seq)
+        return Inputs(trigger_seq=self._trigger_seq, part_id=self._part_id, result_ack_seq=self._ack_seq,
+                      recipe_id=self._recipe)
 
     def on_outputs(self, outputs: Outputs, t: float) -> None:
         """The bridge wrote its output block at time t."""
@@ -191,6 +223,7 @@ class SimulatedPlc:
             self._t_first_write = t
         self.writes_seen += 1
         self._watch_heartbeat(outputs, t)
+        self._watch_recipe(outputs, t)
         if outputs.status & StatusBit.TRIGGER_READY:
             self._trigger_ready_seen = True
         if self.settings.mode == "triggered":
@@ -214,6 +247,7 @@ class SimulatedPlc:
         if self._restart_due(t):
             self._scheduled_restart_done = True
             self.restart(t)
+        self._maybe_change_recipe(t)
         if (
             self._hb_value is not None
             and not self._shutdown_announced
@@ -265,6 +299,26 @@ class SimulatedPlc:
         self._last_outputs = None
         for listener in list(self._restart_listeners):
             listener()
+
+    def set_mapping(self, optional_inputs: Collection[str], optional_outputs: Collection[str], *,
+                    show: bool = False) -> None:
+        """The optional signals the front-end's mapping carries (every one for the loop): the
+        recipe checks run on those that reach the bridge and come back from it. `show`: the
+        summary and the status line report recipes even while the program uses none (the
+        mapping lists recipe signals)."""
+        carried = {*optional_inputs, *optional_outputs}
+        self._recipe_signals = frozenset(n for n in ("recipe_id", "active_recipe", "result_recipe") if n in carried)
+        self._show_recipes = show
+
+    @property
+    def shows_recipes(self) -> bool:
+        """The summary has "recipes" and the status line the recipe asked."""
+        return self._show_recipes or self.settings.uses_recipes
+
+    @property
+    def recipe_signals(self) -> frozenset[str]:
+        """The recipe signals the mapping carries (recipe_id, active_recipe, result_recipe)."""
+        return self._recipe_signals
 
     def add_trigger_listener(self, listener: Callable[[int, float], None]) -> None:
         """Call `listener(trigger_seq, t)` (on the program's thread) as each trigger is raised:
@@ -319,6 +373,32 @@ class SimulatedPlc:
             },
         }
 
+    def recipe_summary(self) -> dict[str, Any]:
+        """Recipes as this PLC saw them: the recipe it asks for now, its changes, the switch
+        times (new recipe_id written -> first block with active_recipe equal to it and READY),
+        whether it still waits for one, the triggers raised per recipe asked and, where
+        result_recipe is carried, the verdicts per recipe they were judged with."""
+        s = self.settings
+        switch: dict[str, Any] = {"count": len(self.recipe_switch_ms)}
+        if self.recipe_switch_ms:
+            switch["min"] = round(min(self.recipe_switch_ms), 3)
+            switch.update(percentile_summary(self.recipe_switch_ms, nearest_rank=True))
+        out: dict[str, Any] = {
+            "carried": sorted(self._recipe_signals),
+            "recipe_id": self._recipe,
+            "changes": self._recipe_changes_made,
+            "waiting_for_switch": self._recipe_waiting(),
+            "switch_ms": switch,
+            "triggers_by_recipe": dict(sorted(self.triggers_by_recipe.items(), key=lambda kv: int(kv[0]))),
+            "wrong_recipe": self.protocol_errors["wrong_recipe"],
+            "sequence": list(s.recipe_sequence),
+            "change_every_s": s.recipe_change_every_s,
+            "wait_active_recipe": s.wait_active_recipe,
+        }
+        if "result_recipe" in self._recipe_signals:
+            out["verdicts_by_recipe"] = dict(sorted(self.verdicts_by_recipe.items(), key=lambda kv: int(kv[0])))
+        return out
+
     def result_details(self, carried: Collection[str]) -> dict[str, Any]:
         """The optional outputs `carried` names (those the front-end's mapping carries), as the
         results taken brought them: the last result's values and, over the verdicts (fail-safes
@@ -347,6 +427,8 @@ class SimulatedPlc:
             extra += f" restarts={self.restarts} lost={self.lost_in_restart}"
         if self.stuck_edge_values:
             extra += f" stuck_values={self.stuck_edge_values}"
+        if self.shows_recipes:
+            extra += f" recipe={self._recipe}" + (" WAITING-SWITCH" if self._recipe_waiting() else "")
         return (
             f"{self.settings.mode} {dur:6.0f}s bridge={self._bridge_state()} writes={self.writes_seen} "
             f"trig={self.triggers_sent} pass={r['PASS']} fail={r['FAIL']} failsafe={r['FAILSAFE']} "
@@ -416,7 +498,59 @@ class SimulatedPlc:
 
     def _bridge_ready(self) -> bool:
         o = self._last_outputs
-        return o is not None and bool(o.status & StatusBit.READY) and not self._hb_alarm_active
+        return (o is not None and bool(o.status & StatusBit.READY) and not self._hb_alarm_active
+                and not self._recipe_change_due
+                and (not self.settings.wait_active_recipe or o.active_recipe == self._recipe))
+
+    def _judged_with(self, outputs: Outputs) -> tuple[int, str] | None:
+        """The recipe a verdict says it was judged with, and which signal says so: its
+        result_recipe, or (a mapping without it) the active_recipe of the block that brings
+        it; None when neither is carried."""
+        if "result_recipe" in self._recipe_signals:
+            return outputs.result_recipe, "result_recipe"
+        if "active_recipe" in self._recipe_signals:
+            return outputs.active_recipe, "active_recipe"
+        return None
+
+    def _recipe_waiting(self) -> bool:
+        """The bridge's latest block does not show the recipe asked as active (with READY)."""
+        o = self._last_outputs
+        return o is None or o.active_recipe != self._recipe or not o.status & StatusBit.READY
+
+    def _maybe_change_recipe(self, t: float) -> None:
+        """The product change scenario: the next recipe of the sequence, on its grid from the
+        bridge's first write. Like a real line, once a change is due no new part is sent, and
+        recipe_id is written when the last part of the old product has its answer (nothing
+        outstanding: the bridge latches recipe_id with trigger_seq, so a trigger it had not read
+        yet would be read with the new recipe). A change that comes due while the last one
+        still waits for its switch is made all the same."""
+        every = self.settings.recipe_change_every_s
+        if every is None or self._t_first_write is None:
+            return
+        if self._recipe_next_change is None:
+            self._recipe_next_change = self._t_first_write + every
+        if t < self._recipe_next_change:
+            return
+        self._recipe_change_due = True
+        if self._pending:
+            return
+        seq = self.settings.recipe_sequence
+        self._recipe = seq[self._recipe_changes_made % len(seq)]
+        self._recipe_changes_made += 1
+        self._recipe_t_asked = t
+        self._recipe_change_due = False
+        while self._recipe_next_change <= t:
+            self._recipe_next_change += every
+        if not self.settings.wait_active_recipe and self.settings.mode == "triggered" and self._bridge_ready():
+            # A PLC that does not wait: the first part of the new product comes in the same scan.
+            self._raise_trigger(t, new_part=True)
+
+    def _watch_recipe(self, outputs: Outputs, t: float) -> None:
+        """A change waits for its echo: the first block with active_recipe == recipe_id and READY."""
+        if self._recipe_t_asked is not None and outputs.active_recipe == self._recipe \
+                and outputs.status & StatusBit.READY:
+            self.recipe_switch_ms.append((t - self._recipe_t_asked) * 1000.0)
+            self._recipe_t_asked = None
 
     def _maybe_trigger(self, t: float) -> None:
         # Like a real line, send no parts to a bridge that is not READY or whose heartbeat is
@@ -461,8 +595,9 @@ class SimulatedPlc:
         if new_part:
             self._part_id = self._next_part_id
             self._next_part_id = (self._next_part_id + 1) & U32_MAX
-        self._pending[seq] = Trigger(seq, self._part_id, t)
+        self._pending[seq] = Trigger(seq, self._part_id, t, self._recipe)
         self.triggers_sent += 1
+        self.triggers_by_recipe[str(self._recipe)] += 1
         for listener in self._trigger_listeners:
             listener(seq, t)
 
@@ -524,6 +659,11 @@ class SimulatedPlc:
                 self.protocol_error(
                     "part_id_mismatch", f"seq {seq}: bridge echoed part_id {part_id}, PLC sent {trig.part_id}"
                 )
+            judged = self._judged_with(outputs)
+            if not failsafe and judged is not None and judged[0] != trig.recipe:
+                self.protocol_error(
+                    "wrong_recipe", f"seq {seq}: a verdict with {judged[1]} {judged[0]}, but the PLC asked for "
+                                    f"recipe {trig.recipe} with the trigger")
             self._count_result(outputs, triggered=True)
         elif seq == 0:
             self.protocol_error("unexpected_seq", "result for seq 0, which is never a trigger (0 means idle)")
@@ -560,12 +700,18 @@ class SimulatedPlc:
     def _take_details(self, outputs: Outputs, failsafe: bool) -> None:
         """The optional outputs of a result taken: recorded, and checked against the contract."""
         count, cls, area = outputs.defect_count, outputs.defect_class, outputs.anomaly_area
-        self._last_details = {"defect_count": count, "defect_class": cls, "anomaly_area": area}
+        self._last_details = {s.name: getattr(outputs, s.name) for s in OPTIONAL_OUTPUT_SIGNALS}
+        recipe = outputs.result_recipe if "result_recipe" in self._recipe_signals else None
         if failsafe:
             if (count, cls, area) != (0, DEFECT_CLASS_NONE, 0):
                 self.protocol_error("failsafe_details", f"seq {outputs.result_seq}: a fail-safe measures nothing, but "
                                                         f"defect_count={count} defect_class={cls} anomaly_area={area}")
+            if recipe is not None and recipe != RECIPE_NONE:
+                self.protocol_error("failsafe_details", f"seq {outputs.result_seq}: no recipe judges a fail-safe, but "
+                                                        f"result_recipe={recipe} (none is {RECIPE_NONE})")
             return
+        if recipe is not None:
+            self.verdicts_by_recipe[str(recipe)] += 1
         if count == 0 and cls != DEFECT_CLASS_NONE:
             self.protocol_error("defect_class_mismatch", f"seq {outputs.result_seq}: defect_class={cls} with no defect "
                                                          f"counted (defect_count 0 has defect_class {DEFECT_CLASS_NONE}, none)")

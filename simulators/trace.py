@@ -8,7 +8,9 @@ all processes on Linux). A commissioning engineer can `tail -f` it, like pyseria
 
 Only changes are written (about one line per result, not one per 10 ms write), each flushed
 so that a killed simulator loses nothing; the cost is one small write(2) per result. The
-optional outputs the front-end's mapping carries (`optional_outputs`) are in each line too.
+optional outputs the front-end's mapping carries (`optional_outputs`: the result details,
+active_recipe, result_recipe) are in each line too, and with recipe_id carried
+(`optional_inputs`) the recipe the PLC asked for when the line was written.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TextIO
 
-from plcbridge.contract import OPTIONAL_OUTPUT_SIGNALS, FaultCode, Outputs, ResultCode, code_name
+from plcbridge.contract import OPTIONAL_INPUT_SIGNALS, OPTIONAL_OUTPUT_SIGNALS, FaultCode, Outputs, ResultCode, code_name
 
 from .device import ProgramSettings
 from .program import SimulatedPlc
@@ -27,11 +29,13 @@ from .program import SimulatedPlc
 class TracingPlc(SimulatedPlc):
     """The simulated PLC program, also appending each new result to a JSON-lines file."""
 
-    def __init__(self, settings: ProgramSettings, trace: Path, optional_outputs: Collection[str] = ()) -> None:
+    def __init__(self, settings: ProgramSettings, trace: Path, optional_outputs: Collection[str] = (),
+                 optional_inputs: Collection[str] = ()) -> None:
         super().__init__(settings)
         self._trace: TextIO | None = open(trace, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._last_key: tuple[int, int, int] | None = None
         self._details = tuple(s.name for s in OPTIONAL_OUTPUT_SIGNALS if s.name in optional_outputs)
+        self._inputs = tuple(s.name for s in OPTIONAL_INPUT_SIGNALS if s.name in optional_inputs)
 
     def on_outputs(self, outputs: Outputs, t: float) -> None:
         key = (outputs.result_seq, outputs.result_code, outputs.fault_code)
@@ -45,6 +49,8 @@ class TracingPlc(SimulatedPlc):
                 "latency_ms": outputs.latency_ms}
             values = outputs.as_dict()
             line.update({name: values[name] for name in self._details})
+            asked = self.inputs.as_dict()
+            line.update({name: asked[name] for name in self._inputs})
             self._trace.write(json.dumps(line) + "\n")
         super().on_outputs(outputs, t)
 

@@ -31,12 +31,12 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields
 from typing import Any
 
 from plcbridge.contract import U16_MAX, U32_MAX, Inputs, Outputs
-from plcbridge.contract.enip import INPUT_TAGS, OUTPUT_TAGS, decode_inputs, default_names, encode_outputs
+from plcbridge.contract.enip import OUTPUT_TAGS, carried_input_tags, decode_inputs, default_names, encode_outputs
 from plcbridge.contract.modbus import RegisterMap, WordOrder
 
 SCAN_S = 0.010  # the examples' task: a periodic task / cyclic OB of 10 ms
@@ -444,7 +444,7 @@ class LogixExample(Example):
             setattr(self, name, value)
 
     def read_inputs(self) -> Inputs:
-        return decode_inputs({t.signal.name: getattr(self, t.default_name) for t in INPUT_TAGS})
+        return decode_inputs({t.signal.name: getattr(self, t.default_name) for t in carried_input_tags(())})
 
     def scan(self, now: float) -> None:
         # ST: IF S:FS THEN
@@ -911,6 +911,11 @@ class ScanPlc:
     def inputs(self) -> Inputs:
         with self.lock:
             return self.example.read_inputs()
+
+    def set_mapping(self, optional_inputs: Collection[str], optional_outputs: Collection[str], *,
+                    show: bool = False) -> None:
+        """The front-end tells every program which optional signals its mapping carries
+        (simulators/program.py); the examples use none (no recipes, no result details)."""
 
     def on_outputs(self, outputs: Outputs, t: float) -> None:
         with self.lock:

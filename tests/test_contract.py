@@ -4,7 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from plcbridge.contract import BASE_OUTPUT_SIGNALS, INPUT_SIGNALS, OUTPUT_SIGNALS, Inputs, Outputs, score_to_register
+from plcbridge.contract import (
+    BASE_INPUT_SIGNALS,
+    BASE_OUTPUT_SIGNALS,
+    INPUT_SIGNALS,
+    OUTPUT_SIGNALS,
+    Inputs,
+    Outputs,
+    score_to_register,
+)
 from plcbridge.contract.modbus import RegisterMap
 from plcbridge.tools.docs import render_interface_doc
 
@@ -18,7 +26,8 @@ def test_default_layout_matches_the_published_offsets():
         "heartbeat": 0, "status": 1, "result_seq": 2, "result_code": 3, "score": 4,
         "fault_code": 5, "latency_ms": 6, "model_version": 7, "part_id": 8,
     }
-    assert m.offsets(INPUT_SIGNALS) == {"trigger_seq": 0, "part_id": 1, "result_ack_seq": 3}
+    assert m.input_signals == BASE_INPUT_SIGNALS  # the optional input recipe_id: tests/test_recipes.py
+    assert m.offsets(BASE_INPUT_SIGNALS) == {"trigger_seq": 0, "part_id": 1, "result_ack_seq": 3}
     assert (m.outputs_count, m.inputs_count) == (10, 4)
 
 

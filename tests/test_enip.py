@@ -29,6 +29,7 @@ from plcbridge.contract import (
 from plcbridge.contract.enip import (
     INPUT_TAGS,
     OUTPUT_TAGS,
+    carried_input_tags,
     carried_tags,
     decode_inputs,
     decode_outputs,
@@ -239,7 +240,7 @@ def test_pylogix_reads_the_simulator_tags_while_the_daemon_writes_them(make_sim)
         assert listed.Status == "Success", listed.Status
         types = {t.TagName: t.DataType for t in listed.Value}
         # A classifier station's controller: the base tags, no optional one.
-        assert types == {t.default_name: t.type for t in (*carried_tags(()), *INPUT_TAGS)}
+        assert types == {t.default_name: t.type for t in (*carried_tags(()), *carried_input_tags(()))}
         beats = set()
         for _ in range(10):
             r = plc.Read(["PB_Heartbeat", "PB_Status", "PB_Score", "PB_PlcTriggerSeq"])

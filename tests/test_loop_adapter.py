@@ -45,7 +45,8 @@ def test_outputs_and_inputs_round_trip_through_the_program_write_then_read(make_
         assert sim.program.seen[-1][1] == out
         assert got.trigger_seq == 1 and got.part_id == 1 and got == sim.program.inputs
         # The answer and its ack: in one exchange too.
-        answer = Outputs(heartbeat=2, status=VALID, result_seq=1, result_code=ResultCode.PASS, part_id=1)
+        # The loop carries every signal: a verdict also says which recipe judged it (0, the default).
+        answer = Outputs(heartbeat=2, status=VALID, result_seq=1, result_code=ResultCode.PASS, part_id=1, result_recipe=0)
         assert a.exchange(answer, 0.5).result_ack_seq == 1
         assert sim.program.seen[-1][1] == answer
         # A value that does not fit its signal never reaches the program.

@@ -25,7 +25,7 @@ from helpers import RecordingPlc, read_metric, running, station_config, wait_for
 from plcbridge.adapters.plc.base import PlcError
 from plcbridge.adapters.plc.opcua import OpcUaAdapter
 from plcbridge.config import Config, ConfigError
-from plcbridge.contract import BASE_OUTPUT_SIGNALS, INPUT_SIGNALS, Outputs, StatusBit
+from plcbridge.contract import BASE_INPUT_SIGNALS, BASE_OUTPUT_SIGNALS, Outputs, StatusBit
 from plcbridge.contract.opcua import OpcUaNodeMap, markdown_tables, node_specs, resolve_nodes
 from plcbridge.simulators.device import DeviceFileError, load_device
 from plcbridge.simulators.opcua import OpcUaSimulator
@@ -74,7 +74,7 @@ class _Records(logging.Handler):
 def test_nodes_are_the_contract_with_its_types():
     outs, ins = node_specs(*resolve_nodes("plcbridge.outputs.{signal}", "plcbridge.inputs.{signal}", {}, {}))
     assert [n.signal for n in outs] == list(BASE_OUTPUT_SIGNALS)  # optional nodes only when listed
-    assert [n.signal for n in ins] == list(INPUT_SIGNALS)
+    assert [n.signal for n in ins] == list(BASE_INPUT_SIGNALS)  # optional nodes only when listed
     types = {n.key: n.ua_type for n in (*outs, *ins)}
     assert types["outputs.part_id"] == types["inputs.part_id"] == "UInt32"
     assert types["outputs.status"] == types["outputs.score"] == types["inputs.trigger_seq"] == "UInt16"

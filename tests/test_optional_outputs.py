@@ -48,7 +48,8 @@ from plcbridge.simulators.device import DeviceFileError, ProgramSettings, load_d
 from plcbridge.simulators.program import SimulatedPlc
 from plcbridge.simulators.trace import TracingPlc
 
-ALL = [s.name for s in OPTIONAL_OUTPUT_SIGNALS]
+# The result details (the recipe outputs after them: tests/test_recipes.py).
+ALL = ["defect_count", "defect_class", "anomaly_area"]
 NOTHING = (0, DEFECT_CLASS_NONE, 0)  # defect_count, defect_class, anomaly_area: nothing measured
 VALID = int(StatusBit.READY | StatusBit.RESULT_VALID)
 FAILSAFE = VALID | int(StatusBit.FAILSAFE_ACTIVE)
@@ -132,7 +133,8 @@ def test_the_optional_signals_come_after_the_base_block_in_the_contract():
     assert OUTPUT_SIGNALS[: len(BASE_OUTPUT_SIGNALS)] == BASE_OUTPUT_SIGNALS
     assert [s.name for s in BASE_OUTPUT_SIGNALS] == list(ENIP_OUTPUTS_BEFORE)
     assert [(s.name, s.type) for s in OPTIONAL_OUTPUT_SIGNALS] == [
-        ("defect_count", "u16"), ("defect_class", "u16"), ("anomaly_area", "u32")]
+        ("defect_count", "u16"), ("defect_class", "u16"), ("anomaly_area", "u32"),
+        ("active_recipe", "u16"), ("result_recipe", "u16")]
     assert details(Outputs()) == NOTHING  # no result: nothing measured, class none (not class 0)
 
 
@@ -148,7 +150,8 @@ def test_modbus_optional_registers_have_fixed_addresses_after_the_block(listed, 
     assert rmap.outputs_count == count
     assert rmap.offsets(OUTPUT_SIGNALS) == {
         "heartbeat": 0, "status": 1, "result_seq": 2, "result_code": 3, "score": 4, "fault_code": 5,
-        "latency_ms": 6, "model_version": 7, "part_id": 8, "defect_count": 10, "defect_class": 11, "anomaly_area": 12}
+        "latency_ms": 6, "model_version": 7, "part_id": 8, "defect_count": 10, "defect_class": 11, "anomaly_area": 12,
+        "active_recipe": 14, "result_recipe": 15}
     o = dataclasses.replace(BLOCK, defect_count=65535, defect_class=300, anomaly_area=0xABCD1234)
     regs = rmap.encode_outputs(o)
     assert regs[:10] == MODBUS_BEFORE["high_first"]  # the base block does not move
@@ -345,7 +348,7 @@ def test_opcua_carries_them_as_typed_nodes(make_sim):
     sim = make_sim("free-run", protocol="opcua", device={f"opcua.{k}": v for k, v in listed.items()})
     cfg = station_config(sim, "free-run", plc={"opcua": listed})
     adapter = OpcUaAdapter(cfg.plc)
-    assert [n.signal.name for n in adapter._outs] == [s.name for s in OUTPUT_SIGNALS]
+    assert [n.signal.name for n in adapter._outs] == [s.name for s in BASE_OUTPUT_SIGNALS] + ALL
     assert {n.signal.name: n.ua_type for n in adapter._outs if n.signal.optional} == {
         "defect_count": "UInt16", "defect_class": "UInt16", "anomaly_area": "UInt32"}
     _exchange_and_check(adapter, sim)

@@ -32,8 +32,8 @@ from pycomm3 import LogixDriver
 from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
 from plcbridge.contract import Inputs, Outputs
 from plcbridge.contract.enip import (
-    INPUT_TAGS,
     TagSpec,
+    carried_input_tags,
     carried_tags,
     decode_inputs,
     encode_outputs,
@@ -60,6 +60,8 @@ class EnipAdapter(PlcAdapter):
         self._out_names: dict[str, str] = dict(e.output_tags)
         self._in_names: dict[str, str] = dict(e.input_tags)
         self._in_tags: list[str] = []
+        # The base input tags and the optional ones listed in plc.enip.optional_inputs, no others.
+        self._in_specs = carried_input_tags(self._in_names)
 
     def describe(self) -> str:
         return f"enip://{self.settings.host}:{self.settings.port}/slot{self.settings.enip.slot}"
@@ -81,8 +83,8 @@ class EnipAdapter(PlcAdapter):
                            "send it single-tag writes, which this bridge does not rely on; use a Logix controller")
         # The base tags and the optional ones listed in plc.enip.optional_outputs, no others.
         self._out_names = self._check_tags(driver.tags, carried_tags(self._out_names), self._out_names)
-        self._in_names = self._check_tags(driver.tags, INPUT_TAGS, self._in_names)
-        self._in_tags = [self._in_names[t.signal.name] for t in INPUT_TAGS]
+        self._in_names = self._check_tags(driver.tags, self._in_specs, self._in_names)
+        self._in_tags = [self._in_names[t.signal.name] for t in self._in_specs]
         assert driver._sock is not None  # open() returned True: pycomm3 made the socket
         driver._sock.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -119,8 +121,8 @@ class EnipAdapter(PlcAdapter):
                 resolved[spec.signal.name] = actual
         if problems:
             raise PlcConfigError(f"{self.describe()}: " + "; ".join(problems),
-                                 setting="plc.enip.output_tags / plc.enip.input_tags / plc.enip.optional_outputs "
-                                         "or the controller's tags")
+                                 setting="plc.enip.output_tags / plc.enip.input_tags / plc.enip.optional_outputs / "
+                                         "plc.enip.optional_inputs or the controller's tags")
         return resolved
 
     def exchange(self, outputs: Outputs, timeout_s: float) -> Inputs:
@@ -156,10 +158,10 @@ class EnipAdapter(PlcAdapter):
 
     def _decode(self, read: Any, *, written: bool) -> Inputs:
         results = read if isinstance(read, list) else [read]
-        if len(results) != len(INPUT_TAGS):
-            raise PlcError(f"read of {len(INPUT_TAGS)} input tags returned {len(results)} results", written=written)
+        if len(results) != len(self._in_specs):
+            raise PlcError(f"read of {len(self._in_specs)} input tags returned {len(results)} results", written=written)
         raw: dict[str, int | float] = {}
-        for spec, tag in zip(INPUT_TAGS, results):
+        for spec, tag in zip(self._in_specs, results):
             if tag.error or tag.value is None:
                 _raise_refused(f"read of input tag {tag.tag!r} failed: {tag.error}", tag.error or "",
                                "plc.enip.input_tags", written=written)

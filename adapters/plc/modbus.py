@@ -158,10 +158,11 @@ class ModbusAdapter(PlcAdapter):
         except ValueError:
             name = f"code {code}"
         out_setting = "plc.modbus.outputs_base" + (", plc.modbus.optional_outputs" if self.map.optional_outputs else "")
-        where = {3: f"input block {self._in_range} (plc.modbus.inputs_base)",
+        in_setting = "plc.modbus.inputs_base" + (", plc.modbus.optional_inputs" if self.map.optional_inputs else "")
+        where = {3: f"input block {self._in_range} ({in_setting})",
                  16: f"output block {self._out_range} ({out_setting})",
                  23: f"output block {self._out_range} / input block {self._in_range} "
-                     f"({out_setting}, plc.modbus.inputs_base)"}[fc]
+                     f"({out_setting}, {in_setting})"}[fc]
         text = f"the PLC answered the {what} of the {where} with exception {code:02d} {name}"
         if code == ExcCodes.ILLEGAL_FUNCTION:
             setting = "plc.modbus.exchange" if fc == 23 else "plc.modbus (this PLC does not serve holding registers)"
@@ -169,7 +170,7 @@ class ModbusAdapter(PlcAdapter):
                                  setting=setting, written=written)
         if code in (ExcCodes.ILLEGAL_ADDRESS, ExcCodes.ILLEGAL_VALUE):
             # FC23: the input block was read at connect, so it is the output block that does not fit.
-            setting = "plc.modbus.inputs_base" if fc == 3 else out_setting
+            setting = in_setting if fc == 3 else out_setting
             raise PlcConfigError(f"{text}: the PLC does not map these registers", setting=setting, written=written)
         if code in (ExcCodes.GATEWAY_PATH_UNAVIABLE, ExcCodes.GATEWAY_NO_RESPONSE):
             raise PlcConfigError(f"{text}: no device answers unit id {self.device_id} behind this gateway",

@@ -77,9 +77,11 @@ class OpcUaAdapter(PlcAdapter):
         super().__init__(settings)
         o = settings.opcua
         self.url = f"opc.tcp://{settings.host}:{settings.port}{o.endpoint_path}"
-        # The base outputs and the optional ones listed in plc.opcua.optional_outputs, no others.
+        # The base signals and the optional ones listed in plc.opcua.optional_outputs /
+        # optional_inputs, no others.
         self._outs, self._ins = node_specs(o.output_nodes, o.input_nodes)
         self._out_names = tuple(n.signal.name for n in self._outs)
+        self._in_names = tuple(n.signal.name for n in self._ins)
         self._out_vtypes = tuple(getattr(ua.VariantType, n.ua_type) for n in self._outs)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -194,8 +196,8 @@ class OpcUaAdapter(PlcAdapter):
                                 "for this session's user (UserAccessLevel)")
         if problems:
             raise PlcConfigError("PLC refused: " + "; ".join(problems),
-                                 setting="plc.opcua node map (namespace_uri, *_template, *_nodes, optional_outputs) "
-                                         "or the PLC program")
+                                 setting="plc.opcua node map (namespace_uri, *_template, *_nodes, optional_outputs, "
+                                         "optional_inputs) or the PLC program")
 
     def _explain(self, e: BaseException) -> str:
         """A connect failure, in the terms of the settings that fix it."""
@@ -245,7 +247,7 @@ class OpcUaAdapter(PlcAdapter):
         written: list[bool] = []
         fut = asyncio.run_coroutine_threadsafe(step(written), loop)
         try:
-            return Inputs(*fut.result(timeout_s))
+            return Inputs(**dict(zip(self._in_names, fut.result(timeout_s))))
         except TimeoutError:
             fut.cancel()
             raise PlcError(f"no answer within {timeout_s * 1000:.0f} ms", written=bool(written)) from None

@@ -15,6 +15,18 @@ anomaly: `anomaly_area`) are *optional* outputs, after the base block in OUTPUT_
 station carries one only when its mapping lists it (`optional_outputs` of each protocol's
 map; `carried_outputs()` says which), so a station that lists none keeps its register map,
 node set and tag list exactly as they were. The in-process `loop` carries every signal.
+
+Recipes. A multi-product line changes the station's recipe (its model and rules: Cognex
+In-Sight's Job ID, LandingEdge's sub-configuration index) with a number the PLC writes: the
+optional *input* `recipe_id` (an input block that grows after its base signals, listed in each
+mapping's `optional_inputs`; `carried_inputs()`), answered by two optional outputs:
+`active_recipe`, the station's state (the recipe a trigger is judged with now: the PLC's
+handshake waits until it equals recipe_id), and `result_recipe`, the recipe the result of its
+own block was judged with (like score: it stays with its result). Recipe ids are 0..65534;
+0 is the station's default recipe (what a station without recipes has, and what a PLC that
+asks nothing gets), and 65535 (RECIPE_NONE) is no recipe: never a recipe of a station.
+Fault codes RECIPE_CHANGING and RECIPE_UNKNOWN answer triggers the station cannot judge with
+the recipe asked. docs/plc-interface.md "Recipes" has the handshake.
 """
 
 from __future__ import annotations
@@ -30,12 +42,21 @@ SCORE_SCALE = 10000  # score register = defect score x 10000
 # defect_class when there is no class to give: no defect counted, a fail-safe, no result yet.
 # Not 0: class ids are the model's own, 0-based, so 0 is the model's first class.
 DEFECT_CLASS_NONE = U16_MAX
+# Recipes: recipe_id 0 asks for the station's default recipe (its [model]; a station without
+# recipes has that one alone); ids run 0..65534. RECIPE_NONE is no recipe: active_recipe while
+# none is active (a switch in progress, or recipe_id unknown), result_recipe of an answer no
+# recipe judged (a fail-safe, no result). A PLC that writes it asks for no recipe the station
+# has (RECIPE_UNKNOWN).
+RECIPE_DEFAULT = 0
+RECIPE_NONE = U16_MAX
 
 
 class StatusBit(enum.IntFlag):
     """Bits of the `status` output word."""
 
-    READY = 1 << 0  # the bridge can inspect now: PLC_INPUTS_OK, MODEL_OK and CAMERA_OK all set
+    # The bridge can inspect now: PLC_INPUTS_OK, MODEL_OK and CAMERA_OK all set, and, on a station
+    # that reads recipe_id, the recipe the PLC asks for is active (active_recipe == recipe_id).
+    READY = 1 << 0
     TRIGGER_READY = 1 << 1  # triggered mode: a new trigger would be seen and accepted now
     CAMERA_OK = 1 << 2  # frames are arriving within the stall limit
     MODEL_OK = 1 << 3  # a verified model session is loaded
@@ -63,6 +84,8 @@ class FaultCode(enum.IntEnum):
     BAD_FRAME = 8  # the frame is not what the model expects (shape, dtype, empty)
     PLC_INPUTS_STALE = 9  # the newest PLC inputs the bridge has are older than plc.max_input_age_ms
     NO_FRAME = 10  # triggered: no frame of the trigger's own within timing.frame_window_ms
+    RECIPE_CHANGING = 11  # recipes: a trigger arrived while the switch to the recipe asked was in progress
+    RECIPE_UNKNOWN = 12  # recipes: recipe_id names no recipe of this station
 
 
 FAULT_MEANING: dict[FaultCode, str] = {
@@ -80,6 +103,12 @@ FAULT_MEANING: dict[FaultCode, str] = {
                                 "result's fault: the trigger was read too late to tie it to a frame",
     FaultCode.NO_FRAME: "triggered: no frame captured within timing.frame_window_ms after the trigger was free for it "
                         "(each frame judges at most one trigger)",
+    FaultCode.RECIPE_CHANGING: "recipes: the trigger came with a recipe_id whose switch was still in progress: answered "
+                               "fail-safe, never judged by the previous recipe's model; as a health fault: a switch is "
+                               "in progress (active_recipe 65535, READY and TRIGGER_READY clear)",
+    FaultCode.RECIPE_UNKNOWN: "recipes: recipe_id names no recipe of this station (65535 never does): every trigger is "
+                              "answered fail-safe with it, and READY stays clear (active_recipe 65535), until "
+                              "recipe_id names one it has",
 }
 
 # What a PLC program should do when it reads each fault code: the docs' table comes from here.
@@ -98,6 +127,10 @@ FAULT_PLC_ACTION: dict[FaultCode, str] = {
                                 "and the PLC's communication load",
     FaultCode.NO_FRAME: "reject the part; alarm if it repeats (3 fail-safe answers in a row): triggers come faster "
                         "than the camera delivers frames, or the camera lags",
+    FaultCode.RECIPE_CHANGING: "reject the part; after writing a new recipe_id, trigger only once active_recipe == "
+                               "recipe_id and READY is set (see \"Recipes\")",
+    FaultCode.RECIPE_UNKNOWN: "reject the part; stop triggering; alarm: write a recipe id the station has (its station "
+                              "file lists them; 0 is its default recipe)",
 }
 assert set(FAULT_PLC_ACTION) == set(FaultCode) == set(FAULT_MEANING)
 
@@ -173,6 +206,15 @@ OUTPUT_SIGNALS: tuple[Signal, ...] = (
     Signal("anomaly_area", "u32", "optional (anomaly models): the anomalous area of the frame judged, in frame pixels, "
                                   f"saturating at {U32_MAX}; 0 with a FAILSAFE or NONE result and for other model "
                                   "kinds", optional=True),
+    # Recipes (a station that reads recipe_id): the station's state, then the result's own.
+    Signal("active_recipe", "u16", f"optional (recipes): the recipe the station judges triggers with now, "
+                                   f"0..{RECIPE_NONE - 1} (0: its default recipe); equal to recipe_id once the switch "
+                                   f"to it is done; {RECIPE_NONE} = none: a switch in progress, or recipe_id names no "
+                                   "recipe of the station. Station state, like the health bits, not the result's",
+           optional=True),
+    Signal("result_recipe", "u16", f"optional (recipes): the recipe the result in this block was judged with (0: the "
+                                   "default recipe; triggered: always the recipe_id read with its trigger); "
+                                   f"{RECIPE_NONE} = none: a FAILSAFE or NONE result (no recipe judged it)", optional=True),
 )
 
 #: The outputs every station carries (a classifier station's whole block), in contract order.
@@ -182,7 +224,7 @@ OPTIONAL_OUTPUT_SIGNALS: tuple[Signal, ...] = tuple(s for s in OUTPUT_SIGNALS if
 assert OUTPUT_SIGNALS == BASE_OUTPUT_SIGNALS + OPTIONAL_OUTPUT_SIGNALS
 
 #: The name of an optional output, as the mappings' `optional_outputs` lists it.
-OptionalOutput = Literal["defect_count", "defect_class", "anomaly_area"]
+OptionalOutput = Literal["defect_count", "defect_class", "anomaly_area", "active_recipe", "result_recipe"]
 assert get_args(OptionalOutput) == tuple(s.name for s in OPTIONAL_OUTPUT_SIGNALS)
 
 
@@ -197,7 +239,28 @@ INPUT_SIGNALS: tuple[Signal, ...] = (
                                  "0 means idle (nothing asked since the PLC started) and is never a trigger"),
     Signal("part_id", "u32", "the PLC's identity of the part under the camera; latched with the trigger"),
     Signal("result_ack_seq", "u16", "the PLC copies result_seq here once it has taken the result"),
+    # Optional inputs, after the base block (nothing of a station without recipes moves).
+    Signal("recipe_id", "u16", f"optional (recipes): the recipe the PLC asks for, 0..{RECIPE_NONE - 1}; 0 = the "
+                               "station's default recipe (also when the PLC writes nothing here); latched with each "
+                               "trigger: a trigger is judged with the recipe_id read with it, or answered fail-safe "
+                               f"(RECIPE_CHANGING, RECIPE_UNKNOWN; {RECIPE_NONE} names no recipe)", optional=True),
 )
+
+#: The inputs every station reads (a station without recipes reads these alone), in contract order.
+BASE_INPUT_SIGNALS: tuple[Signal, ...] = tuple(s for s in INPUT_SIGNALS if not s.optional)
+#: The optional inputs, in contract order: after the base block, never between its signals.
+OPTIONAL_INPUT_SIGNALS: tuple[Signal, ...] = tuple(s for s in INPUT_SIGNALS if s.optional)
+assert INPUT_SIGNALS == BASE_INPUT_SIGNALS + OPTIONAL_INPUT_SIGNALS
+
+#: The name of an optional input, as the mappings' `optional_inputs` lists it.
+OptionalInput = Literal["recipe_id"]
+assert get_args(OptionalInput) == tuple(s.name for s in OPTIONAL_INPUT_SIGNALS)
+
+
+def carried_inputs(optional_inputs: Collection[str] = ()) -> tuple[Signal, ...]:
+    """The input signals a station reads, in contract order: every base signal, then the
+    optional ones `optional_inputs` lists (other names are ignored, as in carried_outputs)."""
+    return tuple(s for s in INPUT_SIGNALS if not s.optional or s.name in optional_inputs)
 
 
 @dataclass(frozen=True)
@@ -217,6 +280,9 @@ class Outputs:
     defect_count: int = 0
     defect_class: int = DEFECT_CLASS_NONE
     anomaly_area: int = 0
+    # Recipes: the default recipe active (a station without recipes), no recipe judged (no result).
+    active_recipe: int = RECIPE_DEFAULT
+    result_recipe: int = RECIPE_NONE
 
     def as_dict(self) -> dict[str, int]:
         return {k: int(v) for k, v in asdict(self).items()}
@@ -229,6 +295,8 @@ class Inputs:
     trigger_seq: int = 0
     part_id: int = 0
     result_ack_seq: int = 0
+    # Optional input (read only where the mapping lists it): the default recipe otherwise.
+    recipe_id: int = RECIPE_DEFAULT
 
     def as_dict(self) -> dict[str, int]:
         return {k: int(v) for k, v in asdict(self).items()}

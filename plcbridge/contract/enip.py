@@ -25,7 +25,11 @@ Optional outputs (`optional_outputs`) are tags like the others (default names PB
 PB_DefectClass, PB_AnomalyArea; renamed in `output_tags`), but only a station that lists them
 has them: without it the bridge writes, and checks at connect, the base tags alone, so a
 controller needs no tag it did not have. OUTPUT_TAGS is the table of every output tag;
-`carried_tags()` picks a station's.
+`carried_tags()` picks a station's. The recipe outputs (PB_ActiveRecipe, PB_ResultRecipe) are
+DINT holding 0..65535. The optional input recipe_id (PB_PlcRecipeId, `optional_inputs`) is a
+PLC-written tag on the same terms (`carried_input_tags()`); a value outside 0..65535 is not
+taken modulo 65536 like the counters (65536 would read as 0, the default recipe): it reads as
+65535, which names no recipe (RECIPE_UNKNOWN).
 """
 
 from __future__ import annotations
@@ -41,13 +45,16 @@ from pydantic import model_validator
 from plcbridge.contract import (
     INPUT_SIGNALS,
     OUTPUT_SIGNALS,
+    RECIPE_NONE,
     SCORE_SCALE,
     U16_MAX,
     U32_MAX,
     Inputs,
+    OptionalInput,
     OptionalOutput,
     Outputs,
     Signal,
+    carried_inputs,
     carried_outputs,
 )
 from plcbridge.schema import Strict
@@ -103,30 +110,39 @@ def carried_tags(signals: Collection[str]) -> tuple[TagSpec, ...]:
     return tuple(t for t in OUTPUT_TAGS if not t.signal.optional or t.signal.name in signals)
 
 
+def carried_input_tags(signals: Collection[str]) -> tuple[TagSpec, ...]:
+    """The input tags of a station, in contract order: every base tag, and the optional ones
+    whose signal `signals` names (a complete input_tags map, or the optional_inputs list)."""
+    return tuple(t for t in INPUT_TAGS if not t.signal.optional or t.signal.name in signals)
+
+
 def default_names(specs: tuple[TagSpec, ...]) -> dict[str, str]:
     return {t.signal.name: t.default_name for t in specs}
 
 
 def resolve_names(output_tags: Mapping[str, str], input_tags: Mapping[str, str],
-                  optional_outputs: Collection[str] = ()) -> tuple[dict[str, str], dict[str, str]]:
+                  optional_outputs: Collection[str] = (), optional_inputs: Collection[str] = ()
+                  ) -> tuple[dict[str, str], dict[str, str]]:
     """Configured names over the defaults, checked: known signals, valid and distinct names.
 
     Returns complete (signal -> tag name) maps for outputs (the base signals and the optional
-    ones `optional_outputs` lists) and inputs; raises ValueError with every problem named, for
-    the config schemas to report against the field.
+    ones `optional_outputs` lists) and inputs (likewise with `optional_inputs`); raises
+    ValueError with every problem named, for the config schemas to report against the field.
     """
     problems: list[str] = []
     resolved: list[dict[str, str]] = []
     carried = carried_tags([s.name for s in carried_outputs(optional_outputs)])
-    for what, specs, given in (("output_tags", carried, output_tags), ("input_tags", INPUT_TAGS, input_tags)):
+    carried_in = carried_input_tags([s.name for s in carried_inputs(optional_inputs)])
+    for what, specs, given, every in (("output", carried, output_tags, OUTPUT_TAGS),
+                                      ("input", carried_in, input_tags, INPUT_TAGS)):
         names = default_names(specs)
         for signal, name in given.items():
-            if what == "output_tags" and signal not in names and any(t.signal.name == signal for t in OUTPUT_TAGS):
-                problems.append(f"output_tags: {signal!r} is an optional output: list it in optional_outputs to carry it")
+            if signal not in names and any(t.signal.name == signal for t in every):
+                problems.append(f"{what}_tags: {signal!r} is an optional {what}: list it in optional_{what}s to carry it")
             elif signal not in names:
-                problems.append(f"{what}: {signal!r} is not a contract signal (known: {', '.join(names)})")
+                problems.append(f"{what}_tags: {signal!r} is not a contract signal (known: {', '.join(names)})")
             elif not isinstance(name, str) or not TAG_NAME_RE.match(name):
-                problems.append(f"{what}.{signal}: {name!r} is not a Logix tag name (Tag or Program:Prog.Tag)")
+                problems.append(f"{what}_tags.{signal}: {name!r} is not a Logix tag name (Tag or Program:Prog.Tag)")
             else:
                 names[signal] = name
         resolved.append(names)
@@ -149,9 +165,12 @@ def complete_tag_names(data: Any) -> Any:
         return data
     given = data.get("output_tags", {}), data.get("input_tags", {})
     optional = data.get("optional_outputs", [])
-    if not all(isinstance(g, dict) for g in given) or not isinstance(optional, (list, tuple)):
+    optional_in = data.get("optional_inputs", [])
+    if not all(isinstance(g, dict) for g in given) or not isinstance(optional, (list, tuple)) \
+            or not isinstance(optional_in, (list, tuple)):
         return data  # the field's own type check reports it
-    outputs, inputs = resolve_names(*given, optional_outputs=[n for n in optional if isinstance(n, str)])
+    outputs, inputs = resolve_names(*given, optional_outputs=[n for n in optional if isinstance(n, str)],
+                                    optional_inputs=[n for n in optional_in if isinstance(n, str)])
     return {**data, "output_tags": outputs, "input_tags": inputs}
 
 
@@ -167,6 +186,9 @@ class EnipTagMap(Strict):
     # tags PB_DefectCount, PB_DefectClass, PB_AnomalyArea (or as renamed in output_tags),
     # written in the same request. Unlisted ones need no tag in the controller.
     optional_outputs: list[OptionalOutput] = []
+    # Optional inputs this station reads (recipes: recipe_id): DINT tag PB_PlcRecipeId (or as
+    # renamed in input_tags), read in the same request. Unlisted ones need no tag.
+    optional_inputs: list[OptionalInput] = []
 
     @model_validator(mode="before")
     @classmethod
@@ -191,13 +213,20 @@ def to_logix(signal: Signal, value: int) -> int | float:
     return value
 
 
+# Signals whose DINT is never taken modulo 65536: a value outside 0..65535 reads as this one.
+_OUT_OF_RANGE_READS_AS = {"recipe_id": RECIPE_NONE}  # 65536 must not ask for recipe 0
+
+
 def from_logix(signal: Signal, raw: float) -> int:
-    """A Logix tag value -> the contract value; integer signals keep their low 16/32 bits."""
+    """A Logix tag value -> the contract value; integer signals keep their low 16/32 bits
+    (recipe_id: a value outside 0..65535 reads as 65535, no recipe)."""
     if logix_type(signal) == "REAL":
         f = float(raw)
         if math.isnan(f):
             return SCORE_SCALE  # fail closed, as contract.score_to_register does
         return int(round(min(max(f, 0.0), 1.0) * SCORE_SCALE))
+    if signal.name in _OUT_OF_RANGE_READS_AS and not 0 <= int(raw) <= U16_MAX:
+        return _OUT_OF_RANGE_READS_AS[signal.name]
     return int(raw) & (U32_MAX if signal.type == "u32" else U16_MAX)
 
 
@@ -226,14 +255,16 @@ def decode_outputs(raw: Mapping[str, int | float]) -> Outputs:
 
 
 def encode_inputs(inputs: Inputs) -> dict[str, int | float]:
-    """{signal name: tag value} for the PLC-written tags (the simulator's side)."""
+    """{signal name: tag value} for every PLC-written tag (the simulator's side: it stores
+    those its controller holds)."""
     values = inputs.as_dict()
     return {t.signal.name: to_logix(t.signal, values[t.signal.name]) for t in INPUT_TAGS}
 
 
 def decode_inputs(raw: Mapping[str, int | float]) -> Inputs:
-    """Inputs from {signal name: tag value}, as read by the bridge."""
-    return Inputs(**{t.signal.name: from_logix(t.signal, raw[t.signal.name]) for t in INPUT_TAGS})
+    """Inputs from {signal name: tag value}, as read by the bridge: every base signal, and
+    the optional ones `raw` holds; the others keep their defaults (recipe_id: the default recipe)."""
+    return Inputs(**{t.signal.name: from_logix(t.signal, raw[t.signal.name]) for t in carried_input_tags(raw)})
 
 
 # ---------------------------------------------------------------------- docs
@@ -247,6 +278,7 @@ _ENCODING = {
 # Signals whose value in the tag reads otherwise than their type's row above says.
 _SIGNAL_ENCODING = {
     "anomaly_area": "all 32 bits, two's complement (an area from 2^31 pixels up would read negative)",
+    "recipe_id": "0..65534; a value outside 0..65535 reads as 65535 (no recipe), never modulo 65536",
 }
 
 
@@ -258,11 +290,18 @@ def markdown_tables() -> str:
         "optional_outputs`); without it the bridge neither writes nor checks them, and the controller needs no such "
         "tags. A listed one is a tag like those above: checked at connect, renamed in `[plc.enip.output_tags]`, "
         "written in the same request.")
+    optional_in_intro = (
+        "Read only by a station that lists them in `plc.enip.optional_inputs` (the simulator: `[enip] "
+        "optional_inputs`); without it the bridge neither reads nor checks them, and the controller needs no such "
+        "tags. A listed one is a tag like those above: checked at connect, renamed in `[plc.enip.input_tags]`, read "
+        "in the same request.")
     for title, specs, writer, intro in (
         ("Outputs, bridge -> PLC (the bridge writes them)", carried_tags(()), "bridge", ""),
         ("Optional outputs, bridge -> PLC (only with `plc.enip.optional_outputs`)",
          tuple(t for t in OUTPUT_TAGS if t.signal.optional), "bridge", optional_intro),
-        ("Inputs, PLC -> bridge (the PLC writes them)", INPUT_TAGS, "PLC", ""),
+        ("Inputs, PLC -> bridge (the PLC writes them)", carried_input_tags(()), "PLC", ""),
+        ("Optional inputs, PLC -> bridge (only with `plc.enip.optional_inputs`)",
+         tuple(t for t in INPUT_TAGS if t.signal.optional), "PLC", optional_in_intro),
     ):
         lines.append(f"### {title}\n")
         if intro:
@@ -271,7 +310,7 @@ def markdown_tables() -> str:
         lines.append("|---|---|---|---|---|---|")
         for t in specs:
             enc = _SIGNAL_ENCODING.get(t.signal.name) or _ENCODING[(t.type, t.signal.type)]
-            if writer == "PLC" and t.signal.type == "u16":
+            if writer == "PLC" and t.signal.type == "u16" and t.signal.name not in _SIGNAL_ENCODING:
                 enc += "; the bridge uses the value modulo 65536"
             meaning = _TYPE_OVERRIDES[t.signal.name][1] if t.signal.name in _TYPE_OVERRIDES else t.signal.meaning
             lines.append(f"| `{t.default_name}` | {t.type} | `{t.signal.name}` | {t.signal.type} | {enc} | {meaning} |")

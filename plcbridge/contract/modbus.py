@@ -10,7 +10,12 @@ order (10 defect_count, 11 defect_class, 12-13 anomaly_area at the default layou
 base block never moves and a signal's address never depends on which others are listed. The
 output block stays one contiguous block, written by one request: with optional outputs it
 runs on to the end of the last one listed, and an optional signal before that one is
-written too (with its value: 0, or none, where the model gives none).
+written too (with its value: 0, or none, where the model gives none). The recipe outputs
+follow them (14 active_recipe, 15 result_recipe).
+
+Optional inputs (`optional_inputs`: recipe_id) likewise have fixed offsets after the base
+input block (4 recipe_id at the default layout): a station that lists none reads the four
+registers it always read, one that lists recipe_id reads five, still in one request.
 """
 
 from __future__ import annotations
@@ -21,15 +26,19 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from plcbridge.contract import (
+    BASE_INPUT_SIGNALS,
     BASE_OUTPUT_SIGNALS,
     INPUT_SIGNALS,
+    OPTIONAL_INPUT_SIGNALS,
     OPTIONAL_OUTPUT_SIGNALS,
     OUTPUT_SIGNALS,
     U16_MAX,
     Inputs,
+    OptionalInput,
     OptionalOutput,
     Outputs,
     Signal,
+    carried_inputs,
     carried_outputs,
     check_range,
     code_tables,
@@ -46,13 +55,15 @@ class RegisterMap:
     Outputs are one contiguous block from `outputs_base`, inputs one block from `inputs_base`,
     in the order of OUTPUT_SIGNALS / INPUT_SIGNALS. A u32 takes two registers in `word_order`.
     The output block is the base signals, then the optional ones up to the last one
-    `optional_outputs` lists (none listed: the base block alone).
+    `optional_outputs` lists (none listed: the base block alone); the input block likewise
+    with `optional_inputs`.
     """
 
     outputs_base: int = 0
     inputs_base: int = 100
     word_order: WordOrder = "high_first"
     optional_outputs: tuple[str, ...] = ()
+    optional_inputs: tuple[str, ...] = ()
 
     @property
     def output_signals(self) -> tuple[Signal, ...]:
@@ -65,8 +76,14 @@ class RegisterMap:
         return sum(s.words for s in self.output_signals)
 
     @property
+    def input_signals(self) -> tuple[Signal, ...]:
+        """The signals of the input block, in register order."""
+        last = max(INPUT_SIGNALS.index(s) for s in carried_inputs(self.optional_inputs))
+        return INPUT_SIGNALS[: last + 1]
+
+    @property
     def inputs_count(self) -> int:
-        return sum(s.words for s in INPUT_SIGNALS)
+        return sum(s.words for s in self.input_signals)
 
     def offsets(self, signals: tuple[Signal, ...]) -> dict[str, int]:
         out, at = {}, 0
@@ -108,10 +125,11 @@ class RegisterMap:
         return Outputs(**self._unpack(self.output_signals, regs))
 
     def encode_inputs(self, i: Inputs) -> list[int]:
-        return self._pack(INPUT_SIGNALS, i.as_dict())
+        return self._pack(self.input_signals, i.as_dict())
 
     def decode_inputs(self, regs: list[int]) -> Inputs:
-        return Inputs(**self._unpack(INPUT_SIGNALS, regs))
+        """The block's values; a signal outside the block keeps its default (recipe_id: the default recipe)."""
+        return Inputs(**self._unpack(self.input_signals, regs))
 
 
 class ModbusMap(Strict):
@@ -121,15 +139,20 @@ class ModbusMap(Strict):
     outputs_base: Annotated[int, Field(ge=0, le=65535)] = 0
     inputs_base: Annotated[int, Field(ge=0, le=65535)] = 100
     word_order: WordOrder = "high_first"
-    # Optional outputs this station carries (detection, segmentation, anomaly models). They
-    # follow the base block at fixed offsets (10 defect_count, 11 defect_class, 12-13
-    # anomaly_area from outputs_base), so nothing of the base block moves; the output block
-    # then runs to the last one listed, and an optional signal before it is written too.
+    # Optional outputs this station carries (detection, segmentation, anomaly models; recipes).
+    # They follow the base block at fixed offsets (10 defect_count, 11 defect_class, 12-13
+    # anomaly_area, 14 active_recipe, 15 result_recipe from outputs_base), so nothing of the
+    # base block moves; the output block then runs to the last one listed, and an optional
+    # signal before it is written too.
     optional_outputs: list[OptionalOutput] = []
+    # Optional inputs this station reads (recipes: recipe_id). They follow the base input
+    # block at fixed offsets (4 recipe_id from inputs_base), so nothing of it moves.
+    optional_inputs: list[OptionalInput] = []
 
     @property
     def register_map(self) -> RegisterMap:
-        return RegisterMap(self.outputs_base, self.inputs_base, self.word_order, tuple(self.optional_outputs))
+        return RegisterMap(self.outputs_base, self.inputs_base, self.word_order, tuple(self.optional_outputs),
+                           tuple(self.optional_inputs))
 
     @model_validator(mode="after")
     def _blocks_fit_and_do_not_overlap(self) -> "ModbusMap":
@@ -137,7 +160,8 @@ class ModbusMap(Strict):
         rmap = self.register_map
         out = range(rmap.outputs_base, rmap.outputs_base + rmap.outputs_count)
         inp = range(rmap.inputs_base, rmap.inputs_base + rmap.inputs_count)
-        where = ("outputs_base", "inputs_base", *(("optional_outputs",) if self.optional_outputs else ()))
+        where = ("outputs_base", "inputs_base", *(("optional_outputs",) if self.optional_outputs else ()),
+                 *(("optional_inputs",) if self.optional_inputs else ()))
         if out.stop > 65536 or inp.stop > 65536:
             raise FieldsError(where, "a register block runs past address 65535")
         if out.start < inp.stop and inp.start < out.stop:
@@ -166,7 +190,8 @@ def markdown_tables(rmap: RegisterMap | None = None) -> str:
 
     table(f"Outputs, bridge -> PLC (holding registers from outputs_base = {rmap.outputs_base})", BASE_OUTPUT_SIGNALS,
           rmap.outputs_base, OUTPUT_SIGNALS)
-    every = RegisterMap(rmap.outputs_base, rmap.inputs_base, rmap.word_order, tuple(s.name for s in OPTIONAL_OUTPUT_SIGNALS))
+    every = RegisterMap(rmap.outputs_base, rmap.inputs_base, rmap.word_order, tuple(s.name for s in OPTIONAL_OUTPUT_SIGNALS),
+                        tuple(s.name for s in OPTIONAL_INPUT_SIGNALS))
     table("Optional outputs, bridge -> PLC (only with `plc.modbus.optional_outputs`)", OPTIONAL_OUTPUT_SIGNALS,
           rmap.outputs_base, OUTPUT_SIGNALS,
           "Written only by a station that lists them in `plc.modbus.optional_outputs` (the simulator: `[modbus] "
@@ -176,7 +201,14 @@ def markdown_tables(rmap: RegisterMap | None = None) -> str:
           "written too (with its value). All of them make the block "
           f"{every.outputs_count} registers ({rmap.outputs_base}..{rmap.outputs_base + every.outputs_count - 1}); "
           "keep the input block clear of it.")
-    table(f"Inputs, PLC -> bridge (holding registers from inputs_base = {rmap.inputs_base})", INPUT_SIGNALS,
+    table(f"Inputs, PLC -> bridge (holding registers from inputs_base = {rmap.inputs_base})", BASE_INPUT_SIGNALS,
           rmap.inputs_base, INPUT_SIGNALS)
+    table("Optional inputs, PLC -> bridge (only with `plc.modbus.optional_inputs`)", OPTIONAL_INPUT_SIGNALS,
+          rmap.inputs_base, INPUT_SIGNALS,
+          "Read only by a station that lists them in `plc.modbus.optional_inputs` (the simulator: `[modbus] "
+          "optional_inputs`); without it the input block is the table above. Their addresses are fixed, right after "
+          "the block above: the input block then runs on, still one read, to the end of the last one listed. All of "
+          f"them make the block {every.inputs_count} registers ({rmap.inputs_base}.."
+          f"{rmap.inputs_base + every.inputs_count - 1}); keep the output block clear of it.")
     lines.append(code_tables())
     return "\n".join(lines)

@@ -29,6 +29,8 @@ Optional outputs (`optional_outputs`) are nodes like the others, from the same t
 and renamed the same way, but only a station that lists them has them: without it the node
 set is the base signals' alone, and neither the bridge nor the simulator knows the others.
 A listed one is written in the same Write as the rest and checked at connect like the rest.
+Optional inputs (`optional_inputs`: recipe_id) are input nodes on the same terms: from
+`input_template`, read in the same Read request, only where listed.
 
 This module does not import asyncua: the config schema uses it, and a Modbus-only station
 never loads asyncua. Types are named here ("UInt16"); the adapter resolves them.
@@ -43,13 +45,17 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from plcbridge.contract import (
+    BASE_INPUT_SIGNALS,
     BASE_OUTPUT_SIGNALS,
     INPUT_SIGNALS,
+    OPTIONAL_INPUT_SIGNALS,
     OPTIONAL_OUTPUT_SIGNALS,
     OUTPUT_SIGNALS,
+    OptionalInput,
     OptionalOutput,
     Signal,
     SignalType,
+    carried_inputs,
     carried_outputs,
 )
 from plcbridge.schema import Strict
@@ -109,26 +115,27 @@ def _defaults(template: str, signals: tuple[Signal, ...]) -> dict[str, str]:
 
 def resolve_nodes(
     output_template: str, input_template: str, output_nodes: Mapping[str, str], input_nodes: Mapping[str, str],
-    optional_outputs: Collection[str] = (),
+    optional_outputs: Collection[str] = (), optional_inputs: Collection[str] = (),
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Per-signal identifiers over the templates' defaults, checked; complete maps back: every
-    base output, the optional outputs `optional_outputs` lists, every input.
+    base output, the optional outputs `optional_outputs` lists, every base input, the optional
+    inputs `optional_inputs` lists.
 
     Raises ValueError naming every problem: a template without `{signal}`, an unknown
     signal, an optional one renamed but not listed, an empty identifier, two signals on one node.
     """
     problems: list[str] = []
     resolved: list[dict[str, str]] = []
-    for what, template, signals, given in (
-        ("output", output_template, carried_outputs(optional_outputs), output_nodes),
-        ("input", input_template, INPUT_SIGNALS, input_nodes),
+    for what, template, signals, given, optional in (
+        ("output", output_template, carried_outputs(optional_outputs), output_nodes, OPTIONAL_OUTPUT_SIGNALS),
+        ("input", input_template, carried_inputs(optional_inputs), input_nodes, OPTIONAL_INPUT_SIGNALS),
     ):
         if PLACEHOLDER not in template:
             problems.append(f"{what}_template {template!r} has no {PLACEHOLDER}: every signal would share one node")
         names = _defaults(template, signals)
         for signal, ident in given.items():
-            if what == "output" and signal not in names and any(s.name == signal for s in OPTIONAL_OUTPUT_SIGNALS):
-                problems.append(f"output_nodes: {signal!r} is an optional output: list it in optional_outputs "
+            if signal not in names and any(s.name == signal for s in optional):
+                problems.append(f"{what}_nodes: {signal!r} is an optional {what}: list it in optional_{what}s "
                                 "to carry it")
             elif signal not in names:
                 problems.append(f"{what}_nodes: {signal!r} is not a contract signal (known: {', '.join(names)})")
@@ -157,10 +164,12 @@ def complete_node_names(data: Any) -> Any:
     templates = data.get("output_template", DEFAULT_OUTPUT_TEMPLATE), data.get("input_template", DEFAULT_INPUT_TEMPLATE)
     given = data.get("output_nodes", {}), data.get("input_nodes", {})
     optional = data.get("optional_outputs", [])
+    optional_in = data.get("optional_inputs", [])
     if not all(isinstance(t, str) for t in templates) or not all(isinstance(g, dict) for g in given) \
-            or not isinstance(optional, (list, tuple)):
+            or not isinstance(optional, (list, tuple)) or not isinstance(optional_in, (list, tuple)):
         return data  # the fields' own type checks report it
-    outputs, inputs = resolve_nodes(*templates, *given, optional_outputs=[n for n in optional if isinstance(n, str)])
+    outputs, inputs = resolve_nodes(*templates, *given, optional_outputs=[n for n in optional if isinstance(n, str)],
+                                    optional_inputs=[n for n in optional_in if isinstance(n, str)])
     return {**data, "output_nodes": outputs, "input_nodes": inputs}
 
 
@@ -179,6 +188,9 @@ class OpcUaNodeMap(Strict):
     # from output_template (or output_nodes) like the rest, written in the same Write request.
     # Unlisted ones have no node: the base node set is what it was.
     optional_outputs: list[OptionalOutput] = []
+    # Optional inputs this station reads (recipes: recipe_id): nodes from input_template (or
+    # input_nodes), read in the same Read request. Unlisted ones have no node.
+    optional_inputs: list[OptionalInput] = []
 
     @model_validator(mode="before")
     @classmethod
@@ -191,19 +203,22 @@ class OpcUaNodeMap(Strict):
 
 
 def node_specs(output_nodes: Mapping[str, str], input_nodes: Mapping[str, str]) -> tuple[tuple[NodeSpec, ...], tuple[NodeSpec, ...]]:
-    """The nodes in contract order (the order of Outputs / Inputs fields): every base output,
-    the optional ones `output_nodes` names (a complete map names those listed), every input."""
+    """The nodes in contract order (the order of Outputs / Inputs fields): every base signal,
+    and the optional ones the maps name (a complete map names those listed)."""
     return (
         tuple(NodeSpec(s, "output", output_nodes[s.name]) for s in OUTPUT_SIGNALS if not s.optional or s.name in output_nodes),
-        tuple(NodeSpec(s, "input", input_nodes[s.name]) for s in INPUT_SIGNALS),
+        tuple(NodeSpec(s, "input", input_nodes[s.name]) for s in INPUT_SIGNALS if not s.optional or s.name in input_nodes),
     )
 
 
 def markdown_tables() -> str:
     """The node table for docs/plc-interface.md, with the default identifiers."""
-    every, ins = node_specs(_defaults(DEFAULT_OUTPUT_TEMPLATE, OUTPUT_SIGNALS), _defaults(DEFAULT_INPUT_TEMPLATE, INPUT_SIGNALS))
+    every, every_in = node_specs(_defaults(DEFAULT_OUTPUT_TEMPLATE, OUTPUT_SIGNALS),
+                                 _defaults(DEFAULT_INPUT_TEMPLATE, INPUT_SIGNALS))
     outs = tuple(n for n in every if n.signal in BASE_OUTPUT_SIGNALS)
     optional = tuple(n for n in every if n.signal in OPTIONAL_OUTPUT_SIGNALS)
+    ins = tuple(n for n in every_in if n.signal in BASE_INPUT_SIGNALS)
+    optional_in = tuple(n for n in every_in if n.signal in OPTIONAL_INPUT_SIGNALS)
     lines: list[str] = []
 
     def table(title: str, specs: tuple[NodeSpec, ...], writer: str, intro: str = "") -> None:
@@ -225,6 +240,11 @@ def markdown_tables() -> str:
           "PLC needs no such variables. A listed one is a node like those above: from `output_template` (or "
           "renamed in `[plc.opcua.output_nodes]`), checked at connect, written in the same Write request.")
     table("Input nodes, PLC -> bridge (read together in one Read request per tick)", ins, "PLC")
+    table("Optional input nodes, PLC -> bridge (only with `plc.opcua.optional_inputs`)", optional_in, "PLC",
+          "Read only by a station that lists them in `plc.opcua.optional_inputs` (the simulator: `[opcua] "
+          "optional_inputs`, which creates them); without it the bridge neither reads nor checks them. A listed one "
+          "is a node like those above: from `input_template` (or renamed in `[plc.opcua.input_nodes]`), checked at "
+          "connect, read in the same Read request.")
     lines.append(
         "Status bits, result codes and fault codes are the same numbers as in the Modbus tables above."
     )
