@@ -166,10 +166,25 @@ def _camera_problems(cfg: Config) -> list[Problem]:
     return []
 
 
+def _mqtt_problems(cfg: Config, env: dict[str, str]) -> list[Problem]:
+    """[mqtt]: paho-mqtt installed, the TLS files and the password file usable."""
+    if not cfg.mqtt.enabled:
+        return []
+    import importlib.util
+
+    from plcbridge.mqtt import auth
+
+    out: list[Problem] = []
+    if importlib.util.find_spec("paho") is None or importlib.util.find_spec("paho.mqtt") is None:
+        out.append(("mqtt.enabled", "[mqtt] needs paho-mqtt, which is not installed: pip install 'plcbridge[mqtt]'"))
+    return out + auth.problems(cfg.mqtt, env)
+
+
 def station_problems(cfg: Config, env: dict[str, str] | None = None) -> list[Problem]:
     """What a config names that is missing or unusable on this machine; empty when all is there."""
     env = dict(os.environ) if env is None else env
-    return [*_model_problems(cfg.model.manifest), *_pki_problems(cfg, env), *_camera_problems(cfg)]
+    return [*_model_problems(cfg.model.manifest), *_pki_problems(cfg, env), *_camera_problems(cfg),
+            *_mqtt_problems(cfg, env)]
 
 
 def config_warnings(cfg: Config) -> list[Problem]:
@@ -193,6 +208,18 @@ def config_warnings(cfg: Config) -> list[Problem]:
         out.append(("archive.path", f"{a.path} is not a folder here: no frame is kept until it is (the daemon never "
                                     "creates it in place of an unmounted disk; the systemd unit creates "
                                     "/var/lib/plcbridge/archive)"))
+    q = cfg.mqtt
+    if q.enabled:
+        from plcbridge.mqtt import auth
+
+        if not q.spool_path.parent.is_dir():
+            out.append(("mqtt.spool_path", f"{q.spool_path.parent} is not a folder here: no decision can be spooled, "
+                                           "so none is published, until it is (the systemd unit creates "
+                                           "/var/lib/plcbridge)"))
+        if q.username is not None and not q.tls.enabled:
+            out.append(("mqtt.tls.enabled", f"user {q.username!r} logs in without TLS: the password crosses the "
+                                            "network in clear text; set [mqtt.tls] enabled = true"))
+        out += auth.warnings(q)
     return out
 
 

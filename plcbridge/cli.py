@@ -257,10 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(ssub.add_parser(name, help=f"{protocols.get(name).title} PLC simulator"))
     s.set_defaults(func=run)
 
-    g = sub.add_parser("docs", help="regenerate the generated tables of docs/plc-interface.md (signal contract) and "
-                                    "docs/configuration.md (config schema)")
+    g = sub.add_parser("docs", help="regenerate the generated tables of docs/plc-interface.md (signal contract), "
+                                    "docs/configuration.md (config schema) and docs/mqtt.md (MQTT payload schemas)")
     g.add_argument("--output", default=None, metavar="PATH",
-                   help="one document to render (default: both, from the repository root)")
+                   help="one document to render (default: all three, from the repository root)")
     g.add_argument("--check", action="store_true", help="exit 1 if the file differs from what would be written")
     g.set_defaults(func=_cmd_docs)
 

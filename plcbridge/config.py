@@ -12,7 +12,7 @@ import os
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
@@ -22,6 +22,9 @@ from plcbridge.contract.enip import EnipTagMap
 from plcbridge.contract.modbus import ModbusMap
 from plcbridge.contract.opcua import OpcUaNodeMap
 from plcbridge.schema import FieldsError, Strict, validation_problems
+
+if TYPE_CHECKING:
+    from plcbridge.mqtt.messages import Topics
 
 
 class StationSettings(Strict):
@@ -495,6 +498,149 @@ class ArchiveSettings(Strict):
     queue: Annotated[int, Field(ge=1, le=10_000)] = 64
 
 
+class MqttTlsSettings(Strict):
+    """`[mqtt.tls]`: TLS to the broker. The broker's certificate is always verified, its name
+    included (there is no switch to turn that off); the files are read again at every connect,
+    so a renewed certificate is taken without a restart."""
+
+    # Connect with TLS (port 8883 unless mqtt.port says otherwise).
+    enabled: bool = False
+    # The CA certificate(s), PEM, the broker's certificate must chain to; unset: the system's trusted CAs.
+    ca: Path | None = None
+    # The bridge's client certificate, PEM, for a broker that authenticates clients by
+    # certificate (with key).
+    cert: Path | None = None
+    # The client certificate's private key, PEM, not encrypted (the daemon starts unattended;
+    # protect it with file permissions: readable by the plcbridge user only).
+    key: Path | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "MqttTlsSettings":
+        given = [k for k in ("ca", "cert", "key") if getattr(self, k) is not None]
+        if given and not self.enabled:
+            raise FieldsError((*given, "enabled"), f"{', '.join(given)} set but [mqtt.tls] enabled = false: set "
+                                                   "enabled = true, or remove them")
+        if (self.cert is None) != (self.key is None):
+            have, lacks = ("cert", "key") if self.key is None else ("key", "cert")
+            raise FieldsError((have, lacks), f"{have} is set without {lacks}: a client certificate needs both")
+        return self
+
+
+class MqttSettings(Strict):
+    """Results to the plant over MQTT (plcbridge/mqtt, docs/mqtt.md): every decision, the
+    station's status and stats, through a disk spool that keeps what the broker has not
+    acknowledged. Side work: a dead, slow or rude broker costs nothing the PLC sees."""
+
+    # Publish at all (off in the embedded demo station).
+    enabled: bool = False
+    # The broker's host name or address.
+    host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
+    # The broker's port; unset: 1883, or 8883 with tls.enabled.
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    # MQTT protocol version: "3.1.1" (every broker) or "5" (reason codes in acknowledgements).
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    # The client id, unique on the broker (a second client with the same id takes the
+    # connection over); the placeholders of topic_prefix may be used. Unset: "plcbridge-"
+    # followed by site, line and station name (those set), joined by "-".
+    client_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    # Seconds between keep-alive pings when nothing else is sent; the broker drops a silent
+    # connection after 1.5 times this and publishes the station's last will (offline).
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    # TCP connect, TLS handshake and the broker's CONNACK each within this.
+    connect_timeout_ms: Annotated[int, Field(ge=100, le=60_000)] = 5_000
+    # User name for the broker; unset: none (anonymous, or the TLS client certificate).
+    username: Annotated[str, Field(min_length=1)] | None = None
+    # A file holding the password (its first line), read at every connect; never in this file,
+    # never logged. Set at most one of password_file and password_env.
+    password_file: Path | None = None
+    # An environment variable holding the password (e.g. in /etc/plcbridge/plcbridge.env),
+    # read at every connect; never logged.
+    password_env: Annotated[str, Field(min_length=1)] | None = None
+    tls: MqttTlsSettings = MqttTlsSettings()
+    # Topics are PREFIX/decision, PREFIX/status (retained) and PREFIX/stats; placeholders:
+    # {site}, {line}, {station} (station.name).
+    topic_prefix: Annotated[str, Field(min_length=1)] = "plcbridge/{site}/{line}/{station}"
+    # The plant's site, for {site} (one topic level: no '/', '+', '#').
+    site: Annotated[str, Field(min_length=1)] | None = None
+    # The production line, for {line} (one topic level).
+    line: Annotated[str, Field(min_length=1)] | None = None
+    # The status topic is published on every change and at least this often.
+    status_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 30.0
+    # The stats topic is published this often.
+    stats_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
+    # The disk spool (SQLite): every decision is written here before it is published and
+    # deleted when the broker acknowledges it. Its folder must exist (the systemd unit's
+    # StateDirectory makes /var/lib/plcbridge).
+    spool_path: Path = Path("/var/lib/plcbridge/mqtt-spool.sqlite")
+    # Past this many bytes of spooled messages the oldest are dropped first (counted).
+    spool_max_bytes: Annotated[int, Field(ge=100_000)] = 500_000_000
+    # Spooled messages older than this many days are dropped (counted).
+    spool_max_age_days: Annotated[float, Field(gt=0)] = 7.0
+    # Decisions published and not yet acknowledged, at most: what memory holds, however
+    # slow or silent the broker.
+    inflight: Annotated[int, Field(ge=1, le=1_000)] = 20
+    # A connection whose oldest unacknowledged message waits this long is dropped and made
+    # again (a broker that accepts and never acknowledges).
+    ack_timeout_s: Annotated[float, Field(ge=1, le=3_600)] = 30.0
+    # Reconnect backoff: doubles from this first wait, with jitter (no reconnect storm from a
+    # line of stations) ...
+    reconnect_min_ms: Annotated[int, Field(ge=100)] = 1_000
+    # ... up to this longest wait between two attempts ...
+    reconnect_max_ms: Annotated[int, Field(ge=100)] = 60_000
+    # ... and back to the first only after a connection has been acknowledging this long.
+    reconnect_reset_ms: Annotated[int, Field(ge=0)] = 30_000
+    # Decision records the spool writer may lag behind before it leaves some out (counted).
+    queue: Annotated[int, Field(ge=1, le=10_000)] = 256
+
+    @property
+    def broker(self) -> str:
+        """host:port, for logs."""
+        return f"[{self.host}]:{self.broker_port}" if ":" in self.host else f"{self.host}:{self.broker_port}"
+
+    @property
+    def broker_port(self) -> int:
+        return self.port if self.port is not None else (8883 if self.tls.enabled else 1883)
+
+    @property
+    def password_source(self) -> str | None:
+        """Where the password comes from, for messages (never the password)."""
+        if self.password_file is not None:
+            return f"the file {self.password_file}"
+        if self.password_env is not None:
+            return f"${self.password_env}"
+        return None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "MqttSettings":
+        if self.password_file is not None and self.password_env is not None:
+            raise FieldsError(("password_file", "password_env"), "set one of password_file and password_env, not both")
+        if self.username is None and (self.password_file is not None or self.password_env is not None):
+            given = "password_file" if self.password_file is not None else "password_env"
+            raise FieldsError((given, "username"), f"{given} is set without username: a password goes with a user name")
+        if self.reconnect_max_ms < self.reconnect_min_ms:
+            raise FieldsError(("reconnect_max_ms", "reconnect_min_ms"), f"reconnect_max_ms ({self.reconnect_max_ms}) "
+                              f"is below reconnect_min_ms ({self.reconnect_min_ms})")
+        from plcbridge.mqtt.messages import PLACEHOLDERS, TopicError, level_problem, placeholders_in
+
+        for key in ("topic_prefix", "client_id"):
+            template = getattr(self, key)
+            if template is None:
+                continue
+            try:
+                unknown = [n for n in placeholders_in(template) if n not in PLACEHOLDERS]
+            except TopicError as e:
+                raise FieldsError((key,), str(e)) from None
+            if unknown:
+                raise FieldsError((key,), f"{template!r}: unknown placeholder {{{unknown[0]}}}; the placeholders are "
+                                          f"{', '.join('{' + p + '}' for p in PLACEHOLDERS)}")
+        for key in ("site", "line"):
+            value = getattr(self, key)
+            why = None if value is None else level_problem(value)
+            if why is not None:
+                raise FieldsError((key,), f"{value!r} cannot be one level of an MQTT topic: {why}")
+        return self
+
+
 class MetricsSettings(Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -511,6 +657,7 @@ class Config(Strict):
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
     archive: ArchiveSettings = ArchiveSettings()
+    mqtt: MqttSettings = MqttSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -540,7 +687,37 @@ class Config(Strict):
         if self.camera.trigger != "free-run" and self.station.mode != "triggered":
             raise FieldsError(("camera.trigger", "station.mode"), f"camera.trigger = {self.camera.trigger!r} needs station.mode = \"triggered\": "
                              "in free-run nothing asks the camera for a frame")
+        if self.mqtt.enabled:
+            from plcbridge.mqtt.messages import TopicError
+
+            try:
+                self.mqtt_topics()
+                self.mqtt_client_id()
+            except TopicError as e:
+                text = str(e)
+                where = ["mqtt.client_id" if text.startswith("mqtt.client_id") else "mqtt.topic_prefix"]
+                where += [f for f in ("station.name", "mqtt.site", "mqtt.line") if f in text]
+                raise FieldsError(tuple(where), text) from None
         return self
+
+    def mqtt_values(self) -> dict[str, str | None]:
+        """What `{site}`, `{line}` and `{station}` stand for in mqtt.topic_prefix and mqtt.client_id."""
+        return {"site": self.mqtt.site, "line": self.mqtt.line, "station": self.station.name}
+
+    def mqtt_topics(self) -> "Topics":
+        """The station's MQTT topics (plcbridge.mqtt.messages.Topics); TopicError when the prefix
+        cannot be expanded or published to."""
+        from plcbridge.mqtt.messages import Topics
+
+        return Topics.build(self.mqtt.topic_prefix, self.mqtt_values())
+
+    def mqtt_client_id(self) -> str:
+        """mqtt.client_id expanded; unset: "plcbridge-" + the site, line and station set."""
+        from plcbridge.mqtt.messages import expand
+
+        if self.mqtt.client_id is None:
+            return "-".join(["plcbridge", *(v for v in self.mqtt_values().values() if v)])
+        return expand(self.mqtt.client_id, self.mqtt_values(), "mqtt.client_id")
 
 
 # Environment overrides, applied before validation so that they are validated too.

@@ -20,12 +20,13 @@ import queue
 import threading
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable
 
 from plcbridge.config import Config, ConfigError, changed_keys, load_config
 from plcbridge.endpoint import HealthServer
 from plcbridge.inspection import FreeRunInspection, Health, TriggeredInspection
-from plcbridge.journal import Journal
+from plcbridge.journal import Journal, utc_text
 from plcbridge.link import PlcLink
 from plcbridge.logs import LogPipeline, get_logger, log_event
 from plcbridge.mailbox import FrameMailbox
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from plcbridge.decision import Decision
     from plcbridge.endpoint import Route
     from plcbridge.inference.session import Model
+    from plcbridge.mqtt.sink import MqttSink
     from plcbridge.page import PageSink
 
 log = get_logger("daemon")
@@ -73,11 +75,24 @@ def reload_changes(keys: list[str], serving: Model | None, checked: Model) -> st
     return f"{said}; {model}"
 
 
+def _mqtt_module() -> ModuleType:
+    """plcbridge.mqtt.sink, or ConfigError naming the extra when paho-mqtt is not installed."""
+    try:
+        import plcbridge.mqtt.sink as sink
+    except ImportError as e:
+        if (e.name or "").startswith("paho"):
+            raise ConfigError("mqtt.enabled: [mqtt] needs paho-mqtt, which is not installed: "
+                              "pip install 'plcbridge[mqtt]'") from None
+        raise
+    return sink
+
+
 class Daemon:
     def __init__(self, config: Config, config_path: Path | None = None, notifier: Notifier | None = None,
                  log_pipeline: LogPipeline | None = None) -> None:
         self.config = config
         self.config_path = config_path
+        mqtt = _mqtt_module() if config.mqtt.enabled else None  # before anything starts: a missing extra is refused
         self.notifier = notifier or Notifier(env={})
         self._ready_sent = False
         self._not_ok_since: dict[str, float] = {}  # part of readiness -> since when it is not OK
@@ -99,6 +114,7 @@ class Daemon:
 
             self.journal.sinks.add(ArchiveSink(config.archive, self.metrics), queue_size=config.archive.queue)
         self.page: PageSink | None = None
+        self.mqtt: MqttSink | None = None  # made last, below: its status reads the stages
         if config.metrics.enabled:
             from plcbridge.page import PageSink  # the station page, served beside /metrics
 
@@ -128,6 +144,9 @@ class Daemon:
         self.http: HealthServer | None = None
         self.started_at: float | None = None
         self._stall_s = config.camera.stall_timeout_ms / 1000
+        if mqtt is not None:  # results to the plant (plcbridge/mqtt): its publisher starts in start()
+            self.mqtt = mqtt.MqttSink(config, self.metrics, mqtt.DaemonStation(self))
+            self.journal.sinks.add(self.mqtt, queue_size=config.mqtt.queue)
 
     def health(self, now: float) -> Health:
         return Health(self.grab.ok(now, self._stall_s), self.worker.model_ok, self.worker.model_version)
@@ -181,6 +200,16 @@ class Daemon:
             out.append({"part": name, "ok": why is None, "reason": why,
                         "for_s": None if why is None or since is None else round(now - since, 1)})
         return out
+
+    def readiness_report(self) -> dict[str, Any]:
+        """`ready` and `readiness` (each part with `since_utc`, the wall-clock time it stopped
+        being OK) as the station page's /api/status and the MQTT status topic both say them."""
+        readiness = self.readiness()
+        ready = self.ready()
+        wall = time.time()
+        for part in readiness:
+            part["since_utc"] = None if part["for_s"] is None else utc_text(wall - part["for_s"])
+        return {"ready": ready, "readiness": readiness}
 
     def why_not_ready(self) -> list[str]:
         """/readyz's body when it says 503: each part that is not OK, why, and for how long."""
@@ -343,6 +372,8 @@ class Daemon:
         self.link.start()
         freeze_heap()
         self.loop.start()
+        if self.mqtt is not None:
+            self.mqtt.start()  # after the loop: the spool's backlog never delays the first block
         self.poll()
         return self
 
@@ -364,7 +395,9 @@ class Daemon:
         self.link.close()
         self.worker.stop()
         self.grab.stop()
-        self.journal.sinks.close()  # the side work finishes what it was handed (bounded), after the final write
+        # The side work finishes what it was handed (bounded), after the final write; MQTT then
+        # says offline and disconnects (bounded too), the spool keeping what was not acknowledged.
+        self.journal.sinks.close()
         if self.http is not None:
             self.http.stop()
         log_event(log, "stopped", logging.INFO, ticks=self.loop.ticks, overruns=self.loop.overruns,

@@ -39,6 +39,7 @@ import os
 import threading
 import time
 from collections.abc import Collection
+from datetime import datetime, timezone
 from typing import Any
 
 from plcbridge.contract import (
@@ -79,6 +80,24 @@ def decision_time(decision_id: str) -> float:
             raise ValueError(f"not a decision id: {decision_id!r}")
         n = n << 5 | i
     return (n >> 80) / 1000
+
+
+def utc_text(t: float) -> str:
+    """Wall-clock seconds as the station says times to other machines: ISO 8601, UTC,
+    milliseconds, `Z` (the page's API, the MQTT messages)."""
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def by_result(counts: dict[str, int]) -> dict[str, int]:
+    """Counts for every result a decision can have (ResultCode less NONE), 0 where none."""
+    return {r.name: int(counts.get(r.name, 0)) for r in ResultCode if r is not ResultCode.NONE}
+
+
+def yield_of(counts: dict[str, int]) -> float | None:
+    """PASS / (PASS + FAIL); None before any. FAILSAFE is no verdict and is left out (shown
+    beside it as a count). One definition for the page, `plcbridge status` and MQTT stats."""
+    p, f = counts.get(ResultCode.PASS.name, 0), counts.get(ResultCode.FAIL.name, 0)
+    return round(p / (p + f), 4) if p + f else None
 
 
 class Journal:

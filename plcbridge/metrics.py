@@ -87,6 +87,33 @@ class Metrics:
         self.archive_overlays_failed = Counter("plcbridge_archive_overlays_failed", "Overlays (the frame with the "
                                                "findings drawn) that could not be drawn or encoded; the frame itself "
                                                "was kept", registry=r)
+        self.mqtt_published = Counter("plcbridge_mqtt_published", "MQTT messages the broker acknowledged (PUBACK), "
+                                      "by topic: decision, status, stats", ["topic"], registry=r)
+        self.mqtt_spooled = Counter("plcbridge_mqtt_spooled", "Decisions written (committed) to the MQTT spool, "
+                                    "which happens before they are published", registry=r)
+        self.mqtt_dropped = Counter("plcbridge_mqtt_dropped", "Decisions that will not be published, by reason: "
+                                    "spool_bytes, spool_age (the spool's bounds, oldest first), spool_error (could not "
+                                    "be spooled: disk full, read-only, missing folder), too_large (above "
+                                    "mqtt.spool_max_bytes alone), rejected (the broker refused it: MQTT 5). A full "
+                                    "sink queue is plcbridge_sink_dropped_total{sink=\"mqtt\"}", ["reason"], registry=r)
+        for reason in ("spool_bytes", "spool_age", "spool_error", "too_large", "rejected"):
+            self.mqtt_dropped.labels(reason)
+        self.mqtt_backlog_messages = Gauge("plcbridge_mqtt_backlog_messages", "Decisions in the MQTT spool, not yet "
+                                           "acknowledged by the broker", registry=r)
+        self.mqtt_backlog_bytes = Gauge("plcbridge_mqtt_backlog_bytes", "Bytes of the decisions in the MQTT spool "
+                                        "(topics and payloads)", registry=r)
+        self.mqtt_backlog_age_seconds = Gauge("plcbridge_mqtt_backlog_age_seconds", "Age of the oldest decision in "
+                                              "the MQTT spool (0 when empty)", registry=r)
+        self.mqtt_inflight = Gauge("plcbridge_mqtt_inflight", "Decisions published and not yet acknowledged "
+                                   "(at most mqtt.inflight)", registry=r)
+        self.mqtt_connected = Gauge("plcbridge_mqtt_connected", "1 while connected to the MQTT broker (CONNACK "
+                                    "accepted)", registry=r)
+        self.mqtt_connect_errors = Counter("plcbridge_mqtt_connect_errors", "MQTT connections that failed or ended, by "
+                                           "reason: refused, timeout, dns, network, tls_certificate, tls, auth, "
+                                           "not_authorized, broker_refused, credentials, lost, ack_timeout",
+                                           ["reason"], registry=r)
+        self.mqtt_spool_corrupt = Counter("plcbridge_mqtt_spool_corrupt", "MQTT spool files found corrupt, moved "
+                                          "aside (renamed with a timestamp) and started anew", registry=r)
         self.sink_dropped = Counter("plcbridge_sink_dropped", "Decision records a side-work sink (archive, page, "
                                     "MQTT) left out: its queue was full, or it failed", ["sink", "reason"], registry=r)
         self.camera_frames_unpaired = Counter("plcbridge_camera_frames_unpaired", "Hardware-triggered frames that "

@@ -12,6 +12,11 @@ its own bounded queue; a record that finds the queue full is dropped and counted
 raises is counted (`reason="error"`) and logged once per log window; its thread goes on
 with the next record. So a full disk, a dead broker or a stalled browser changes nothing the
 PLC sees: at worst that sink misses records, and says how many.
+
+A sink that never looks at the frame (MQTT: `images = False`) is handed the record without it
+(`DecisionRecord.without_image`, one copy per decision shared by all such sinks, made only
+for a decision that judged a frame): its queue, however far behind, then pins no frames in
+memory (256 records of 5-megapixel frames would be gigabytes).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from plcbridge.decision import Decision
@@ -41,6 +46,21 @@ class DecisionRecord:
     fields: dict[str, Any]
     decision: Decision
     image: Any = field(default=None, repr=False, compare=False)  # numpy BGR frame, never copied here
+    had_image: bool = False  # a frame was judged, and left out of this copy (without_image)
+
+    @property
+    def judged_frame(self) -> bool:
+        """The decision judged a frame (whether or not this record carries it)."""
+        return self.image is not None or self.had_image
+
+    def without_image(self) -> "DecisionRecord":
+        """This record without the frame, nor the decision's frame and decoded result (boxes,
+        anomaly maps): what a sink that never draws or keeps pictures gets (`images = False`)."""
+        d = self.decision
+        if self.image is None and d.image is None and d.decoded is None:
+            return self
+        return DecisionRecord(self.decision_id, self.fields, replace(d, image=None, decoded=None), None,
+                              had_image=self.judged_frame)
 
 
 class Sink(Protocol):
@@ -49,6 +69,7 @@ class Sink(Protocol):
     the last record."""
 
     name: str
+    # Optional: `images = False` says the sink never looks at the frame (see the module docstring).
 
     def write(self, record: DecisionRecord) -> None: ...
 
@@ -62,6 +83,7 @@ class _Feed:
         self.sink = sink
         self.metrics = metrics
         self.queue: queue.Queue[DecisionRecord | None] = queue.Queue(maxsize=size)
+        self.images = bool(getattr(sink, "images", True))
         self.thread = threading.Thread(target=self._run, name=f"sink-{sink.name}", daemon=True)
 
     def offer(self, record: DecisionRecord) -> None:
@@ -115,8 +137,14 @@ class SinkFanout:
         return [f.sink.name for f in self._feeds]
 
     def offer(self, record: DecisionRecord) -> None:
+        light: DecisionRecord | None = None  # made once, only when a sink wants no frames
         for feed in self._feeds:
-            feed.offer(record)
+            if feed.images:
+                feed.offer(record)
+            else:
+                if light is None:
+                    light = record.without_image()
+                feed.offer(light)
 
     def close(self, timeout: float = 2.0) -> None:
         """Let each sink finish what it has queued (within `timeout` each), then close it."""

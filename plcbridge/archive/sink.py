@@ -46,6 +46,22 @@ _REASONS = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EROFS: "
             errno.EACCES: "permission", errno.EPERM: "permission", errno.ENOENT: "missing_folder"}
 
 
+def retention(settings: ArchiveSettings, result: ResultCode) -> str:
+    """What the archive does with a judged frame of this result: "kept" (every one: FAIL,
+    FAILSAFE as configured; unless the disk fails, which is counted), "sampled" (PASS: one in
+    `pass_every`) or "not_kept" (the archive is off, or keeps no frame of this result). The
+    one statement of the policy; the MQTT decision message says it too."""
+    return _policy(settings, result) if settings.enabled else "not_kept"
+
+
+def _policy(settings: ArchiveSettings, result: ResultCode) -> str:
+    if result is ResultCode.FAIL:
+        return "kept" if settings.save_fail else "not_kept"
+    if result is ResultCode.FAILSAFE:
+        return "kept" if settings.save_failsafe else "not_kept"
+    return "sampled" if settings.pass_every else "not_kept"
+
+
 class ArchiveSink:
     name = "archive"
 
@@ -81,13 +97,9 @@ class ArchiveSink:
         """Does this decision keep its frame? (Counts PASS frames for the sample.)"""
         if record.image is None:
             return False
-        s, result = self.settings, record.decision.result
-        if result is ResultCode.FAIL:
-            return s.save_fail
-        if result is ResultCode.FAILSAFE:
-            return s.save_failsafe
-        if not s.pass_every:
-            return False
+        s, kept = self.settings, _policy(self.settings, record.decision.result)
+        if kept != "sampled":
+            return kept == "kept"
         self._passes += 1
         now = time.monotonic()
         if self._passes % s.pass_every or now - self._last_pass < s.pass_min_interval_s:

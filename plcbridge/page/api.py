@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from plcbridge.contract import (
@@ -27,7 +26,8 @@ from plcbridge.contract import (
     carried_outputs,
     code_name,
 )
-from plcbridge.journal import decision_time
+from plcbridge.journal import by_result, decision_time, yield_of
+from plcbridge.journal import utc_text as _utc
 from plcbridge.overlay import findings_summary
 from plcbridge.page.images import ArchiveLookup
 from plcbridge.page.sink import Kept, PageSink
@@ -40,24 +40,8 @@ LATENESS_EVERY_S = 5.0  # the lateness summary (a sort of up to 200 000 samples)
 COUNTERS_EVERY_S = 0.5  # the metrics counters (one pass over the registry) this often
 
 
-def _utc(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
-
-
-def by_result(counts: dict[str, int]) -> dict[str, int]:
-    """Counts for every result a decision can have (ResultCode less NONE), 0 where none."""
-    return {r.name: int(counts.get(r.name, 0)) for r in ResultCode if r is not ResultCode.NONE}
-
-
-def yield_of(counts: dict[str, int]) -> float | None:
-    """PASS / (PASS + FAIL); None before any. FAILSAFE is no verdict and is left out (shown
-    beside it as a count)."""
-    p, f = counts.get(ResultCode.PASS.name, 0), counts.get(ResultCode.FAIL.name, 0)
-    return round(p / (p + f), 4) if p + f else None
 
 
 def station_outputs(config: Config) -> tuple[Signal, ...]:
@@ -131,13 +115,11 @@ class StatusApi:
 
     def status(self) -> dict[str, Any]:
         d, c = self.daemon, self.daemon.config
-        readiness = d.readiness()
+        report = d.readiness_report()
         link = d.link
         counters = self._counters.get()
         block, reply = link.last_block, link.reply
         now, wall = time.monotonic(), time.time()  # after reading them: their ages are never negative
-        for part in readiness:
-            part["since_utc"] = None if part["for_s"] is None else _utc(wall - part["for_s"])
         since_start = by_result(d.journal.summary()["results"])
         last_hour = by_result(self.sink.last_hour())
         newest, frame = self.sink.newest(), self.sink.frame()
@@ -146,8 +128,7 @@ class StatusApi:
                         "plc": c.plc.address, "camera": c.camera.source},
             "time_utc": _utc(wall),
             "uptime_s": None if d.started_at is None else round(now - d.started_at, 1),
-            "ready": d.ready(),
-            "readiness": readiness,
+            **report,
             "plc": {
                 "outputs": None if block is None else {**outputs_view(block[0], self._outputs), "age_ms": _ms(now - block[1])},
                 "inputs": None if reply is None else {**inputs_view(reply.inputs), "age_ms": _ms(now - reply.t_answered)},
@@ -166,6 +147,8 @@ class StatusApi:
             "newest_decision_id": None if newest is None else newest.decision_id,
             "live": {"decision_id": None if frame is None else frame[0].decision_id},
             "page": {"records_dropped": counters["page_dropped_queue_full"] + counters["page_dropped_error"]},
+            # Results to the plant (plcbridge/mqtt): connection and spool backlog; None when [mqtt] is off.
+            "mqtt": None if d.mqtt is None else d.mqtt.view(),
         }
 
     def decisions(self, limit: int) -> dict[str, Any]:

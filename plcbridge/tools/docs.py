@@ -1,4 +1,5 @@
-"""Generate the tables of docs/plc-interface.md from the signal contract.
+"""Generate the tables of docs/plc-interface.md from the signal contract (and the generated
+sections of docs/configuration.md and docs/mqtt.md: the config schema, the MQTT payload schemas).
 
 The prose of the document is written by hand; each section between a pair of markers
 
@@ -37,12 +38,14 @@ DOCUMENTED: tuple[str, ...] = tuple(p.name for p in protocols.PROTOCOLS.values()
 GENERATORS: dict[str, str] = {
     **{name: f"{protocols.get(name).wire}:markdown_tables" for name in DOCUMENTED},
     "config": "plcbridge.tools.config_reference:markdown_reference",
+    "mqtt": "plcbridge.mqtt.messages:markdown_reference",
 }
 
 # Which generated sections each document holds; `plcbridge docs` renders them all.
 DOCUMENTS: dict[Path, tuple[str, ...]] = {
     DEFAULT_PATH: DOCUMENTED,
     Path("docs/configuration.md"): ("config",),
+    Path("docs/mqtt.md"): ("mqtt",),
 }
 
 _SECTION = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+)[^>]*-->)(?P<body>.*?)(<!-- END GENERATED: (?P=name) -->)", re.S)

@@ -1,6 +1,7 @@
 """`plcbridge status`: one screen of a running daemon, read from its station page's JSON API
 (/api/status and /api/decisions, docs/station-page.md): readiness with the reasons, the PLC
-blocks as the PLC got and gave them, the link, counts and yield, the last decisions.
+blocks as the PLC got and gave them, the link, MQTT (when `[mqtt]` is on: the broker
+connection and the spool's backlog), counts and yield, the last decisions.
 
     plcbridge status                           # http://127.0.0.1:9108
     plcbridge status --config station.toml     # that station's [metrics] host and port
@@ -116,6 +117,17 @@ def render(status: dict[str, Any], decisions: list[dict[str, Any]], url: str, wi
                    + ("" if link["inputs_ok"] else ", INPUTS STALE"))
     else:
         out.append(f"PLC link: NOT CONNECTED ({link['last_error'] or 'connecting'}), {link['reconnects']} reconnects")
+    mqtt = s.get("mqtt")
+    if mqtt:  # [mqtt] on: the connection to the plant's broker and the spool's backlog
+        age = mqtt.get("backlog_oldest_age_s")
+        backlog = (f"backlog {mqtt['backlog_messages']} ({mqtt['backlog_bytes']} bytes"
+                   + (f", oldest {age:g} s" if age is not None else "") + ")")
+        counts = f"{mqtt.get('published', 0)} published, {mqtt.get('dropped', 0)} dropped"
+        if mqtt["connected"]:
+            out.append(f"MQTT: connected to {mqtt['broker']}, {backlog}, {counts}")
+        else:
+            out += textwrap.wrap(f"MQTT: NOT CONNECTED to {mqtt['broker']} ({mqtt.get('last_error') or mqtt['state']}), "
+                                 f"{backlog}, {counts}", width, subsequent_indent="    ")
     outputs, inputs = s["plc"]["outputs"], s["plc"]["inputs"]
     if outputs is None:
         out.append("outputs: none has reached the PLC yet")

@@ -158,8 +158,21 @@
     } else {
       setText(link, "NOT CONNECTED: " + (l.last_error || "connecting") + " · " + l.reconnects + " reconnects", "bad");
     }
+    renderMqtt(s.mqtt);
     renderBlock($("outputs"), s.plc.outputs, decodeOutput);
     renderBlock($("inputs"), s.plc.inputs, () => "");
+  }
+
+  // Results to the plant ([mqtt]): the broker connection and the spool's backlog; hidden when off.
+  function renderMqtt(m) {
+    const p = $("mqtt");
+    if (p.hidden !== !m) p.hidden = !m;
+    if (!m) return;
+    const backlog = "backlog " + m.backlog_messages + " (" + m.backlog_bytes + " bytes" +
+      (m.backlog_oldest_age_s === null ? "" : ", oldest " + m.backlog_oldest_age_s + " s") + ")";
+    const counts = m.published + " published, " + m.dropped + " dropped";
+    if (m.connected) setText(p, "MQTT: connected to " + m.broker + " · " + backlog + " · " + counts, m.backlog_messages > 100 ? "warn" : "");
+    else setText(p, "MQTT: NOT CONNECTED to " + m.broker + ": " + (m.last_error || m.state) + " · " + backlog + " · " + counts, "bad");
   }
 
   function renderCounts(s) {
