@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from plcbridge import protocols
-from plcbridge.contract import OPTIONAL_OUTPUT_SIGNALS, ResultCode
+from plcbridge.contract import OPTIONAL_INPUT_SIGNALS, OPTIONAL_OUTPUT_SIGNALS, ResultCode
 from plcbridge.contract.enip import EnipTagMap
 from plcbridge.contract.modbus import ModbusMap
 from plcbridge.contract.opcua import OpcUaNodeMap
@@ -295,6 +295,12 @@ class PlcCommon(Strict):
         (the in-process loop carries the whole contract)."""
         listed = getattr(getattr(self, self.protocol, None), "optional_outputs", None)
         return tuple(s.name for s in OPTIONAL_OUTPUT_SIGNALS if listed is None or s.name in listed)
+
+    @property
+    def carried_optional_inputs(self) -> tuple[str, ...]:
+        """The optional inputs this station reads (`optional_inputs`), likewise."""
+        listed = getattr(getattr(self, self.protocol, None), "optional_inputs", None)
+        return tuple(s.name for s in OPTIONAL_INPUT_SIGNALS if listed is None or s.name in listed)
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)]
     # The session is rebuilt when the PLC has answered nothing for this long; a reply that is

@@ -26,8 +26,8 @@ import pytest
 from helpers import closed_tcp_port, running, station_config, wait_for
 
 from plcbridge.contract import (
+    BASE_INPUT_SIGNALS,
     BASE_OUTPUT_SIGNALS,
-    INPUT_SIGNALS,
     OPTIONAL_OUTPUT_SIGNALS,
     OUTPUT_SIGNALS,
     Outputs,
@@ -84,8 +84,11 @@ def test_status_names_the_blocks_the_plc_saw_and_says_why_not_ready(make_sim) ->
         assert out["age_ms"] >= 0
         # The inputs are the simulated PLC's own (they change only with a trigger: the bridge's
         # copy catches up within a poll).
-        assert list(s["plc"]["inputs"]["values"]) == [sig.name for sig in INPUT_SIGNALS]
-        wait_for(lambda: get_json(port, "/api/status")["plc"]["inputs"]["values"] == sim.program.inputs.as_dict(),
+        # The inputs this station reads: the base block (no recipe_id: its map lists none).
+        assert list(s["plc"]["inputs"]["values"]) == [sig.name for sig in BASE_INPUT_SIGNALS]
+        base = {sig.name for sig in BASE_INPUT_SIGNALS}
+        wait_for(lambda: get_json(port, "/api/status")["plc"]["inputs"]["values"]
+                 == {k: v for k, v in sim.program.inputs.as_dict().items() if k in base},
                  5, "the inputs the simulated PLC holds")
         link = s["plc"]["link"]
         assert link["connected"] and link["delivering"] and link["sessions"] == 1 and link["reconnects"] == 0
@@ -253,7 +256,8 @@ def test_plcbridge_status_prints_one_screen_and_watches(make_sim, tmp_path: Path
         for part in ("write_loop", "plc", "camera", "model"):
             assert re.search(rf"^  {part} +OK$", out, re.M), out
         assert "PLC link: connected (session 1)" in out
-        assert all(f"{sig.name}=" in out for sig in (*BASE_OUTPUT_SIGNALS, *INPUT_SIGNALS))
+        assert all(f"{sig.name}=" in out for sig in (*BASE_OUTPUT_SIGNALS, *BASE_INPUT_SIGNALS))
+        assert "recipe_id=" not in out  # an optional input this station does not read
         assert not any(f"{sig.name}=" in out for sig in OPTIONAL_OUTPUT_SIGNALS)  # not carried by this station
         assert re.search(r"^status: .*READY.*; result \w+; fault NONE$", out.replace("\n    ", " ").replace("  status:", "status:"), re.M)
         assert re.search(r"^  since start +\d+ +\d+ +\d+ ", out, re.M) and "last decisions (" in out

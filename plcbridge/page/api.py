@@ -23,6 +23,7 @@ from plcbridge.contract import (
     ResultCode,
     Signal,
     StatusBit,
+    carried_inputs,
     carried_outputs,
     code_name,
 )
@@ -63,9 +64,10 @@ def outputs_view(outputs: Outputs, signals: Sequence[Signal] = OUTPUT_SIGNALS) -
     }
 
 
-def inputs_view(inputs: Inputs) -> dict[str, Any]:
+def inputs_view(inputs: Inputs, signals: Sequence[Signal] = INPUT_SIGNALS) -> dict[str, Any]:
+    """An input block named per the contract: the `signals` the station reads."""
     values = inputs.as_dict()
-    return {"values": {s.name: values[s.name] for s in INPUT_SIGNALS}}
+    return {"values": {s.name: values[s.name] for s in signals}}
 
 
 class _Every:
@@ -93,6 +95,7 @@ class StatusApi:
         self.sink = sink
         self.archive = archive
         self._outputs = station_outputs(daemon.config)
+        self._inputs = carried_inputs(daemon.config.plc.carried_optional_inputs)
         self._lateness = _Every(LATENESS_EVERY_S, daemon.loop.lateness.summary_ms)
         self._counters = _Every(COUNTERS_EVERY_S, self._read_counters)
 
@@ -131,7 +134,8 @@ class StatusApi:
             **report,
             "plc": {
                 "outputs": None if block is None else {**outputs_view(block[0], self._outputs), "age_ms": _ms(now - block[1])},
-                "inputs": None if reply is None else {**inputs_view(reply.inputs), "age_ms": _ms(now - reply.t_answered)},
+                "inputs": None if reply is None else {**inputs_view(reply.inputs, self._inputs),
+                                                      "age_ms": _ms(now - reply.t_answered)},
                 "link": {"connected": link.connected, "delivering": link.delivering, "sessions": link.sessions,
                          "reply_age_ms": None if reply is None else _ms(now - reply.t_answered),
                          "inputs_ok": d.loop.inputs_ok, "exchanges": link.exchanges,
