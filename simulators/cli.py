@@ -26,13 +26,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
 from plcbridge import protocols
 from plcbridge.cliargs import positive
-from plcbridge.contract import OPTIONAL_INPUT_SIGNALS, OPTIONAL_OUTPUT_SIGNALS, RECIPE_NONE
+from plcbridge.contract import OPTIONAL_INPUT_SIGNALS, OPTIONAL_OUTPUT_SIGNALS, RECIPE_NONE, Signal
 
 from .device import DeviceFileError, load_device
 from .program import SimulatedPlc
@@ -106,24 +107,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "CLOCK_MONOTONIC arrival time t); see simulators/trace.py")
 
 
-def _output_names(text: str) -> list[str]:
-    """--optional-outputs: "anomaly_area" or "defect_count,defect_class"; "" for none."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    known = [s.name for s in OPTIONAL_OUTPUT_SIGNALS]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown optional output(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    return names
+def _signal_names(signals: tuple[Signal, ...], what: str) -> Callable[[str], list[str]]:
+    """An argparse type for a comma-separated list of `signals`' names ("" for none):
+    --optional-outputs "defect_count,defect_class", --optional-inputs "recipe_id"."""
+    known = [s.name for s in signals]
+
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {what}(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        return names
+
+    return parse
 
 
-def _input_names(text: str) -> list[str]:
-    """--optional-inputs: "recipe_id"; "" for none."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    known = [s.name for s in OPTIONAL_INPUT_SIGNALS]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown optional input(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    return names
+_output_names = _signal_names(OPTIONAL_OUTPUT_SIGNALS, "optional output")
+_input_names = _signal_names(OPTIONAL_INPUT_SIGNALS, "optional input")
 
 
 def _recipe_ids(text: str) -> list[int]:
