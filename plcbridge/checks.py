@@ -208,6 +208,13 @@ def config_warnings(cfg: Config) -> list[Problem]:
         out.append(("archive.path", f"{a.path} is not a folder here: no frame is kept until it is (the daemon never "
                                     "creates it in place of an unmounted disk; the systemd unit creates "
                                     "/var/lib/plcbridge/archive)"))
+    if "recipe_id" in cfg.plc.carried_optional_inputs and cfg.plc.protocol != "loop":
+        # The contract and the simulator have recipes; the daemon does not switch models yet
+        # (issue 22): say so rather than let a station look as if it did.
+        out.append((f"plc.{cfg.plc.protocol}.optional_inputs",
+                    "recipe_id is read, but this daemon has no recipes yet: every trigger is judged by [model] "
+                    "(result_recipe 0, active_recipe 0) whatever recipe the PLC asks for; a PLC that follows the "
+                    "handshake in docs/plc-interface.md waits for active_recipe and does not trigger"))
     q = cfg.mqtt
     if q.enabled:
         from plcbridge.mqtt import auth

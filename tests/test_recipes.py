@@ -601,3 +601,18 @@ def test_the_command_line_flags_set_the_recipe_fields(capsys):
     out = capsys.readouterr().out
     summary = json.loads(out[out.index("{"):])
     assert summary["recipes"]["recipe_id"] == 3 and summary["recipes"]["waiting_for_switch"]
+
+
+def test_check_config_says_the_daemon_does_not_switch_recipes_yet() -> None:
+    """Until the daemon side of recipes exists, a station that reads recipe_id is told that it
+    judges everything with [model]; a station that does not read it hears nothing."""
+    from plcbridge.checks import config_warnings
+    from plcbridge.config import parse_config
+
+    base = {"camera": {"source": "synthetic"}, "model": {"manifest": "builtin:demo"}}
+    plain = parse_config({**base, "plc": {"protocol": "modbus"}}, "<test>", env={})
+    reads = parse_config({**base, "plc": {"protocol": "modbus", "modbus": {"optional_inputs": ["recipe_id"]}}},
+                         "<test>", env={})
+    assert not [w for w in config_warnings(plain) if "recipe" in w[1]]
+    (warning,) = [w for w in config_warnings(reads) if "recipe" in w[1]]
+    assert warning[0] == "plc.modbus.optional_inputs" and "no recipes yet" in warning[1]
