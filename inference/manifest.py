@@ -51,6 +51,12 @@ manifest states (plcbridge.inference.rules; docs/manifest.md has examples):
 - `external_data`: weight files beside the graph (anomalib >= 2.7 writes `model.onnx.data`),
   each with its sha256; they are checked and handed to ONNX Runtime from the verified bytes.
 
+`reference` (optional): the score distribution the model gave a folder of reference images,
+a histogram over fixed bin edges in [0, 1], written by `plcbridge validate-model PATH
+--reference FOLDER`; the daemon compares live scores with it (drift, plcbridge/drift.py and
+plcbridge.inference.drift). Side information: it changes no verdict, and no hash (the manifest
+pins the model file, not the other way round).
+
 `file` is relative to the manifest's directory, or `pkg:MODULE/PATH` for a model shipped
 inside an installed Python package (found with importlib.util.find_spec, without importing
 the package). `load_manifest` returns such a manifest with `file` resolved to an absolute
@@ -295,6 +301,40 @@ class FrameLimits:
         return (min(max(w, self.min_size[0]), self.max_size[0]), min(max(h, self.min_size[1]), self.max_size[1]))
 
 
+class ScoreReference(Strict):
+    """`reference`: the model's scores on a folder of reference images, as a histogram
+    (`plcbridge validate-model PATH --reference FOLDER` writes it; docs/drift.md)."""
+
+    # Bin edges: 0 first, 1 last, strictly increasing; a bin is [left, right), the last closed.
+    edges: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=3)]
+    # Images per bin: one count fewer than edges, adding up to `images`.
+    counts: Annotated[list[Annotated[int, Field(ge=0, strict=True)]], Field(min_length=2)]
+    images: Annotated[int, Field(ge=1, strict=True)]
+    # Where it came from: the folder as given to validate-model, and when (UTC, ISO 8601).
+    folder: str = ""
+    created: str = ""
+    # Files in the folder left out: not readable as images (OpenCV), or refused by the model
+    # (outside the frame limits).
+    unreadable: Annotated[int, Field(ge=0, strict=True)] = 0
+    refused: Annotated[int, Field(ge=0, strict=True)] = 0
+    # The sha256 of the model file that gave these scores: a reference made with another file
+    # is not compared with (the daemon says so).
+    model_sha256: HexDigest | None = None
+
+    @model_validator(mode="after")
+    def _histogram(self) -> "ScoreReference":
+        e = self.edges
+        if e[0] != 0 or e[-1] != 1:
+            raise ValueError(f"edges must run from 0 to 1 (every score in a bin), got {e[0]:g} .. {e[-1]:g}")
+        if any(b <= a for a, b in zip(e, e[1:])):
+            raise ValueError(f"edges must be strictly increasing, got {e}")
+        if len(self.counts) != len(e) - 1:
+            raise ValueError(f"counts has {len(self.counts)} values for {len(e) - 1} bins ({len(e)} edges): one per bin")
+        if sum(self.counts) != self.images:
+            raise ValueError(f"counts add up to {sum(self.counts)}, images says {self.images}")
+        return self
+
+
 class Manifest(Strict):
     name: Annotated[str, Field(min_length=1)]
     version: Annotated[int, Field(ge=0, le=65535)]  # written to a u16 PLC register
@@ -313,10 +353,34 @@ class Manifest(Strict):
     external_data: list[PinnedFile] = []
     labels: tuple[str, str] = ("pass", "fail")
     frame: FrameSection | None = None  # frame size limits; see the module docstring
+    reference: ScoreReference | None = None  # reference score distribution (drift); see the module docstring
 
     @property
     def frame_limits(self) -> FrameLimits:
         return FrameLimits.for_manifest(self.preprocessing, self.frame)
+
+    @property
+    def drift_reference(self) -> tuple[ScoreReference | None, str]:
+        """The reference live scores are compared with, or None and why there is none."""
+        ref = self.reference
+        if ref is None:
+            return None, (f"the manifest of {self.name} v{self.version} has no reference score distribution "
+                          "(plcbridge validate-model PATH --reference FOLDER writes one)")
+        if ref.model_sha256 is not None and ref.model_sha256 != self.sha256:
+            return None, (f"the reference in the manifest of {self.name} v{self.version} was made with another model "
+                          f"file (sha256 {ref.model_sha256[:12]}, the model's is {self.sha256[:12]}): make it again "
+                          "with plcbridge validate-model PATH --reference FOLDER")
+        return ref, ""
+
+    @property
+    def verdict_threshold(self) -> float | None:
+        """The score at which the manifest's rules say FAIL, where one score decides
+        (a classifier's threshold, an anomaly model's rules.threshold); None for detectors."""
+        if self.threshold is not None:
+            return self.threshold
+        if self.anomaly is not None:
+            return self.anomaly.rules.threshold
+        return None
 
     @property
     def output_names(self) -> list[str]:

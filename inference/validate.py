@@ -25,6 +25,11 @@ things. The checks, in order, each named in the report:
 - `latency`:   `runs` judge() calls (preprocess + inference, as the daemon runs them) give
                p50/p95/p99/max; the check fails when p99 > `p99_max_ms`.
 
+`build_reference` and `write_reference` are `validate-model PATH --reference FOLDER`: the
+checked model judges every readable image of a folder, and the histogram of its scores goes
+into the manifest as `reference` (plcbridge.inference.drift says how it is binned), the rest
+of manifest.json kept byte for byte.
+
 A failed check skips the checks that need it and the report still lists every check, so a
 pipeline log shows what was and was not looked at. Problems with the model are never
 exceptions here: a ModelError becomes a failed check with its message. Only bad arguments
@@ -35,16 +40,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 
+from plcbridge.inference.drift import histogram, reference_edges
 from plcbridge.inference.errors import BadFrame, InferenceError, InferenceTimeout, ModelError
-from plcbridge.inference.manifest import Manifest, ModelSpecError, PinnedFile, load_manifest
+from plcbridge.inference.manifest import Manifest, ModelSpecError, PinnedFile, ScoreReference, load_manifest
 from plcbridge.inference.modelfile import default_opset, external_data_files, read_verified
 from plcbridge.schedule import percentile_summary
 
@@ -444,3 +453,183 @@ def _judge_checks(model: Model, r: ValidationReport, runs: int, p99_max_ms: floa
     else:
         ok = lat["p99"] <= p99_max_ms
         r._record("latency", ok, f"{figures}; p99 {'<=' if ok else '>'} budget {p99_max_ms:g} ms")
+
+
+# ---------------------------------------------------------------- the reference score distribution
+
+REFERENCE_MIN_IMAGES = 50  # fewer judged images than this make no reference (the histogram is noise)
+
+
+class ReferenceFolderError(ValueError):
+    """The reference folder cannot make a reference (missing, too few images, every score
+    the same): a wrong argument, nothing is written. The CLI exits 2 for it."""
+
+
+@dataclass
+class ReferenceBuild:
+    """What `build_reference` made: the reference, and what the model said of the images."""
+
+    reference: ScoreReference
+    files: int  # files looked at (hidden ones are not)
+    failed: int  # images the model judged FAIL
+    first_problem: str | None = None  # why the first unreadable or refused file was left out
+
+
+def reference_files(folder: Path) -> list[Path]:
+    """The files of `folder` a reference is made of: every regular file directly in it, by
+    name, hidden ones (.DS_Store, .gitkeep) left out. ReferenceFolderError when it is no folder."""
+    if not folder.is_dir():
+        what = "no such folder" if not folder.exists() else "not a folder"
+        raise ReferenceFolderError(f"{folder}: {what}; --reference takes a folder of reference images")
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    except OSError as e:
+        raise ReferenceFolderError(f"{folder}: cannot list it: {e.strerror or e}") from None
+
+
+def build_reference(model: "Model", folder: Path, *, folder_text: str | None = None,
+                    min_images: int = REFERENCE_MIN_IMAGES,
+                    progress: Callable[[int, int], None] | None = None) -> ReferenceBuild:
+    """Judge every readable image in `folder` (cv2.imread; unreadable files and frames the
+    model refuses are counted and left out) and make the histogram of the scores over
+    `reference_edges` (the deciles and the model's threshold). `folder_text` is what the
+    reference says it came from (default: the folder as given). `progress(done, total)` after
+    each file. ReferenceFolderError when fewer than `min_images` images were judged, or the
+    scores have no spread; problems with single images never raise."""
+    import cv2
+
+    files = reference_files(folder)
+    if len(files) < min_images:
+        raise ReferenceFolderError(f"{folder}: {len(files)} file(s); a reference needs at least {min_images} images "
+                                   "(a few hundred images of the line's usual parts make a useful one)")
+    scores: list[float] = []
+    unreadable = refused = failed = 0
+    first_problem: str | None = None
+    for n, path in enumerate(files, 1):
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            unreadable += 1
+            first_problem = first_problem or f"{path.name}: not an image OpenCV can read"
+        else:
+            try:
+                verdict = model.judge(image)
+            except (BadFrame, InferenceError, InferenceTimeout) as e:
+                refused += 1
+                first_problem = first_problem or f"{path.name}: {e}"
+            else:
+                scores.append(verdict.score)
+                failed += verdict.label == "fail"
+        if progress is not None:
+            progress(n, len(files))
+    if len(scores) < min_images:
+        raise ReferenceFolderError(f"{folder}: {len(scores)} of {len(files)} files judged ({unreadable} unreadable, "
+                                   f"{refused} refused by the model; first: {first_problem}); a reference needs at "
+                                   f"least {min_images} images")
+    threshold = model.manifest.verdict_threshold
+    try:
+        edges = reference_edges(scores, also=() if threshold is None else (threshold,))
+    except ValueError as e:
+        raise ReferenceFolderError(f"{folder}: {e}") from None
+    reference = ScoreReference(
+        edges=edges, counts=histogram(scores, edges), images=len(scores),
+        folder=folder_text if folder_text is not None else str(folder),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        unreadable=unreadable, refused=refused, model_sha256=model.manifest.sha256)
+    return ReferenceBuild(reference, len(files), failed, first_problem)
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _skip_ws(text: str, i: int) -> int:
+    m = _WS.match(text, i)
+    return m.end() if m else i
+
+
+def _top_level(text: str) -> tuple[dict[str, tuple[int, int, int]], int]:
+    """The members of the JSON object `text`: key -> (key start, value start, value end), and
+    the index of its closing brace. ValueError for text that is not one JSON object."""
+    decoder = json.JSONDecoder()
+    i = _skip_ws(text, 0)
+    if text[i : i + 1] != "{":
+        raise ValueError("not a JSON object")
+    i += 1
+    members: dict[str, tuple[int, int, int]] = {}
+    while True:
+        i = _skip_ws(text, i)
+        if text[i : i + 1] == "}" and not members:
+            return members, i
+        if text[i : i + 1] != '"':
+            raise ValueError(f"expected a key at character {i}")
+        key_start = i
+        key, i = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]
+        i = _skip_ws(text, i)
+        if text[i : i + 1] != ":":
+            raise ValueError(f"expected ':' at character {i}")
+        i = _skip_ws(text, i + 1)
+        _, end = decoder.raw_decode(text, i)
+        members[key] = (key_start, i, end)
+        i = _skip_ws(text, end)
+        if text[i : i + 1] == ",":
+            i += 1
+        elif text[i : i + 1] == "}":
+            return members, i
+        else:
+            raise ValueError(f"expected ',' or '}}' at character {i}")
+
+
+def _reference_json(reference: ScoreReference, indent: str) -> str:
+    """The reference as the manifest shows it: one member a line, the arrays on one line each."""
+    values = reference.model_dump(mode="json", exclude_none=True)
+    inner = indent * 2
+    lines = [f"{inner}{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in values.items()]
+    return "{\n" + ",\n".join(lines) + f"\n{indent}}}"
+
+
+def write_reference(manifest_path: Path, reference: ScoreReference) -> None:
+    """Put `reference` into manifest.json as its `reference` member, in place and atomically
+    (a temporary file beside it, then os.replace; its permissions kept): an existing
+    `reference` is replaced where it stands, else the member goes last; every other byte of
+    the file stays as it was. The result is validated as a Manifest before it replaces the
+    file. ModelError when the file cannot be read, parsed or written."""
+    where = str(manifest_path)
+    try:
+        text = manifest_path.read_text(encoding="utf-8")
+        mode = manifest_path.stat().st_mode & 0o7777
+    except OSError as e:
+        raise ModelError(f"{where}: cannot read it: {e.strerror or e}") from None
+    try:
+        members, close = _top_level(text)
+    except ValueError as e:
+        raise ModelError(f"{where}: not a JSON object: {e}") from None
+    first = min((start for start, _, _ in members.values()), default=None)
+    line_start = text.rfind("\n", 0, first) + 1 if first is not None else 0
+    indent = text[line_start:first] if first is not None and not text[line_start:first].strip() else "  "
+    indent = indent or "  "
+    value = _reference_json(reference, indent)
+    if "reference" in members:
+        _, start, end = members["reference"]
+        new = text[:start] + value + text[end:]
+    elif members:
+        end = max(e for _, _, e in members.values())
+        new = text[:end] + f",\n{indent}\"reference\": {value}" + text[end:]
+    else:
+        new = text[:close] + f"\n{indent}\"reference\": {value}\n" + text[close:]
+    try:
+        Manifest.model_validate(json.loads(new))
+    except ValueError as e:  # pydantic's ValidationError is a ValueError
+        raise ModelError(f"{where}: the manifest with the reference would not be valid: {e}") from None
+    fd, tmp = tempfile.mkstemp(prefix=f".{manifest_path.name}.", suffix=".tmp", dir=manifest_path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(new)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, manifest_path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise ModelError(f"{where}: cannot write it: {e.strerror or e}") from None

@@ -209,12 +209,14 @@ def config_warnings(cfg: Config) -> list[Problem]:
                                     "creates it in place of an unmounted disk; the systemd unit creates "
                                     "/var/lib/plcbridge/archive)"))
     if "recipe_id" in cfg.plc.carried_optional_inputs and cfg.plc.protocol != "loop":
-        # The contract and the simulator have recipes; the daemon does not switch models yet
-        # (issue 22): say so rather than let a station look as if it did.
-        out.append((f"plc.{cfg.plc.protocol}.optional_inputs",
-                    "recipe_id is read, but this daemon has no recipes yet: every trigger is judged by [model] "
-                    "(result_recipe 0, active_recipe 0) whatever recipe the PLC asks for; a PLC that follows the "
-                    "handshake in docs/plc-interface.md waits for active_recipe and does not trigger"))
+        if not cfg.recipe:
+            out.append((f"plc.{cfg.plc.protocol}.optional_inputs",
+                        "recipe_id is read, but the station has no [[recipe]]: recipe 0 ([model]) is its only recipe, "
+                        "and any other recipe_id is RECIPE_UNKNOWN (READY clear, every trigger fail-safe)"))
+        if "result_recipe" not in cfg.plc.carried_optional:
+            out.append((f"plc.{cfg.plc.protocol}.optional_outputs",
+                        "recipe_id is read but result_recipe is not written: the PLC cannot check that a verdict was "
+                        "judged with the recipe its trigger asked for (docs/plc-interface.md, \"Recipes\")"))
     q = cfg.mqtt
     if q.enabled:
         from plcbridge.mqtt import auth

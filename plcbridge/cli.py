@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from plcbridge import protocols
 from plcbridge.cliargs import positive
@@ -195,9 +196,27 @@ def _cmd_validate_model(args: argparse.Namespace) -> int:
     and the reason for a failure go to stderr."""
     import time
 
-    from plcbridge.inference.validate import validate_model
+    from plcbridge.inference.validate import REFERENCE_MIN_IMAGES, ReferenceFolderError, reference_files, validate_model
 
     last = time.monotonic()
+    reference_dir: Path | None = args.reference
+    if reference_dir is not None:  # a wrong folder is found before the checks take their time
+        refuse = None
+        if str(args.path).startswith("builtin:"):
+            refuse = (f"--reference writes into the manifest, and {args.path} is the one installed with plcbridge: "
+                      "copy its folder and name the copy")
+        else:
+            try:
+                files = len(reference_files(reference_dir))
+            except ReferenceFolderError as e:
+                refuse = str(e)
+            else:
+                if files < REFERENCE_MIN_IMAGES:
+                    refuse = (f"{reference_dir}: {files} file(s); a reference needs at least {REFERENCE_MIN_IMAGES} "
+                              "images (a few hundred images of the line's usual parts make a useful one)")
+        if refuse is not None:
+            print(f"plcbridge validate-model: {refuse}", file=sys.stderr)
+            return 2
 
     def progress(done: int, total: int) -> None:
         nonlocal last
@@ -205,16 +224,60 @@ def _cmd_validate_model(args: argparse.Namespace) -> int:
             last = time.monotonic()
             print(f"plcbridge validate-model: latency: {done}/{total} runs", file=sys.stderr, flush=True)
 
+    checked: list[Any] = []
     report = validate_model(args.path, target_ort_version=args.target_ort_version, runs=args.runs, require_device=True,
-                            p99_max_ms=args.p99_max_ms, device=args.device, progress=progress)
-    print(report.to_json())
+                            p99_max_ms=args.p99_max_ms, device=args.device, progress=progress,
+                            on_pass=checked.append if reference_dir is not None else None)
+    if reference_dir is None or not checked:
+        print(report.to_json())
     if report.bad_spec:  # a wrong path is not a bad model: exit 2, so CI can tell them apart
         print(f"plcbridge validate-model: {args.path}: {report.check('manifest').detail}", file=sys.stderr)
         return 2
     if not report.ok:
         print(f"plcbridge validate-model: {args.path}: FAILED {report.failure}", file=sys.stderr)
         return 1
-    return 0
+    if not checked or reference_dir is None:
+        return 0
+    model = checked[0]
+    try:
+        code, reference = _write_reference(args.path, model, reference_dir)
+    finally:
+        model.close()
+    print(json.dumps({**report.to_dict(), "reference": reference}, indent=2))
+    return code
+
+
+REFERENCE_PROGRESS_EVERY = 100  # images
+
+
+def _write_reference(spec: str, model: Any, folder: Path) -> tuple[int, dict[str, Any]]:
+    """validate-model --reference, after every check passed: the checked model judges the
+    folder, the histogram goes into its manifest.json. (exit code, the report's `reference`)."""
+    from plcbridge.inference.errors import ModelError
+    from plcbridge.inference.validate import ReferenceFolderError, build_reference, write_reference
+
+    def progress(done: int, total: int) -> None:
+        if done % REFERENCE_PROGRESS_EVERY == 0 or done == total:
+            print(f"plcbridge validate-model: reference: {done}/{total} files", file=sys.stderr, flush=True)
+
+    try:
+        built = build_reference(model, folder, progress=progress)
+    except ReferenceFolderError as e:
+        print(f"plcbridge validate-model: {spec}: no reference written: {e}", file=sys.stderr)
+        return 2, {"written": False, "error": str(e)}
+    ref = built.reference
+    try:
+        write_reference(model.manifest_path, ref)
+    except ModelError as e:
+        print(f"plcbridge validate-model: {spec}: no reference written: {e}", file=sys.stderr)
+        return 1, {"written": False, "error": str(e)}
+    left_out = f"{ref.unreadable} unreadable, {ref.refused} refused" + (f"; first: {built.first_problem}"
+                                                                         if built.first_problem else "")
+    print(f"plcbridge validate-model: reference written to {model.manifest_path}: {ref.images} of {built.files} "
+          f"images in {folder} judged ({left_out}), {built.failed} FAIL ({built.failed / ref.images:.1%}), "
+          f"{len(ref.counts)} score bins", file=sys.stderr, flush=True)
+    return 0, {"written": True, "manifest_path": str(model.manifest_path), "files": built.files, "failed": built.failed,
+               **ref.model_dump(mode="json")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--p99-max-ms", type=positive(float), default=None, metavar="MS",
                    help="fail when p99 latency (preprocess + inference) is above this (default: report only)")
     v.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    v.add_argument("--reference", type=Path, default=None, metavar="FOLDER",
+                   help="when every check passes, judge each image in FOLDER (at least 50) and write the histogram of "
+                        "the scores into the manifest as its reference score distribution, for drift (docs/drift.md); "
+                        "a folder that cannot make one: exit 2, nothing written")
     v.set_defaults(func=_cmd_validate_model)
     return p
 

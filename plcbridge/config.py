@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from plcbridge import protocols
-from plcbridge.contract import OPTIONAL_INPUT_SIGNALS, OPTIONAL_OUTPUT_SIGNALS, ResultCode
+from plcbridge.contract import OPTIONAL_INPUT_SIGNALS, OPTIONAL_OUTPUT_SIGNALS, RECIPE_NONE, ResultCode
 from plcbridge.contract.enip import EnipTagMap
 from plcbridge.contract.modbus import ModbusMap
 from plcbridge.contract.opcua import OpcUaNodeMap
@@ -64,6 +64,29 @@ class SyntheticCameraSettings(_CameraCommon):
     # trigger = "hardware": the emulated trigger input, a UDP port on 127.0.0.1 the PLC
     # simulator pulses once per trigger (`plcbridge sim ... --camera-line-port PORT`).
     trigger_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    # A lighting change mid-run, to show drift (docs/drift.md): every frame grabbed this many
+    # seconds or more after the camera opened has its pixels multiplied by lighting_gain, then
+    # lighting_offset added (clipped to 0..255), and is journaled with camera_lighting =
+    # "changed". Unset: the lighting never changes. A camera reopened after a failure starts
+    # again under the first lighting, as its seed starts again.
+    lighting_change_after_s: Annotated[float, Field(ge=0)] | None = None
+    # The changed lighting's gain on every pixel: 0.5 is half the light, 1.5 half as much again.
+    lighting_gain: Annotated[float, Field(ge=0, le=10)] = 1.0
+    # Then added to every pixel (grey levels): a brighter (> 0) or darker (< 0) background.
+    lighting_offset: Annotated[float, Field(ge=-255, le=255)] = 0.0
+
+    @model_validator(mode="after")
+    def _lighting_change(self) -> "SyntheticCameraSettings":
+        unchanged = self.lighting_gain == 1 and self.lighting_offset == 0
+        if self.lighting_change_after_s is not None and unchanged:
+            raise FieldsError(("lighting_change_after_s", "lighting_gain", "lighting_offset"),
+                              "lighting_change_after_s is set, but lighting_gain = 1 and lighting_offset = 0 change "
+                              "nothing: set the changed lighting")
+        if self.lighting_change_after_s is None and not unchanged:
+            raise FieldsError(("lighting_gain", "lighting_offset", "lighting_change_after_s"),
+                              "lighting_gain and lighting_offset are the lighting after lighting_change_after_s, "
+                              "which is not set: set it (0 changes the lighting from the first frame)")
+        return self
 
     @model_validator(mode="after")
     def _wired_for_hardware_trigger(self) -> "SyntheticCameraSettings":
@@ -179,6 +202,21 @@ CameraSettings = Annotated[
 CAMERA_SOURCES: tuple[str, ...] = ("synthetic", "folder", "opencv", "genicam")
 
 
+class ShadowSettings(Strict):
+    """`[model.shadow]`: a candidate model judged on the frames the live model judges, on
+    idle CPU only, never deciding anything (plcbridge/shadow.py): its agreement with the live
+    model, score differences and latency are kept before `plcbridge promote` makes it live."""
+
+    # The candidate's manifest (a path, a folder holding manifest.json, or builtin:...).
+    manifest: Annotated[str, Field(min_length=1)]
+    # Frames waiting for the candidate: a busy shadow drops the newest beyond this (counted).
+    queue: Annotated[int, Field(ge=1, le=64)] = 1
+    # A summary (confusion matrix, score differences, latency) every this many seconds.
+    summary_every_s: Annotated[float, Field(gt=0)] = 60.0
+    # Keep the frames the candidate judges differently in the image archive (with [archive]).
+    archive_disagreements: bool = True
+
+
 class ModelSettings(Strict):
     # A manifest.json path, a directory holding one, or "builtin:demo" for the bundled model.
     manifest: str = "builtin:demo"
@@ -193,6 +231,7 @@ class ModelSettings(Strict):
     latency_budget_ms: Annotated[float, Field(gt=0)] | None = None
     # How many timed runs that check takes.
     latency_check_runs: Annotated[int, Field(ge=5, le=10_000)] = 50
+    shadow: ShadowSettings | None = None
 
     @property
     def p99_budget_ms(self) -> float:
@@ -454,12 +493,56 @@ class TimingSettings(Strict):
 class FailsafeSettings(Strict):
     """What the PLC gets instead of a verdict. Data, not code: plants differ."""
 
+    # Result code written instead of a verdict (FAIL where the line treats a fail-safe as a reject).
     result_code: Literal["FAILSAFE", "FAIL"] = "FAILSAFE"
+    # Score written with the fail-safe result.
     score: Annotated[float, Field(ge=0, le=1)] = 1.0
 
     @property
     def code(self) -> ResultCode:
         return ResultCode[self.result_code]
+
+
+class RecipeSettings(Strict):
+    """One `[[recipe]]`: a product the PLC chooses by number (`recipe_id`; docs/plc-interface.md
+    "Recipes"). Recipe 0 is the station's `[model]` with its `[failsafe]`, never listed here.
+    The [model] section's device, threads and timeouts apply to every recipe's model."""
+
+    # The number the PLC writes in recipe_id for it (0 is [model]).
+    id: Annotated[int, Field(ge=1, le=RECIPE_NONE - 1)]
+    # For people: logs, the station page, MQTT (the PLC knows the number only).
+    name: str = ""
+    # Its model: a manifest.json path, a folder holding one, or builtin:...
+    manifest: Annotated[str, Field(min_length=1)]
+    # A verdict rule of this recipe's own: the score at which a part fails (a classifier's
+    # threshold, an anomaly model's rules.threshold), instead of the manifest's. Detection
+    # and segmentation models count defects by their manifest's rules only.
+    threshold: Annotated[float, Field(ge=0, le=1)] | None = None
+    # What the PLC gets instead of a verdict for a trigger of this recipe; unset: [failsafe].
+    failsafe: FailsafeSettings | None = None
+
+
+class RecipesSettings(Strict):
+    """`[recipes]`: how the station keeps its recipes' models."""
+
+    # How many recipes' model sessions stay loaded at once (the memory bound), recipe 0
+    # counted. Unset: all of them, loaded at start, so a switch takes a period or two. A
+    # recipe beyond the bound is loaded when the PLC asks for it (its switch takes as long as
+    # loading and checking its model) in place of the one used least recently.
+    max_loaded: Annotated[int, Field(ge=1, le=256)] | None = None
+
+
+class DriftSettings(Strict):
+    """`[drift]`: the live score distribution against the reference the model's manifest
+    carries (written by `plcbridge validate-model --reference`; docs/drift.md). Side
+    information for people: it never changes a verdict or what the PLC sees."""
+
+    enabled: bool = True  # where the manifest carries a reference
+    # Scores per window: one drift figure (population stability index) per full window.
+    window: Annotated[int, Field(ge=50, le=1_000_000)] = 500
+    # A window whose PSI reaches this is logged as a warning (0.1 is commonly "some shift",
+    # 0.25 "a significant one").
+    warn_psi: Annotated[float, Field(gt=0)] = 0.2
 
 
 class LoggingSettings(Strict):
@@ -664,6 +747,9 @@ class Config(Strict):
     metrics: MetricsSettings = MetricsSettings()
     archive: ArchiveSettings = ArchiveSettings()
     mqtt: MqttSettings = MqttSettings()
+    recipe: list[RecipeSettings] = []
+    recipes: RecipesSettings = RecipesSettings()
+    drift: DriftSettings = DriftSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -704,6 +790,26 @@ class Config(Strict):
                 where = ["mqtt.client_id" if text.startswith("mqtt.client_id") else "mqtt.topic_prefix"]
                 where += [f for f in ("station.name", "mqtt.site", "mqtt.line") if f in text]
                 raise FieldsError(tuple(where), text) from None
+        return self
+
+    @model_validator(mode="after")
+    def _recipes_the_plc_can_choose(self) -> "Config":
+        """[[recipe]] ids are unique, and a station with recipes reads recipe_id and writes
+        active_recipe: without them the PLC could never choose one, nor see a switch end."""
+        seen: set[int] = set()
+        for i, r in enumerate(self.recipe):
+            if r.id in seen:
+                raise FieldsError((f"recipe.{i}.id",), f"recipe id {r.id} is listed twice")
+            seen.add(r.id)
+        if self.recipe:
+            missing = [f"recipe_id (plc.{self.plc.protocol}.optional_inputs)"] * (
+                "recipe_id" not in self.plc.carried_optional_inputs)
+            missing += [f"active_recipe (plc.{self.plc.protocol}.optional_outputs)"] * (
+                "active_recipe" not in self.plc.carried_optional)
+            if missing:
+                raise FieldsError(("recipe",), f"a station with [[recipe]] must carry {' and '.join(missing)}: the PLC "
+                                               "chooses a recipe by recipe_id and waits for active_recipe to echo it "
+                                               "(docs/plc-interface.md, \"Recipes\")")
         return self
 
     def mqtt_values(self) -> dict[str, str | None]:

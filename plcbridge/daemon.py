@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable
 
 from plcbridge.config import Config, ConfigError, changed_keys, load_config
+from plcbridge.contract import FaultCode
 from plcbridge.endpoint import HealthServer
 from plcbridge.inspection import FreeRunInspection, Health, TriggeredInspection
 from plcbridge.journal import Journal, utc_text
@@ -32,6 +33,7 @@ from plcbridge.logs import LogPipeline, get_logger, log_event
 from plcbridge.mailbox import FrameMailbox
 from plcbridge.metrics import Metrics
 from plcbridge.pipeline import GrabLoop, InferenceWorker
+from plcbridge.recipes import RecipeBook, station_recipes
 from plcbridge.sdnotify import Notifier
 from plcbridge.threads import freeze_heap, lower_this_thread, tune_interpreter
 from plcbridge.writeloop import WriteLoop
@@ -108,7 +110,8 @@ class Daemon:
         if log_pipeline is not None:
             self.metrics.watch("plcbridge_log_events_dropped", "Log events dropped because the log output was not "
                                "being read fast enough (bounded queue full)", lambda: log_pipeline.dropped)
-        self.journal = Journal(self.metrics, config.station.name, carried=config.plc.carried_optional)
+        self.journal = Journal(self.metrics, config.station.name, carried=config.plc.carried_optional,
+                               recipes="recipe_id" in config.plc.carried_optional_inputs)
         if config.archive.enabled:
             from plcbridge.archive import ArchiveSink  # OpenCV's encoder: only where frames are kept
 
@@ -122,7 +125,8 @@ class Daemon:
             self.journal.sinks.add(self.page)
         self.frames = FrameMailbox()
         self.grab = GrabLoop(config, self.frames, self.metrics)
-        self.worker = InferenceWorker(config, self.frames, self.journal, self.metrics)
+        self.recipes = RecipeBook(config, self.metrics)
+        self.worker = InferenceWorker(config, self.frames, self.journal, self.metrics, self.recipes)
         if config.camera.trigger == "software":
             self.worker.request_frame = self.grab.trigger
         self.link = PlcLink(config.plc, self.metrics, config.timing.period_ms / 1000,
@@ -131,11 +135,12 @@ class Daemon:
         if config.station.mode == "free-run":
             # Reads the newest decision itself (worker.latest): nothing to drain.
             self.inspection = FreeRunInspection(
-                config.timing, config.failsafe, self.worker.latest.get, self.journal, self.metrics)
+                config.timing, config.failsafe, self.worker.latest.get, self.journal, self.metrics, self.recipes)
             drain: Callable[[], None] = lambda: None
         else:
             triggered = self.inspection = TriggeredInspection(
-                config.timing, config.failsafe, self.worker.submit, self.worker.phase_of, self.journal, self.metrics)
+                config.timing, config.failsafe, self.worker.submit, self.worker.phase_of, self.journal, self.metrics,
+                self.recipes)
             drain = lambda: self._drain_decisions(triggered.on_decision)
         self.loop = WriteLoop(config, self.link, self.inspection, self.health, drain, self.metrics,
                               watchdog=self.notifier.watchdog, watchdog_interval_s=self.notifier.watchdog_interval_s)
@@ -147,9 +152,18 @@ class Daemon:
         if mqtt is not None:  # results to the plant (plcbridge/mqtt): its publisher starts in start()
             self.mqtt = mqtt.MqttSink(config, self.metrics, mqtt.DaemonStation(self))
             self.journal.sinks.add(self.mqtt, queue_size=config.mqtt.queue)
+        from plcbridge.drift import DriftSink, serving_reference  # live scores against the manifest's reference
+
+        self.drift: DriftSink | None = None
+        if config.drift.enabled:  # docs/drift.md; the model that judged a decision, and its reference:
+            self.drift = DriftSink(config.drift, self.metrics,
+                                   lambda d: serving_reference(self.recipes.model(d.recipe), d))
+            self.journal.sinks.add(self.drift)
 
     def health(self, now: float) -> Health:
-        return Health(self.grab.ok(now, self._stall_s), self.worker.model_ok, self.worker.model_version)
+        book = self.recipes
+        return Health(self.grab.ok(now, self._stall_s), self.worker.model_ok, self.worker.model_version,
+                      recipe_fault=book.station_fault, active_recipe=book.active)
 
     def _drain_decisions(self, answer: Callable[[Decision], None]) -> None:
         """Triggered mode, each write tick: every decision the worker made since the last."""
@@ -194,12 +208,27 @@ class Daemon:
             camera = f"{c.camera.source} camera: {camera}"
         parts.append(("camera", camera))
         parts.append(("model", None if self.worker.model_ok else f"not loaded: {self.worker.load_error or 'loading'}"))
+        if "recipe_id" in c.plc.carried_optional_inputs:
+            parts.append(("recipe", self._recipe_problem()))
         out = []
         for name, why in parts:
             since = self._not_ok_since.setdefault(name, now) if why else self._not_ok_since.pop(name, None)
             out.append({"part": name, "ok": why is None, "reason": why,
                         "for_s": None if why is None or since is None else round(now - since, 1)})
         return out
+
+    def _recipe_problem(self) -> str | None:
+        """Why the recipe the PLC asks for does not judge triggers now (None: it does)."""
+        book = self.recipes
+        wanted = book.wanted
+        fault = book.fault_for(wanted)
+        if fault is FaultCode.NONE:
+            return None
+        if fault is FaultCode.RECIPE_UNKNOWN:
+            return f"recipe_id {wanted} names no recipe of this station (it has {sorted(book.recipes)})"
+        if fault is FaultCode.MODEL_NOT_READY:
+            return f"recipe {wanted}: its model did not load: {book.errors.get(wanted)}"
+        return f"switching to recipe {wanted} ({book.recipes[wanted].name}): loading its model"
 
     def readiness_report(self) -> dict[str, Any]:
         """`ready` and `readiness` (each part with `since_utc`, the wall-clock time it stopped
@@ -229,6 +258,9 @@ class Daemon:
             plc = "PLC INPUTS STALE (" + (f"{age * 1000:.0f} ms old" if age is not None else "none read yet") + ")"
         else:
             plc = "PLC up"
+        if "recipe_id" in self.config.plc.carried_optional_inputs:
+            problem = self._recipe_problem()
+            model += f", recipe {self.recipes.active}" if problem is None else f", RECIPE: {problem}"
         parts = ["ready" if self.ready() else "NOT READY", self.config.station.mode, plc, model,
                  "camera ok" if self.health(now).camera_ok else "CAMERA FAULT",
                  " ".join(f"{k}={v}" for k, v in sorted(j["results"].items())) or "no results yet",
@@ -344,6 +376,7 @@ class Daemon:
         serving = self.worker.model
         self._previous_version, self._applied_version = self.worker.model_version, model.version
         self._changed = keys
+        self.recipes.recipes = station_recipes(new)  # recipe 0's manifest and fail-safe values; [[recipe]] is cold
         self.worker.swap_model(model)
         self.inspection.fs = new.failsafe
         self.loop.config = new

@@ -21,6 +21,9 @@ class Request:
     # The PLC link session whose read saw it (+1 at every connect): with the decision id, what
     # tells two parts with the same part_id apart across a PLC restart.
     plc_session: int = 0
+    # The PLC's recipe_id read with the trigger (latched like part_id): the recipe it is
+    # judged with, or answered fail-safe (docs/plc-interface.md "Recipes").
+    recipe: int = RECIPE_DEFAULT
 
 
 @dataclass(frozen=True)

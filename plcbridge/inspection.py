@@ -27,10 +27,12 @@ import collections
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from plcbridge.config import FailsafeSettings, TimingSettings
 from plcbridge.contract import (
+    RECIPE_DEFAULT,
+    RECIPE_NONE,
     U16_MAX,
     FaultCode,
     Inputs,
@@ -64,6 +66,33 @@ class Health:
     model_ok: bool
     model_version: int
     plc_ok: bool = True  # the PLC inputs are younger than plc.max_input_age_ms
+    # Recipes: NONE while the recipe the PLC asks for is active; RECIPE_CHANGING while the
+    # switch to it is in progress, RECIPE_UNKNOWN while it names no recipe of the station.
+    recipe_fault: FaultCode = FaultCode.NONE
+    active_recipe: int = RECIPE_DEFAULT  # the PLC's active_recipe (RECIPE_NONE: none)
+
+
+class Recipes(Protocol):
+    """The inspection's view of the recipe book (plcbridge/recipes.py)."""
+
+    def ask(self, recipe_id: int, now: float | None = None) -> None: ...
+
+    def fault_for(self, recipe_id: int) -> FaultCode: ...
+
+    def failsafe_of(self, recipe_id: int, default: FailsafeSettings) -> FailsafeSettings: ...
+
+
+class OneRecipe:
+    """A station without a recipe book (tests of the handshake alone): recipe 0, always active."""
+
+    def ask(self, recipe_id: int, now: float | None = None) -> None:
+        pass
+
+    def fault_for(self, recipe_id: int) -> FaultCode:
+        return FaultCode.NONE if recipe_id == RECIPE_DEFAULT else FaultCode.RECIPE_UNKNOWN
+
+    def failsafe_of(self, recipe_id: int, default: FailsafeSettings) -> FailsafeSettings:
+        return default
 
 
 def health_fault(h: Health) -> FaultCode:
@@ -72,7 +101,7 @@ def health_fault(h: Health) -> FaultCode:
         return FaultCode.MODEL_NOT_READY
     if not h.camera_ok:
         return FaultCode.CAMERA_FAULT
-    return FaultCode.NONE
+    return h.recipe_fault
 
 
 def answer_health(h: Health, fault: FaultCode) -> Health:
@@ -121,10 +150,11 @@ def block_for(d: Decision, seq: int, part_id: int, fs: FailsafeSettings, health:
 def shutdown_block(fs: FailsafeSettings, result_seq: int, model_version: int, part_id: int = 0,
                    answers: bool = False) -> Outputs:
     """The final block: fail-safe values, FAILSAFE_ACTIVE and SHUTTING_DOWN; RESULT_VALID
-    when it `answers` the trigger result_seq (part_id), the oldest one still waiting."""
+    when it `answers` the trigger result_seq (part_id), the oldest one still waiting. No
+    recipe is active any more (active_recipe RECIPE_NONE)."""
     status = StatusBit.FAILSAFE_ACTIVE | (StatusBit.RESULT_VALID if answers else 0)
     return Outputs(0, int(status), result_seq & U16_MAX, fs.code, score_to_register(fs.score), FaultCode.SHUTTING_DOWN,
-                   0, model_version, part_id)
+                   0, model_version, part_id, active_recipe=RECIPE_NONE)
 
 
 def final_answer_block(d: Decision, seq: int, part_id: int, fs: FailsafeSettings) -> Outputs:
@@ -135,26 +165,30 @@ def final_answer_block(d: Decision, seq: int, part_id: int, fs: FailsafeSettings
     if d.is_failsafe:
         return shutdown_block(fs, seq, d.model_version, part_id, answers=True)
     health = Health(camera_ok=False, model_ok=False, model_version=d.model_version)
-    return dataclasses.replace(block_for(d, seq, part_id, fs, health), fault_code=FaultCode.SHUTTING_DOWN)
+    return dataclasses.replace(block_for(d, seq, part_id, fs, health), fault_code=FaultCode.SHUTTING_DOWN,
+                               active_recipe=RECIPE_NONE)
 
 
 def session_start_block(o: Outputs) -> Outputs:
     """A triggered block as it goes out on a PLC session whose inputs the bridge has not read
     yet: nothing decided for an earlier session (no answer, result_seq 0, part_id 0) and
     blind (PLC_INPUTS_STALE; READY, TRIGGER_READY and PLC_INPUTS_OK clear), the heartbeat
-    and the camera and model bits as composed. A final block still says SHUTTING_DOWN."""
+    and the camera and model bits and active_recipe as composed. A final block still says
+    SHUTTING_DOWN."""
     status = o.status & (StatusBit.CAMERA_OK | StatusBit.MODEL_OK)
     fault = FaultCode.SHUTTING_DOWN if o.fault_code == FaultCode.SHUTTING_DOWN else FaultCode.PLC_INPUTS_STALE
-    return Outputs(heartbeat=o.heartbeat, status=int(status), fault_code=fault, model_version=o.model_version)
+    return Outputs(heartbeat=o.heartbeat, status=int(status), fault_code=fault, model_version=o.model_version,
+                   active_recipe=o.active_recipe)
 
 
 class FreeRunInspection:
     """Each tick writes the newest decision, or the fail-safe output once it is too old."""
 
     def __init__(self, timing: TimingSettings, fs: FailsafeSettings, decisions: Callable[[], Decision | None],
-                 journal: Journal, metrics: Metrics) -> None:
+                 journal: Journal, metrics: Metrics, recipes: Recipes | None = None) -> None:
         self.max_age = timing.max_result_age_ms / 1000
         self.fs = fs
+        self.recipes: Recipes = recipes if recipes is not None else OneRecipe()
         self._latest = decisions
         self.journal = journal
         self.metrics = metrics
@@ -173,7 +207,7 @@ class FreeRunInspection:
 
     def on_inputs(self, inputs: Inputs, now: float, new_session: bool = False, t_after: float | None = None,
                   session: int = 0) -> None:
-        pass
+        self.recipes.ask(inputs.recipe_id, now)
 
     @staticmethod
     def stated_health(health: Health) -> Health:
@@ -190,12 +224,18 @@ class FreeRunInspection:
 
     def _compose(self, now: float, health: Health) -> tuple[Outputs, Any]:
         d = self._latest()
-        if d is None or d.t_capture is None or now - d.t_capture > self.max_age:
+        # A verdict of another recipe than the active one (judged before a switch) is no
+        # verdict for the PLC's recipe: the fail-safe goes out instead, however fresh it is.
+        other_recipe = d is not None and not d.is_failsafe and d.recipe != health.active_recipe
+        if d is None or d.t_capture is None or now - d.t_capture > self.max_age or other_recipe:
             fault = health_fault(health)
             if fault is FaultCode.NONE:
-                fault = FaultCode.STALE_RESULT
+                fault = FaultCode.RECIPE_CHANGING if other_recipe else FaultCode.STALE_RESULT
             if d is None or d.t_capture is None:
                 reason = "no decision yet"
+            elif other_recipe:
+                reason = (f"newest decision was judged with recipe {d.recipe}; recipe "
+                          f"{'none' if health.active_recipe == RECIPE_NONE else health.active_recipe} is active")
             else:
                 reason = f"newest decision is {(now - d.t_capture) * 1000:.0f} ms old (limit {self.max_age * 1000:.0f} ms)"
             if fault != self._episode:  # counted once per episode, not once per tick
@@ -203,12 +243,15 @@ class FreeRunInspection:
                                               frame_seq=None if d is None else d.frame_seq)
                 self._episode = fault
             d = failsafe(fault, now, reason, model_version=health.model_version, frame_seq=None if d is None else d.frame_seq)
-            return block_for(d, d.frame_seq or 0, 0, self.fs, health), None
+            return block_for(d, d.frame_seq or 0, 0, self._fs(health.active_recipe), health), None
         if self._episode is not None:
             log_event(log, "failsafe_cleared", logging.INFO, previous=self._episode.name)
             self._episode = None
         # A fail-safe decision from the worker (BAD_FRAME, INFERENCE_*) was journaled there.
-        return block_for(d, d.frame_seq or 0, 0, self.fs, health), d
+        return block_for(d, d.frame_seq or 0, 0, self._fs(d.recipe), health), d
+
+    def _fs(self, recipe_id: int) -> FailsafeSettings:
+        return self.recipes.failsafe_of(recipe_id, self.fs)
 
     def written(self, token: Any, t: float) -> None:
         d = token
@@ -255,9 +298,11 @@ class TriggeredInspection:
     """
 
     def __init__(self, timing: TimingSettings, fs: FailsafeSettings, submit: Callable[[Request], None],
-                 worker_phase: Callable[[Request], str | None], journal: Journal, metrics: Metrics) -> None:
+                 worker_phase: Callable[[Request], str | None], journal: Journal, metrics: Metrics,
+                 recipes: Recipes | None = None) -> None:
         self.timing = timing
         self.fs = fs
+        self.recipes: Recipes = recipes if recipes is not None else OneRecipe()
         self._submit = submit
         self._phase = worker_phase
         self.journal = journal
@@ -276,6 +321,7 @@ class TriggeredInspection:
         self._health = Health(False, False, 0)
         self._t_after: float | None = None
         self._session = 0  # the PLC link session of the newest inputs
+        self._recipe = RECIPE_DEFAULT  # the recipe_id of the newest inputs: latched with a trigger
         self._last = Outputs()  # the last block composed
 
     def trigger_ready(self, health: Health) -> bool:
@@ -290,6 +336,8 @@ class TriggeredInspection:
         self.ack_seq = inputs.result_ack_seq
         self._session = session
         self._t_after = None if new_session else t_after
+        self._recipe = inputs.recipe_id
+        self.recipes.ask(inputs.recipe_id, now)  # before the trigger: a switch it asks for has begun
         seq = inputs.trigger_seq
         if self.last_seq is None or new_session:
             self._start_session(inputs, now)
@@ -318,7 +366,8 @@ class TriggeredInspection:
             log_event(log, "trigger_seq_adopted", logging.INFO, trigger_seq=seq, result_ack_seq=ack,
                       reason="idle" if seq == 0 else "the PLC has taken its last answer: nothing pending")
             return
-        self._settle_new(Request(seq, inputs.part_id, now, plc_session=self._session), FaultCode.PLC_INPUTS_STALE, now,
+        self._settle_new(Request(seq, inputs.part_id, now, plc_session=self._session, recipe=self._recipe),
+                         FaultCode.PLC_INPUTS_STALE, now,
                          f"trigger {seq} was pending (result_ack_seq {ack}) when the bridge's session began: "
                          "raised while the bridge could not see it, its frame cannot be identified")
 
@@ -356,9 +405,12 @@ class TriggeredInspection:
         before = self.last_seq
         self.last_seq = seq
         for s in skipped:
-            self._overrun(Request(s, 0, now, plc_session=self._session), now, f"trigger_seq went from {before} to {seq}: this value was never seen on its own")
-        req = Request(seq, part_id, now, self._t_after, self._session)
-        fault = status_fault(self._health)
+            self._overrun(Request(s, 0, now, plc_session=self._session, recipe=self._recipe), now,
+                          f"trigger_seq went from {before} to {seq}: this value was never seen on its own")
+        req = Request(seq, part_id, now, self._t_after, self._session, self._recipe)
+        # The health of the last tick, with the recipe's state now (the switch this very read
+        # asked for included): a trigger is judged with its own recipe or not at all.
+        fault = status_fault(dataclasses.replace(self._health, recipe_fault=self.recipes.fault_for(req.recipe)))
         if len(self.slots) >= self.capacity:
             self._overrun(req, now, f"{len(self.slots)} answers already waiting (1 + timing.trigger_queue = {self.capacity})")
             self.metrics.queue_drops.labels("triggers").inc()
@@ -366,6 +418,10 @@ class TriggeredInspection:
             # Read after the inputs were stale: it may have been raised long ago.
             self._settle_new(req, fault, now, "read after the bridge had been blind to its inputs for longer than "
                                               "plc.max_input_age_ms: the part may have moved on")
+        elif fault in (FaultCode.RECIPE_CHANGING, FaultCode.RECIPE_UNKNOWN):
+            self._settle_new(req, fault, now, f"recipe_id {req.recipe} read with the trigger " + (
+                "names no recipe of this station" if fault is FaultCode.RECIPE_UNKNOWN else
+                "is not active yet: the switch to it is in progress"))
         elif fault is not FaultCode.NONE:
             self._settle_new(req, fault, now, "not healthy when the trigger arrived")
         else:
@@ -461,7 +517,11 @@ class TriggeredInspection:
                 self._journal(p)
         if p is None or p.decision is None:
             return Outputs(fault_code=block_fault(health), model_version=health.model_version), None
-        return block_for(p.decision, p.request.trigger_seq, p.request.part_id, self.fs, health), p
+        return block_for(p.decision, p.request.trigger_seq, p.request.part_id, self._fs(p.request), health), p
+
+    def _fs(self, req: Request) -> FailsafeSettings:
+        """The fail-safe values for a trigger: its recipe's, or the station's."""
+        return self.recipes.failsafe_of(req.recipe, self.fs)
 
     def stated_health(self, health: Health) -> Health:
         """The health the block just composed states: the station's, except while an answer
@@ -511,4 +571,4 @@ class TriggeredInspection:
         self.presenting = None
         req = first.request
         assert first.decision is not None  # settled above
-        return final_answer_block(first.decision, req.trigger_seq, req.part_id, self.fs)
+        return final_answer_block(first.decision, req.trigger_seq, req.part_id, self._fs(req))

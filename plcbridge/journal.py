@@ -102,13 +102,15 @@ def yield_of(counts: dict[str, int]) -> float | None:
 
 class Journal:
     def __init__(self, metrics: Metrics, station: str, sinks: SinkFanout | None = None,
-                 carried: Collection[str] | None = None) -> None:
+                 carried: Collection[str] | None = None, recipes: bool = False) -> None:
         self.metrics = metrics
         self.station = station
         # The optional outputs the station writes (config: PlcCommon.carried_optional): a
         # decision's line names those, as the PLC got them, and no others (None: all).
         self.carried = frozenset(s.name for s in OPTIONAL_OUTPUT_SIGNALS if carried is None or s.name in carried)
         self.sinks = sinks if sinks is not None else SinkFanout(metrics)
+        # The station reads recipe_id: each line names the recipe (docs/plc-interface.md "Recipes").
+        self.recipes = recipes
         self._lock = threading.Lock()
         self.results: collections.Counter[str] = collections.Counter()
         self.failsafes: collections.Counter[str] = collections.Counter()
@@ -131,6 +133,10 @@ class Journal:
         if req is not None:
             fields.update(trigger_seq=req.trigger_seq, part_id=req.part_id, plc_session=req.plc_session,
                           t_trigger_mono=round(req.t_seen, 6))
+        if self.recipes:
+            # The recipe asked with the trigger (free-run: the one that judged); a verdict was
+            # judged with it, and the PLC's result_recipe says so (a fail-safe's says none).
+            fields["recipe"] = req.recipe if req is not None else d.recipe
         if d.frame_seq is not None:
             fields["frame_seq"] = d.frame_seq
         if d.t_capture is not None:

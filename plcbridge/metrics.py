@@ -128,6 +128,21 @@ class Metrics:
         self.camera_ok = Gauge("plcbridge_camera_ok", "1 while frames arrive within the stall limit", registry=r)
         self.model_ok = Gauge("plcbridge_model_ok", "1 while a model session is loaded and healthy", registry=r)
         self.model_info = Info("plcbridge_model", "The model serving now", registry=r)
+        # Recipes (plcbridge/recipes.py): a station without [[recipe]] has recipe 0 alone.
+        self.recipe_active = Gauge("plcbridge_recipe_active", "The recipe triggers are judged with now (the PLC's "
+                                   "active_recipe); 65535 while a switch is in progress or recipe_id is unknown",
+                                   registry=r)
+        self.recipe_active.set(65535)
+        self.recipe_switches = Counter("plcbridge_recipe_switches", "Recipe switches the PLC asked for, by outcome: "
+                                       "done, unknown (no such recipe), failed (its model did not load)", ["outcome"],
+                                       registry=r)
+        for outcome in ("done", "unknown", "failed"):
+            self.recipe_switches.labels(outcome)
+        self.recipe_switch_seconds = Histogram("plcbridge_recipe_switch_seconds", "recipe_id read -> the recipe active",
+                                               buckets=(.001, .005, .02, .05, .1, .25, .5, 1, 2.5, 5, 10, 30),
+                                               registry=r)
+        self.recipe_models_loaded = Gauge("plcbridge_recipe_models_loaded", "Recipe model sessions loaded now "
+                                          "(at most recipes.max_loaded)", registry=r)
         self.reloads = Counter("plcbridge_reloads", "SIGHUP reloads, by outcome", ["result"], registry=r)
         self.last_reload_ok = Gauge("plcbridge_last_reload_ok", "0 if the last reload was refused; 1 if it was applied or none was asked for", registry=r)
         self.last_reload_ok.set(1)
@@ -139,6 +154,16 @@ class Metrics:
         ProcessCollector(registry=r)
         self.threads = Gauge("process_threads", "Threads in this process, native ones included (/proc/self/task)", registry=r)
         self.threads.set_function(_thread_count)
+        # Drift (plcbridge/drift.py, docs/drift.md): live scores against the model's reference, per full window.
+        self.drift_psi = Gauge("plcbridge_drift_psi", "Population stability index of the last full window of live "
+                               "scores against the model's reference score distribution (docs/drift.md)",
+                               ["model", "version"], registry=r)
+        self.drift_windows = Counter("plcbridge_drift_windows", "Full windows of live scores (drift.window verdicts "
+                                     "each) compared with the model's reference", ["model", "version"], registry=r)
+        self.drift_warnings = Counter("plcbridge_drift_warnings", "Windows whose PSI reached drift.warn_psi (each one "
+                                      "a drift_warning log line)", ["model", "version"], registry=r)
+        self.drift_warn_psi = Gauge("plcbridge_drift_warn_psi", "drift.warn_psi: the PSI from which a window is a "
+                                    "warning (0 while drift is off)", registry=r)
 
     def camera_counts(self, counts: dict) -> None:
         """Add a camera source's counts since its previous frame: {"buffers_failed": {status: n},

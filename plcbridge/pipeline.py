@@ -18,19 +18,19 @@ from typing import TYPE_CHECKING, Any, Callable
 from plcbridge.adapters.camera.base import CameraAbsent, CameraError, CameraSource, Frame, open_camera
 from plcbridge.backoff import Reconnector
 from plcbridge.config import Config
-from plcbridge.contract import FaultCode, ResultCode
+from plcbridge.contract import RECIPE_DEFAULT, FaultCode, ResultCode
 from plcbridge.decision import Decision, Request, failsafe
 from plcbridge.inference.errors import (
     BadFrame,
     InferenceError,
     InferenceTimeout,
-    ModelError,
 )
 from plcbridge.inference.rules import describe
 from plcbridge.journal import Journal
 from plcbridge.logs import get_logger, log_event
 from plcbridge.mailbox import FrameMailbox, LatestValue
 from plcbridge.metrics import Metrics
+from plcbridge.recipes import RecipeBook
 from plcbridge.threads import lower_this_thread
 
 if TYPE_CHECKING:
@@ -170,22 +170,25 @@ class InferenceWorker:
     Free-run decisions go to a latest-value mailbox (older ones are simply replaced, and
     counted as drops when the worker skipped frames). Triggered decisions go to a queue
     the write loop drains each tick: each one answers one trigger and must not be lost.
+
+    The models are the recipe book's (plcbridge/recipes.py): a trigger is judged with the
+    session of the recipe read with it, a free-run frame with the active recipe's; a station
+    without recipes has recipe 0, its [model], alone.
     """
 
-    def __init__(self, config: Config, frames: FrameMailbox, journal: Journal, metrics: Metrics) -> None:
+    def __init__(self, config: Config, frames: FrameMailbox, journal: Journal, metrics: Metrics,
+                 recipes: RecipeBook | None = None) -> None:
         self.config = config
         self.mode = config.station.mode
         self.frames = frames
         self.journal = journal
         self.metrics = metrics
+        self.recipes = recipes if recipes is not None else RecipeBook(config, metrics)
         self.latest: LatestValue[Decision] = LatestValue()
         self.requests: queue.Queue[Request] = queue.Queue(maxsize=1 + config.timing.trigger_queue)
         self.results: queue.SimpleQueue[Decision] = queue.SimpleQueue()
-        self.model: Model | None = None
-        self.model_ok = False
-        self.model_version = 0
-        self.load_error: str | None = None
-        self._next_model: Model | None = None  # set by swap_model(), adopted by the worker thread
+        self.crashed = False
+        metrics.model_ok.set_function(lambda: 1 if self.model_ok else 0)
         self.phase: tuple[Request | None, str] = (None, "loading")  # read lock-free by the write loop
         self._last_judged = -1  # seq of the last frame a trigger was judged on: a frame judges one trigger
         self._stop = threading.Event()
@@ -198,6 +201,27 @@ class InferenceWorker:
         # Called with the time of a CAMERA_FAULT answer (no frame came for a trigger): the grab
         # loop's failed(), so that CAMERA_OK clears before the answer goes out.
         self.on_camera_fault: Callable[[float], None] = lambda t: None
+
+    @property
+    def model(self) -> Model | None:
+        """The model of the active recipe (None while a switch is in progress)."""
+        return self.recipes.serving
+
+    @property
+    def model_ok(self) -> bool:
+        """MODEL_OK: the inference stage runs and the recipe the PLC wants did not fail to load."""
+        return not self.crashed and self.recipes.model_ok
+
+    @property
+    def model_version(self) -> int:
+        m = self.recipes.serving
+        return 0 if m is None else m.version
+
+    @property
+    def load_error(self) -> str | None:
+        if self.crashed:
+            return "the inference stage crashed"
+        return self.recipes.load_error
 
     def _deliver(self, d: Decision) -> None:
         """A triggered decision, to the write loop (which drains them), woken at once."""
@@ -219,8 +243,7 @@ class InferenceWorker:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
-        if self.model is not None:
-            self.model.close()
+        self.recipes.stop()
 
     def phase_of(self, req: Request) -> str | None:
         cur, phase = self.phase
@@ -235,25 +258,8 @@ class InferenceWorker:
                                       model_version=self.model_version, request=req))
 
     def _load(self) -> bool:
-        from plcbridge.inference.session import Model
-
-        m = self.config.model
-        try:
-            model = Model(m.manifest, m.device, m.intra_op_threads, m.inference_timeout_ms)
-        except ModelError as e:
-            self.load_error = str(e)
-            log_event(model_log, "model_load_failed", logging.ERROR, manifest=m.manifest, reason=str(e))
-            self.metrics.model_ok.set(0)
-            return False
-        self.model, self.model_version = model, model.version
-        self.metrics.model_info.info({"name": model.name, "version": str(model.version), "providers": ",".join(model.providers)})
-        level = logging.ERROR if model.fell_back else logging.INFO
-        log_event(model_log, "model_loaded", level, model=model.name, version=model.version, manifest=str(model.manifest_path),
-                  requested_providers=model.requested_providers, providers=model.providers,
-                  fell_back=model.fell_back, fallback_reason=model.fallback_reason)
-        self.model_ok = True
-        self.metrics.model_ok.set(1)
-        return True
+        """Load the recipes' models kept loaded (recipe 0 first); False if recipe 0 failed."""
+        return self.recipes.start()
 
     def _run(self) -> None:
         lower_this_thread()
@@ -261,50 +267,26 @@ class InferenceWorker:
             self._serve()
         except Exception:  # noqa: BLE001 - a crashed stage must be loud; the write loop fails closed
             self.phase = (None, "crashed")
-            self.model_ok = False
-            self.metrics.model_ok.set(0)
+            self.crashed = True
             log_event(model_log, "inference_stage_crashed", logging.CRITICAL, exc_info=True,
                       reason="the inference thread died: triggers will time out with INFERENCE_TIMEOUT")
 
     def swap_model(self, model: "Model") -> None:
-        """Hand over a built, checked model; it takes over between two decisions."""
-        self._next_model = model
-
-    def _adopt_next_model(self) -> None:
-        model, self._next_model = self._next_model, None
-        if model is None:
-            return
-        old, self.model = self.model, model
-        self.model_version = model.version
-        self.model_ok = True
-        self.load_error = None
-        self.metrics.model_ok.set(1)
-        self.metrics.model_info.info({"name": model.name, "version": str(model.version), "providers": ",".join(model.providers)})
+        """Hand over a built, checked model for recipe 0 ([model]: a reload); the session it
+        replaces is closed by this worker between two decisions."""
+        old = self.recipes.model(RECIPE_DEFAULT)
+        self.recipes.replace(RECIPE_DEFAULT, model)
         log_event(model_log, "model_swapped", logging.INFO, model=model.name, version=model.version,
                   previous_version=getattr(old, "version", None), manifest=str(model.manifest_path))
-        if old is not None:
-            old.close()
 
     def _serve(self) -> None:
         last_seq = -1
         while not self._stop.is_set():
-            if self._next_model is not None:
-                self._adopt_next_model()
-            if self.model is None:
-                self._answer_without_model()
-            elif self.mode == "free-run":
+            self.recipes.close_retired()
+            if self.mode == "free-run":
                 last_seq = self._free_run_step(last_seq)
             else:
                 self._triggered_step()
-
-    def _answer_without_model(self) -> None:
-        """No model: every trigger still gets its answer, at once."""
-        self.phase = (None, "no_model")
-        try:
-            req = self.requests.get(timeout=0.1)
-        except queue.Empty:
-            return
-        self._deliver(failsafe(FaultCode.MODEL_NOT_READY, time.monotonic(), f"model not loaded: {self.load_error}", request=req))
 
     def _free_run_step(self, last_seq: int) -> int:
         frame = self.frames.wait_newer(last_seq, timeout=0.1)
@@ -312,6 +294,9 @@ class InferenceWorker:
             return last_seq
         if last_seq >= 0 and frame.seq > last_seq + 1:
             self.metrics.queue_drops.labels("frames").inc(frame.seq - last_seq - 1)
+        if self.recipes.serving is None:  # a switch in progress, or no model: the outputs say why
+            self.phase = (None, "no_model")
+            return frame.seq
         d = self.judge(frame, None)
         self.phase = (None, "idle")
         self.latest.put(d)
@@ -377,6 +362,10 @@ class InferenceWorker:
             req = self.requests.get(timeout=0.1)
         except queue.Empty:
             return
+        if self.recipes.model(req.recipe) is None:  # answered at once, no frame taken
+            self.phase = (None, "no_model")
+            self._deliver(self._without_model(req, None))
+            return
         self.phase = (req, "waiting_frame")
         if self.request_frame is not None:
             self._software_triggered_step(req)
@@ -417,32 +406,49 @@ class InferenceWorker:
         with self.requests.mutex:
             return self.requests.queue[0] if self.requests.queue else None
 
+    def _without_model(self, req: Request | None, frame: Frame | None) -> Decision:
+        """The answer for a trigger whose recipe has no session now: the recipe book says why
+        (its switch in progress or evicted for one, unknown, or its model failed to load)."""
+        recipe = req.recipe if req is not None else self.recipes.active
+        fault = self.recipes.fault_for(recipe)
+        if fault is FaultCode.NONE:  # active, but its session is gone: a switch is under way
+            fault = FaultCode.RECIPE_CHANGING
+        why = {FaultCode.RECIPE_UNKNOWN: f"recipe {recipe} is no recipe of this station",
+               FaultCode.MODEL_NOT_READY: f"model not loaded: {self.recipes.errors.get(recipe) or self.load_error}"}.get(
+            fault, f"the model of recipe {recipe} is not loaded: a recipe switch is in progress")
+        return failsafe(fault, time.monotonic(), why, model_version=self.model_version, request=req,
+                        frame_seq=None if frame is None else frame.seq)
+
     def judge(self, frame: Frame, req: Request | None) -> Decision:
-        assert self.model is not None
+        """Judge a frame with the model of the trigger's recipe (free-run: the active one)."""
+        recipe = req.recipe if req is not None else self.recipes.active
+        model = self.recipes.model(recipe)
+        if model is None:
+            return self._without_model(req, frame)
         self.phase = (req, "judging")
         t0 = time.monotonic()
         try:
-            v = self.model.judge(frame.image)
+            v = model.judge(frame.image)
         except (BadFrame, InferenceTimeout, InferenceError) as e:
             fault = {BadFrame: FaultCode.BAD_FRAME, InferenceTimeout: FaultCode.INFERENCE_TIMEOUT}.get(type(e), FaultCode.INFERENCE_ERROR)
             log_event(model_log, "inference_failed", logging.ERROR, fault=fault.name, reason=str(e), frame_seq=frame.seq,
                       rate_key=fault.name)
-            return failsafe(fault, time.monotonic(), str(e), model_version=self.model_version, request=req,
+            return failsafe(fault, time.monotonic(), str(e), model_version=model.version, request=req,
                             frame_seq=frame.seq, t_capture=frame.t_capture, label=frame.label, frame_meta=frame.meta,
                             image=frame.image)
         now = time.monotonic()
         self.metrics.inference_seconds.observe(now - t0)
         result = ResultCode.FAIL if v.label == "fail" else ResultCode.PASS
-        return Decision(result, FaultCode.NONE, v.score, now, self.model_version, frame.seq, frame.t_capture,
+        return Decision(result, FaultCode.NONE, v.score, now, model.version, frame.seq, frame.t_capture,
                         frame.label, v.preprocess_ms + v.infer_ms + v.postprocess_ms, req, frame_meta=frame.meta,
-                        image=frame.image, **self._details(v))
+                        image=frame.image, recipe=recipe, **self._details(v, model))
 
-    def _details(self, v: Verdict) -> dict[str, Any]:
+    def _details(self, v: Verdict, model: Model) -> dict[str, Any]:
         """The Decision's result details from a verdict: the PLC's optional outputs by model
         kind (detection: defect_count and defect_class; anomaly: anomaly_area) and the findings."""
-        if v.findings is None or v.result is None or self.model is None:
+        if v.findings is None or v.result is None:
             return {}
-        m = self.model.manifest
+        m = model.manifest
         names = m.detection.class_names if m.detection is not None else None
         findings = describe(v.result, v.findings, names)
         findings["post_ms"] = round(v.postprocess_ms, 3)  # decoding + rules, inside infer_ms

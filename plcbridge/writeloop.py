@@ -58,9 +58,10 @@ RESULT_BITS = StatusBit.RESULT_VALID | StatusBit.FAILSAFE_ACTIVE
 
 def status_word(health: Health, trigger_ready: bool, result_status: int) -> int:
     """A block's status word in service: the station's health, whether a trigger would be
-    taken now, and the result's own bits (RESULT_VALID, FAILSAFE_ACTIVE)."""
+    taken now, and the result's own bits (RESULT_VALID, FAILSAFE_ACTIVE). READY also needs
+    the recipe the PLC asks for to be active (no recipe fault)."""
     status = result_status & RESULT_BITS
-    if health.model_ok and health.camera_ok and health.plc_ok:
+    if health.model_ok and health.camera_ok and health.plc_ok and health.recipe_fault is FaultCode.NONE:
         status |= StatusBit.READY
     if trigger_ready:
         status |= StatusBit.TRIGGER_READY
@@ -370,13 +371,12 @@ class WriteLoop:
         everything the link reported since the last look."""
         self._drain()
         self._take_link_news()
-        h = self._health(now)
-        health = Health(h.camera_ok, h.model_ok, h.model_version, self._inputs_fresh(now))
+        health = dataclasses.replace(self._health(now), plc_ok=self._inputs_fresh(now))
         result, token = self.inspection.tick(now, health)
         health = self.inspection.stated_health(health)
         status = status_word(health, self.inspection.trigger_ready(health), result.status)
         self.report.block(status, result.fault_code, health.camera_ok, now)
-        return dataclasses.replace(result, status=status), token
+        return dataclasses.replace(result, status=status, active_recipe=health.active_recipe), token
 
     def _post(self, block: Outputs, token: object, heartbeat: int) -> None:
         self.link.post(self._block_id, dataclasses.replace(block, heartbeat=heartbeat), token, self._session)

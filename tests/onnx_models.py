@@ -133,3 +133,22 @@ def copy_demo(model_dir: Path, **overrides: Any) -> Path:
     path = model_dir / "manifest.json"
     path.write_text(json.dumps(raw, indent=2))
     return path
+
+
+def constant_model(model_dir: Path, score: float, name: str = "constant", version: int = 7) -> Path:
+    """A model that gives every frame the same defect score (a real graph that reads the
+    frame: sigmoid(0 x mean + logit(score))): 0.9 fails every part, 0.1 passes every part.
+    Two of them are two models that disagree on purpose, told apart by `version`."""
+    logit = float(np.log(score / (1 - score)))
+    inits = [numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+             numpy_helper.from_array(np.array(logit, np.float32), "logit"), _shape11()]
+    nodes = [
+        helper.make_node("ReduceMean", [INPUT["name"]], ["_m"], keepdims=0),
+        helper.make_node("Mul", ["_m", "zero"], ["_z"]),
+        helper.make_node("Add", ["_z", "logit"], ["_l"]),
+        helper.make_node("Reshape", ["_l", "_shape11"], ["_l11"]),
+        helper.make_node("Sigmoid", ["_l11"], [OUTPUT["name"]]),
+    ]
+    _save(model_dir, name, nodes, inits)
+    write_manifest(model_dir, f"{name}.onnx", version=version)
+    return model_dir

@@ -603,9 +603,10 @@ def test_the_command_line_flags_set_the_recipe_fields(capsys):
     assert summary["recipes"]["recipe_id"] == 3 and summary["recipes"]["waiting_for_switch"]
 
 
-def test_check_config_says_the_daemon_does_not_switch_recipes_yet() -> None:
-    """Until the daemon side of recipes exists, a station that reads recipe_id is told that it
-    judges everything with [model]; a station that does not read it hears nothing."""
+def test_check_config_warns_a_station_reading_recipe_id_without_recipes_or_result_recipe() -> None:
+    """A station that reads recipe_id but lists no [[recipe]] has recipe 0 alone, and one that
+    does not write result_recipe leaves the PLC unable to check a verdict's recipe: both are
+    said; a station that does not read recipe_id hears nothing of recipes."""
     from plcbridge.checks import config_warnings
     from plcbridge.config import parse_config
 
@@ -613,6 +614,10 @@ def test_check_config_says_the_daemon_does_not_switch_recipes_yet() -> None:
     plain = parse_config({**base, "plc": {"protocol": "modbus"}}, "<test>", env={})
     reads = parse_config({**base, "plc": {"protocol": "modbus", "modbus": {"optional_inputs": ["recipe_id"]}}},
                          "<test>", env={})
+    full = parse_config({**base, "plc": {"protocol": "modbus", "modbus": LISTED},
+                         "recipe": [{"id": 4, "manifest": "builtin:demo"}]}, "<test>", env={})
     assert not [w for w in config_warnings(plain) if "recipe" in w[1]]
-    (warning,) = [w for w in config_warnings(reads) if "recipe" in w[1]]
-    assert warning[0] == "plc.modbus.optional_inputs" and "no recipes yet" in warning[1]
+    warnings = {w[0]: w[1] for w in config_warnings(reads) if "recipe" in w[1]}
+    assert "has no [[recipe]]" in warnings["plc.modbus.optional_inputs"]
+    assert "result_recipe is not written" in warnings["plc.modbus.optional_outputs"]
+    assert not [w for w in config_warnings(full) if "recipe" in w[1]]

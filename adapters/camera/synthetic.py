@@ -11,12 +11,19 @@ of whole-array operations, never Python loops over pixels.
 
 The bank is built from a fixed seed, so `render_surface` is a deterministic function of
 the state of the `rng` it is given.
+
+`SyntheticCamera` can also change its lighting mid-run (`lighting_change_after_s`,
+`lighting_gain`, `lighting_offset`): from then on every frame is `gain * pixel + offset`,
+saturated to 0..255, and says so in its meta (`camera_lighting = "changed"`, journaled with
+the decision), so that a test or a demo shows what drift looks like (docs/drift.md).
 """
 
 from __future__ import annotations
 
 import functools
 import socket
+import time
+from typing import Any
 
 import cv2
 import numpy as np
@@ -196,6 +203,7 @@ class SyntheticCamera(CameraSource):
         self._pacer = FixedRateSchedule(1 / settings.fps)
         self._rng: np.random.Generator | None = None
         self._line: socket.socket | None = None
+        self._opened_at = 0.0  # time.monotonic() of open(): the lighting change counts from it
         # Build the texture bank now: numpy's generators hold the GIL for tens of ms, and the
         # daemon constructs its first source before the write loop starts (see GrabLoop.start).
         _bank(settings.width, settings.height)
@@ -203,6 +211,7 @@ class SyntheticCamera(CameraSource):
     def open(self) -> None:
         self._rng = np.random.default_rng(self.settings.seed)
         self._pacer = FixedRateSchedule(1 / self.settings.fps)
+        self._opened_at = time.monotonic()
         if self.settings.trigger == "hardware":
             # The trigger input: one datagram per edge (simulators/camera_line.py).
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -215,7 +224,7 @@ class SyntheticCamera(CameraSource):
             sock.settimeout(_IDLE_S)
             self._line = sock
 
-    def grab(self) -> tuple[np.ndarray, str | None] | None:
+    def grab(self) -> tuple[np.ndarray, str | None] | tuple[np.ndarray, str | None, dict[str, Any]] | None:
         rng = self._rng
         if rng is None:
             raise CameraError("synthetic camera: grab() before open()")
@@ -228,7 +237,14 @@ class SyntheticCamera(CameraSource):
         image = render_surface(rng, self.settings.width, self.settings.height, defect)
         if self.settings.trigger == "free-run":  # triggered: this frame is wanted now
             self._pacer.wait()
-        return image, ("fail" if defect else "pass")
+        label = "fail" if defect else "pass"
+        after = self.settings.lighting_change_after_s
+        if after is not None and time.monotonic() - self._opened_at >= after:
+            # gain * pixel + offset, rounded and saturated to uint8 (OpenCV, outside the GIL).
+            s = self.settings
+            image = cv2.addWeighted(image, s.lighting_gain, image, 0.0, s.lighting_offset)
+            return image, label, {"camera_lighting": "changed"}
+        return image, label
 
     def close(self) -> None:
         self._rng = None

@@ -276,6 +276,9 @@ DECISION_SCHEMA: dict[str, Any] = {
         "defect_count": {"type": "integer", "minimum": 0, "description": "as the PLC's optional output got it"},
         "defect_class": {"type": "integer", "minimum": 0, "description": "as the PLC's optional output got it"},
         "anomaly_area": {"type": "integer", "minimum": 0, "description": "as the PLC's optional output got it"},
+        "recipe": {"type": "integer", "minimum": 0, "maximum": 65535,
+                   "description": "stations with recipes: the recipe_id read with the trigger (free-run: the recipe "
+                                  "that judged); a verdict was judged with it"},
         "findings": {
             "type": "object",
             "description": "anomaly, detection and segmentation models: what the model found and the rules counted",

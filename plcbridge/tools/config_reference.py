@@ -67,8 +67,6 @@ EXTRA: dict[str, str] = {
                             "rest keep `PB_<Signal>`).",
     "plc.enip.input_tags": "signal name -> controller tag, for the signals the PLC writes (default `PB_Plc<Signal>`).",
     "timing.period_ms": "Write-loop period: one output block to the PLC per period, on absolute deadlines.",
-    "failsafe.result_code": "Result code written instead of a verdict (FAIL where the line treats a fail-safe as a reject).",
-    "failsafe.score": "Score written with the fail-safe result.",
     "logging.format": "`json`: one object per line (journald); `text` for a terminal.",
     "logging.level": "Lowest level logged.",
     "metrics.enabled": "Serve Prometheus metrics, `/healthz` and `/readyz`.",
@@ -215,14 +213,27 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _model_of(tp: Any) -> type[BaseModel] | None:
+def _is_array(tp: Any) -> bool:
+    """An array of tables ([[recipe]]): list[Model]."""
     tp, _ = _unwrap(tp)
+    return typing.get_origin(tp) is list
+
+
+def _model_of(tp: Any) -> type[BaseModel] | None:
+    """The section's model: of a field that is one (or an optional one: [model.shadow]), or
+    an array of them ([[recipe]])."""
+    tp, _ = _unwrap(tp)
+    tp, _ = _strip_optional(tp)
+    tp, _ = _unwrap(tp)
+    if typing.get_origin(tp) is list:
+        tp, _ = _unwrap(typing.get_args(tp)[0])
     return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
 
 
 def _variants(tp: Any) -> list[type[BaseModel]]:
     """The models of a discriminated union (the camera sources)."""
     tp, _ = _unwrap(tp)
+    tp, _ = _strip_optional(tp)
     if typing.get_origin(tp) in (Union, types.UnionType):
         return [m for a in typing.get_args(tp) if (m := _model_of(a)) is not None]
     return []
@@ -259,16 +270,16 @@ def _heading(out: list[str], title: str, doc_of: type[BaseModel] | None) -> None
         out += [doc, ""]
 
 
-def _sections(model: type[BaseModel], prefix: str, out: list[str]) -> None:
+def _sections(model: type[BaseModel], prefix: str, out: list[str], array: bool = False) -> None:
     scalars = [n for n, i in model.model_fields.items() if _model_of(i.annotation) is None and not _variants(i.annotation)]
     if prefix and scalars:
-        _heading(out, f"`[{prefix}]`", model)
+        _heading(out, f"`[[{prefix}]]` (one table per entry)" if array else f"`[{prefix}]`", model)
         out += _table(model, prefix)
         out.append("")
     for name, info in model.model_fields.items():
         path = f"{prefix}.{name}" if prefix else name
         if (sub := _model_of(info.annotation)) is not None:
-            _sections(sub, path, out)
+            _sections(sub, path, out, _is_array(info.annotation))
         elif variants := _variants(info.annotation):
             tag = _tag_field(variants)
             if any(_model_of(i.annotation) for v in variants for i in v.model_fields.values()):
