@@ -344,9 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(sub.add_parser("bench", help="benchmark the whole pipeline against the PLC simulator; JSON report + PNG"))
     gate.add_arguments(sub.add_parser("gate", help="hardware-in-the-loop promotion gate: bench against a budget TOML, exit 1 if broken"))
 
+    from plcbridge.tools import promote as promote_tool
     from plcbridge.tools import status as status_tool
 
     status_tool.add_arguments(sub.add_parser("status", help=status_tool.HELP))
+    promote_tool.add_arguments(sub.add_parser("promote", help=promote_tool.HELP))
 
     v = sub.add_parser("validate-model", help="check a model before promotion; prints a JSON report, exit 1 if a check fails")
     v.add_argument("path", help="manifest.json, the model directory holding it, the .onnx file named by the "

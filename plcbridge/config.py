@@ -217,6 +217,35 @@ class ShadowSettings(Strict):
     archive_disagreements: bool = True
 
 
+class WatchSettings(Strict):
+    """`[model.watch]`: after every model change (a reload, `plcbridge promote`), the new model
+    is watched over its first decisions; a trigger that trips swaps the last-known-good model
+    back in at once (plcbridge/rollback.py; docs/deploying-models.md). A trigger is on while
+    `triggers` lists it."""
+
+    # Watch every model change (off: a change is applied and nothing watches it).
+    enabled: bool = True
+    # The triggers that may roll a change back (all five by default); leave one out to turn it off.
+    triggers: list[Literal["failsafe_rate", "reject_rate_change", "inference_p99", "inference_errors", "agreement"]] = [
+        "failsafe_rate", "reject_rate_change", "inference_p99", "inference_errors", "agreement"]
+    # How many decisions of the new model the watch lasts (and the most recent decisions of
+    # the previous model its reject rate is taken from).
+    decisions: Annotated[int, Field(ge=10, le=1_000_000)] = 200
+    # Fewer decisions than this and no rate trigger is judged yet (a rate of 1 in 3 says little).
+    min_decisions: Annotated[int, Field(ge=1, le=1_000_000)] = 30
+    # fail-safe answers (any fault) among the new model's decisions.
+    max_failsafe_rate: Annotated[float, Field(ge=0, le=1)] | None = 0.05
+    # |FAIL share of the new model - FAIL share of the previous one|, verdicts only.
+    max_reject_rate_change: Annotated[float, Field(ge=0, le=1)] | None = 0.15
+    # p99 of the new model's inference time (preprocess + run); unset: model.latency_budget_ms's value.
+    max_inference_p99_ms: Annotated[float, Field(gt=0)] | None = None
+    # INFERENCE_ERROR and INFERENCE_TIMEOUT answers of the new model: this many trips the watch.
+    max_inference_errors: Annotated[int, Field(ge=1)] | None = 3
+    # Agreement with the previous model, run as the shadow after the swap (needs [model.shadow]:
+    # `plcbridge promote` makes the previous model the shadow).
+    min_agreement: Annotated[float, Field(ge=0, le=1)] | None = 0.9
+
+
 class ModelSettings(Strict):
     # A manifest.json path, a directory holding one, or "builtin:demo" for the bundled model.
     manifest: str = "builtin:demo"
@@ -232,6 +261,7 @@ class ModelSettings(Strict):
     # How many timed runs that check takes.
     latency_check_runs: Annotated[int, Field(ge=5, le=10_000)] = 50
     shadow: ShadowSettings | None = None
+    watch: WatchSettings = WatchSettings()
 
     @property
     def p99_budget_ms(self) -> float:

@@ -24,8 +24,9 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable
 
 from plcbridge.config import Config, ConfigError, changed_keys, load_config
-from plcbridge.contract import FaultCode
+from plcbridge.contract import RECIPE_DEFAULT, FaultCode
 from plcbridge.endpoint import HealthServer
+from plcbridge.inference.errors import ModelError
 from plcbridge.inspection import FreeRunInspection, Health, TriggeredInspection
 from plcbridge.journal import Journal, utc_text
 from plcbridge.link import PlcLink
@@ -39,11 +40,14 @@ from plcbridge.threads import freeze_heap, lower_this_thread, tune_interpreter
 from plcbridge.writeloop import WriteLoop
 
 if TYPE_CHECKING:
+    from plcbridge.archive import ArchiveSink
     from plcbridge.decision import Decision
     from plcbridge.endpoint import Route
     from plcbridge.inference.session import Model
     from plcbridge.mqtt.sink import MqttSink
     from plcbridge.page import PageSink
+    from plcbridge.rollback import ModelWatch, Trip
+    from plcbridge.shadow import ShadowRunner
 
 log = get_logger("daemon")
 
@@ -54,6 +58,17 @@ HOT_SECTIONS = frozenset({"model", "failsafe", "logging"})
 RELOAD_CHECK_PAUSE_S = 0.01
 # systemd's STATUS= is refreshed at least this often, and at once when readiness changes.
 STATUS_EVERY_S = 5.0
+
+
+def keys_under(keys: list[str], section: str) -> list[str]:
+    """The changed keys in a section and below it ("model.shadow": model.shadow.manifest, ...)."""
+    return [k for k in keys if k == section or k.startswith(section + ".")]
+
+
+def same_model(a: Model, b: Model) -> bool:
+    """The same model served: name, version and the bytes behind them."""
+    return (a.manifest.name, a.manifest.version, a.manifest.sha256) == (b.manifest.name, b.manifest.version,
+                                                                        b.manifest.sha256)
 
 
 class ReloadCancelled(Exception):
@@ -68,7 +83,7 @@ def reload_changes(keys: list[str], serving: Model | None, checked: Model) -> st
     if serving is None:
         return f"{said}; model {checked.name} v{checked.version} (none was serving)"
     was, now = serving.manifest, checked.manifest
-    if (was.name, was.version, was.sha256) == (now.name, now.version, now.sha256):
+    if same_model(serving, checked):
         return f"{said}; the model is the same ({now.name} v{now.version}, same sha256)"
     model = f"model {was.name} v{was.version} -> {now.name} v{now.version}" if was.name != now.name else \
         f"model {now.name} v{was.version} -> v{now.version}"
@@ -112,10 +127,13 @@ class Daemon:
                                "being read fast enough (bounded queue full)", lambda: log_pipeline.dropped)
         self.journal = Journal(self.metrics, config.station.name, carried=config.plc.carried_optional,
                                recipes="recipe_id" in config.plc.carried_optional_inputs)
+        archive: ArchiveSink | None = None
         if config.archive.enabled:
             from plcbridge.archive import ArchiveSink  # OpenCV's encoder: only where frames are kept
 
-            self.journal.sinks.add(ArchiveSink(config.archive, self.metrics), queue_size=config.archive.queue)
+            archive = ArchiveSink(config.archive, self.metrics)
+            self.journal.sinks.add(archive, queue_size=config.archive.queue)
+        self._archive = archive  # the shadow's disagreements go there too
         self.page: PageSink | None = None
         self.mqtt: MqttSink | None = None  # made last, below: its status reads the stages
         if config.metrics.enabled:
@@ -145,6 +163,22 @@ class Daemon:
         self.loop = WriteLoop(config, self.link, self.inspection, self.health, drain, self.metrics,
                               watchdog=self.notifier.watchdog, watchdog_interval_s=self.notifier.watchdog_interval_s)
         self.worker.on_decision = self.loop.wake  # a settled answer goes out without waiting for the tick
+        # [model.shadow]: a candidate on idle CPU, in a process of its own (plcbridge/shadow.py),
+        # started with the daemon and replaced by a reload that changes it.
+        self.shadow: ShadowRunner | None = None
+        # Model changes (a reload, a rollback) one at a time; the last-known-good session is kept
+        # loaded after a change, for the watch to swap back in at once (plcbridge/rollback.py).
+        self._model_change = threading.Lock()
+        self._last_good: Model | None = None
+        self.rolled_back: Trip | None = None
+        self._agreement_mark = (0, 0)  # the shadow's (agreed, compared) at the last model change
+        self.watch: ModelWatch | None = None
+        if config.model.watch.enabled:
+            from plcbridge.rollback import ModelWatch
+
+            self.watch = ModelWatch(config.model.watch, config.model.p99_budget_ms, self.metrics, self._rollback,
+                                    agreement=self._shadow_agreement)
+            self.journal.sinks.add(self.watch)
         self.worker.on_camera_fault = self.grab.failed
         self.http: HealthServer | None = None
         self.started_at: float | None = None
@@ -163,7 +197,7 @@ class Daemon:
     def health(self, now: float) -> Health:
         book = self.recipes
         return Health(self.grab.ok(now, self._stall_s), self.worker.model_ok, self.worker.model_version,
-                      recipe_fault=book.station_fault, active_recipe=book.active)
+                      recipe_fault=book.station_fault, active_recipe=book.active, rolled_back=self.rolled_back is not None)
 
     def _drain_decisions(self, answer: Callable[[Decision], None]) -> None:
         """Triggered mode, each write tick: every decision the worker made since the last."""
@@ -216,6 +250,35 @@ class Daemon:
             out.append({"part": name, "ok": why is None, "reason": why,
                         "for_s": None if why is None or since is None else round(now - since, 1)})
         return out
+
+    def reload_view(self) -> dict[str, Any]:
+        """Reloads applied and refused since start, what the last one said, and the rollback
+        the watch made since the last model change a person applied (None: none)."""
+        trip = self.rolled_back
+        return {"applied": self._count("plcbridge_reloads_total", result="applied"),
+                "refused": self._count("plcbridge_reloads_total", result="refused"),
+                "in_progress": self._reload_thread is not None and self._reload_thread.is_alive(),
+                "last": self.last_reload,
+                "rolled_back": None if trip is None else trip.as_dict()}
+
+    def model_operations(self) -> dict[str, Any]:
+        """In short, for the MQTT status topic: the rollback the watch made (None: none), the
+        watch's state, and the shadow's agreement since the last model change."""
+        shadow = None
+        if self.shadow is not None:
+            v = self.shadow.view()
+            agreement, compared = self._shadow_agreement()
+            shadow = {"manifest": v.get("manifest"), "state": v.get("state"),
+                      "agreement": None if agreement is None else round(agreement, 4), "compared": compared,
+                      "dropped": sum((v.get("dropped") or {}).values())}
+        return {"rolled_back": None if self.rolled_back is None else self.rolled_back.as_dict(),
+                "watch": None if self.watch is None else self.watch.state, "shadow": shadow}
+
+    def recipe_view(self) -> dict[str, Any] | None:
+        """The recipe book's view for a station that reads recipe_id; None for one that does not."""
+        if "recipe_id" not in self.config.plc.carried_optional_inputs:
+            return None
+        return self.recipes.view()
 
     def _recipe_problem(self) -> str | None:
         """Why the recipe the PLC asks for does not judge triggers now (None: it does)."""
@@ -373,17 +436,82 @@ class Daemon:
         if not checked:
             return self._refuse("model", f"{m.manifest}: {report.failure}")
         model = checked[0]
-        serving = self.worker.model
-        self._previous_version, self._applied_version = self.worker.model_version, model.version
-        self._changed = keys
-        self.recipes.recipes = station_recipes(new)  # recipe 0's manifest and fail-safe values; [[recipe]] is cold
-        self.worker.swap_model(model)
+        shadow = None
+        if new.model.shadow is not None and (keys_under(keys, "model.shadow") or self.shadow is None
+                                             or not self.shadow.running):
+            try:
+                shadow = self._new_shadow(new)  # loaded before anything is applied: all or nothing
+            except ModelError as e:
+                model.close()
+                return self._refuse("model.shadow", str(e))
+        with self._model_change:
+            serving = self.recipes.model(RECIPE_DEFAULT)
+            self._previous_version, self._applied_version = getattr(serving, "version", None), model.version
+            self._changed = keys
+            self.recipes.recipes = station_recipes(new)  # recipe 0's manifest and fail-safe values; [[recipe]] is cold
+            same = serving is not None and same_model(serving, model)
+            self._swap_live(model, keep_previous=not same)
+            if new.model.shadow is None or shadow is not None:
+                old_shadow, self.shadow = self.shadow, shadow if new.model.shadow is not None else None
+                self.worker.shadow_offer = None if self.shadow is None else self.shadow.offer
+                if old_shadow is not None:
+                    old_shadow.stop()
+            self.rolled_back = None  # a model change a person asked for clears MODEL_ROLLED_BACK
+            if self.watch is not None and not same:
+                self._agreement_mark = self._shadow_counts()
+                self.watch.changed(self._previous_version or 0, model.version, "reload")
         self.inspection.fs = new.failsafe
         self.loop.config = new
         logging.getLogger("plcbridge").setLevel(new.logging.level.upper())
         self.config = new
         return True, (f"model {model.name} v{model.version} checked (p99 {report.latency_ms.get('p99')} ms); "
                       f"{reload_changes(self._changed, serving, model)}")
+
+    def _new_shadow(self, config: Config) -> ShadowRunner:
+        """A started shadow runner for config.model.shadow (ModelError if its model does not load)."""
+        from plcbridge.shadow import ShadowRunner
+
+        shadow = config.model.shadow
+        assert shadow is not None
+        keep = self._archive.keep_shadow if self._archive is not None and shadow.archive_disagreements else None
+        return ShadowRunner(shadow, config.model, self.metrics, keep, station=config.station.name).start()
+
+    def _swap_live(self, model: Model, keep_previous: bool) -> None:
+        """Recipe 0's new session in place; the one it replaces is kept as the last-known-good
+        (`keep_previous`: a model change the watch may roll back), and the last-known-good kept
+        before is retired (the worker closes it between two decisions)."""
+        # During a watch the last-known-good stays the model from before it: the one replaced
+        # now was never proven, and goes.
+        watching = self.watch is not None and self.watch.state == "watching" and self._last_good is not None
+        keep = keep_previous and not watching
+        previous = self.recipes.replace(RECIPE_DEFAULT, model, retire_old=not keep)
+        if keep:
+            if self._last_good is not None:
+                self.recipes.retire(self._last_good)
+            self._last_good = previous
+        log_event(log, "model_swapped", logging.INFO, model=model.name, version=model.version,
+                  previous_version=getattr(previous, "version", None), manifest=str(model.manifest_path),
+                  last_known_good=None if self._last_good is None else self._last_good.version)
+
+    def _rollback(self, trip: Trip) -> None:
+        """A watch trigger tripped: the last-known-good takes recipe 0's place again, at once
+        (its session was kept loaded); MODEL_ROLLED_BACK is set in every block until a person's
+        next model change (a reload, promote) or a restart."""
+        with self._model_change:
+            good, self._last_good = self._last_good, None
+            if good is None:
+                log_event(log, "model_rollback_impossible", logging.ERROR, trigger=trip.trigger.value,
+                          reason="no last-known-good model is kept (the daemon started with this model)")
+                return
+            bad = self.recipes.replace(RECIPE_DEFAULT, good, retire_old=True)
+            self.rolled_back = trip
+        self.metrics.model_rollbacks.labels(trip.trigger.value).inc()
+        log_event(log, "model_rolled_back", logging.ERROR, trigger=trip.trigger.value, figure=trip.figure,
+                  threshold=trip.threshold, rolled_back_version=getattr(bad, "version", None),
+                  serving_version=good.version, serving_model=good.name, decisions_watched=trip.decisions_watched,
+                  reason=trip.reason + f"; the station file still names {self.config.model.manifest}: "
+                  "fix or revert it before the next reload or restart")
+        self.last_reload = f"MODEL ROLLED BACK ({trip.trigger.value}) to v{good.version}"
 
     def start(self) -> "Daemon":
         tune_interpreter()
@@ -400,6 +528,8 @@ class Daemon:
                                "request or the response did not complete in time",
                                lambda: http.requests_timed_out + http.responses_timed_out)
             log_event(log, "metrics_listening", logging.INFO, url=f"http://{c.metrics.host}:{self.http.port}/metrics")
+        if c.model.shadow is not None:
+            self._start_shadow()
         self.worker.start()  # loads the model first: nothing that holds the GIL long runs beside the loop
         self.grab.start()
         self.link.start()
@@ -409,6 +539,37 @@ class Daemon:
             self.mqtt.start()  # after the loop: the spool's backlog never delays the first block
         self.poll()
         return self
+
+    def _start_shadow(self) -> None:
+        """Start the candidate before the live model; one that does not load is said and left
+        out: the station runs without its shadow rather than not at all."""
+        try:
+            self.shadow = self._new_shadow(self.config)
+        except ModelError as e:
+            log_event(log, "shadow_not_started", logging.ERROR, reason=str(e),
+                      effect="the station runs without its shadow model")
+            return
+        self.worker.shadow_offer = self.shadow.offer
+
+    def _shadow_counts(self) -> tuple[int, int]:
+        """(agreed, compared) of the shadow since it started; (0, 0) without one."""
+        shadow = self.shadow
+        if shadow is None:
+            return 0, 0
+        v = shadow.view()
+        return int(v.get("agreed") or 0), int(v.get("compared") or 0)
+
+    def _shadow_agreement(self) -> tuple[float | None, int]:
+        """The shadow's agreement with the live model since the last model change, and how many
+        verdicts it compared (the watch's agreement trigger: after promote, the shadow is the
+        previous model)."""
+        if self.shadow is None or not self.shadow.running:
+            return None, 0
+        agreed, compared = self._shadow_counts()
+        if self._agreement_mark[1] > compared:  # another shadow since the mark: it counts from its start
+            self._agreement_mark = (0, 0)
+        agreed, compared = agreed - self._agreement_mark[0], compared - self._agreement_mark[1]
+        return (agreed / compared if compared else None), compared
 
     def _page_routes(self) -> dict[str, Route] | None:
         """The station page's routes (plcbridge/page), served beside /metrics."""
@@ -427,6 +588,10 @@ class Daemon:
         self.loop.stop()
         self.link.close()
         self.worker.stop()
+        if self._last_good is not None:
+            self._last_good.close()
+        if self.shadow is not None:
+            self.shadow.stop()  # before the sinks close: its last disagreements reach the archive
         self.grab.stop()
         # The side work finishes what it was handed (bounded), after the final write; MQTT then
         # says offline and disconnects (bounded too), the spool keeping what was not acknowledged.
@@ -465,5 +630,7 @@ class Daemon:
             "model": {"name": getattr(self.worker.model, "name", None),
                       "kind": getattr(getattr(self.worker.model, "manifest", None), "kind", None),
                       "version": self.worker.model_version, "loaded": self.worker.model_ok,
-                      "providers": getattr(self.worker.model, "providers", None)},
+                      "providers": getattr(self.worker.model, "providers", None),
+                      "shadow": None if self.shadow is None else self.shadow.view(),
+                      "watch": None if self.watch is None else self.watch.view()},
         }

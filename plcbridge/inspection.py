@@ -70,6 +70,7 @@ class Health:
     # switch to it is in progress, RECIPE_UNKNOWN while it names no recipe of the station.
     recipe_fault: FaultCode = FaultCode.NONE
     active_recipe: int = RECIPE_DEFAULT  # the PLC's active_recipe (RECIPE_NONE: none)
+    rolled_back: bool = False  # the last-known-good model judges again after a watch tripped (MODEL_ROLLED_BACK)
 
 
 class Recipes(Protocol):
@@ -173,9 +174,9 @@ def session_start_block(o: Outputs) -> Outputs:
     """A triggered block as it goes out on a PLC session whose inputs the bridge has not read
     yet: nothing decided for an earlier session (no answer, result_seq 0, part_id 0) and
     blind (PLC_INPUTS_STALE; READY, TRIGGER_READY and PLC_INPUTS_OK clear), the heartbeat
-    and the camera and model bits and active_recipe as composed. A final block still says
+    and the camera and model bits (MODEL_ROLLED_BACK too) and active_recipe as composed. A final block still says
     SHUTTING_DOWN."""
-    status = o.status & (StatusBit.CAMERA_OK | StatusBit.MODEL_OK)
+    status = o.status & (StatusBit.CAMERA_OK | StatusBit.MODEL_OK | StatusBit.MODEL_ROLLED_BACK)
     fault = FaultCode.SHUTTING_DOWN if o.fault_code == FaultCode.SHUTTING_DOWN else FaultCode.PLC_INPUTS_STALE
     return Outputs(heartbeat=o.heartbeat, status=int(status), fault_code=fault, model_version=o.model_version,
                    active_recipe=o.active_recipe)

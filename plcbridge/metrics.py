@@ -141,6 +141,9 @@ class Metrics:
         self.recipe_switch_seconds = Histogram("plcbridge_recipe_switch_seconds", "recipe_id read -> the recipe active",
                                                buckets=(.001, .005, .02, .05, .1, .25, .5, 1, 2.5, 5, 10, 30),
                                                registry=r)
+        self.model_rollbacks = Counter("plcbridge_model_rollbacks", "Automatic rollbacks to the last-known-good model "
+                                       "after a model change, by the watch trigger that tripped ([model.watch])",
+                                       ["trigger"], registry=r)
         self.recipe_models_loaded = Gauge("plcbridge_recipe_models_loaded", "Recipe model sessions loaded now "
                                           "(at most recipes.max_loaded)", registry=r)
         self.reloads = Counter("plcbridge_reloads", "SIGHUP reloads, by outcome", ["result"], registry=r)
@@ -164,6 +167,30 @@ class Metrics:
                                       "a drift_warning log line)", ["model", "version"], registry=r)
         self.drift_warn_psi = Gauge("plcbridge_drift_warn_psi", "drift.warn_psi: the PSI from which a window is a "
                                     "warning (0 while drift is off)", registry=r)
+        # The shadow model ([model.shadow], plcbridge/shadow.py): a candidate judged on the frames the live
+        # model judged, on idle CPU, deciding nothing: the confusion matrix, score differences, latency, drops.
+        self.shadow_decisions = Counter("plcbridge_shadow_decisions", "Frames the shadow (candidate) model judged, by "
+                                        "the live verdict (PASS, FAIL) and the shadow's (PASS, FAIL, or TIMEOUT, ERROR, "
+                                        "BAD_FRAME: no verdict): the confusion matrix", ["live", "shadow"], registry=r)
+        for live in ("PASS", "FAIL"):
+            for shadow in ("PASS", "FAIL", "TIMEOUT", "ERROR", "BAD_FRAME"):
+                self.shadow_decisions.labels(live, shadow)
+        self.shadow_offered = Counter("plcbridge_shadow_offered", "Frames with a live verdict offered to the shadow "
+                                      "model (fail-safes and decisions without a frame are not offered)", registry=r)
+        self.shadow_dropped = Counter("plcbridge_shadow_dropped", "Frames offered to the shadow model and never judged, "
+                                      "by reason: queue_full (it was busy with model.shadow.queue frames waiting), "
+                                      "not_running (not started, failed or stopped)", ["reason"], registry=r)
+        for reason in ("queue_full", "not_running"):
+            self.shadow_dropped.labels(reason)
+        self.shadow_seconds = Histogram("plcbridge_shadow_seconds", "The shadow model's time per frame (preprocess + "
+                                        "run + decoding), wall clock on idle CPU: waiting for the CPU included",
+                                        buckets=_LATENCY + (2.5, 5.0, 10.0), registry=r)
+        self.shadow_score_diff = Histogram("plcbridge_shadow_score_diff", "Shadow score minus live score, per frame "
+                                           "both gave a verdict on", buckets=(-1.0, -0.5, -0.25, -0.1, -0.05, -0.01, 0.01,
+                                                                              0.05, 0.1, 0.25, 0.5, 1.0), registry=r)
+        self.shadow_running = Gauge("plcbridge_shadow_running", "1 while the shadow model is loaded and judging",
+                                    registry=r)
+        self.shadow_model = Info("plcbridge_shadow_model", "The shadow (candidate) model", registry=r)
 
     def camera_counts(self, counts: dict) -> None:
         """Add a camera source's counts since its previous frame: {"buffers_failed": {status: n},

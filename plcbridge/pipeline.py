@@ -201,6 +201,13 @@ class InferenceWorker:
         # Called with the time of a CAMERA_FAULT answer (no frame came for a trigger): the grab
         # loop's failed(), so that CAMERA_OK clears before the answer goes out.
         self.on_camera_fault: Callable[[float], None] = lambda t: None
+        # [model.shadow]: the candidate's offer (ShadowRunner.offer: a put_nowait), called after
+        # the live verdict is handed over, never before; only recipe 0's decisions, its model's.
+        self.shadow_offer: Callable[[Decision], object] | None = None
+
+    def _offer_shadow(self, d: Decision) -> None:
+        if self.shadow_offer is not None and d.recipe == RECIPE_DEFAULT:
+            self.shadow_offer(d)
 
     @property
     def model(self) -> Model | None:
@@ -229,6 +236,7 @@ class InferenceWorker:
             self.on_camera_fault(d.t_decided)
         self.results.put(d)
         self.on_decision()
+        self._offer_shadow(d)
 
     def start(self) -> "InferenceWorker":
         """Load the model here, on the caller's thread, then start judging.
@@ -271,14 +279,6 @@ class InferenceWorker:
             log_event(model_log, "inference_stage_crashed", logging.CRITICAL, exc_info=True,
                       reason="the inference thread died: triggers will time out with INFERENCE_TIMEOUT")
 
-    def swap_model(self, model: "Model") -> None:
-        """Hand over a built, checked model for recipe 0 ([model]: a reload); the session it
-        replaces is closed by this worker between two decisions."""
-        old = self.recipes.model(RECIPE_DEFAULT)
-        self.recipes.replace(RECIPE_DEFAULT, model)
-        log_event(model_log, "model_swapped", logging.INFO, model=model.name, version=model.version,
-                  previous_version=getattr(old, "version", None), manifest=str(model.manifest_path))
-
     def _serve(self) -> None:
         last_seq = -1
         while not self._stop.is_set():
@@ -302,6 +302,7 @@ class InferenceWorker:
         self.latest.put(d)
         self.on_decision()
         self.journal.decision(d)
+        self._offer_shadow(d)
         return frame.seq
 
     def _software_triggered_step(self, req: Request) -> None:

@@ -231,11 +231,12 @@ class RecipeBook:
         for m in retired:
             m.close()
 
-    def replace(self, recipe_id: int, model: "Model") -> None:
-        """A reload's checked model takes the recipe's place; the old session is retired."""
+    def replace(self, recipe_id: int, model: "Model", retire_old: bool = True) -> "Model | None":
+        """A checked model takes the recipe's place (a reload, a rollback); returns the session
+        it replaced, retired unless the caller keeps it (`retire_old` False: the last-known-good)."""
         with self._lock:
             old = self._models.pop(recipe_id, None)
-            if old is not None:
+            if old is not None and retire_old:
                 self._retired.append(old)
             self._models[recipe_id] = model
             self.errors.pop(recipe_id, None)
@@ -244,9 +245,25 @@ class RecipeBook:
                 self._activate(recipe_id)
         self._info()
         self._loaded_gauge()
+        return old
+
+    def retire(self, model: "Model") -> None:
+        """A session no longer kept (an old last-known-good): the worker closes it."""
+        with self._lock:
+            self._retired.append(model)
 
     def loaded(self) -> list[int]:
         return list(self._models)
+
+    def view(self) -> dict[str, object]:
+        """For people (the station page, MQTT status, `plcbridge status`): the recipe asked for,
+        the one active (None while none is), their names, the sessions loaded, the last switch."""
+        active = None if self.active == RECIPE_NONE else self.active
+        wanted = self.recipes.get(self.wanted)
+        return {"asked": self.wanted, "asked_name": None if wanted is None else wanted.name,
+                "active": active, "known": sorted(self.recipes), "loaded": self.loaded(),
+                "max_loaded": self.max_loaded, "last_switch_ms": self.last_switch_ms,
+                "error": self.errors.get(self.wanted)}
 
     # ------------------------------------------------------------------ loading
 

@@ -71,6 +71,8 @@ def status_word(health: Health, trigger_ready: bool, result_status: int) -> int:
         status |= StatusBit.MODEL_OK
     if health.plc_ok:
         status |= StatusBit.PLC_INPUTS_OK
+    if health.rolled_back:
+        status |= StatusBit.MODEL_ROLLED_BACK
     return int(status)
 
 

@@ -152,3 +152,23 @@ def constant_model(model_dir: Path, score: float, name: str = "constant", versio
     _save(model_dir, name, nodes, inits)
     write_manifest(model_dir, f"{name}.onnx", version=version)
     return model_dir
+
+
+def nan_band_model(model_dir: Path, low: float, high: float, version: int = 7) -> Path:
+    """A model whose output is NaN for frames whose mean grey (/255) lies between `low` and
+    `high` (sqrt of (m - low)(m - high), negative inside the band) and a valid score
+    elsewhere: with a band that leaves out 0, 0.5 and 1 it passes validate-model's frames
+    (black, mid-grey, white, noise) and fails, INFERENCE_ERROR, on a dim camera's."""
+    inits = [numpy_helper.from_array(np.array(low, np.float32), "low"),
+             numpy_helper.from_array(np.array(high, np.float32), "high"), _shape11()]
+    nodes = [
+        helper.make_node("ReduceMean", [INPUT["name"]], ["_m"], keepdims=0),
+        helper.make_node("Sub", ["_m", "low"], ["_a"]),
+        helper.make_node("Sub", ["_m", "high"], ["_b"]),
+        helper.make_node("Mul", ["_a", "_b"], ["_d"]),
+        helper.make_node("Sqrt", ["_d"], ["_maybe_nan"]),
+        *_input_to_score("_maybe_nan"),
+    ]
+    _save(model_dir, "nan_band", nodes, inits)
+    write_manifest(model_dir, "nan_band.onnx", version=version)
+    return model_dir

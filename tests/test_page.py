@@ -102,7 +102,8 @@ def test_status_names_the_blocks_the_plc_saw_and_says_why_not_ready(make_sim) ->
         assert sum(s["counts"]["last_hour"].values()) <= sum(since.values())
         p, f = since["PASS"], since["FAIL"]
         assert s["yield"]["since_start"] == (round(p / (p + f), 4) if p + f else None)
-        assert s["model"] == {"version": d.worker.model_version, "loaded": True, "manifest": "builtin:demo", "error": None}
+        assert s["model"] == {"name": "demo-defect-cnn", "version": d.worker.model_version, "loaded": True,
+                              "manifest": "builtin:demo", "error": None}
         assert s["write_loop"]["period_ms"] == d.config.timing.period_ms and s["write_loop"]["ticks"] > 0
         assert set(s["write_loop"]["lateness_ms"]) >= {"n", "p50", "p99", "max"}
         assert s["newest_decision_id"] is not None and s["live"]["decision_id"] is not None
@@ -264,13 +265,18 @@ def test_plcbridge_status_prints_one_screen_and_watches(make_sim, tmp_path: Path
         decisions = out.split("last decisions (", 1)[1].splitlines()[1:]
         assert 2 <= len(decisions) <= 10 and all(re.match(r"  \d\d:\d\d:\d\d\.\d{3}  (PASS|FAIL|FAILSAFE) ", x) for x in decisions)
         # --watch: the screen again and again, cleared each time, until Ctrl-C (exit 0).
-        p = subprocess.Popen([sys.executable, "-m", "plcbridge", "status", "--url", f"http://127.0.0.1:{port}", "--watch", "0.2"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            time.sleep(3)
-        finally:
-            p.send_signal(signal.SIGINT)
-            stdout, stderr = p.communicate(timeout=10)
+        # (Into a file, watched until two screens are there: a loaded machine may take seconds
+        # to start the command.)
+        screens = tmp_path / "watch.out"
+        with screens.open("w") as out_file:
+            p = subprocess.Popen([sys.executable, "-m", "plcbridge", "status", "--url", f"http://127.0.0.1:{port}",
+                                  "--watch", "0.2"], stdout=out_file, stderr=subprocess.PIPE, text=True)
+            try:
+                wait_for(lambda: screens.read_text().count("readiness\n") >= 2, 30, "two screens")
+            finally:
+                p.send_signal(signal.SIGINT)
+                _, stderr = p.communicate(timeout=10)
+        stdout = screens.read_text()
         assert p.returncode == 0 and "Traceback" not in stderr, stderr
         assert stdout.count("\x1b[H\x1b[2J") >= 2 and stdout.count("readiness\n") >= 2
 

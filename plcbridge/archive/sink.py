@@ -16,24 +16,45 @@ once per log window, and the frame is let go: `disk_full` (ENOSPC, EDQUOT), `rea
 place, and saving resumes by itself when it is back), `permission`, `error`. A writer that
 cannot keep up (a slow USB stick) loses frames at the seam instead: its queue is full
 (`plcbridge_sink_dropped_total{sink="archive", reason="queue_full"}`).
+
+Shadow disagreements (plcbridge/shadow.py): `keep_shadow(record)` hands over a frame the
+shadow (candidate) model judged differently from the live one. It is kept whatever the policy
+above says of its live result, named with the tag SHADOW instead of the result and marked
+`kept_for: "shadow_disagreement"` in its sidecar, among the other entries (same bounds, same
+eviction). They travel on a second feed of this sink, its own thread and bounded queue
+(`archive.queue`; full: `plcbridge_sink_dropped_total{sink="archive_shadow"}`), made at the
+first one, and are written under the same lock as the decisions' frames.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
 
-from plcbridge.archive.store import Entry, Index, entry_paths, overlay_path, scan, sidecar_json, unlink, write_atomic
+from plcbridge.archive.store import (
+    SHADOW_KEPT_FOR,
+    SHADOW_TAG,
+    Entry,
+    Index,
+    entry_paths,
+    overlay_path,
+    scan,
+    sidecar_json,
+    unlink,
+    write_atomic,
+)
 from plcbridge.contract import ResultCode
 from plcbridge.logs import get_logger, log_event
 from plcbridge.metrics import Metrics
 from plcbridge.overlay import annotate, jpeg_params
-from plcbridge.sinks import DecisionRecord
+from plcbridge.sinks import DecisionRecord, SinkFanout
 
 if TYPE_CHECKING:
     from plcbridge.config import ArchiveSettings
@@ -78,20 +99,59 @@ class ArchiveSink:
             self._params = [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality]
         else:  # OpenCV's default unless a level is set: faster than any level but 0 (config.py)
             self._params = [] if settings.png_compression is None else [cv2.IMWRITE_PNG_COMPRESSION, settings.png_compression]
+        # The folder, the index and eviction are shared by the two feeds (decisions, shadow disagreements).
+        self._lock = threading.Lock()
+        self._shadow: SinkFanout | None = None  # the shadow disagreements' feed, made at the first one
+        self._shadow_lock = threading.Lock()
+        self._closed = False
 
     # ------------------------------------------------------------------ the seam
 
     def write(self, record: DecisionRecord) -> None:
-        if self._index is not None and time.monotonic() >= self._next_age_check:
-            self._evict(self._index, time.time())  # frames age also while none is saved
-        if not self.wanted(record):
-            return
-        reason = self._save(record)
-        if reason is not None:
-            self.metrics.archive_dropped.labels(reason).inc()
+        with self._lock:
+            if self._index is not None and time.monotonic() >= self._next_age_check:
+                self._evict(self._index, time.time())  # frames age also while none is saved
+            if not self.wanted(record):
+                return
+            reason = self._save(record)
+            if reason is not None:
+                self.metrics.archive_dropped.labels(reason).inc()
 
     def close(self) -> None:
-        pass
+        with self._shadow_lock:
+            self._closed = True
+            shadow, self._shadow = self._shadow, None
+        if shadow is not None:
+            shadow.close()  # what is queued is written first (within its timeout)
+
+    # ------------------------------------------------------------------ shadow disagreements
+
+    def keep_shadow(self, record: DecisionRecord) -> None:
+        """Keep a frame the shadow model judged differently from the live one (plcbridge/shadow.py):
+        `record` is the live decision's record (a fresh id, the journal's fields) with the
+        shadow's verdict under `shadow`. Never blocks: a full queue leaves it out, counted as
+        plcbridge_sink_dropped_total{sink="archive_shadow", reason="queue_full"}."""
+        if not self.settings.enabled or record.image is None:
+            return
+        with self._shadow_lock:
+            if self._closed:
+                self.metrics.sink_dropped.labels(_ShadowFeed.name, "closed").inc()
+                return
+            if self._shadow is None:
+                self._shadow = SinkFanout(self.metrics)
+                self._shadow.add(_ShadowFeed(self), queue_size=self.settings.queue)
+            shadow = self._shadow
+        shadow.offer(record)
+
+    def _write_shadow(self, record: DecisionRecord) -> None:
+        """On the shadow feed's thread: one disagreement to disk, whatever the policy says of its live result."""
+        with self._lock:
+            if self._index is not None and time.monotonic() >= self._next_age_check:
+                self._evict(self._index, time.time())
+            marked = replace(record, fields={"kept_for": SHADOW_KEPT_FOR, **record.fields})
+            reason = self._save(marked, SHADOW_TAG)
+            if reason is not None:
+                self.metrics.archive_dropped.labels(reason).inc()
 
     def wanted(self, record: DecisionRecord) -> bool:
         """Does this decision keep its frame? (Counts PASS frames for the sample.)"""
@@ -109,10 +169,10 @@ class ArchiveSink:
 
     # ------------------------------------------------------------------ disk
 
-    def _save(self, record: DecisionRecord) -> str | None:
-        """Keep one frame; the drop reason if it could not be kept."""
+    def _save(self, record: DecisionRecord, tag: str | None = None) -> str | None:
+        """Keep one frame, named by its result (or by `tag`: SHADOW); the drop reason if it could not be kept."""
         saved = time.time()
-        result = record.decision.result.name
+        result = tag or record.decision.result.name
         image, sidecar = entry_paths(self.root, saved, result, record.decision_id, self._suffix)
         data = None
         overlay: bytes | None = None
@@ -207,3 +267,19 @@ class ArchiveSink:
                   reason=f"{what}: this frame is not kept; the bridge goes on deciding and writing the PLC",
                   drop=reason, setting="archive.path", rate_key=f"archive-{reason}")
         return reason
+
+
+class _ShadowFeed:
+    """The archive's second feed (a sink of a SinkFanout of its own): the shadow model's
+    disagreements, written by the archive under its lock, on this feed's thread."""
+
+    name = "archive_shadow"
+
+    def __init__(self, archive: ArchiveSink) -> None:
+        self.archive = archive
+
+    def write(self, record: DecisionRecord) -> None:
+        self.archive._write_shadow(record)
+
+    def close(self) -> None:
+        pass

@@ -41,6 +41,10 @@ SCHEMA = "plcbridge-archive/1"
 IMAGE_SUFFIXES = (".png", ".jpg")
 # The annotated picture beside an entry's image: STEM.overlay.jpg (its sidecar is STEM.json).
 OVERLAY_SUFFIX = ".overlay.jpg"
+# A frame the shadow (candidate) model judged differently from the live one (plcbridge/shadow.py):
+# named with this tag where a decision's entry has its result, and marked so in its sidecar.
+SHADOW_TAG = "SHADOW"
+SHADOW_KEPT_FOR = "shadow_disagreement"
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _HOUR = re.compile(r"\d{2}")
 
@@ -67,7 +71,8 @@ class Entry:
 
     @property
     def result(self) -> str:
-        """The result the name carries (TIME_RESULT_ID): filters without reading the JSON."""
+        """The result the name carries (TIME_RESULT_ID): filters without reading the JSON.
+        SHADOW for a shadow model's disagreement (its record's `result` is the live verdict)."""
         parts = self.sidecar.stem.split("_")
         return parts[1] if len(parts) >= 3 else ""
 

@@ -63,6 +63,9 @@ class StatusBit(enum.IntFlag):
     FAILSAFE_ACTIVE = 1 << 4  # the result fields carry the configured fail-safe output
     RESULT_VALID = 1 << 5  # result_seq/result_code/score/part_id describe a real decision
     PLC_INPUTS_OK = 1 << 6  # the bridge's copy of the PLC inputs is younger than plc.max_input_age_ms
+    # A model change tripped its watch ([model.watch]) and the last-known-good model judges again:
+    # verdicts are trustworthy (READY is unaffected), but someone must look at the model change.
+    MODEL_ROLLED_BACK = 1 << 7
 
 
 class ResultCode(enum.IntEnum):

@@ -302,7 +302,8 @@ _READINESS_PART: dict[str, Any] = {
     "type": "object",
     "required": ["part", "ok", "reason", "for_s", "since_utc"],
     "properties": {
-        "part": {"enum": ["write_loop", "plc", "camera", "model"]},
+        "part": {"enum": ["write_loop", "plc", "camera", "model", "recipe"],
+                 "description": "what READY stands for (Daemon.readiness); recipe: stations that read recipe_id"},
         "ok": {"type": "boolean"},
         "reason": {**_NULLABLE_TEXT, "description": "why not OK, in words; null when OK"},
         "for_s": {"type": ["number", "null"], "minimum": 0},
@@ -334,13 +335,35 @@ STATUS_SCHEMA: dict[str, Any] = {
         "mode": {"enum": ["triggered", "free-run"]},
         "model": {"type": "object", "required": ["version", "loaded"],
                   "properties": {"version": {"type": ["integer", "null"]}, "loaded": {"type": "boolean"},
-                                 "name": _NULLABLE_TEXT, "error": _NULLABLE_TEXT}},
+                                 "name": _NULLABLE_TEXT, "error": _NULLABLE_TEXT,
+                                 "rolled_back": {"description": "null, or the watch trigger that rolled the last model "
+                                                                "change back ([model.watch]; the PLC's "
+                                                                "MODEL_ROLLED_BACK bit): trigger, figure, threshold, "
+                                                                "old_version (serving again), new_version, reason",
+                                                 "type": ["object", "null"]},
+                                 "watch": {"enum": [None, "idle", "watching", "passed", "tripped"],
+                                           "description": "the watch after the last model change; null: off"},
+                                 "shadow": {"description": "null, or [model.shadow]: its agreement with the live "
+                                                           "model since the last model change, verdicts compared, "
+                                                           "frames dropped (busy)",
+                                            "type": ["object", "null"]}}},
         "plc": {"type": "object", "required": ["protocol", "address", "connected", "inputs_ok"],
                 "properties": {"protocol": {"type": "string"}, "address": {"type": "string"},
                                "connected": {"type": "boolean"}, "inputs_ok": {"type": "boolean"},
                                "last_error": _NULLABLE_TEXT}},
         "camera": {"type": "object", "required": ["source", "ok"],
                    "properties": {"source": {"type": "string"}, "ok": {"type": "boolean"}}},
+        "recipe": {"description": "null: the station does not read recipe_id. Else the recipe the PLC asks for and "
+                                  "the one active (null while a switch is in progress or the one asked is unknown)",
+                   "oneOf": [{"type": "null"},
+                             {"type": "object", "required": ["asked", "active", "known", "loaded"],
+                              "properties": {"asked": {"type": "integer"}, "asked_name": _NULLABLE_TEXT,
+                                             "active": {"type": ["integer", "null"]},
+                                             "known": {"type": "array", "items": {"type": "integer"}},
+                                             "loaded": {"type": "array", "items": {"type": "integer"}},
+                                             "max_loaded": {"type": "integer"},
+                                             "last_switch_ms": {"type": ["number", "null"]},
+                                             "error": _NULLABLE_TEXT}}]},
         "mqtt": _BACKLOG,
         "software": {"type": "object", "properties": {"version": {"type": "string"}, "commit": {"type": "string"}}},
     },
@@ -409,7 +432,7 @@ def examples() -> dict[str, list[dict[str, Any]]]:
              "model": {"name": "demo-defects", "version": 3, "loaded": True, "error": None},
              "plc": {"protocol": "modbus", "address": "10.0.3.7:502", "connected": True, "inputs_ok": True,
                      "last_error": None},
-             "camera": {"source": "genicam", "ok": True}, "mqtt": backlog,
+             "camera": {"source": "genicam", "ok": True}, "recipe": None, "mqtt": backlog,
              "software": {"version": "0.1.0", "commit": "9d0b6de"}}
     counts = {"PASS": 1712, "FAIL": 31, "FAILSAFE": 2}
     figures = {"interval_s": 60.0, "counts": {"since_start": counts, "interval": {"PASS": 58, "FAIL": 1, "FAILSAFE": 0}},

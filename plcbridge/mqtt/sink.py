@@ -77,10 +77,12 @@ class DaemonStation:
         return {
             "started_utc": started, **report, "mode": c.station.mode,
             "model": {"name": getattr(d.worker.model, "name", None), "version": d.worker.model_version,
-                      "loaded": model_ok, "error": None if model_ok else d.worker.load_error},
+                      "loaded": model_ok, "error": None if model_ok else d.worker.load_error,
+                      **d.model_operations()},
             "plc": {"protocol": c.plc.protocol, "address": c.plc.address, "connected": d.link.connected,
                     "inputs_ok": d.loop.inputs_ok, "last_error": d.link.last_error},
             "camera": {"source": c.camera.source, "ok": d.health(now).camera_ok},
+            "recipe": d.recipe_view(),
             "software": build_info(),
         }
 

@@ -144,8 +144,15 @@ class StatusApi:
             },
             "counts": {"since_start": since_start, "last_hour": last_hour},
             "yield": {"since_start": yield_of(since_start), "last_hour": yield_of(last_hour)},
-            "model": {"version": d.worker.model_version, "loaded": d.worker.model_ok, "manifest": str(c.model.manifest),
+            "model": {"name": getattr(d.worker.model, "name", None), "version": d.worker.model_version,
+                      "loaded": d.worker.model_ok, "manifest": str(c.model.manifest),
                       "error": None if d.worker.model_ok else d.worker.load_error},
+            # Model operations: reloads (promote waits on these), the shadow, the watch after a change.
+            "reloads": d.reload_view(),
+            "shadow": None if d.shadow is None else d.shadow.view(),
+            "watch": None if d.watch is None else d.watch.view(),
+            # Stations that read recipe_id: the recipe asked for and the one active (plcbridge/recipes.py).
+            "recipe": d.recipe_view(),
             "write_loop": {"period_ms": c.timing.period_ms, "ticks": d.loop.ticks, "overruns": d.loop.overruns,
                            "lateness_ms": self._lateness.get()},
             "newest_decision_id": None if newest is None else newest.decision_id,

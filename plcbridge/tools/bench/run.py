@@ -71,6 +71,7 @@ class BenchOptions:
     archive_format: str = "png"
     archive_png_compression: int | None = None  # None: OpenCV's default
     daemon_niceness: int = 0  # the daemon's (the systemd unit starts it at -10; below 0 needs root)
+    shadow: str | None = None  # [model.shadow]: a candidate judged beside the live model (plcbridge/shadow.py)
 
 
 class BenchError(RuntimeError):
@@ -196,6 +197,7 @@ def _station_toml(o: BenchOptions, port: int, trigger_port: int | None = None, a
         *([f"trigger = {json.dumps(o.camera_trigger)}"] if o.camera_trigger else []),
         *([f"trigger_port = {trigger_port}"] if trigger_port is not None else []),
         "[model]", f"manifest = {json.dumps(o.model)}",
+        *(["[model.shadow]", f"manifest = {json.dumps(o.shadow)}"] if o.shadow else []),
         "[plc]", f"protocol = {json.dumps(o.protocol)}", 'host = "127.0.0.1"', f"port = {port}",
         f"max_input_age_ms = {max(100, math.ceil(2 * o.period_ms))}",
         "[timing]", f"period_ms = {o.period_ms}",
@@ -292,12 +294,14 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
     check_stop = stop.check if stop is not None else (lambda: None)
     from plcbridge.tools.bench import yolo_shaped
 
-    if o.model == yolo_shaped.NAME:  # generated here, once per output folder
+    if yolo_shaped.NAME in (o.model, o.shadow):  # generated here, once per output folder
         _prepare_output_dir(o.output_dir)
         try:
-            o = dataclasses.replace(o, model=str(yolo_shaped.build(o.output_dir / "yolo320-model")))
+            built = str(yolo_shaped.build(o.output_dir / "yolo320-model"))
         except ImportError:
             raise BenchError(f"{yolo_shaped.NAME} is generated with the onnx package: pip install -e '.[test]'") from None
+        o = dataclasses.replace(o, model=built if o.model == yolo_shaped.NAME else o.model,
+                                shadow=built if o.shadow == yolo_shaped.NAME else o.shadow)
     model_info = _check_inputs(o)
     out_dir = o.output_dir
     _prepare_output_dir(out_dir)
@@ -306,6 +310,7 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
     stem += f"-{o.camera_trigger}" if o.camera_trigger else ""
     stem += f"-period{o.period_ms:g}ms" if o.period_ms != 10 else ""
     stem += f"-{o.seconds:g}s" if o.seconds != 60 else ""
+    stem += "-shadow" if o.shadow else ""
     stem += ("-archive" + ("-jpeg" if o.archive_format == "jpeg" else f"-png{o.archive_png_compression}"
                            if o.archive_png_compression is not None else "")) if o.archive else ""
     stem += ("-page" + ("-remote" if o.page_client == "remote" else "")) if o.page else ""
@@ -523,6 +528,9 @@ def add_run_arguments(p: argparse.ArgumentParser, *, for_gate: bool = False) -> 
                        help="archive.png_compression with --archive (default: unset, OpenCV's own)")
         p.add_argument("--page-niceness", type=int, default=0, choices=range(0, 20), metavar="0..19",
                        help="run that browser this much nicer (default 0: as a user starts it on the line PC)")
+        p.add_argument("--shadow", default=None, metavar="SPEC",
+                       help="run this model as [model.shadow] beside the live one (its figures in the report's "
+                            "model.daemon.shadow); compare with a run without it, same sitting")
         p.add_argument("--daemon-niceness", type=int, default=0, choices=range(-20, 20), metavar="-20..19",
                        help="start the daemon at this niceness (default 0; systemd/plcbridge.service starts it "
                             "at -10, which only root can do here)")
@@ -537,7 +545,8 @@ def options_from_args(args: argparse.Namespace, fps: float, seconds: float) -> B
                         daemon_niceness=getattr(args, "daemon_niceness", 0),
                         page_client=getattr(args, "page_client", "chromium"),
                         archive_format=getattr(args, "archive_format", "png"),
-                        archive_png_compression=getattr(args, "archive_png_compression", None))
+                        archive_png_compression=getattr(args, "archive_png_compression", None),
+                        shadow=getattr(args, "shadow", None))
 
 
 def progress_printer(quiet: bool, prefix: str = "plcbridge bench") -> Callable[[str], None]:
