@@ -38,11 +38,10 @@ def builtin_models() -> list[str]:
         return []
 
 
-def _model_problems(manifest: str) -> list[Problem]:
+def _model_problems(manifest: str, where: str = "model.manifest") -> list[Problem]:
     from plcbridge.inference.errors import ModelError
     from plcbridge.inference.manifest import BUILTIN_PREFIX, MANIFEST_NAME, load_manifest
 
-    where = "model.manifest"
     if manifest.startswith(BUILTIN_PREFIX):
         name = manifest[len(BUILTIN_PREFIX):]
         names = builtin_models()
@@ -183,8 +182,12 @@ def _mqtt_problems(cfg: Config, env: dict[str, str]) -> list[Problem]:
 def station_problems(cfg: Config, env: dict[str, str] | None = None) -> list[Problem]:
     """What a config names that is missing or unusable on this machine; empty when all is there."""
     env = dict(os.environ) if env is None else env
-    return [*_model_problems(cfg.model.manifest), *_pki_problems(cfg, env), *_camera_problems(cfg),
-            *_mqtt_problems(cfg, env)]
+    models = _model_problems(cfg.model.manifest)
+    if cfg.model.shadow is not None:
+        models += _model_problems(cfg.model.shadow.manifest, "model.shadow.manifest")
+    for i, r in enumerate(cfg.recipe):
+        models += _model_problems(r.manifest, f"recipe.{i}.manifest")
+    return [*models, *_pki_problems(cfg, env), *_camera_problems(cfg), *_mqtt_problems(cfg, env)]
 
 
 def config_warnings(cfg: Config) -> list[Problem]:

@@ -21,6 +21,7 @@ decisions), so a session is never closed under a run.
 from __future__ import annotations
 
 import collections
+import ctypes
 import logging
 import threading
 import time
@@ -43,6 +44,16 @@ model_log = get_logger("model")  # the model's own events, where they were befor
 # How long the loader waits for the worker to close the sessions it evicted before it builds
 # the next one (the memory bound holds if the worker is between decisions within this).
 RETIRE_WAIT_S = 2.0
+
+
+def release_freed_memory() -> None:
+    """Hand the memory of closed sessions back to the system (glibc's malloc_trim; the GIL is
+    released meanwhile): without it the process keeps the freed arenas, and the memory bound
+    (recipes.max_loaded) would bound sessions but not the resident set."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the allocator keeps what it keeps
+        pass
 
 
 @dataclass(frozen=True)
@@ -133,9 +144,8 @@ class RecipeBook:
         self._stop.set()
         self._load_due.set()
         self._thread.join(timeout=5)
-        with self._lock:
-            models, self._models = list(self._models.values()), collections.OrderedDict()
-            models += self._retired
+        with self._lock:  # (the closed sessions stay named: the summary after stop says what served)
+            models = list(self._models.values()) + self._retired
             self._retired = []
         for m in models:
             m.close()
@@ -230,6 +240,7 @@ class RecipeBook:
             retired, self._retired = self._retired, []
         for m in retired:
             m.close()
+        release_freed_memory()
 
     def replace(self, recipe_id: int, model: "Model", retire_old: bool = True) -> "Model | None":
         """A checked model takes the recipe's place (a reload, a rollback); returns the session

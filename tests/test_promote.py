@@ -138,6 +138,9 @@ def test_promote_makes_the_shadow_live_through_a_reload_of_the_running_daemon(st
         wait_for(lambda: (d.status()["shadow"] or {}).get("state") == "running", 60, "the new shadow running")
         assert d.status()["shadow"]["candidate"]["version"] == 1
         assert d.status()["watch"]["state"] in ("watching", "passed", "tripped")
+        shown = subprocess.run([sys.executable, "-m", "plcbridge", "status", "--url", f"http://127.0.0.1:{d.port}"],
+                               capture_output=True, text=True, timeout=60).stdout
+        assert "shadow: demo-defect-cnn v1 running" in shown and "watch of v22 (last-known-good v1)" in shown, shown
         after = path.read_text()
         assert f'manifest = "{candidate}"    # the model that decides' in after
         assert f'manifest = "{live}"\n' in after and after.count("\n") == before.count("\n")

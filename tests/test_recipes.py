@@ -130,8 +130,11 @@ def test_a_station_without_recipes_has_the_nodes_and_tags_it_had():
     assert (device.program.recipe, device.program.recipe_change_every_s, device.program.uses_recipes) == (0, None, False)
     root = Path(__file__).resolve().parents[1]
     for station in sorted((root / "config").glob("station-*.toml")):
-        plc = load_config(station, env={}).plc
-        assert getattr(getattr(plc, plc.protocol, None), "optional_inputs", []) == [], station
+        cfg = load_config(station, env={})
+        listed = getattr(getattr(cfg.plc, cfg.plc.protocol, None), "optional_inputs", [])
+        assert listed == (["recipe_id"] if cfg.recipe else []), station  # the recipes example reads it, on purpose
+    assert [p.name for p in (root / "config").glob("station-*.toml") if load_config(p, env={}).recipe] == [
+        "station-recipes.toml"]
 
 
 def test_modbus_recipe_registers_have_fixed_addresses_after_each_block():

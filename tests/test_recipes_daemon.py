@@ -330,3 +330,14 @@ def test_a_station_with_recipes_must_carry_recipe_id_and_active_recipe(models):
         parse_config({"plc": {"protocol": "modbus", "modbus": LISTED},
                       "recipe": [{"id": 1, "manifest": "builtin:demo"}, {"id": 1, "manifest": "builtin:demo"}]},
                      "<test>", env={})
+
+
+def test_check_config_names_a_recipe_or_shadow_model_that_is_not_there(models, tmp_path):
+    from plcbridge.checks import station_problems
+
+    raw = {"plc": {"protocol": "modbus", "modbus": LISTED},
+           "recipe": [*_recipes(models), {"id": 7, "manifest": str(tmp_path / "gone")}],
+           "model": {"shadow": {"manifest": str(tmp_path / "also-gone")}}}
+    problems = dict(station_problems(parse_config(raw, "<test>", env={}), env={}))
+    assert set(problems) == {"recipe.2.manifest", "model.shadow.manifest"}
+    assert "gone" in problems["recipe.2.manifest"] and "no such file" in problems["recipe.2.manifest"]

@@ -151,6 +151,7 @@ class StatusApi:
             "reloads": d.reload_view(),
             "shadow": None if d.shadow is None else d.shadow.view(),
             "watch": None if d.watch is None else d.watch.view(),
+            "drift": None if d.drift is None else d.drift.view(),
             # Stations that read recipe_id: the recipe asked for and the one active (plcbridge/recipes.py).
             "recipe": d.recipe_view(),
             "write_loop": {"period_ms": c.timing.period_ms, "ticks": d.loop.ticks, "overruns": d.loop.overruns,

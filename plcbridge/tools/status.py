@@ -151,6 +151,7 @@ def render(status: dict[str, Any], decisions: list[dict[str, Any]], url: str, wi
     model = f"model v{m['version']} ({m['manifest']})" if m["loaded"] else f"model NOT LOADED ({m.get('error') or 'loading'})"
     out.append(f"{model}; write loop {w['period_ms']:g} ms, {w['ticks']} ticks, {w['overruns']} overruns, lateness "
                f"p50 {_ms(late.get('p50'))} p99 {_ms(late.get('p99'))} max {_ms(late.get('max'))}")
+    out += _model_operations(s)
     out.append(f"last decisions ({len(decisions)})" if decisions else "last decisions: none yet")
     for d in decisions:
         t = (d.get("time_utc") or "")[11:23]
@@ -162,6 +163,32 @@ def render(status: dict[str, Any], decisions: list[dict[str, Any]], url: str, wi
             line += f"  {d['reason']}"
         out.append(line[:width])
     return "\n".join(out)
+
+
+def _model_operations(s: dict[str, Any]) -> list[str]:
+    """The lines of recipes, the shadow, the watch and a rollback, where the daemon has them."""
+    out = []
+    r = s.get("recipe")
+    if r:
+        active = "none (switching or unknown)" if r.get("active") is None else r["active"]
+        out.append(f"recipe: asked {r['asked']} ({r.get('asked_name') or 'unknown'}), active {active}, loaded "
+                   f"{r.get('loaded')}" + (f", last switch {_ms(r['last_switch_ms'])}" if r.get("last_switch_ms") else "")
+                   + (f"; ERROR {r['error']}" if r.get("error") else ""))
+    sh = s.get("shadow")
+    if sh:
+        cand = sh.get("candidate") or {}
+        late = sh.get("latency_ms") or {}
+        out.append(f"shadow: {cand.get('name', sh.get('manifest'))} v{cand.get('version', '?')} {sh.get('state')}, "
+                   f"agreement {_pct(sh.get('agreement'))} of {sh.get('compared', 0)}, dropped "
+                   f"{sum((sh.get('dropped') or {}).values())}, p99 {_ms(late.get('p99'))}")
+    wt = s.get("watch")
+    if wt and wt.get("state") not in (None, "idle"):
+        out.append(f"watch of v{wt.get('new_version')} (last-known-good v{wt.get('old_version')}): {wt['state']}, "
+                   f"{wt.get('decisions')}/{wt.get('window')} decisions")
+    rb = (s.get("reloads") or {}).get("rolled_back")
+    if rb:
+        out.append(f"MODEL ROLLED BACK to v{rb.get('old_version')} ({rb.get('trigger')}): {rb.get('reason')}")
+    return out
 
 
 def screen(url: str, width: int) -> str:
