@@ -451,15 +451,16 @@ class Daemon:
             self.recipes.recipes = station_recipes(new)  # recipe 0's manifest and fail-safe values; [[recipe]] is cold
             same = serving is not None and same_model(serving, model)
             self._swap_live(model, keep_previous=not same)
+            old_shadow = None
             if new.model.shadow is None or shadow is not None:
                 old_shadow, self.shadow = self.shadow, shadow if new.model.shadow is not None else None
                 self.worker.shadow_offer = None if self.shadow is None else self.shadow.offer
-                if old_shadow is not None:
-                    old_shadow.stop()
             self.rolled_back = None  # a model change a person asked for clears MODEL_ROLLED_BACK
             if self.watch is not None and not same:
                 self._agreement_mark = self._shadow_counts()
                 self.watch.changed(self._previous_version or 0, model.version, "reload")
+        if old_shadow is not None:
+            old_shadow.stop()  # outside the lock: a rollback never waits for the old child to end
         self.inspection.fs = new.failsafe
         self.loop.config = new
         logging.getLogger("plcbridge").setLevel(new.logging.level.upper())

@@ -100,6 +100,55 @@ def yield_of(counts: dict[str, int]) -> float | None:
     return round(p / (p + f), 4) if p + f else None
 
 
+def decision_fields(d: Decision, decision_id: str, station: str, carried: Collection[str] = (),
+                    recipes: bool = False) -> dict[str, Any]:
+    """A decision's journal line: its identity, verdict, times and findings; the PLC's optional
+    outputs `carried` names, as the PLC got them; `recipe` on a station with recipes. The one
+    shape every record of a decision has (the journal, the sinks, the shadow's archive entries)."""
+    req = d.request
+    fields: dict[str, Any] = {
+        "decision_id": decision_id,
+        "station": station,
+        "result": d.result.name,
+        "score": round(d.score, 4),
+        "fault": d.fault.name,
+        "model_version": d.model_version,
+    }
+    if req is not None:
+        fields.update(trigger_seq=req.trigger_seq, part_id=req.part_id, plc_session=req.plc_session,
+                      t_trigger_mono=round(req.t_seen, 6))
+    if recipes:
+        # The recipe asked with the trigger (free-run: the one that judged); a verdict was
+        # judged with it, and the PLC's result_recipe says so (a fail-safe's says none).
+        fields["recipe"] = req.recipe if req is not None else d.recipe
+    if d.frame_seq is not None:
+        fields["frame_seq"] = d.frame_seq
+    if d.t_capture is not None:
+        fields["t_capture_mono"] = round(d.t_capture, 6)
+        fields["latency_ms"] = round((d.t_decided - d.t_capture) * 1000, 2)
+    if d.frame_meta:
+        # The camera's own identity of the frame (genicam: camera_frame_id, camera_ts_ns,
+        # camera_host_ts_ns, pixel_format), to find it in the camera's or a recorder's log.
+        fields.update({k: v for k, v in d.frame_meta.items() if k.startswith("camera_") and v is not None})
+    if d.infer_ms is not None:
+        fields["infer_ms"] = round(d.infer_ms, 2)
+    if d.label is not None:
+        fields["truth"] = d.label
+    if d.reason:
+        fields["reason"] = d.reason
+    if d.collapsed:
+        fields["collapsed"] = d.collapsed  # older trigger values this answer also stands for
+    if d.findings is not None:
+        # What the PLC's optional outputs carry for this decision (written where the station
+        # maps them), then what the model found and the rules counted.
+        plc = {"defect_count": defect_count_register(d.defect_count),
+               "defect_class": defect_class_register(d.defect_class, d.defect_count),
+               "anomaly_area": area_register(d.anomaly_area)}
+        fields.update({k: v for k, v in plc.items() if k in carried})
+        fields["findings"] = d.findings
+    return fields
+
+
 class Journal:
     def __init__(self, metrics: Metrics, station: str, sinks: SinkFanout | None = None,
                  carried: Collection[str] | None = None, recipes: bool = False) -> None:
@@ -120,48 +169,8 @@ class Journal:
     def decision(self, d: Decision) -> str:
         """Journal one decision (called once per frame in free-run, once per trigger in
         triggered) and hand it to the sinks; returns its decision id."""
-        req = d.request
         decision_id = new_decision_id()
-        fields: dict[str, Any] = {
-            "decision_id": decision_id,
-            "station": self.station,
-            "result": d.result.name,
-            "score": round(d.score, 4),
-            "fault": d.fault.name,
-            "model_version": d.model_version,
-        }
-        if req is not None:
-            fields.update(trigger_seq=req.trigger_seq, part_id=req.part_id, plc_session=req.plc_session,
-                          t_trigger_mono=round(req.t_seen, 6))
-        if self.recipes:
-            # The recipe asked with the trigger (free-run: the one that judged); a verdict was
-            # judged with it, and the PLC's result_recipe says so (a fail-safe's says none).
-            fields["recipe"] = req.recipe if req is not None else d.recipe
-        if d.frame_seq is not None:
-            fields["frame_seq"] = d.frame_seq
-        if d.t_capture is not None:
-            fields["t_capture_mono"] = round(d.t_capture, 6)
-            fields["latency_ms"] = round((d.t_decided - d.t_capture) * 1000, 2)
-        if d.frame_meta:
-            # The camera's own identity of the frame (genicam: camera_frame_id, camera_ts_ns,
-            # camera_host_ts_ns, pixel_format), to find it in the camera's or a recorder's log.
-            fields.update({k: v for k, v in d.frame_meta.items() if k.startswith("camera_") and v is not None})
-        if d.infer_ms is not None:
-            fields["infer_ms"] = round(d.infer_ms, 2)
-        if d.label is not None:
-            fields["truth"] = d.label
-        if d.reason:
-            fields["reason"] = d.reason
-        if d.collapsed:
-            fields["collapsed"] = d.collapsed  # older trigger values this answer also stands for
-        if d.findings is not None:
-            # What the PLC's optional outputs carry for this decision (written where the station
-            # maps them), then what the model found and the rules counted.
-            plc = {"defect_count": defect_count_register(d.defect_count),
-                   "defect_class": defect_class_register(d.defect_class, d.defect_count),
-                   "anomaly_area": area_register(d.anomaly_area)}
-            fields.update({k: v for k, v in plc.items() if k in self.carried})
-            fields["findings"] = d.findings
+        fields = decision_fields(d, decision_id, self.station, self.carried, self.recipes)
         level = logging.WARNING if d.is_failsafe else logging.INFO
         log_event(log, "decision", level, **fields)
         self._count(d.result, d.fault if d.is_failsafe else None)

@@ -75,7 +75,7 @@ import numpy as np
 from plcbridge.contract import ResultCode
 from plcbridge.decision import Decision
 from plcbridge.inference.errors import ModelError
-from plcbridge.journal import new_decision_id
+from plcbridge.journal import decision_fields, new_decision_id
 from plcbridge.logs import get_logger, log_event
 from plcbridge.metrics import Metrics
 from plcbridge.schedule import Samples, percentile_summary
@@ -395,25 +395,7 @@ class ShadowRunner:
     def _record_fields(self, d: Decision, entry_id: str, shadow: str, score: float, wall_ms: float) -> dict[str, Any]:
         """The archive sidecar's record: the live decision's journal fields (as plcbridge/journal.py
         writes them; the id is the archive entry's own) and the shadow's verdict."""
-        f: dict[str, Any] = {"decision_id": entry_id, "station": self.station, "result": d.result.name,
-                             "score": round(d.score, 4), "fault": d.fault.name, "model_version": d.model_version}
-        req = d.request
-        if req is not None:
-            f.update(trigger_seq=req.trigger_seq, part_id=req.part_id, plc_session=req.plc_session,
-                     t_trigger_mono=round(req.t_seen, 6))
-        if d.frame_seq is not None:
-            f["frame_seq"] = d.frame_seq
-        if d.t_capture is not None:
-            f["t_capture_mono"] = round(d.t_capture, 6)
-            f["latency_ms"] = round((d.t_decided - d.t_capture) * 1000, 2)
-        if d.frame_meta:
-            f.update({k: v for k, v in d.frame_meta.items() if k.startswith("camera_") and v is not None})
-        if d.infer_ms is not None:
-            f["infer_ms"] = round(d.infer_ms, 2)
-        if d.label is not None:
-            f["truth"] = d.label
-        if d.findings is not None:
-            f["findings"] = d.findings
+        f = decision_fields(d, entry_id, self.station)
         c = self._candidate
         f["shadow"] = {"result": shadow, "score": round(score, 4), "score_diff": round(score - d.score, 4),
                        "model": c.get("name"), "model_version": c.get("version"), "manifest": c.get("manifest"),

@@ -116,3 +116,40 @@ def read_metric(source: Any, name: str, **labels: str) -> float:
     if name in families or name.removesuffix("_total") in families:
         return 0.0
     raise KeyError(f"no metric {name!r} in this registry")
+
+
+class Recorder:
+    """A sink beside the daemon's own: every journaled decision's record, in journal order."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.decision_id for r in self.records]
+
+    def write(self, record: Any) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        pass
+
+
+class Running:
+    """A daemon in this process with a Recorder on its seam before it starts:
+    `with Running(config) as d:`; `run.recorder.records` after."""
+
+    def __init__(self, config: Config) -> None:
+        from plcbridge.daemon import Daemon
+
+        self.recorder = Recorder()
+        self.daemon = Daemon(config)
+        self.daemon.journal.sinks.add(self.recorder)
+
+    def __enter__(self) -> Any:
+        return self.daemon.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.daemon.stop()

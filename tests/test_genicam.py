@@ -209,7 +209,9 @@ def test_camera_gone_fails_within_the_stall_limit_and_a_fresh_source_opens_again
     src.close()  # a dead camera's release finishes in the background
     assert time.monotonic() - t0 < 1.5
     fake.gv = Aravis.GvFakeCamera.new(ADDRESS, "PLCB-TEST")  # power back on
-    src = _opened(stall_timeout_ms=300)
+    # The fresh source's first frame: a fake camera just powered on, on a CI machine's loaded
+    # cores, may take longer than 300 ms to stream; what is tested is that it streams at all.
+    src = _opened(stall_timeout_ms=3000)
     try:
         assert src.grab()[0].shape == (512, 512, 3)
     finally:

@@ -18,30 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import read_metric, station_config, wait_for
+from helpers import Running, read_metric, station_config, wait_for
 from mqtt_broker import PASSWORD, USERNAME, DroppingBroker, Mosquitto, RefusingBroker, SilentBroker, require_paho
-
-from plcbridge.sinks import DecisionRecord
 
 require_paho()
 pytest_plugins = ["mqtt_broker"]
 
 PREFIX = "plcbridge/plant/l1/demo"  # site, line, the embedded station's name
-
-
-class Recorder:
-    """A sink beside MQTT's: every decision id the journal handed out, in order."""
-
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-
-    def write(self, record: DecisionRecord) -> None:
-        self.ids.append(record.decision_id)
-
-    def close(self) -> None:
-        pass
 
 
 # The broker outage the issue names: a minute of triggers at 20 Hz (about 1200 decisions) go
@@ -60,23 +43,6 @@ def _mqtt(port: int, tmp_path: Path, **kw: Any) -> dict[str, Any]:
     return {"enabled": True, "host": "127.0.0.1", "port": port, "username": USERNAME, "password_file": str(secret),
             "site": "plant", "line": "l1", "spool_path": str(tmp_path / "spool.sqlite"), "reconnect_min_ms": 200,
             "reconnect_max_ms": 1000, "status_interval_s": 1.0, "stats_interval_s": 1.0, **kw}
-
-
-class Running:
-    """A daemon in this process with the Recorder on its seam before it starts."""
-
-    def __init__(self, config: Any) -> None:
-        from plcbridge.daemon import Daemon
-
-        self.recorder = Recorder()
-        self.daemon = Daemon(config)
-        self.daemon.journal.sinks.add(self.recorder)
-
-    def __enter__(self) -> Any:
-        return self.daemon.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.daemon.stop()
 
 
 def _decisions(sub: Any) -> list[dict[str, Any]]:

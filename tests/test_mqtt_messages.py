@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import closed_tcp_port, running, station_config, wait_for
+from helpers import Recorder, closed_tcp_port, running, station_config, wait_for
 
 from plcbridge.contract import FaultCode, ResultCode
 from plcbridge.decision import Decision, Request, failsafe
@@ -143,25 +143,12 @@ def test_the_checker_catches_what_the_schemas_forbid():
     assert problems({**examples()["status"][0], "ready": None}, SCHEMAS["status"])
 
 
-class _Collect:
-    name = "collect"
-
-    def __init__(self) -> None:
-        self.records: list[DecisionRecord] = []
-
-    def write(self, record: DecisionRecord) -> None:
-        self.records.append(record)
-
-    def close(self) -> None:
-        pass
-
-
 def _records() -> list[DecisionRecord]:
     """Real journal records: triggered PASS with a frame, FAIL with findings and the optional
     outputs, a fail-safe without a frame, a free-run episode, a camera's own frame identity."""
     m = Metrics()
     fanout = SinkFanout(m)
-    sink = _Collect()
+    sink = Recorder()
     fanout.add(sink)
     journal = Journal(m, "st-07", fanout)
     t = time.monotonic()
@@ -297,13 +284,13 @@ def test_a_sink_that_wants_no_frames_gets_records_without_them():
     """The MQTT sink's queue, however far behind, pins no frames (plcbridge/sinks.py)."""
     import numpy as np
 
-    class Light(_Collect):
+    class Light(Recorder):
         name = "light"
         images = False
 
     m = Metrics()
     fanout = SinkFanout(m)
-    heavy, light = _Collect(), Light()
+    heavy, light = Recorder(), Light()
     fanout.add(heavy)
     fanout.add(light)
     journal = Journal(m, "st", fanout)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import read_metric, station_config, wait_for
+from helpers import Running, read_metric, station_config, wait_for
 from onnx_models import constant_model, copy_demo
 
 from plcbridge.config import Config, parse_config
@@ -26,21 +26,6 @@ LISTED = {"optional_inputs": ["recipe_id"], "optional_outputs": ["active_recipe"
 FAILS, PASSES = 11, 22  # the model versions of recipe 1 (fails every part) and recipe 2 (passes every part)
 # Beside three other workers: a heartbeat standing for a second is a fault, a hiccup is not.
 WATCHDOG_MS = 1000
-
-
-class Recorder:
-    """Every journaled decision, in order (a sink beside the others)."""
-
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.records: list[DecisionRecord] = []
-
-    def write(self, record: DecisionRecord) -> None:
-        self.records.append(record)
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -69,21 +54,6 @@ def _sim(make_sim: Any, protocol: str = "modbus", **program: Any) -> Any:
     device = {f"{protocol}.{k}": v for k, v in LISTED.items()}
     program.setdefault("recipe", 1)  # the first product: recipe 1, asked before the first trigger
     return make_sim("triggered", protocol=protocol, device=device, watchdog_ms=WATCHDOG_MS, **program)
-
-
-class Running:
-    def __init__(self, config: Config) -> None:
-        from plcbridge.daemon import Daemon
-
-        self.recorder = Recorder()
-        self.daemon = Daemon(config)
-        self.daemon.journal.sinks.add(self.recorder)
-
-    def __enter__(self) -> Any:
-        return self.daemon.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.daemon.stop()
 
 
 def _spy_blocks(d: Any) -> list[Any]:
