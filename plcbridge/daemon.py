@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from plcbridge.config import Config, ConfigError, changed_keys, load_config
 from plcbridge.contract import RECIPE_DEFAULT, FaultCode
+from plcbridge.decision import Decision
 from plcbridge.endpoint import HealthServer
 from plcbridge.inference.errors import ModelError
 from plcbridge.inspection import FreeRunInspection, Health, TriggeredInspection
@@ -41,7 +42,6 @@ from plcbridge.writeloop import WriteLoop
 
 if TYPE_CHECKING:
     from plcbridge.archive import ArchiveSink
-    from plcbridge.decision import Decision
     from plcbridge.endpoint import Route
     from plcbridge.inference.session import Model
     from plcbridge.mqtt.sink import MqttSink
@@ -163,6 +163,7 @@ class Daemon:
         self.loop = WriteLoop(config, self.link, self.inspection, self.health, drain, self.metrics,
                               watchdog=self.notifier.watchdog, watchdog_interval_s=self.notifier.watchdog_interval_s)
         self.worker.on_decision = self.loop.wake  # a settled answer goes out without waiting for the tick
+        self.loop.on_written = self._written
         # [model.shadow]: a candidate on idle CPU, in a process of its own (plcbridge/shadow.py),
         # started with the daemon and replaced by a reload that changes it.
         self.shadow: ShadowRunner | None = None
@@ -475,7 +476,8 @@ class Daemon:
         shadow = config.model.shadow
         assert shadow is not None
         keep = self._archive.keep_shadow if self._archive is not None and shadow.archive_disagreements else None
-        return ShadowRunner(shadow, config.model, self.metrics, keep, station=config.station.name).start()
+        return ShadowRunner(shadow, config.model, self.metrics, keep, station=config.station.name,
+                            after_delivery=True).start()
 
     def _swap_live(self, model: Model, keep_previous: bool) -> None:
         """Recipe 0's new session in place; the one it replaces is kept as the last-known-good
@@ -551,6 +553,15 @@ class Daemon:
                       effect="the station runs without its shadow model")
             return
         self.worker.shadow_offer = self.shadow.offer
+
+    def _written(self, token: object) -> None:
+        """The write loop: a block reached the PLC. The shadow starts on a live decision's frame
+        only once its answer is there (ShadowRunner.delivered)."""
+        shadow = self.shadow
+        if shadow is not None:
+            d = getattr(token, "decision", token)  # a triggered answer's slot, or a free-run Decision
+            if isinstance(d, Decision):
+                shadow.delivered(d)
 
     def _shadow_counts(self) -> tuple[int, int]:
         """(agreed, compared) of the shadow since it started; (0, 0) without one."""

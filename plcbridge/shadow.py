@@ -8,7 +8,12 @@ it is promoted.
                                                                    log, archive hand-off) <--verdict-- ONNX Runtime)
 
 `offer()` is called on the inference thread right after the live verdict went out: a
-non-blocking put into a queue of `queue` frames, nothing else. A full queue drops the frame
+non-blocking put into a queue of `queue` frames, nothing else. In the daemon
+(`after_delivery`), the shadow thread then holds the frame until the write loop says the
+block with that live answer reached the PLC (`delivered()`, at most DELIVERY_WAIT_S): on the
+2-core VM any SCHED_IDLE process's CPU time slows the live path (a busy loop at SCHED_IDLE
+does too, docs/benchmarks.md), so the candidate's run is placed after the answer's exchange,
+between parts, instead of in it. A full queue drops the frame
 and counts it (`plcbridge_shadow_dropped_total{reason="queue_full"}`); fail-safes and
 decisions without a frame are not offered (skipped).
 
@@ -95,6 +100,9 @@ LOAD_TIMEOUT_S = 120.0  # the candidate must load within this (at nice 19), or s
 STDERR_TAIL = 2000  # characters of the child's stderr a shadow_failed line carries
 COURIER_NICENESS = SIDE_WORK_NICENESS  # the shadow thread: tens of microseconds of Python per frame
 _POLL_S = 0.25  # how often the shadow thread looks at its stop flag and the summary clock
+# The longest the shadow waits for the live answer to reach the PLC before it judges the frame
+# anyway (a PLC that is down, a free-run decision a newer one replaced before it was written).
+DELIVERY_WAIT_S = 0.5
 _CHILD = ("import sys\n"
           "from plcbridge.shadow import child_main\n"
           "child_main(sys.argv[1:])\n")
@@ -109,7 +117,8 @@ class ShadowRunner:
     the station in those records, as the journal does."""
 
     def __init__(self, settings: ShadowSettings, model: ModelSettings, metrics: Metrics,
-                 archive: Callable[[DecisionRecord], object] | None = None, *, station: str = "") -> None:
+                 archive: Callable[[DecisionRecord], object] | None = None, *, station: str = "",
+                 after_delivery: bool = False, delivery_wait_s: float = DELIVERY_WAIT_S) -> None:
         self.settings = settings
         self.model_settings = model
         self.metrics = metrics
@@ -128,6 +137,13 @@ class ShadowRunner:
         self._candidate: dict[str, Any] = {}
         self._seq = 0
         self._summarised = False
+        # The live answer's way to the PLC comes first: the candidate starts on a frame only
+        # once the block with the live decision was written (delivered(), from the write loop).
+        # `after_delivery`: whoever offers also calls delivered() (the daemon's write loop).
+        self._after_delivery = after_delivery
+        self._delivery_wait_s = delivery_wait_s
+        self._delivered = threading.Event()
+        self._last_delivered: Decision | None = None
         # offer()'s counts (the inference thread; the write loop's thread for fail-safes it answers)
         self._offer_lock = threading.Lock()
         self._offered = 0
@@ -195,6 +211,27 @@ class ShadowRunner:
             self.metrics.shadow_dropped.labels(reason).inc()
             return False
         return True
+
+    def delivered(self, d: Decision) -> None:
+        """The write loop: a block carrying decision `d` reached the PLC. Two attribute writes
+        and an Event.set(): the candidate may start on that frame now."""
+        self._last_delivered = d
+        self._delivered.set()
+
+    def _wait_for_delivery(self, d: Decision) -> None:
+        """Hold the frame until the live answer it belongs to is on the PLC (or DELIVERY_WAIT_S):
+        the candidate's CPU time then falls between parts, not in the exchange that brings the
+        answer. Measured on the 2-core VM, a SCHED_IDLE process's CPU time slows the live path
+        however it is scheduled (docs/benchmarks.md), so the time it runs is what is chosen."""
+        deadline = time.monotonic() + self._delivery_wait_s
+        while self._last_delivered is not d and not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._delivered.clear()
+            if self._last_delivered is d:
+                return
+            self._delivered.wait(left)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop judging (a frame being judged is abandoned), end the child process, and log
@@ -285,6 +322,8 @@ class ShadowRunner:
                     d = self._queue.get(timeout=_POLL_S)
                 except queue.Empty:
                     continue
+                if self._after_delivery:
+                    self._wait_for_delivery(d)
                 self._judge(d)
         except (EOFError, OSError) as e:
             if not self._stop.is_set():

@@ -287,6 +287,9 @@ class WriteLoop:
         self._session_posted = -1  # the link session whose inputs the last block posted was composed from
         self._extra_due = True  # no extra block posted since the last tick
         self._thread = threading.Thread(target=self._run, name="write-loop", daemon=True)
+        # Told what the newest block known to have reached the PLC presented (its token: a
+        # free-run Decision, a triggered answer's slot): the shadow model's cue. Must be cheap.
+        self.on_written: Callable[[object], None] | None = None
         self.final_write_ok: bool | None = None
         # systemd's WATCHDOG=1 is sent from this thread, so it stops when the loop stops.
         self._watchdog = watchdog if watchdog_interval_s else None
@@ -423,6 +426,8 @@ class WriteLoop:
         if w is not None and w.block_id != self._written_id:
             self._written_id = w.block_id
             self.inspection.written(w.token, w.t)
+            if self.on_written is not None:
+                self.on_written(w.token)
         r = self.link.reply
         if r is not None and r.seq != self._reply_seq:
             self._reply_seq = r.seq

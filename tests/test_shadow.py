@@ -238,3 +238,30 @@ def test_a_shadow_process_that_dies_stops_the_shadow_and_nothing_else(live: Mode
     assert v["dropped"]["not_running"] >= 1
     assert read_metric(m, "plcbridge_shadow_running") == 0
     assert _events(caplog, "shadow_failed")
+
+
+def test_in_the_daemon_a_frame_waits_for_its_live_answer_to_reach_the_plc(live: Model, tmp_path: Path):
+    """after_delivery: the candidate starts on a frame only once delivered() says the block with
+    that live decision reached the PLC (its CPU time falls between parts, not in the exchange
+    that brings the answer); a decision never delivered is judged after delivery_wait_s."""
+    m = Metrics()
+    first, second = _decisions(live, 2)
+    shadow = ShadowRunner(ShadowSettings(manifest=str(copy_demo(tmp_path / "candidate")), queue=4),
+                          ModelSettings(inference_timeout_ms=5000), m, after_delivery=True, delivery_wait_s=60)
+    shadow.start()
+    try:
+        assert shadow.offer(first)
+        time.sleep(0.5)
+        assert shadow.view()["judged"] == 0, "no frame judged before its answer is on the PLC"
+        shadow.delivered(first)
+        wait_for(lambda: shadow.view()["judged"] == 1, 30, "the first frame judged once delivered")
+    finally:
+        shadow.stop()
+    quick = ShadowRunner(ShadowSettings(manifest=str(copy_demo(tmp_path / "candidate2"))),
+                         ModelSettings(inference_timeout_ms=5000), Metrics(), after_delivery=True, delivery_wait_s=0.2)
+    quick.start()
+    try:
+        assert quick.offer(second)  # never delivered (a PLC that is down): judged all the same
+        wait_for(lambda: quick.view()["judged"] == 1, 30, "judged after delivery_wait_s")
+    finally:
+        quick.stop()
