@@ -268,7 +268,7 @@ class Daemon:
         shadow = None
         if self.shadow is not None:
             v = self.shadow.view()
-            agreement, compared = self._shadow_agreement()
+            agreement, compared = self._since_change(v) if self.shadow.running else (None, 0)
             shadow = {"manifest": v.get("manifest"), "state": v.get("state"),
                       "agreement": None if agreement is None else round(agreement, 4), "compared": compared,
                       "dropped": sum((v.get("dropped") or {}).values())}
@@ -571,17 +571,21 @@ class Daemon:
         v = shadow.view()
         return int(v.get("agreed") or 0), int(v.get("compared") or 0)
 
-    def _shadow_agreement(self) -> tuple[float | None, int]:
-        """The shadow's agreement with the live model since the last model change, and how many
-        verdicts it compared (the watch's agreement trigger: after promote, the shadow is the
-        previous model)."""
-        if self.shadow is None or not self.shadow.running:
-            return None, 0
-        agreed, compared = self._shadow_counts()
+    def _since_change(self, view: dict[str, Any]) -> tuple[float | None, int]:
+        """From a shadow view: its agreement with the live model since the last model change,
+        and how many verdicts it compared since."""
+        agreed, compared = int(view.get("agreed") or 0), int(view.get("compared") or 0)
         if self._agreement_mark[1] > compared:  # another shadow since the mark: it counts from its start
             self._agreement_mark = (0, 0)
         agreed, compared = agreed - self._agreement_mark[0], compared - self._agreement_mark[1]
         return (agreed / compared if compared else None), compared
+
+    def _shadow_agreement(self) -> tuple[float | None, int]:
+        """The watch's agreement trigger: the shadow's agreement since the last model change
+        (after promote, the shadow is the previous model)."""
+        if self.shadow is None or not self.shadow.running:
+            return None, 0
+        return self._since_change(self.shadow.view())
 
     def _page_routes(self) -> dict[str, Route] | None:
         """The station page's routes (plcbridge/page), served beside /metrics."""

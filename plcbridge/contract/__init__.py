@@ -59,7 +59,7 @@ class StatusBit(enum.IntFlag):
     READY = 1 << 0
     TRIGGER_READY = 1 << 1  # triggered mode: a new trigger would be seen and accepted now
     CAMERA_OK = 1 << 2  # frames are arriving within the stall limit
-    MODEL_OK = 1 << 3  # a verified model session is loaded
+    MODEL_OK = 1 << 3  # a verified model session is loaded (or, recipes: the one asked for is loading)
     FAILSAFE_ACTIVE = 1 << 4  # the result fields carry the configured fail-safe output
     RESULT_VALID = 1 << 5  # result_seq/result_code/score/part_id describe a real decision
     PLC_INPUTS_OK = 1 << 6  # the bridge's copy of the PLC inputs is younger than plc.max_input_age_ms
