@@ -34,6 +34,7 @@ connection as a real restart does; without the relay the connections stay up.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from typing import Any
@@ -163,9 +164,41 @@ class ThreadedFrontend:
             summary["camera_line"] = self.camera_line.stats()
         return summary
 
-    def restart_plc(self) -> None:
+    def restart_plc(self, timeout: float = 5.0) -> None:
         """Restart the simulated PLC now (SimulatedPlc.restart under the program's lock); with
-        the network relay, every client connection is dropped too. Callable from any thread."""
+        the network relay, every client connection is dropped too. Callable from any thread.
+
+        With the relay, the restart and the drop run as one callback on the server's loop, as
+        a real PLC's restart kills its connections with it: a request of the old connection
+        the loop had not served yet never reaches the restarted program (else a READY written
+        before the restart could start the new program's first trigger before the bridge read
+        it, a race no real PLC has)."""
+        loop = self._loop
+        on_loop = False
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            pass
+        if self._relay is None or loop is None or loop.is_closed() or not loop.is_running() or on_loop:
+            self._restart_now()
+            return
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                self._restart_now()
+                done.set_result(None)
+            except BaseException as e:  # handed to the calling thread
+                done.set_exception(e)
+
+        try:
+            loop.call_soon_threadsafe(run)
+        except RuntimeError:  # the loop closed meanwhile
+            self._restart_now()
+            return
+        done.result(timeout)
+
+    def _restart_now(self) -> None:
         with self._lock:
             self.program.restart(time.monotonic())
 
