@@ -159,6 +159,9 @@ class SimulatedPlc:
         self._hb_alarm_active = False
         self._shutdown_announced = False
         self._trigger_ready_seen = False  # a triggered bridge sets TRIGGER_READY; a free-run one never
+        # After a restart the bridge counts as alive only once its heartbeat has changed: one
+        # block proves nothing (it may be the last request of a connection the restart killed).
+        self._hb_proven = True
         # Clock.
         self._t_first: float | None = None
         self._t_first_write: float | None = None  # scenarios are timed from the bridge's first write
@@ -277,7 +280,11 @@ class SimulatedPlc:
         trigger_seq, part_id and result_ack_seq go to 0 (the next trigger is 1); outstanding
         triggers are forgotten and counted as lost_in_restart (their answers, if they still
         come, as answers_after_restart); the watchdog and the bridge's last block are
-        forgotten, so triggering resumes only after the bridge has written READY again. Part ids
+        forgotten, so triggering resumes only after the bridge has written READY again with a
+        heartbeat that has changed since the restart, as a PLC program checks its partner's
+        heartbeat toggles: the last request of a connection the restart killed may still reach
+        the restarted program (a proxy's buffers, or a real PLC's retained output area), and
+        one stale READY must not start a trigger the bridge never had a chance to read. Part ids
         keep counting, so no part id is reused. Restart listeners (a front-end dropping its
         client connections) run last.
         """
@@ -294,6 +301,7 @@ class SimulatedPlc:
         if self._hb_value is not None and not self._shutdown_announced:
             self._hb_longest_gap_s = max(self._hb_longest_gap_s, t - self._hb_changed_t)
         self._hb_value = None
+        self._hb_proven = False
         self._hb_alarm_active = False
         self._shutdown_announced = False
         self._last_outputs = None
@@ -487,6 +495,8 @@ class SimulatedPlc:
             # A gap that spans an announced shutdown is a restart, not a stall.
             if self._hb_value is not None and not self._shutdown_announced:
                 self._hb_longest_gap_s = max(self._hb_longest_gap_s, t - self._hb_changed_t)
+            if self._hb_value is not None:
+                self._hb_proven = True
             self._hb_value = outputs.heartbeat
             self._hb_changed_t = t
             self._hb_alarm_active = False
@@ -498,7 +508,7 @@ class SimulatedPlc:
 
     def _bridge_ready(self) -> bool:
         o = self._last_outputs
-        return (o is not None and bool(o.status & StatusBit.READY) and not self._hb_alarm_active
+        return (o is not None and bool(o.status & StatusBit.READY) and self._hb_proven and not self._hb_alarm_active
                 and not self._recipe_change_due
                 and (not self.settings.wait_active_recipe or o.active_recipe == self._recipe))
 

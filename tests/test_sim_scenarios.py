@@ -261,6 +261,9 @@ def test_restart_resets_to_0_the_next_trigger_is_1_and_outstanding_are_lost_in_r
     c.run(0.5)  # no trigger until the bridge has written READY again
     assert plc.inputs.trigger_seq == 0
     c.answer(3, part_id=102)  # the bridge still answers a trigger the PLC forgot: no alarm
+    c.run(0.5)  # one block after a restart proves nothing: it may be a killed connection's last request
+    assert plc.inputs.trigger_seq == 0
+    c.answer(3, part_id=102)  # its heartbeat has changed: the bridge is alive
     c.run(0.0115)
     assert plc.inputs == Inputs(trigger_seq=1, part_id=104, result_ack_seq=3)  # part ids keep counting
     c.answer(1)
@@ -283,6 +286,7 @@ def test_restart_with_the_same_seq_coming_round_again_is_not_confused_with_the_o
     c.answer(1)  # the bridge keeps presenting seq 1 (part 1) until its next result
     plc.restart(c.t)
     c.answer(1, part_id=1)  # held result: not news
+    c.answer(1, part_id=1)  # a second block, heartbeat changed: the restarted PLC may trigger
     c.run(0.011)
     assert plc.inputs.trigger_seq == 1 and plc.inputs.part_id == 2
     c.answer(1, part_id=1)  # still the old one
