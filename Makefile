@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 GENICAM := $(VENV)/.genicam
 GENICAM_DEBS := gir1.2-aravis-0.8 libaravis-0.8-0 libgirepository1.0-dev libcairo2-dev
 PAGE_TEST := $(VENV)/.page-test
-PAGE_TEST_DEBS := chromium chromium-driver
+PAGE_TEST_DEBS := chromium chromium-driver firefox-esr
 MQTT_TEST := $(VENV)/.mqtt-test
 MQTT_TEST_DEBS := mosquitto mosquitto-clients
 
@@ -51,7 +51,7 @@ $(GENICAM): $(STAMP)
 genicam-deps: $(GENICAM)
 
 # The station page's browser test (tests/test_page_browser.py): Debian's Chromium and its
-# driver, and Selenium ([page-test]). As for GenICam: installed as root with apt, so the test
+# driver, Firefox ESR (driven over WebDriver BiDi, no driver), and Selenium ([page-test]). As for GenICam: installed as root with apt, so the test
 # runs; elsewhere this says how, and the test is skipped. It never fails the build by itself.
 $(PAGE_TEST): $(STAMP)
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

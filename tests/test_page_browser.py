@@ -1,11 +1,13 @@
-"""The station page in a real browser: headless Chromium (Debian's chromium and
-chromium-driver) driven by Selenium, against a running daemon and the PLC simulator on
-127.0.0.1. The page loads without a console error, its live image changes, a new decision
-appears in the list, and a PLC outage shows its reason.
+"""The station page in real browsers: headless Chromium (Debian's chromium and
+chromium-driver) driven by Selenium, and headless Firefox (Debian's firefox-esr) driven over
+WebDriver BiDi (tests/bidi.py), each against a running daemon and the PLC simulator on
+127.0.0.1. The page loads without a console error or a failed request, its live image
+changes, a new decision appears in the list, and a PLC outage shows its reason.
 
 `make test` installs what it needs when run as root with apt (`make page-test-deps`:
-apt chromium chromium-driver, pip .[page-test]); elsewhere this file is skipped, saying how.
-Selenium is given the driver's path, so Selenium Manager (which would download one) never runs.
+apt chromium chromium-driver firefox-esr, pip .[page-test]); elsewhere a browser that is
+missing is skipped, saying how. Selenium is given the driver's path, so Selenium Manager
+(which would download one) never runs; Firefox needs no driver.
 """
 
 from __future__ import annotations
@@ -19,17 +21,18 @@ from typing import Any
 import pytest
 from helpers import running, station_config, wait_for
 
-HINT = "as root run 'make page-test-deps' (apt: chromium chromium-driver; pip: .[page-test])"
+HINT = "as root run 'make page-test-deps' (apt: chromium chromium-driver firefox-esr; pip: .[page-test])"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-if CHROMIUM is None or CHROMEDRIVER is None:
-    pytest.skip(f"Chromium or its driver is not installed, the station page's browser test is skipped: {HINT}",
-                allow_module_level=True)
 try:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 except ImportError:
-    pytest.skip(f"Selenium is not installed, the station page's browser test is skipped: {HINT}", allow_module_level=True)
+    webdriver = None
+try:
+    from bidi import FIREFOX, Firefox
+except ImportError:  # websocket-client, which [page-test] brings
+    FIREFOX = None
 
 # What the page's polling sums to, with room for a slow, busy test machine.
 SHOWS_WITHIN_S = 10.0
@@ -49,28 +52,56 @@ return h;
 """
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1280,1000",
-                f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+class Chromium:
+    """Headless Chromium through Selenium, with the interface of tests/bidi.py's Firefox."""
+
+    def __init__(self, profile: Path) -> None:
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                    "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--window-size=1280,1000",
+                    f"--user-data-dir={profile}"):
+            options.add_argument(arg)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        self.driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+
+    def get(self, url: str) -> None:
+        self.driver.get(url)
+
+    def js(self, body: str) -> Any:
+        return self.driver.execute_script(body)
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        """Console errors and failed requests (Chromium logs both as SEVERE)."""
+        return [e for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
+
+    def quit(self) -> None:
+        self.driver.quit()
+
+
+@pytest.fixture(params=["chromium", "firefox"])
+def browser(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    if request.param == "chromium":
+        if CHROMIUM is None or CHROMEDRIVER is None or webdriver is None:
+            pytest.skip(f"Chromium, its driver or Selenium is not installed, the page's Chromium test is skipped: {HINT}")
+        page: Any = Chromium(tmp_path / "profile")
+    else:
+        if FIREFOX is None:
+            pytest.skip(f"Firefox or websocket-client is not installed, the page's Firefox test is skipped: {HINT}")
+        page = Firefox(tmp_path / "profile")
     try:
-        yield driver
+        yield page
     finally:
-        driver.quit()
+        page.quit()
 
 
-def js(driver: Any, script: str) -> Any:
-    return driver.execute_script(script)
+def js(page: Any, script: str) -> Any:
+    return page.js(script)
 
 
-def test_the_page_in_chromium_shows_the_station_and_a_plc_outage(make_sim, browser: Any, tmp_path: Path) -> None:
+def test_the_page_in_a_browser_shows_the_station_and_a_plc_outage(make_sim, browser: Any, tmp_path: Path) -> None:
     sim = make_sim(trigger_hz=5, device={"network.relay": True})
     archive = {"enabled": True, "path": str(tmp_path / "archive"), "pass_every": 2, "format": "jpeg"}
     (tmp_path / "archive").mkdir()
@@ -120,5 +151,4 @@ def test_the_page_in_chromium_shows_the_station_and_a_plc_outage(make_sim, brows
         wait_for(lambda: js(browser, 'return document.getElementById("ready").textContent') == "READY",
                  SHOWS_WITHIN_S * 2, "READY again", poll=0.1)
 
-        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
-        assert errors == [], errors
+        assert browser.errors == [], browser.errors
