@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import time
+import zlib
 from pathlib import Path
 
 import cv2
@@ -92,6 +94,22 @@ def test_png_compression_trades_bytes_for_cpu_and_stays_lossless(tmp_path: Path)
         assert (cv2.imread(str(entry.image)) == frame).all()  # lossless at every level
         sizes[level] = entry.image.stat().st_size
     assert sizes[0] > 2 * sizes[1] and sizes[0] > sizes[None], sizes  # level 0 stores, the others compress
+    # Level 0 stores the pixels without libpng's row filters (choosing one per row was most of its CPU).
+    if hasattr(cv2, "IMWRITE_PNG_FILTER"):
+        (entry,), _ = scan(tmp_path / "level0")
+        assert set(_png_row_filters(entry.image.read_bytes(), 128, 3)) == {0}
+
+
+def _png_row_filters(png: bytes, width: int, channels: int) -> bytes:
+    """The filter type byte of every row of an 8-bit PNG (0: none)."""
+    idat, at = b"", 8
+    while at < len(png):
+        length, kind = struct.unpack(">I4s", png[at:at + 8])
+        if kind == b"IDAT":
+            idat += png[at + 8:at + 8 + length]
+        at += 12 + length
+    raw, stride = zlib.decompress(idat), 1 + width * channels
+    return raw[::stride]
 
 
 def test_writes_are_atomic_and_what_a_crash_leaves_is_cleaned_and_never_listed(tmp_path: Path):
@@ -385,3 +403,12 @@ def test_a_picture_that_cannot_be_drawn_costs_the_overlay_never_the_frame(tmp_pa
     assert entry.record()["findings"]["count"] == 1 and np.array_equal(cv2.imread(str(entry.image)), detection_frame())
     assert read_metric(m, "plcbridge_archive_saved_total", result="FAIL") == 1
     assert read_metric(m, "plcbridge_archive_overlays_failed_total") == 1
+
+
+def test_docs_archive_quotes_the_settings_class_as_it_is():
+    """docs/archive.md shows `ArchiveSettings` with its comments: the copy is the class's source."""
+    import inspect
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "archive.md").read_text()
+    quoted = doc[doc.index("class ArchiveSettings(Strict):"):]
+    assert quoted[:quoted.index("```")].rstrip() == inspect.getsource(ArchiveSettings).rstrip()
