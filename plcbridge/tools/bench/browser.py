@@ -18,9 +18,10 @@ HINT = ("the station page needs Chromium and Selenium: as root `apt-get install 
         "`pip install -e '.[page-test]'` (or `make test` as root, which installs both)")
 
 
-def open_page(url: str, niceness: int = 0) -> Any:
+def open_page(url: str, niceness: int = 0, cpus: tuple[int, ...] | None = None) -> Any:
     """A headless Chromium showing `url` (chromedriver and every browser process it starts at
-    `niceness`: 0 is a browser as a user starts it); quit() it when done.
+    `niceness`: 0 is a browser as a user starts it; on `cpus` only, when given, as `taskset`
+    starts it); quit() it when done.
 
     Run as root (a container, CI), it runs as the unprivileged user `nobody`, as a person's
     browser would: Chromium started by root raises some of its own processes to nice -8,
@@ -56,6 +57,8 @@ def open_page(url: str, niceness: int = 0) -> Any:
     def start() -> None:
         if niceness:
             os.nice(niceness)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
         if demote is not None:
             demote()
 

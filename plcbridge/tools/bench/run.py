@@ -65,6 +65,7 @@ class BenchOptions:
     archive: bool = False  # keep every frame in the image archive (pass_every = 1)
     page: bool = False  # the station page open in headless Chromium for the whole run
     page_niceness: int = 0  # the browser's niceness (0: as a user starts it on the line PC)
+    page_cpus: tuple[int, ...] | None = None  # the browser's CPU affinity (None: every CPU)
     # chromium: the page drawn by a browser on this machine; remote: its requests only, as a
     # browser on another computer makes them (plcbridge/tools/bench/pageclient.py)
     page_client: str = "chromium"
@@ -383,7 +384,7 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
             else:
                 say("opening the station page in headless Chromium")
                 try:
-                    browser = open_page(url, o.page_niceness)
+                    browser = open_page(url, o.page_niceness, o.page_cpus)
                 except BrowserMissing as e:
                     raise BenchError(str(e)) from None
         t_ready = notify.first("READY")
@@ -472,6 +473,7 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
                            "archive_png_compression": o.archive_png_compression if o.archive else None,
                            "page_open_in_browser": o.page, "page_client": o.page_client if o.page else None,
                            "browser_niceness": o.page_niceness if o.page and o.page_client == "chromium" else None,
+                           "browser_cpus": list(o.page_cpus) if o.page and o.page_client == "chromium" and o.page_cpus else None,
                            "browser_cpu_cores": browser_cores, "daemon_niceness": o.daemon_niceness}
     if o.plot:
         try:
@@ -528,6 +530,9 @@ def add_run_arguments(p: argparse.ArgumentParser, *, for_gate: bool = False) -> 
                        help="archive.png_compression with --archive (default: unset, OpenCV's own)")
         p.add_argument("--page-niceness", type=int, default=0, choices=range(0, 20), metavar="0..19",
                        help="run that browser this much nicer (default 0: as a user starts it on the line PC)")
+        p.add_argument("--page-cpus", type=cpu_list, default=None, metavar="LIST",
+                       help="run that browser on these CPUs only, e.g. 0 or 0,1 (default: every CPU); "
+                            "as `taskset -c LIST` would start it on the line PC")
         p.add_argument("--shadow", default=None, metavar="SPEC",
                        help="run this model as [model.shadow] beside the live one (its figures in the report's "
                             "model.daemon.shadow); compare with a run without it, same sitting")
@@ -536,12 +541,25 @@ def add_run_arguments(p: argparse.ArgumentParser, *, for_gate: bool = False) -> 
                             "at -10, which only root can do here)")
 
 
+def cpu_list(text: str) -> tuple[int, ...]:
+    """`0` or `0,1`: CPUs this machine has."""
+    try:
+        cpus = tuple(sorted({int(c) for c in text.split(",")}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of CPU numbers") from None
+    have = os.sched_getaffinity(0)
+    if not cpus or not set(cpus) <= have:
+        raise argparse.ArgumentTypeError(f"{text!r}: this process may run on CPUs {sorted(have)} only")
+    return cpus
+
+
 def options_from_args(args: argparse.Namespace, fps: float, seconds: float) -> BenchOptions:
     return BenchOptions(protocol=args.protocol, mode=args.mode, model=args.model, fps=fps, trigger_hz=args.trigger_hz,
                         camera_trigger=args.camera_trigger,
                         seconds=seconds, period_ms=args.period_ms, output_dir=args.output_dir, plot=not args.no_plot,
                         archive=getattr(args, "archive", False), page=getattr(args, "page", False),
                         page_niceness=getattr(args, "page_niceness", 0),
+                        page_cpus=getattr(args, "page_cpus", None),
                         daemon_niceness=getattr(args, "daemon_niceness", 0),
                         page_client=getattr(args, "page_client", "chromium"),
                         archive_format=getattr(args, "archive_format", "png"),
