@@ -5,7 +5,8 @@ An engineer usually opens the page from a laptop or the control room, so what th
 pays is serving the page, not drawing it. This client asks for exactly what page.js asks for
 and at the same rates (`/api/status` every second, `/api/live.jpg` twice a second once there
 is a frame, `/api/decisions?limit=50` when the newest decision changed, then the thumbnails
-of the listed decisions it has not fetched yet, newest first, one at a time), and draws
+of the listed decisions it has not fetched yet, newest first, one at a time, at most four a
+second), and draws
 nothing. Python's stdlib only; it runs until it is terminated.
 
     python -m plcbridge.tools.bench.pageclient http://127.0.0.1:PORT/
@@ -24,6 +25,7 @@ from typing import Any
 STATUS_EVERY_S = 1.0  # page.js STATUS_EVERY_MS
 LIVE_EVERY_S = 0.5  # page.js LIVE_EVERY_MS
 DECISIONS_SHOWN = 50  # page.js DECISIONS_SHOWN
+THUMB_EVERY_S = 0.25  # page.js THUMB_EVERY_MS
 TIMEOUT_S = 5.0
 
 
@@ -69,13 +71,16 @@ class PageClient:
         return True
 
     def thumb_loop(self) -> None:
-        """One thumbnail at a time, beside the polling, as page.js loads them."""
+        """One thumbnail at a time, at most one per THUMB_EVERY_S, beside the polling, as page.js loads them."""
+        last = -float("inf")
         while True:
+            time.sleep(max(0.0, last + THUMB_EVERY_S - time.monotonic()))
             with self._cond:
                 while not self._thumbs:
                     self._cond.wait()
                 decision_id, url = self._thumbs.pop(0)
                 self._thumbs_seen.add(decision_id)
+            last = time.monotonic()
             _get(self.base + url.lstrip("/"))
 
     def live_loop(self) -> None:
