@@ -587,6 +587,12 @@ class Daemon:
             return None, 0
         return self._since_change(self.shadow.view())
 
+    @property
+    def archive(self) -> ArchiveSink | None:
+        """The image archive's writer (None: `[archive]` is off): the page asks it which
+        decisions are archived."""
+        return self._archive
+
     def _page_routes(self) -> dict[str, Route] | None:
         """The station page's routes (plcbridge/page), served beside /metrics."""
         if self.page is None:

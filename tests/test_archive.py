@@ -19,7 +19,7 @@ import pytest
 from helpers import read_metric, running, station_config, wait_for
 
 from plcbridge.archive import ArchiveSink
-from plcbridge.archive.store import Index, complete_entries, entry_paths, overlay_path, scan, sidecar_json, write_atomic
+from plcbridge.archive.store import Index, entry_paths, overlay_path, scan, sidecar_json, write_atomic
 from plcbridge.config import ArchiveSettings
 from plcbridge.contract import FaultCode, ResultCode
 from plcbridge.decision import Decision, Request, failsafe
@@ -368,16 +368,18 @@ def test_an_overlay_is_part_of_its_entry_counted_evicted_and_cleaned_with_it(tmp
     assert [e.size for e in entries] == [e.sidecar.stat().st_size + 1500 for e in entries[:2]] + \
         [entries[2].sidecar.stat().st_size + 1000]
     assert json.loads(made[0][1].read_text())["overlay"] == made[0][2].name and "overlay" not in entries[2].record()
-    # The page finds each entry's pictures: the overlay to show when there is one.
-    pictures = complete_entries(made[0][0].parent)
-    assert pictures[entries[0].decision_id].shown == made[0][2] and pictures[entries[0].decision_id].image == made[0][0]
-    assert complete_entries(hour)[entries[2].decision_id].shown == made[2][0]
-    # Eviction takes the whole entry, overlay included, and counts its bytes.
+    # The page finds each entry's pictures in the index: the overlay to show when there is one.
     index = Index(entries)
+    first = index.pictures(entries[0].decision_id)
+    assert first is not None and first.shown == made[0][2] and first.image == made[0][0]
+    assert index.pictures(entries[2].decision_id).shown == made[2][0]
+    assert index.pictures("01NOTARCHIVED0000000000000") is None
+    # Eviction takes the whole entry, overlay included, and counts its bytes, and forgets it.
     assert index.bytes == sum(e.size for e in entries)
     assert index.evict(entries[2].size + 1, 30 * 86400, now) == (2, 0)
     assert index.bytes == entries[2].size
     assert all(not p.exists() for image, sidecar, overlay in made[:2] for p in (image, sidecar, overlay))
+    assert index.pictures(entries[0].decision_id) is None and index.pictures(entries[2].decision_id) is not None
     assert [e.decision_id for e in scan(tmp_path)[0]] == [entries[2].decision_id]
 
 

@@ -43,6 +43,7 @@ from plcbridge.archive.store import (
     SHADOW_TAG,
     Entry,
     Index,
+    Pictures,
     entry_paths,
     overlay_path,
     scan,
@@ -166,6 +167,12 @@ class ArchiveSink:
             reason = self._save(marked, SHADOW_TAG)
             if reason is not None:
                 self.metrics.archive_dropped.labels(reason).inc()
+
+    def pictures(self, decision_id: str) -> Pictures | None:
+        """An archived decision's pictures (None: not in the archive, or not known yet): for
+        the station page's thumbnails, from any thread, without waiting for the writer."""
+        index = self._index
+        return None if index is None else index.pictures(decision_id)
 
     def wanted(self, record: DecisionRecord) -> bool:
         """Does this decision keep its frame? (Counts PASS frames for the sample.)"""

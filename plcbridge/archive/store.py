@@ -178,24 +178,6 @@ class Pictures:
         return self.overlay if self.overlay is not None else self.image
 
 
-def complete_entries(folder: Path) -> dict[str, Pictures]:
-    """decision id -> its pictures, for each complete entry (image and sidecar) of one hour
-    folder; empty when the folder is not there (an hour without entries, a disk that is gone)."""
-    try:
-        names = {e.name for e in os.scandir(folder) if not e.name.startswith(".")}
-    except OSError:
-        return {}
-    out: dict[str, Pictures] = {}
-    for name in names:
-        stem, dot, ext = name.rpartition(".")
-        if dot and ext == "json":
-            image = next((stem + s for s in IMAGE_SUFFIXES if stem + s in names), None)
-            if image is not None:
-                overlay = stem + OVERLAY_SUFFIX
-                out[stem.rsplit("_", 1)[-1]] = Pictures(folder / image, folder / overlay if overlay in names else None)
-    return out
-
-
 def _entry(sidecar: Path, present: Container[str]) -> Entry | None:
     """The entry of a sidecar, given the names present in its folder; None when it has no
     image or is not of the layout (a file someone put there: left alone)."""
@@ -242,15 +224,25 @@ def sidecar_json(record: dict[str, Any], image: Path, saved: float, overlay: Pat
 
 class Index:
     """The entries the writer knows of, oldest first, with their total size: what eviction
-    works from, so that the disk is scanned once, not at every frame."""
+    works from, so that the disk is scanned once, not at every frame; and by decision id, for
+    the station page's thumbnails (`pictures`), so that it never lists a folder that may hold
+    a hundred thousand frames an hour."""
 
     def __init__(self, entries: list[Entry]) -> None:
         self.entries: deque[Entry] = deque(entries)
         self.bytes = sum(e.size for e in entries)
+        self._by_id = {e.decision_id: e for e in entries}
 
     def add(self, entry: Entry) -> None:
         self.entries.append(entry)
         self.bytes += entry.size
+        self._by_id[entry.decision_id] = entry
+
+    def pictures(self, decision_id: str) -> Pictures | None:
+        """The pictures of an entry the index holds; None for any other id. Called from other
+        threads than the writer's, without its lock: one dict lookup, atomic in CPython."""
+        entry = self._by_id.get(decision_id)
+        return None if entry is None else Pictures(entry.image, entry.overlay)
 
     def evict(self, max_bytes: int, max_age_s: float, now: float | None = None) -> tuple[int, int]:
         """Delete the oldest entries until both bounds hold; (by quota, by age) counts."""
@@ -279,6 +271,7 @@ class Index:
     def _delete_oldest(self) -> int:
         oldest = self.entries.popleft()
         self.bytes -= oldest.size
+        self._by_id.pop(oldest.decision_id, None)
         try:
             for path in oldest.files:  # the sidecar first: the pictures alone are no entry
                 unlink(path)

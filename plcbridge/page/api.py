@@ -30,7 +30,7 @@ from plcbridge.contract import (
 from plcbridge.journal import by_result, decision_time, yield_of
 from plcbridge.journal import utc_text as _utc
 from plcbridge.overlay import findings_summary
-from plcbridge.page.images import ArchiveLookup
+from plcbridge.page.images import ArchivedPictures
 from plcbridge.page.sink import Kept, PageSink
 
 if TYPE_CHECKING:
@@ -90,10 +90,10 @@ class _Every:
 class StatusApi:
     """Builds /api/status and /api/decisions from a running daemon and the page's sink."""
 
-    def __init__(self, daemon: Daemon, sink: PageSink, archive: ArchiveLookup) -> None:
+    def __init__(self, daemon: Daemon, sink: PageSink, archived: ArchivedPictures) -> None:
         self.daemon = daemon
         self.sink = sink
-        self.archive = archive
+        self.archived = archived
         self._outputs = station_outputs(daemon.config)
         self._inputs = carried_inputs(daemon.config.plc.carried_optional_inputs)
         self._lateness = _Every(LATENESS_EVERY_S, daemon.loop.lateness.summary_ms)
@@ -171,7 +171,7 @@ class StatusApi:
         return {"decisions": [self._decision(k) for k in self.sink.recent(limit)], "limit": limit}
 
     def _decision(self, kept: Kept) -> dict[str, Any]:
-        archived = kept.has_image and self.archive.pictures(kept.decision_id) is not None
+        archived = kept.has_image and self.archived(kept.decision_id) is not None
         try:
             when: str | None = _utc(decision_time(kept.decision_id))
         except ValueError:

@@ -12,16 +12,25 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from pathlib import Path
+from collections.abc import Callable
 
 import cv2
 
-from plcbridge.archive.store import Pictures, complete_entries, entry_paths
-from plcbridge.journal import decision_time
+from plcbridge.archive.store import Pictures
 from plcbridge.overlay import annotate, jpeg_params, scaled, verdict_lines
 from plcbridge.page.sink import Kept, PageSink
 
-__all__ = ["ArchiveLookup", "LiveImage", "Thumbs", "verdict_lines"]
+__all__ = ["ArchivedPictures", "LiveImage", "Thumbs", "no_archive", "verdict_lines"]
+
+# An archived decision's pictures by decision id, None when it is not in the archive: the
+# archive writer's own index (ArchiveSink.pictures), never a folder listing.
+ArchivedPictures = Callable[[str], Pictures | None]
+
+
+def no_archive(decision_id: str) -> Pictures | None:
+    """The station without an archive: nothing is archived."""
+    return None
+
 
 LIVE_MIN_INTERVAL_S = 0.25  # the live JPEG is made again at most 4 times a second
 LIVE_MAX_WIDTH = 800  # wider frames are scaled down first: the page shows them smaller anyway
@@ -29,11 +38,6 @@ LIVE_QUALITY = 80
 THUMB_WIDTH = 160
 THUMB_QUALITY = 70
 THUMBS_CACHED = 64
-# The archive saves a frame after its decision (its writer may lag behind, on a slow disk):
-# an entry is looked for in the hour folders of the decision's time and of this much later.
-ARCHIVE_LAG_S = 300.0
-FOLDER_TTL_S = 1.0  # an hour folder's listing is read again after this long
-FOLDERS_CACHED = 16
 
 
 class LiveImage:
@@ -69,54 +73,12 @@ class LiveImage:
             return kept, self._made[2]
 
 
-class ArchiveLookup:
-    """Which decisions are in the image archive, and where their pictures are: from the archive's
-    own layout (plcbridge/archive/store.py: folders by UTC date and hour, names ending in the
-    decision id). Only the one or two hour folders a decision can be in are listed, and each
-    listing is kept for FOLDER_TTL_S, so a page listing 50 decisions costs a few `scandir`s."""
-
-    def __init__(self, root: Path | None) -> None:
-        self.root = root
-        self._lock = threading.Lock()
-        self._folders: OrderedDict[Path, tuple[float, dict[str, Pictures]]] = OrderedDict()
-
-    def pictures(self, decision_id: str) -> Pictures | None:
-        """The archived decision's image and overlay; None when it is not in the archive."""
-        if self.root is None:
-            return None
-        try:
-            t = decision_time(decision_id)
-        except ValueError:
-            return None
-        folders = dict.fromkeys(entry_paths(self.root, when, "", decision_id, ".json")[1].parent
-                                for when in (t, t + ARCHIVE_LAG_S))
-        for folder in folders:
-            found = self._listing(folder).get(decision_id)
-            if found is not None:
-                return found
-        return None
-
-    def _listing(self, folder: Path) -> dict[str, Pictures]:
-        now = time.monotonic()
-        with self._lock:
-            cached = self._folders.get(folder)
-            if cached is not None and now - cached[0] < FOLDER_TTL_S:
-                return cached[1]
-        found = complete_entries(folder)
-        with self._lock:
-            self._folders[folder] = (now, found)
-            self._folders.move_to_end(folder)
-            while len(self._folders) > FOLDERS_CACHED:
-                self._folders.popitem(last=False)
-        return found
-
-
 class Thumbs:
     """Small JPEGs of archived decisions (of the overlay, the findings drawn, when the entry has
     one; else of the frame), the newest THUMBS_CACHED of them kept in memory."""
 
-    def __init__(self, lookup: ArchiveLookup, width: int = THUMB_WIDTH) -> None:
-        self.lookup = lookup
+    def __init__(self, pictures: ArchivedPictures, width: int = THUMB_WIDTH) -> None:
+        self.pictures = pictures
         self.width = width
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, bytes] = OrderedDict()
@@ -127,7 +89,7 @@ class Thumbs:
             data = self._cache.get(decision_id)
         if data is not None:
             return data
-        pictures = self.lookup.pictures(decision_id)
+        pictures = self.pictures(decision_id)
         if pictures is None:
             return None
         img = cv2.imread(str(pictures.shown), cv2.IMREAD_COLOR)  # the overlay, when the entry has one

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from plcbridge.endpoint import Route
 from plcbridge.page.api import StatusApi
-from plcbridge.page.images import ArchiveLookup, LiveImage, Thumbs
+from plcbridge.page.images import LiveImage, Thumbs, no_archive
 from plcbridge.page.sink import KEEP, PageSink
 
 if TYPE_CHECKING:
@@ -60,11 +60,10 @@ def parse_limit(target: str) -> int | str:
 
 def page_routes(daemon: Daemon, sink: PageSink) -> dict[str, Route]:
     """The routes for HealthServer(routes=...)."""
-    archive = daemon.config.archive
-    lookup = ArchiveLookup(archive.path if archive.enabled else None)
-    api = StatusApi(daemon, sink, lookup)
+    archived = no_archive if daemon.archive is None else daemon.archive.pictures
+    api = StatusApi(daemon, sink, archived)
     live = LiveImage(sink)
-    thumbs = Thumbs(lookup)
+    thumbs = Thumbs(archived)
     files = static_files()
 
     def static(target: str) -> Response:
