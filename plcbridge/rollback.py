@@ -59,7 +59,8 @@ if the daemon reports it as `changed(trip.new_version, trip.old_version, ...)`, 
 
 What it says: the `model_watch_started` (INFO), `model_watch_tripped` (ERROR: the trigger, its
 figure and threshold, and every figure of the window) and `model_watch_passed` (INFO, the
-figures) log lines; the metrics `plcbridge_model_watch_state` (an enum: idle, watching,
+figures; WARNING, naming them and why, when a trigger that is on was never judged in the
+window, e.g. a shadow too slow to compare min_decisions verdicts) log lines; the metrics `plcbridge_model_watch_state` (an enum: idle, watching,
 passed, tripped), `plcbridge_model_watch_trips_total{trigger}`,
 `plcbridge_model_watch_passed_total` and `plcbridge_model_watch_decisions` (decisions watched
 in the current or last watch); and `view()`, JSON values for the station page, MQTT and
@@ -316,12 +317,20 @@ class ModelWatch:
             elif self._watched >= self.settings.decisions:
                 self._end("passed")
                 passed = self._log_fields()
+                # A pass is no proof of what was never judged (a shadow too slow to compare
+                # min_decisions verdicts, a baseline too small): say which, and why.
+                passed["not_judged"] = {t.value: j.why_not for t in Trigger
+                                        if (j := self._judge(t)).threshold is not None and not j.judged} or None
                 self._m_passed.inc()
             self._m_decisions.set(self._watched)
         if trip is not None:
             self._tripped(trip)
         elif passed is not None:
-            log_event(log, "model_watch_passed", logging.INFO, **passed)
+            unjudged = passed["not_judged"]
+            if unjudged:
+                passed["reason"] = (f"passed with {', '.join(unjudged)} never judged in the window of "
+                                    f"{self.settings.decisions} decisions: that check was not made on this model")
+            log_event(log, "model_watch_passed", logging.WARNING if unjudged else logging.INFO, **passed)
 
     def close(self) -> None:
         pass

@@ -236,6 +236,31 @@ def test_an_agreement_callable_that_raises_is_not_judged_and_never_trips(caplog)
     assert any(getattr(r, "event", None) == "model_watch_agreement_failed" for r in caplog.records)
 
 
+def test_a_pass_with_a_trigger_never_judged_is_a_warning_that_names_it(caplog) -> None:
+    """A shadow too slow to compare min_decisions verdicts in the window: the watch still ends
+    (the last-known-good is not held forever), but its pass says the agreement check was not made."""
+    reading = (0.5, 12)
+    s = Station(agreement=lambda: reading, min_agreement=0.9, max_inference_errors=3, min_decisions=30, decisions=50)
+    s.watch.changed(1, 2, "promote")
+    with caplog.at_level(logging.INFO, logger="plcbridge.rollback"):
+        s.passes(2, 50)
+    assert not s.trips and s.watch.state == "passed"
+    (passed,) = [r for r in caplog.records if getattr(r, "event", None) == "model_watch_passed"]
+    assert passed.levelno == logging.WARNING
+    assert passed.not_judged == {"agreement": "12 of min_decisions 30 verdicts compared with the shadow"}
+    assert "agreement never judged" in passed.reason and passed.judged["inference_errors"] is True
+    # Every trigger that is on judged: an INFO pass without either field.
+    caplog.clear()
+    reading = (0.95, 40)
+    s.clock.t += AGREEMENT_POLL_S
+    s.watch.changed(2, 3, "promote")
+    with caplog.at_level(logging.INFO, logger="plcbridge.rollback"):
+        s.passes(3, 50)
+    assert s.trigger("agreement")["judged"] is True
+    (passed,) = [r for r in caplog.records if getattr(r, "event", None) == "model_watch_passed"]
+    assert passed.levelno == logging.INFO and passed.not_judged is None and not hasattr(passed, "reason")
+
+
 # ---------------------------------------------------------------- what is watched
 
 
