@@ -178,7 +178,7 @@ class Daemon:
             from plcbridge.rollback import ModelWatch
 
             self.watch = ModelWatch(config.model.watch, config.model.p99_budget_ms, self.metrics, self._rollback,
-                                    agreement=self._shadow_agreement)
+                                    agreement=self._shadow_agreement, on_pass=self._watch_passed)
             self.journal.sinks.add(self.watch)
         self.worker.on_camera_fault = self.grab.failed
         self.http: HealthServer | None = None
@@ -495,6 +495,19 @@ class Daemon:
         log_event(log, "model_swapped", logging.INFO, model=model.name, version=model.version,
                   previous_version=getattr(previous, "version", None), manifest=str(model.manifest_path),
                   last_known_good=None if self._last_good is None else self._last_good.version)
+
+    def _watch_passed(self, old_version: int | None, new_version: int | None) -> None:
+        """The watch passed: nothing rolls back to the last-known-good now, so its session goes
+        (the worker closes it between two decisions) instead of holding its memory until the
+        next model change. Not when a newer change began meanwhile: that watch keeps its own."""
+        with self._model_change:
+            good = self._last_good
+            if good is None or good.version != old_version or self.watch is None or self.watch.state != "passed":
+                return
+            self._last_good = None
+            self.recipes.retire(good)
+        log_event(log, "last_known_good_released", logging.INFO, version=good.version, serving_version=new_version,
+                  reason=f"the watch of model v{new_version} passed: its session is closed")
 
     def _rollback(self, trip: Trip) -> None:
         """A watch trigger tripped: the last-known-good takes recipe 0's place again, at once

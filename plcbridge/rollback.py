@@ -163,7 +163,8 @@ class ModelWatch:
     """The watch after a model change (see the module docstring): a journal sink.
 
     `on_trip(trip)` is called once per tripped watch on the sink's thread, outside the watch's
-    lock (it may call `view()`). The swap back is no model to watch: a `changed(trip.new_version,
+    lock (it may call `view()`); `on_pass(old_version, new_version)`, if given, once per passed
+    watch, the same way (the daemon lets the last-known-good go: nothing rolls back to it now). The swap back is no model to watch: a `changed(trip.new_version,
     trip.old_version, ...)` after a trip is recognised as that swap and ignored. `agreement()`, if given, returns (the shadow's agreement share or None,
     verdicts compared) since the change; it must be quick and must not call into the watch."""
 
@@ -172,9 +173,11 @@ class ModelWatch:
 
     def __init__(self, settings: WatchSettings, p99_budget_ms: float | None, metrics: Metrics,
                  on_trip: Callable[[Trip], None], agreement: Agreement | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_pass: Callable[[int | None, int | None], None] | None = None) -> None:
         self.settings = settings
         self._on_trip = on_trip
+        self._on_pass = on_pass
         self._agreement_fn = agreement
         self._clock = clock
         self._lock = threading.Lock()
@@ -331,6 +334,12 @@ class ModelWatch:
                 passed["reason"] = (f"passed with {', '.join(unjudged)} never judged in the window of "
                                     f"{self.settings.decisions} decisions: that check was not made on this model")
             log_event(log, "model_watch_passed", logging.WARNING if unjudged else logging.INFO, **passed)
+            if self._on_pass is not None:
+                try:
+                    self._on_pass(passed["old_version"], passed["new_version"])
+                except Exception as e:  # noqa: BLE001 - logged; the watch has passed all the same
+                    log_event(log, "model_watch_on_pass_failed", logging.ERROR, reason=f"{type(e).__name__}: {e}",
+                              exc_info=True)
 
     def close(self) -> None:
         pass

@@ -132,8 +132,12 @@ def test_a_good_change_passes_its_watch_and_sets_nothing(make_sim, models, tmp_p
     with Station(_station(tmp_path / "s.toml", sim, models["good"], watch)) as st:
         st.decisions(30)
         _change(st, sim, models["also_good"], watch)
+        good = st.d._last_good
+        assert good is not None and good.version == 1  # kept loaded while the watch may roll back to it
         wait_for(lambda: st.d.watch.view()["state"] == "passed", 60, "the watch to pass")
         assert st.d.rolled_back is None and st.d.worker.model_version == 2
+        # Passed: nothing rolls back to v1 now, so its session is let go and closed by the worker.
+        wait_for(lambda: st.d._last_good is None and good._session is None, 10, "the last-known-good released")
     assert not [b for b in st.blocks if b.status & StatusBit.MODEL_ROLLED_BACK]
 
 

@@ -39,12 +39,14 @@ class Clock:
 class Station:
     """A watch with every trigger off except those given, a fake clock and the trips it made."""
 
-    def __init__(self, p99_budget_ms: float | None = None, agreement: Any = None, **settings: Any) -> None:
+    def __init__(self, p99_budget_ms: float | None = None, agreement: Any = None, on_pass: Any = None,
+                 **settings: Any) -> None:
         self.metrics = Metrics()
         self.trips: list[Trip] = []
         self.clock = Clock()
         self.settings = WatchSettings(**{**OFF, "decisions": 100, "min_decisions": 20, **settings})
-        self.watch = ModelWatch(self.settings, p99_budget_ms, self.metrics, self.trips.append, agreement, clock=self.clock)
+        self.watch = ModelWatch(self.settings, p99_budget_ms, self.metrics, self.trips.append, agreement, clock=self.clock,
+                                on_pass=on_pass)
         self.seq = 0
 
     def verdict(self, result: ResultCode, version: int, n: int = 1, *, infer_ms: float | None = 5.0, recipe: int = 0) -> None:
@@ -443,8 +445,27 @@ def test_a_failing_on_trip_is_logged_and_the_watch_stays_tripped(caplog) -> None
     with caplog.at_level(logging.ERROR, logger="plcbridge.rollback"):
         watch.write(DecisionRecord("a", {}, failsafe(FaultCode.INFERENCE_ERROR, 0.0, "x", model_version=2)))
     assert watch.state == "tripped"
-    assert [r.event for r in caplog.records if r.name == "plcbridge.rollback"] == ["model_watch_tripped",
-                                                                                   "model_watch_rollback_failed"]
+    # ERROR only: the logger's level may be INFO already (a daemon test before this one set it).
+    assert [r.event for r in caplog.records if r.name == "plcbridge.rollback" and r.levelno >= logging.ERROR] == [
+        "model_watch_tripped", "model_watch_rollback_failed"]
+
+
+def test_on_pass_is_called_once_with_the_versions_and_a_failing_one_is_logged(caplog) -> None:
+    passed: list[tuple[int | None, int | None]] = []
+    s = Station(max_inference_errors=3, min_decisions=10, decisions=20, on_pass=lambda old, new: passed.append((old, new)))
+    s.watch.changed(1, 2, "reload")
+    s.passes(2, 40)  # the window ends at 20; the next 20 are after the watch
+    assert passed == [(1, 2)] and s.watch.state == "passed"
+
+    def broken(old: int | None, new: int | None) -> None:
+        raise RuntimeError("no session")
+
+    s = Station(max_inference_errors=3, min_decisions=10, decisions=20, on_pass=broken)
+    s.watch.changed(2, 3, "reload")
+    with caplog.at_level(logging.ERROR, logger="plcbridge.rollback"):
+        s.passes(3, 20)
+    assert s.watch.state == "passed"
+    assert [r.event for r in caplog.records if r.levelno >= logging.ERROR] == ["model_watch_on_pass_failed"]
 
 
 # ---------------------------------------------------------------- view, and a real sink thread
