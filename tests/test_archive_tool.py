@@ -158,6 +158,21 @@ def test_list_prints_every_entry_oldest_first_with_its_fields(arc: Built, capsys
     assert timeout[:6] == ["2026-11-29T13:30:00.500Z", "FAILSAFE", "INFERENCE_TIMEOUT", "1.0000", "-", "-"]
 
 
+def test_list_result_shadow_finds_the_shadow_models_disagreements(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from plcbridge.archive.store import SHADOW_TAG
+    from plcbridge.tools.archive import RESULTS
+
+    assert SHADOW_TAG in RESULTS  # the tool's own spelling of the writer's tag
+    built = Built(tmp_path / "archive")
+    built.root.mkdir()
+    built.add("live-fail", at("2026-11-28T08:00:00.000"), "FAIL", "NONE", 0.97, 1, 1)
+    built.add("disagreed", at("2026-11-28T08:00:00.100"), SHADOW_TAG, "NONE", 0.97, 1, 1)
+    built.add("live-pass", at("2026-11-28T08:00:01.000"), "PASS", "NONE", 0.02, 2, 1)
+    rc, out, err = run_main(capsys, "list", "--path", built.root, "--result", "shadow")
+    assert rc == 0 and err == "", err
+    assert built.names(listed_ids(out)) == ["disagreed"]
+
+
 @pytest.mark.parametrize(("options", "expected"), [
     (["--since", "2026-11-29"], ["fail-midnight", "timeout", "pass-2", "recent-fail", "recent-pass"]),
     # half-open: the entry at midnight belongs to the 29th only
@@ -361,7 +376,7 @@ def _error_cases(arc: Built, tmp: Path) -> list[tuple[list[str | Path], list[str
         (["export", "--path", arc.root, "--since", "2026-11-30", "--until", "2026-11-28", "--out", tmp / "x.tar"],
          ["--since 2026-11-30", "is not before --until 2026-11-28"]),
         (["list", "--path", arc.root, "--since", "-1h", "--until", "-2h"], ["is not before"]),
-        (["list", "--path", arc.root, "--result", "REJECT"], ["unknown result REJECT", "PASS, FAIL or FAILSAFE"]),
+        (["list", "--path", arc.root, "--result", "REJECT"], ["unknown result REJECT", "PASS, FAIL, FAILSAFE or SHADOW"]),
         ([*export, "--result", "pass,maybe", "--out", tmp / "x.tar"], ["unknown result MAYBE"]),
         (["list", "--path", arc.root, "--since", "yesterday"], ["--since 'yesterday'", "not a time", "-2h"]),
         (["list", "--path", arc.root, "--limit", "0"], ["--limit"]),

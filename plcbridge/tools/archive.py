@@ -41,7 +41,9 @@ if TYPE_CHECKING:
     from plcbridge.archive.store import Entry
 
 PROG = "plcbridge archive"
-RESULTS = ("PASS", "FAIL", "FAILSAFE")
+# The results in the entries' names; SHADOW: a shadow model's disagreement (store.SHADOW_TAG,
+# spelled here so that the tool starts without the archive writer's OpenCV).
+RESULTS = ("PASS", "FAIL", "FAILSAFE", "SHADOW")
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 # At most one progress line per this many seconds of an export (none for a quick one).
 PROGRESS_INTERVAL_S = 1.0
@@ -107,7 +109,8 @@ def _range_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--since", default=None, metavar="T", help=f"{need}entries saved at or after T: {_TIME_HELP}")
     parser.add_argument("--until", default=None, metavar="T", help=f"{need}entries saved before T (same forms)")
     parser.add_argument("--result", default=None, metavar="R",
-                        help="PASS, FAIL or FAILSAFE, or several with commas (FAIL,FAILSAFE); any case")
+                        help="PASS, FAIL, FAILSAFE or SHADOW (a shadow model's disagreement), or several with "
+                             "commas (FAIL,FAILSAFE); any case")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,8 +195,8 @@ def parse_results(text: str | None) -> frozenset[str] | None:
     names = [n.strip().upper() for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in RESULTS]
     if bad or not names:
-        raise ToolError(f"--result {text!r}: unknown result {', '.join(bad) or '(empty)'}; give PASS, FAIL or FAILSAFE "
-                        "(several with commas)")
+        raise ToolError(f"--result {text!r}: unknown result {', '.join(bad) or '(empty)'}; give PASS, FAIL, FAILSAFE or "
+                        "SHADOW (several with commas)")
     return frozenset(names)
 
 
