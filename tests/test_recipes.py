@@ -325,7 +325,10 @@ def test_the_daemon_answers_with_the_default_recipe_over_the_extended_blocks(mak
         wait_for(lambda: sum(sim.summary()["results"].values()) >= 10, 30, "10 answered triggers")
     s = sim.summary()
     assert s["protocol_errors"] == 0, s["recent_protocol_errors"]
-    verdicts = [o for _, o in sim.program.seen if o.status & StatusBit.RESULT_VALID and not o.status & StatusBit.FAILSAFE_ACTIVE]
+    blocks = [o for _, o in sim.program.seen]
+    # The final block says no recipe is active (RECIPE_NONE), whatever verdict it still shows.
+    assert blocks[-1].fault_code == FaultCode.SHUTTING_DOWN and blocks[-1].active_recipe == RECIPE_NONE
+    verdicts = [o for o in blocks[:-1] if o.status & StatusBit.RESULT_VALID and not o.status & StatusBit.FAILSAFE_ACTIVE]
     assert verdicts and {(o.active_recipe, o.result_recipe) for o in verdicts} == {(0, 0)}
     r = s["recipes"]
     assert set(r["triggers_by_recipe"]) == {"0"} and set(r["verdicts_by_recipe"]) == {"0"}
