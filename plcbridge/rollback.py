@@ -60,8 +60,8 @@ if the daemon reports it as `changed(trip.new_version, trip.old_version, ...)`, 
 What it says: the `model_watch_started` (INFO), `model_watch_tripped` (ERROR: the trigger, its
 figure and threshold, and every figure of the window) and `model_watch_passed` (INFO, the
 figures; WARNING, naming them and why, when a trigger that is on was never judged in the
-window, e.g. a shadow too slow to compare min_decisions verdicts) log lines; the metrics `plcbridge_model_watch_state` (an enum: idle, watching,
-passed, tripped), `plcbridge_model_watch_trips_total{trigger}`,
+window, e.g. a shadow too slow to compare min_decisions verdicts) log lines; the metrics
+`plcbridge_model_watch_state` (an enum: idle, watching, passed, tripped), `plcbridge_model_watch_trips_total{trigger}`,
 `plcbridge_model_watch_passed_total` and `plcbridge_model_watch_decisions` (decisions watched
 in the current or last watch); and `view()`, JSON values for the station page, MQTT and
 `plcbridge status`.
@@ -164,8 +164,9 @@ class ModelWatch:
 
     `on_trip(trip)` is called once per tripped watch on the sink's thread, outside the watch's
     lock (it may call `view()`); `on_pass(old_version, new_version)`, if given, once per passed
-    watch, the same way (the daemon lets the last-known-good go: nothing rolls back to it now). The swap back is no model to watch: a `changed(trip.new_version,
-    trip.old_version, ...)` after a trip is recognised as that swap and ignored. `agreement()`, if given, returns (the shadow's agreement share or None,
+    watch, the same way (the daemon lets the last-known-good go: nothing rolls back to it now).
+    The swap back is no model to watch: a `changed(trip.new_version, trip.old_version, ...)`
+    after a trip is recognised as that swap and ignored. `agreement()`, if given, returns (the shadow's agreement share or None,
     verdicts compared) since the change; it must be quick and must not call into the watch."""
 
     name = "model_watch"
