@@ -108,7 +108,7 @@ def _adapter(port: int, **enip: Any) -> EnipAdapter:
     return EnipAdapter(parse_config({"plc": {"protocol": "enip", "port": port, "enip": enip}}, env={}).plc)
 
 
-def test_one_exchange_is_one_multi_tag_write_and_one_multi_tag_read(make_sim):
+def test_one_exchange_is_one_multiple_service_packet_writing_then_reading(make_sim):
     sim = make_sim("free-run")
     a = _adapter(sim.port)
     a.connect()
@@ -116,13 +116,36 @@ def test_one_exchange_is_one_multi_tag_write_and_one_multi_tag_read(make_sim):
         requests, blocks = sim.requests_served, sim.block_writes
         for hb in range(50):
             inputs = a.exchange(Outputs(heartbeat=hb, status=StatusBit.READY, score=2500, part_id=0xFFFFFFFF), 0.5)
-        assert sim.requests_served - requests == 2 * 50  # one request (Multiple Service Packet) each way
+        assert sim.requests_served - requests == 50  # one Multiple Service Packet: the writes, then the reads
         assert sim.block_writes - blocks == 50
         assert inputs == Inputs(0, 0, 0)
         _, last = sim.program.seen[-1]
         assert (last.heartbeat, last.score, last.part_id) == (49, 2500, 0xFFFFFFFF)
         s = sim.summary()
         assert s["writes_seen"] == 50 and s["protocol_errors"] == 0, s["recent_protocol_errors"]
+    finally:
+        a.close()
+
+
+def test_a_block_that_does_not_fit_one_packet_goes_as_a_write_packet_then_a_read_packet(make_sim):
+    """A controller with the 500-byte connection and long symbolic names: the combined packet
+    would not fit, so pycomm3's write and read go as two packets, the block still whole."""
+    sim = make_sim("free-run")
+    a = _adapter(sim.port)
+    a.connect()
+    try:
+        driver = a._driver
+        combined = a._one_packet(driver, encode_outputs(Outputs(), a._out_names))
+        assert combined is not None
+        driver._cfg["connection_size"] = 10 + sum(len(s.message) + 2 for s in combined.requests) - 1
+        assert a._one_packet(driver, encode_outputs(Outputs(), a._out_names)) is None
+        requests, blocks = sim.requests_served, sim.block_writes
+        for hb in range(20):
+            a.exchange(Outputs(heartbeat=hb, status=StatusBit.READY, score=1234), 0.5)
+        assert (sim.requests_served - requests, sim.block_writes - blocks) == (2 * 20, 20)
+        _, last = sim.program.seen[-1]
+        assert (last.heartbeat, last.score) == (19, 1234)
+        assert sim.summary()["protocol_errors"] == 0, sim.summary()["recent_protocol_errors"]
     finally:
         a.close()
 

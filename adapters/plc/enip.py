@@ -1,8 +1,15 @@
 """EtherNet/IP adapter for Allen-Bradley Logix controllers (pycomm3 1.2.16 LogixDriver).
 
-The contract is carried as controller tags (names and types: plcbridge/contract/enip.py). Per tick:
-one multi-tag write of every output tag, which pycomm3 sends as ONE Multiple Service Packet,
-then one multi-tag read of the input tags, also one packet.
+The contract is carried as controller tags (names and types: plcbridge/contract/enip.py). Per
+tick: ONE Multiple Service Packet holding a Write Tag service for every output tag, then a
+Read Tag service for every input tag: one round trip, as Modbus FC23. The controller runs
+the services in order, so the whole block is written before the inputs are read; it answers
+from its tag memory, so an ack the program sets in reaction to this block is read with the
+next exchange (as from any PLC that answers between scans). pycomm3's `write()` and `read()`
+would send a packet each; the adapter builds the one packet from pycomm3's own request
+builders (`_write_build_multi_requests`, `_read_build_multi_requests`) and falls back to the
+two packets only where the block does not fit one (long symbolic tag names on a controller
+without the large Forward Open). A read between ticks is one packet of Read Tag services.
 
 What pycomm3 1.2.16 does, and how this adapter lives with it (pinned in pyproject):
 
@@ -27,7 +34,11 @@ import logging
 import socket
 from typing import Any
 
-from pycomm3 import LogixDriver
+from pycomm3 import LogixDriver, Tag
+from pycomm3.cip_driver import with_forward_open
+from pycomm3.const import MULTISERVICE_READ_OVERHEAD
+from pycomm3.logix_driver import _tag_return_size
+from pycomm3.packets import MultiServiceRequestPacket
 
 from plcbridge.adapters.plc.base import PlcAdapter, PlcConfigError, PlcError
 from plcbridge.contract import Inputs, Outputs
@@ -46,6 +57,9 @@ logging.getLogger("pycomm3").setLevel(logging.CRITICAL)
 # Closing sends Forward Close and Unregister Session so the controller frees the CIP
 # connection at once; on a dead link that must not hold the connector up for long.
 CLOSE_TIMEOUT_S = 0.5
+# A Write Tag service's reply in a Multiple Service Packet: its offset, service, reserved,
+# general status and additional status size (a refusal may add a status word or two).
+_WRITE_REPLY_SIZE = 10
 
 assert len(carried_tags(())) > 1, "a single-tag write would hit pycomm3's duplicated Write Tag request"
 
@@ -129,20 +143,53 @@ class EnipAdapter(PlcAdapter):
         driver = self._driver
         if driver is None or driver._sock is None:
             raise PlcError("not connected")
+        pairs = encode_outputs(outputs, self._out_names)
         written = False
         try:
             driver._sock.sock.settimeout(timeout_s)
-            for tag in driver.write(*encode_outputs(outputs, self._out_names)):
-                if tag.error:
-                    _raise_refused(f"write of output tag {tag.tag!r} refused: {tag.error}", tag.error,
-                                   "plc.enip.output_tags")
-            written = True
-            read = driver.read(*self._in_tags)
+            packet = self._one_packet(driver, pairs)
+            if packet is None:  # does not fit one packet: pycomm3's two
+                self._check_written(driver.write(*pairs))
+                written = True
+                read = driver.read(*self._in_tags)
+            else:
+                replies = _send(driver, packet)
+                self._check_written(replies[:len(pairs)])
+                written = True
+                read = replies[len(pairs):]
         except PlcError:
             raise
         except Exception as e:
             raise PlcError(_reason(e), written=written) from e
         return self._decode(read, written=True)
+
+    def _one_packet(self, driver: LogixDriver, pairs: list[tuple[str, int | float]]) -> MultiServiceRequestPacket | None:
+        """The write services of every output tag, then the read services of every input tag,
+        in one Multiple Service Packet; None where that would not fit the connection size, as
+        pycomm3 estimates sizes (a reply must fit it too)."""
+        to_write = driver._parse_requested_tags([tag for tag, _ in pairs], "w")
+        for i, (_, value) in enumerate(pairs):
+            to_write[i]["value"] = value
+        to_read = driver._parse_requested_tags(self._in_tags, "r")
+        writes = driver._write_build_multi_requests(to_write)
+        reads = driver._read_build_multi_requests(to_read)
+        if len(writes) != 1 or len(reads) != 1 or not all(isinstance(p, MultiServiceRequestPacket) for p in (*writes, *reads)):
+            return None
+        services = [*writes[0].requests, *reads[0].requests]
+        if len(services) != len(pairs) + len(self._in_tags):  # a tag pycomm3 could not parse
+            return None
+        request_size = MULTISERVICE_READ_OVERHEAD + sum(len(s.message) + 2 for s in services)
+        reply_size = (MULTISERVICE_READ_OVERHEAD + _WRITE_REPLY_SIZE * len(pairs)
+                      + sum(_tag_return_size(to_read[r.request_id]) + len(r.message) + 2 for r in reads[0].requests))
+        if max(request_size, reply_size) > driver.connection_size:
+            return None
+        return MultiServiceRequestPacket(driver._sequence, services)
+
+    @staticmethod
+    def _check_written(results: Any) -> None:
+        for tag in results if isinstance(results, list) else [results]:
+            if tag.error:
+                _raise_refused(f"write of output tag {tag.tag!r} refused: {tag.error}", tag.error, "plc.enip.output_tags")
 
     def read(self, timeout_s: float) -> Inputs:
         """One Multiple Service Packet reading the input tags, nothing written."""
@@ -178,6 +225,19 @@ class EnipAdapter(PlcAdapter):
             driver.close()
         except Exception:  # noqa: BLE001 - closing a dead link must not raise
             pass
+
+
+@with_forward_open
+def _send(driver: LogixDriver, packet: MultiServiceRequestPacket) -> list[Tag]:
+    """Send one Multiple Service Packet; one Tag per service, in the packet's order, with the
+    service's own error (or the packet's, if the controller refused the packet whole)."""
+    response = driver.send(packet)
+    replies = list(response.responses)
+    if len(replies) != len(packet.requests):
+        error = response.error or f"{len(replies)} replies to {len(packet.requests)} services"
+        return [Tag(r.tag, None, None, error) for r in packet.requests]
+    return [Tag(r.tag, r.value if r else None, r.data_type if r else None, None if r else (q.error or r.error))
+            for r, q in zip(replies, packet.requests)]
 
 
 # CIP general status texts (as pycomm3 words them) that say a tag is missing, mistyped or
