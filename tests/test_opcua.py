@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asyncua import ua
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -247,13 +248,15 @@ def test_secured_session_carries_typed_value_only_writes(secured, monkeypatch):
         adapter.connect()
         assert adapter._client.security_policy.Mode.name == "SignAndEncrypt"
         sent: list[Any] = []
-        write_values = adapter._client.write_values
+        proto = adapter._client.uaclient.protocol
+        send_request = proto._send_request
 
-        async def spy(nodes, values, **kw):
-            sent.extend(values)
-            return await write_values(nodes, values, **kw)
+        def spy(request, *args, **kw):  # what goes on the wire, encrypted after this
+            if isinstance(request, ua.WriteRequest):
+                sent.extend(wv.Value for wv in request.Parameters.NodesToWrite)
+            return send_request(request, *args, **kw)
 
-        adapter._client.write_values = spy
+        proto._send_request = spy
         before = sim.program.writes_seen
         for hb in range(5):
             inputs = adapter.exchange(Outputs(heartbeat=hb, status=int(StatusBit.READY), part_id=70000), 0.5)
