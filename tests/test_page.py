@@ -178,7 +178,10 @@ def test_live_image_decodes_and_changes_and_archived_decisions_have_thumbnails(m
     with running(station_config(sim, archive=archive, **PAGE)) as d:
         port = d.http.port
         wait_for(lambda: decided(d, 1), 15, "a decision")
-        status, first, ctype = get(port, "/api/live.jpg")
+        # The page's sink draws the live image on its own thread after the journal has the
+        # decision (404 until then, as documented): it comes, it is not instant.
+        status, first, ctype = wait_for(lambda: (r := get(port, "/api/live.jpg"))[0] == 200 and r, 10,
+                                        "the first live image", poll=0.1)
         assert (status, ctype) == (200, "image/jpeg")
         img = cv2.imdecode(np.frombuffer(first, np.uint8), cv2.IMREAD_COLOR)
         assert img is not None and img.ndim == 3 and min(img.shape[:2]) > 16
