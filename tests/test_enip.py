@@ -108,10 +108,14 @@ def _adapter(port: int, **enip: Any) -> EnipAdapter:
     return EnipAdapter(parse_config({"plc": {"protocol": "enip", "port": port, "enip": enip}}, env={}).plc)
 
 
-def test_one_exchange_is_one_multiple_service_packet_writing_then_reading(make_sim):
+@pytest.mark.parametrize("instance_ids", [True, False], ids=["symbol-instance-ids", "symbolic-names"])
+def test_one_exchange_is_one_multiple_service_packet_writing_then_reading(make_sim, instance_ids):
+    """Logix v21+ is addressed by symbol instance id, older firmware by name (pycomm3 picks
+    by the controller's revision; forced here): one packet either way."""
     sim = make_sim("free-run")
     a = _adapter(sim.port)
     a.connect()
+    a._driver._cfg["use_instance_ids"] = instance_ids
     try:
         requests, blocks = sim.requests_served, sim.block_writes
         for hb in range(50):
