@@ -291,23 +291,19 @@ class OpcUaAdapter(PlcAdapter):
         wrote, read = answers
         if isinstance(wrote, BaseException):
             raise wrote
-        proto.check_answer(wrote, " in response to WriteRequest")  # a ServiceFault raises
         uri = self.settings.opcua.namespace_uri
-        for spec, status in zip(self._outs, struct_from_binary(ua.WriteResponse, wrote).Results):
+        for spec, status in zip(self._outs, _response(proto, ua.WriteResponse, wrote).Results):
             if not status.is_good():
                 _raise_refused(f"write of {spec.key} ({spec.expanded(uri)}) refused: {status.name}", status.name,
                                "plc.opcua.output_nodes / output_template")
         written.append(True)
         if isinstance(read, BaseException):
             raise read
-        proto.check_answer(read, " in response to ReadRequest")
-        return self._decode(struct_from_binary(ua.ReadResponse, read).Results)
+        return self._decode(_response(proto, ua.ReadResponse, read).Results)
 
     async def _read(self) -> tuple[int, ...]:
         proto = self._protocol()
-        data = await self._send(proto, self._read_request)
-        proto.check_answer(data, " in response to ReadRequest")
-        return self._decode(struct_from_binary(ua.ReadResponse, data).Results)
+        return self._decode(_response(proto, ua.ReadResponse, await self._send(proto, self._read_request)).Results)
 
     def _protocol(self) -> Any:  # asyncua.client.ua_client.UASocketProtocol
         client = self._client
@@ -322,8 +318,7 @@ class OpcUaAdapter(PlcAdapter):
 
     def _send(self, proto: Any, request: Any) -> asyncio.Future[Any]:
         """Encode and send `request` now (synchronously, so the order on the wire is the order
-        of the calls); the future of its response body, to be passed to `check_answer` (a
-        ServiceFault, such as BadSessionIdInvalid, raises there as in asyncua's own path)."""
+        of the calls); the future of its response body, for `_response`."""
         request.RequestHeader.Timestamp = datetime.now(timezone.utc)
         future: asyncio.Future[Any] = proto._send_request(request, self.settings.link_timeout_ms / 1000)
         return future
@@ -379,6 +374,16 @@ class OpcUaAdapter(PlcAdapter):
         for t in rest:
             t.cancel()
         await asyncio.gather(*rest, return_exceptions=True)
+
+
+def _response(proto: Any, kind: type[Any], data: Any) -> Any:
+    """The decoded response of `kind`, or the service's failure raised, as asyncua's own
+    request path does: a ServiceFault (BadSessionIdInvalid, BadTooManyOperations) or a
+    bad ServiceResult in the response header."""
+    proto.check_answer(data, f" in response to {kind.__name__.removesuffix('Response')}Request")
+    response = struct_from_binary(kind, data)
+    response.ResponseHeader.ServiceResult.check()
+    return response
 
 
 @dataclass(frozen=True)
