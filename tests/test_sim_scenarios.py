@@ -7,6 +7,7 @@ clock (SimulatedPlc takes time as an argument), then a few through the Modbus fr
 from __future__ import annotations
 
 import argparse
+import json
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -27,6 +28,7 @@ from plcbridge.contract import (
 from plcbridge.simulators.cli import _overrides, add_arguments
 from plcbridge.simulators.device import DeviceFileError, ProgramSettings, load_device
 from plcbridge.simulators.program import SimulatedPlc
+from plcbridge.simulators.trace import TracingPlc
 
 READY = int(StatusBit.READY)
 TREADY = int(StatusBit.READY | StatusBit.TRIGGER_READY)
@@ -182,6 +184,31 @@ def test_the_shutdown_block_answers_the_oldest_pending_trigger() -> None:
     c.write(status=int(StatusBit.FAILSAFE_ACTIVE), result_seq=2, result_code=ResultCode.FAILSAFE,
             fault_code=FaultCode.SHUTTING_DOWN)
     assert plc.summary()["results"] == {"FAILSAFE": 1, "PASS": 1} and plc.summary()["protocol_errors"] == 0
+
+
+def test_the_trace_gives_each_answered_trigger_its_trigger_to_result(tmp_path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    plc = TracingPlc(ProgramSettings(mode="triggered", trigger_hz=100, max_outstanding=4, watchdog_ms=60_000), trace)
+    c = Clock(plc)
+    c.write()
+    c.run(0.025)  # triggers 1 and 2 raised
+    raised = {seq: trig.t for seq, trig in plc.pending.items()}
+    part_1 = plc.pending[1].part_id
+    assert sorted(raised) == [1, 2]
+    c.t += 0.0042
+    c.answer(1)
+    c.write(status=VALID, result_seq=1, result_code=ResultCode.PASS, part_id=part_1)  # the same answer again
+    c.t += 0.0031
+    c.answer(2)
+    plc.close()
+    lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    answers = [ln for ln in lines if "trigger_to_result_ms" in ln]
+    assert [a["result_seq"] for a in answers] == [1, 2]  # the repeated block of seq 1 is no new line
+    for a in answers:
+        assert a["trigger_to_result_ms"] == pytest.approx((a["t"] - raised[a["result_seq"]]) * 1000, abs=0.002)
+    assert answers[0]["trigger_to_result_ms"] > 4.0
+    assert not any("trigger_to_result_ms" in ln for ln in lines if ln["result_seq"] == 0)
+    assert [round(v, 3) for v in plc.latencies_ms] == [a["trigger_to_result_ms"] for a in answers]
 
 
 # --------------------------------------------------------------------------- scenarios
