@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from helpers import read_metric, running, station_config, wait_for
+from pycomm3.const import MULTISERVICE_READ_OVERHEAD
 
 from plcbridge.adapters.plc.base import PlcError
 from plcbridge.adapters.plc.enip import EnipAdapter
@@ -141,7 +142,7 @@ def test_a_block_that_does_not_fit_one_packet_goes_as_a_write_packet_then_a_read
         driver = a._driver
         combined = a._one_packet(driver, encode_outputs(Outputs(), a._out_names))
         assert combined is not None
-        driver._cfg["connection_size"] = 10 + sum(len(s.message) + 2 for s in combined.requests) - 1
+        driver._cfg["connection_size"] = MULTISERVICE_READ_OVERHEAD + sum(len(s.message) + 2 for s in combined.requests) - 1
         assert a._one_packet(driver, encode_outputs(Outputs(), a._out_names)) is None
         requests, blocks = sim.requests_served, sim.block_writes
         for hb in range(20):
