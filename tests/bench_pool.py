@@ -1,16 +1,24 @@
-"""Trigger -> result over several `plcbridge bench` runs together: one percentile per group
-of runs, taken over all of their triggers.
+"""Several `plcbridge bench` runs together: one percentile per group of runs, taken over all
+of their samples.
 
 Not a test (no test_ prefix): a helper for docs/benchmarks.md. A 30 s triggered run has
 about 290 triggers, so its p99 is its 3rd-largest trigger, and the median of three runs'
-p99s moves by milliseconds from one sitting to the next. Here every trigger of a group's
-runs counts once: 870 triggers make a p99 of the 9th largest. Each run's triggers come from
-its PLC trace (`*-plc-trace.jsonl`, the `trigger_to_result_ms` of each line that answered
-one), nearest rank as the simulator's own figures.
+p99s moves by milliseconds from one sitting to the next. Here every sample of a group's
+runs counts once: 870 triggers make a p99 of the 9th largest.
+
+- Triggered runs: trigger -> result, from each run's PLC trace (`*-plc-trace.jsonl`, the
+  `trigger_to_result_ms` of each line that answered one), nearest rank as the simulator's
+  own figures.
+- Free-run runs: capture -> PLC, each verdict and the write that first carried it, joined
+  from the run's daemon log (`*-daemon-log.jsonl`) and PLC trace exactly as the report joins
+  them (plcbridge.tools.bench.stats.join_capture_to_plc), and, as parts of it, the inference
+  stage's `infer_ms` and the time from the decision to the PLC. A 30 s run at 30 fps has 900
+  frames: the p99 is its 9th largest; three 60 s runs pooled make it the 54th.
 
     .venv/bin/python tests/bench_pool.py modbus='out/modbus-*' opcua='out/opcua-*' enip='out/enip-*'
+    .venv/bin/python tests/bench_pool.py off='out/off-*' both='out/both-*'
 
-The first group is the reference for the ratios. Prints JSON.
+The first group is the reference for the ratios and the differences. Prints JSON.
 """
 
 from __future__ import annotations
@@ -19,22 +27,46 @@ import glob
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from plcbridge.schedule import percentile_summary
+from plcbridge.tools.bench.stats import capture_time, join_capture_to_plc
 
 
-def triggers_ms(run_dir: Path) -> list[float]:
+def _one(run_dir: Path, pattern: str) -> Path:
+    found = sorted(run_dir.glob(pattern))
+    if len(found) != 1:
+        raise SystemExit(f"{run_dir}: expected one {pattern}, found {len(found)}")
+    return found[0]
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.startswith("{")]
+
+
+def mode_of(run_dir: Path) -> str:
+    """The run's --mode, from its report."""
+    reports = [p for p in run_dir.glob("*.json") if not p.name.endswith("-daemon-summary.json")]
+    if len(reports) != 1:
+        raise SystemExit(f"{run_dir}: expected one report (*.json), found {len(reports)}")
+    return str(json.loads(reports[0].read_text(encoding="utf-8"))["options"]["mode"])
+
+
+def triggers_ms(run_dir: Path) -> dict[str, list[float]]:
     """The trigger -> result of every trigger answered in one run's PLC trace."""
-    traces = sorted(run_dir.glob("*-plc-trace.jsonl"))
-    if len(traces) != 1:
-        raise SystemExit(f"{run_dir}: expected one *-plc-trace.jsonl, found {len(traces)}")
-    out = []
-    with traces[0].open(encoding="utf-8") as f:
-        for line in f:
-            v = json.loads(line).get("trigger_to_result_ms")
-            if v is not None:
-                out.append(float(v))
-    return out
+    trace = _jsonl(_one(run_dir, "*-plc-trace.jsonl"))
+    return {"trigger_to_result_ms": [float(r["trigger_to_result_ms"]) for r in trace if r.get("trigger_to_result_ms") is not None]}
+
+
+def frames_ms(run_dir: Path) -> dict[str, list[float]]:
+    """Capture -> PLC of every verdict the PLC got in one free-run run, and its two parts."""
+    decisions = [e for e in _jsonl(_one(run_dir, "*-daemon-log.jsonl")) if e.get("event") == "decision"]
+    pairs = join_capture_to_plc(decisions, _jsonl(_one(run_dir, "*-plc-trace.jsonl")), "free-run")
+    to_plc = [(rec["t"] - capture_time(d)) * 1000 for d, rec in pairs]
+    return {"capture_to_plc_ms": to_plc,
+            "inference_ms": [float(d["infer_ms"]) for d in decisions if d.get("infer_ms") is not None],
+            "decision_to_plc_ms": [ms - d["latency_ms"] for (d, _), ms in zip(pairs, to_plc) if d.get("latency_ms") is not None]}
 
 
 def main(argv: list[str]) -> int:
@@ -47,15 +79,25 @@ def main(argv: list[str]) -> int:
         runs = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_dir())
         if not runs:
             raise SystemExit(f"{name}: no run folders match {pattern!r}")
-        per_run = [triggers_ms(r) for r in runs]
-        if not all(per_run):
-            raise SystemExit(f"{name}: a run has no trigger_to_result_ms in its trace (a trace from before the field, or not triggered)")
-        pooled = [v for run in per_run for v in run]
-        groups.append({"group": name, "runs": len(runs), "triggers": len(pooled),
-                       **percentile_summary(pooled, nearest_rank=True)})
+        modes = {mode_of(r) for r in runs}
+        if len(modes) != 1:
+            raise SystemExit(f"{name}: runs of both modes ({sorted(modes)}); pool one mode per group")
+        per_run = [(triggers_ms if modes == {"triggered"} else frames_ms)(r) for r in runs]
+        main_figure = next(iter(per_run[0]))
+        if not all(run[main_figure] for run in per_run):
+            raise SystemExit(f"{name}: a run has no {main_figure} (a trace from before the field, or nothing reached the PLC)")
+        group: dict[str, Any] = {"group": name, "mode": modes.pop(), "runs": len(runs)}
+        for figure in per_run[0]:
+            pooled = [v for run in per_run for v in run[figure]]
+            group[figure] = {"n": len(pooled), **percentile_summary(pooled, nearest_rank=True)}
+        groups.append(group)
     ref = groups[0]
     for g in groups:
-        g["against_" + ref["group"]] = {k: round(g[k] / ref[k], 3) for k in ("p50", "p99")}
+        figure = next(k for k in g if k.endswith("_ms"))
+        if figure in ref:
+            g["against_" + ref["group"]] = {
+                **{f"{k}_ratio": round(g[figure][k] / ref[figure][k], 3) for k in ("p50", "p99")},
+                **{f"{k}_diff_ms": round(g[figure][k] - ref[figure][k], 2) for k in ("p50", "p99")}}
     print(json.dumps(groups, indent=2))
     return 0
 

@@ -3,18 +3,20 @@
 // Plain browser JavaScript, no library, nothing loaded from anywhere else. Every value from
 // the daemon is shown as text (textContent), never parsed as HTML.
 //
-// A browser is often on the line PC itself, on the two cores the model needs: the page asks
-// for nothing while its tab is hidden, and loads thumbnails one at a time, at most four a
-// second, newest first, only for rows still on screen (at 30 decisions a second most rows are
-// gone within two seconds, and most of them never get one: the rejects of a station that
-// keeps a few frames a second all do).
+// A browser is often on the line PC itself, on the two cores the model needs, and in Chromium
+// every request costs a few ms of CPU and every image drawn several more: the page asks for
+// nothing while its tab is hidden, shows a screenful of decisions, and loads thumbnails one at
+// a time, newest first, only for rows still on screen: the first few at once, then one a
+// second (at 30 decisions a second most rows are gone within a second, and most of them never
+// get one: the rejects of a station that keeps a few frames a minute all do).
 "use strict";
 
 (function () {
   const STATUS_EVERY_MS = 1000;
   const LIVE_EVERY_MS = 500;
-  const DECISIONS_SHOWN = 50;
-  const THUMB_EVERY_MS = 250;  // at most four thumbnails a second, as the live image's few frames
+  const DECISIONS_SHOWN = 20;
+  const THUMB_BURST = 8;  // thumbnails loaded without pause when the page opens on a full list,
+  const THUMB_EVERY_MS = 1000;  // then one a second, while rows keep coming
 
   const state = {
     hasFrame: false, liveBusy: false, liveN: 0, newest: undefined, rows: new Map(), lastOk: null, statusPaused: false,
@@ -262,14 +264,14 @@
     dropGoneThumbs();
   }
 
-  // One thumbnail at a time, at most one per THUMB_EVERY_MS: a page opened on a full list
-  // asks the daemon for 50 of them, and each is an image read from disk and scaled on one of
-  // the endpoint's few worker threads, then decoded and painted here, on what may be the
-  // model's cores. Newest first, and only for rows still shown: the queue never holds more
-  // than the list.
+  // One thumbnail at a time, from a bucket of THUMB_BURST that refills one per THUMB_EVERY_MS:
+  // each is an image read from disk and scaled on one of the endpoint's few worker threads,
+  // then decoded and painted here, on what may be the model's cores. Newest first, and only
+  // for rows still shown: the queue never holds more than the list.
   let thumbs = [];
   let thumbBusy = false;
-  let thumbLast = -Infinity;  // when the last one was asked for (performance.now())
+  let thumbTokens = THUMB_BURST;
+  let thumbRefilled = performance.now();
   let thumbTimer = null;
 
   function loadThumb(img, url) {
@@ -283,14 +285,16 @@
 
   function nextThumb() {
     if (thumbBusy || thumbTimer !== null || thumbs.length === 0 || document.hidden) return;
-    const wait = thumbLast + THUMB_EVERY_MS - performance.now();
-    if (wait > 0) {
-      thumbTimer = setTimeout(() => { thumbTimer = null; nextThumb(); }, wait);
+    const now = performance.now();
+    thumbTokens = Math.min(THUMB_BURST, thumbTokens + (now - thumbRefilled) / THUMB_EVERY_MS);
+    thumbRefilled = now;
+    if (thumbTokens < 1) {
+      thumbTimer = setTimeout(() => { thumbTimer = null; nextThumb(); }, (1 - thumbTokens) * THUMB_EVERY_MS);
       return;
     }
+    thumbTokens -= 1;
     const [img, url] = thumbs.shift();
     thumbBusy = true;
-    thumbLast = performance.now();
     const done = () => { thumbBusy = false; nextThumb(); };
     img.addEventListener("load", done, { once: true });
     img.addEventListener("error", done, { once: true });
