@@ -9,6 +9,7 @@ line that `plcbridge sim` prints; `stop_simulator` SIGINTs it and parses its JSO
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -20,13 +21,19 @@ SIM_START_TIMEOUT_S = 15.0
 
 
 def start_simulator(mode: str, trigger_hz: float, extra: list[str] | None = None,
-                    protocol: str = "modbus") -> tuple[subprocess.Popen[str], int]:
-    """Start `plcbridge sim PROTOCOL` on 127.0.0.1 with an OS-chosen port; return (process, port)."""
+                    protocol: str = "modbus", niceness: int = 0) -> tuple[subprocess.Popen[str], int]:
+    """Start `plcbridge sim PROTOCOL` on 127.0.0.1 with an OS-chosen port; return (process, port).
+
+    `niceness`: the process's (below 0 needs root; subprocess.SubprocessError otherwise). A
+    benchmark gives the simulator the daemon's: it stands for a PLC on another machine, and
+    below the daemon it would wait for a CPU behind the daemon's side work, its timestamps
+    carrying that wait."""
     cmd = [sys.executable, "-m", "plcbridge", "sim", protocol, "--host", "127.0.0.1", "--port", "0",
            "--mode", mode, "--trigger-hz", str(trigger_hz), "--quiet", *(extra or [])]
     # Its own session: a Ctrl-C at the terminal reaches only this process, which stops the
     # daemon first and then the simulator (stop_simulator), so the daemon never sees its PLC vanish.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
     assert proc.stdout is not None
     end = time.monotonic() + SIM_START_TIMEOUT_S
     while time.monotonic() < end:

@@ -189,3 +189,17 @@ def test_gate_refuses_a_bad_budget_file(tmp_path):
 def test_shipped_budget_is_the_reference_station():
     b = load_budget(DEFAULT_BUDGET)
     assert (b.p99_max_ms, b.p95_max_ms, b.frame_rate_fps, b.max_failsafe_events) == (45, 30, 30, 0)
+
+
+def test_the_simulator_runs_at_the_niceness_it_is_given():
+    """The bench gives the simulated PLC the daemon's niceness (it stands for a PLC on another
+    machine); the process must really run there, not only say so."""
+    from plcbridge.simulators.process import start_simulator, stop_simulator
+
+    for niceness in (0, 5):
+        proc, _port = start_simulator("free-run", 10.0, niceness=niceness)
+        try:
+            stat = Path(f"/proc/{proc.pid}/stat").read_text()
+            assert int(stat.rsplit(")", 1)[1].split()[16]) == niceness  # field 19, nice
+        finally:
+            stop_simulator(proc)

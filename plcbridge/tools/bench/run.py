@@ -72,11 +72,19 @@ class BenchOptions:
     archive_format: str = "png"
     archive_png_compression: int | None = None  # None: OpenCV's default
     daemon_niceness: int = 0  # the daemon's (the systemd unit starts it at -10; below 0 needs root)
+    # The PLC simulator's; None: the daemon's. It stands for a PLC on another machine: below the
+    # daemon it waits for a CPU behind the daemon's side work and its receive times carry that.
+    sim_niceness: int | None = None
     shadow: str | None = None  # [model.shadow]: a candidate judged beside the live model (plcbridge/shadow.py)
 
 
 class BenchError(RuntimeError):
     """The bench could not run (bad input, a process that did not start): exit 2."""
+
+
+def _below_zero(option: str, niceness: int) -> str:
+    return (f"{option} {niceness}: only root may start a process below niceness 0 "
+            "(systemd does it for the unit's Nice=)")
 
 
 class Interrupted(Exception):
@@ -328,7 +336,12 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
 
     trigger_port = free_udp_port() if o.camera_trigger == "hardware" else None
     wire = ["--camera-line-port", str(trigger_port)] if trigger_port is not None else []
-    sim, port = start_simulator(o.mode, o.trigger_hz, extra=["--trace", str(files["trace"]), *wire], protocol=o.protocol)
+    sim_niceness = o.daemon_niceness if o.sim_niceness is None else o.sim_niceness
+    try:
+        sim, port = start_simulator(o.mode, o.trigger_hz, extra=["--trace", str(files["trace"]), *wire],
+                                    protocol=o.protocol, niceness=sim_niceness)
+    except subprocess.SubprocessError:  # os.nice refused in the child
+        raise BenchError(_below_zero("--sim-niceness (default: --daemon-niceness)", sim_niceness)) from None
     sock_dir = Path(tempfile.mkdtemp(prefix="plcbench-"))  # short path: AF_UNIX names are <= 107 bytes
     notify = NotifyListener(sock_dir / "notify")
     daemon: subprocess.Popen[str] | None = None
@@ -362,9 +375,8 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
         try:
             daemon = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       preexec_fn=renice)
-        except PermissionError:
-            raise BenchError(f"--daemon-niceness {o.daemon_niceness}: only root may start a process below "
-                             "niceness 0 (systemd does it for the unit's Nice=)") from None
+        except subprocess.SubprocessError:  # os.nice refused in the child
+            raise BenchError(_below_zero("--daemon-niceness", o.daemon_niceness)) from None
         log = _DaemonLog(daemon.stdout, files["daemon_log"])
         while notify.first("READY") is None:
             check_stop()
@@ -474,7 +486,8 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
                            "page_open_in_browser": o.page, "page_client": o.page_client if o.page else None,
                            "browser_niceness": o.page_niceness if o.page and o.page_client == "chromium" else None,
                            "browser_cpus": list(o.page_cpus) if o.page and o.page_client == "chromium" and o.page_cpus else None,
-                           "browser_cpu_cores": browser_cores, "daemon_niceness": o.daemon_niceness}
+                           "browser_cpu_cores": browser_cores, "daemon_niceness": o.daemon_niceness,
+                           "sim_niceness": o.daemon_niceness if o.sim_niceness is None else o.sim_niceness}
     if o.plot:
         try:
             from plcbridge.tools.bench.plot import plot_report
@@ -539,6 +552,10 @@ def add_run_arguments(p: argparse.ArgumentParser, *, for_gate: bool = False) -> 
         p.add_argument("--daemon-niceness", type=int, default=0, choices=range(-20, 20), metavar="-20..19",
                        help="start the daemon at this niceness (default 0; systemd/plcbridge.service starts it "
                             "at -10, which only root can do here)")
+        p.add_argument("--sim-niceness", type=int, default=None, choices=range(-20, 20), metavar="-20..19",
+                       help="start the PLC simulator at this niceness (default: the daemon's; it stands for a "
+                            "PLC on another machine, and below the daemon its receive times would carry its "
+                            "wait for a CPU behind the daemon's side work)")
 
 
 def cpu_list(text: str) -> tuple[int, ...]:
@@ -561,6 +578,7 @@ def options_from_args(args: argparse.Namespace, fps: float, seconds: float) -> B
                         page_niceness=getattr(args, "page_niceness", 0),
                         page_cpus=getattr(args, "page_cpus", None),
                         daemon_niceness=getattr(args, "daemon_niceness", 0),
+                        sim_niceness=getattr(args, "sim_niceness", None),
                         page_client=getattr(args, "page_client", "chromium"),
                         archive_format=getattr(args, "archive_format", "png"),
                         archive_png_compression=getattr(args, "archive_png_compression", None),
