@@ -14,6 +14,8 @@ runs counts once: 870 triggers make a p99 of the 9th largest.
   them (plcbridge.tools.bench.stats.join_capture_to_plc), and, as parts of it, the inference
   stage's `infer_ms` and the time from the decision to the PLC. A 30 s run at 30 fps has 900
   frames: the p99 is its 9th largest; three 60 s runs pooled make it the 54th.
+- Both modes: the write loop's lateness, every tick of every run (the daemon's own samples,
+  `lateness_samples_ms` in `*-daemon-summary.json`): 6,000 ticks a minute.
 
     .venv/bin/python tests/bench_pool.py modbus='out/modbus-*' opcua='out/opcua-*' enip='out/enip-*'
     .venv/bin/python tests/bench_pool.py off='out/off-*' both='out/both-*'
@@ -56,7 +58,14 @@ def mode_of(run_dir: Path) -> str:
 def triggers_ms(run_dir: Path) -> dict[str, list[float]]:
     """The trigger -> result of every trigger answered in one run's PLC trace."""
     trace = _jsonl(_one(run_dir, "*-plc-trace.jsonl"))
-    return {"trigger_to_result_ms": [float(r["trigger_to_result_ms"]) for r in trace if r.get("trigger_to_result_ms") is not None]}
+    return {"trigger_to_result_ms": [float(r["trigger_to_result_ms"]) for r in trace if r.get("trigger_to_result_ms") is not None],
+            "write_lateness_ms": lateness_ms(run_dir)}
+
+
+def lateness_ms(run_dir: Path) -> list[float]:
+    """The write loop's lateness at every tick of one run, as the daemon measured it."""
+    summary = json.loads(_one(run_dir, "*-daemon-summary.json").read_text(encoding="utf-8"))
+    return [float(v) for v in summary.get("lateness_samples_ms", [])]
 
 
 def frames_ms(run_dir: Path) -> dict[str, list[float]]:
@@ -66,7 +75,8 @@ def frames_ms(run_dir: Path) -> dict[str, list[float]]:
     to_plc = [(rec["t"] - capture_time(d)) * 1000 for d, rec in pairs]
     return {"capture_to_plc_ms": to_plc,
             "inference_ms": [float(d["infer_ms"]) for d in decisions if d.get("infer_ms") is not None],
-            "decision_to_plc_ms": [ms - d["latency_ms"] for (d, _), ms in zip(pairs, to_plc) if d.get("latency_ms") is not None]}
+            "decision_to_plc_ms": [ms - d["latency_ms"] for (d, _), ms in zip(pairs, to_plc) if d.get("latency_ms") is not None],
+            "write_lateness_ms": lateness_ms(run_dir)}
 
 
 def main(argv: list[str]) -> int:
@@ -92,12 +102,12 @@ def main(argv: list[str]) -> int:
             group[figure] = {"n": len(pooled), **percentile_summary(pooled, nearest_rank=True)}
         groups.append(group)
     ref = groups[0]
-    for g in groups:
-        figure = next(k for k in g if k.endswith("_ms"))
-        if figure in ref:
-            g["against_" + ref["group"]] = {
-                **{f"{k}_ratio": round(g[figure][k] / ref[figure][k], 3) for k in ("p50", "p99")},
-                **{f"{k}_diff_ms": round(g[figure][k] - ref[figure][k], 2) for k in ("p50", "p99")}}
+    for g in groups:  # the main figure (the first) and the lateness, against the first group
+        for figure in {next(k for k in g if k.endswith("_ms")), "write_lateness_ms"}:
+            if figure in ref and g[figure]["n"] and ref[figure]["n"]:
+                g[f"{figure[:-3]}_against_{ref['group']}"] = {
+                    **{f"{k}_ratio": round(g[figure][k] / ref[figure][k], 3) for k in ("p50", "p99")},
+                    **{f"{k}_diff_ms": round(g[figure][k] - ref[figure][k], 2) for k in ("p50", "p99")}}
     print(json.dumps(groups, indent=2))
     return 0
 
