@@ -487,7 +487,7 @@ def run_bench(o: BenchOptions, progress: Callable[[str], None] | None = None,
                            "browser_niceness": o.page_niceness if o.page and o.page_client == "chromium" else None,
                            "browser_cpus": list(o.page_cpus) if o.page and o.page_client == "chromium" and o.page_cpus else None,
                            "browser_cpu_cores": browser_cores, "daemon_niceness": o.daemon_niceness,
-                           "sim_niceness": o.daemon_niceness if o.sim_niceness is None else o.sim_niceness}
+                           "sim_niceness": sim_niceness}
     if o.plot:
         try:
             from plcbridge.tools.bench.plot import plot_report
