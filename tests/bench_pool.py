@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from plcbridge.schedule import percentile_summary
-from plcbridge.tools.bench.stats import capture_time, join_capture_to_plc
+from plcbridge.tools.bench.stats import capture_to_plc_ms, join_capture_to_plc
 
 
 def _one(run_dir: Path, pattern: str) -> Path:
@@ -71,11 +71,10 @@ def lateness_ms(run_dir: Path) -> list[float]:
 def frames_ms(run_dir: Path) -> dict[str, list[float]]:
     """Capture -> PLC of every verdict the PLC got in one free-run run, and its two parts."""
     decisions = [e for e in _jsonl(_one(run_dir, "*-daemon-log.jsonl")) if e.get("event") == "decision"]
-    pairs = join_capture_to_plc(decisions, _jsonl(_one(run_dir, "*-plc-trace.jsonl")), "free-run")
-    to_plc = [(rec["t"] - capture_time(d)) * 1000 for d, rec in pairs]
-    return {"capture_to_plc_ms": to_plc,
+    split = capture_to_plc_ms(join_capture_to_plc(decisions, _jsonl(_one(run_dir, "*-plc-trace.jsonl")), "free-run"))
+    return {"capture_to_plc_ms": split["capture_to_plc_ms"],
             "inference_ms": [float(d["infer_ms"]) for d in decisions if d.get("infer_ms") is not None],
-            "decision_to_plc_ms": [ms - d["latency_ms"] for (d, _), ms in zip(pairs, to_plc) if d.get("latency_ms") is not None],
+            "decision_to_plc_ms": split["decision_to_plc_ms"],
             "write_lateness_ms": lateness_ms(run_dir)}
 
 

@@ -12,6 +12,7 @@ from plcbridge.tools.bench.stats import (
     VERDICTS,
     by_fault,
     capture_time,
+    capture_to_plc_ms,
     dropped_frames,
     join_capture_to_plc,
     split_startup,
@@ -35,12 +36,9 @@ def build_report(*, options: Any, model: dict[str, Any], events: list[dict[str, 
     window = max(t_end - t_ready, 1e-9)
     decisions = [e for e in events if e.get("event") == "decision"]
 
-    # capture -> PLC, split at the decision: capture -> decided (inference stage) and
-    # decided -> first write that carried it (waiting for the next write tick + the exchange).
     pairs = join_capture_to_plc(decisions, trace, o.mode)
-    to_plc = [(rec["t"] - capture_time(d)) * 1000 for d, rec in pairs]
-    to_decided = [d["latency_ms"] for d, _ in pairs if d.get("latency_ms") is not None]
-    decided_to_plc = [(rec["t"] - capture_time(d)) * 1000 - d["latency_ms"] for d, rec in pairs if d.get("latency_ms") is not None]
+    split = capture_to_plc_ms(pairs)
+    to_plc, to_decided, decided_to_plc = (split[k] for k in ("capture_to_plc_ms", "capture_to_decision_ms", "decision_to_plc_ms"))
 
     judged = [d for d in decisions if d.get("infer_ms") is not None]
     in_window = [d for d in judged if t_ready <= (capture_time(d) or -1) <= t_end]

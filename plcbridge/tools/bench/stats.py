@@ -90,6 +90,17 @@ def join_capture_to_plc(decisions: list[dict[str, Any]], trace: list[dict[str, A
     return pairs
 
 
+def capture_to_plc_ms(pairs: list[tuple[dict, dict]]) -> dict[str, list[float]]:
+    """Capture -> PLC of each (decision, trace record) pair, and split at the decision:
+    capture -> decided (the inference stage) and decided -> the first write that carried it
+    (waiting for the write loop, the exchange); the split only where the decision has its
+    latency_ms. The report and tests/bench_pool.py both take their figures from here."""
+    timed = [(d, (rec["t"] - capture_time(d)) * 1000) for d, rec in pairs]
+    return {"capture_to_plc_ms": [ms for _, ms in timed],
+            "capture_to_decision_ms": [d["latency_ms"] for d, _ in timed if d.get("latency_ms") is not None],
+            "decision_to_plc_ms": [ms - d["latency_ms"] for d, ms in timed if d.get("latency_ms") is not None]}
+
+
 def dropped_frames(decisions: list[dict[str, Any]]) -> int:
     """Frames the inference stage never judged: the gaps in frame_seq between decisions."""
     seqs = sorted({int(d["frame_seq"]) for d in decisions if d.get("frame_seq") is not None})
