@@ -2,8 +2,14 @@
 bunched; the age of the newest inputs judged on every tick, and blindness said in the blocks.
 The schedule itself is tested on a fake clock in test_schedule.py."""
 
+import os
+import platform
+import re
+import sys
+import threading
 import time
 
+import pytest
 from helpers import read_metric, station_config, wait_for
 
 from plcbridge.contract import FaultCode, Inputs, StatusBit
@@ -81,6 +87,43 @@ def test_late_tick_is_counted_and_the_schedule_skips_ahead():
     assert beats[:-1] == list(range(len(beats) - 1))
     assert not link.blocks[-1].status & StatusBit.READY
     assert link.final.fault_code == FaultCode.SHUTTING_DOWN
+
+
+def _sched_runtime_ns(tid: int) -> int:
+    """The thread's sched_attr.sched_runtime (for SCHED_OTHER on EEVDF: its time slice)."""
+    import ctypes
+
+    from plcbridge.threads import _SchedAttr
+
+    nr = {"x86_64": 315, "aarch64": 275}[platform.machine()]
+    attr = _SchedAttr()
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(nr, tid, ctypes.byref(attr), ctypes.sizeof(attr), 0) == 0, ctypes.get_errno()
+    return attr.sched_runtime
+
+
+def _eevdf_custom_slices() -> bool:
+    release = tuple(int(x) for x in re.findall(r"\d+", platform.release())[:2])
+    return sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64") and release >= (6, 12)
+
+
+@pytest.mark.skipif(not _eevdf_custom_slices(), reason="time slices per thread need Linux 6.12 or later on x86_64/aarch64")
+def test_the_write_loop_asks_for_a_short_time_slice_and_keeps_its_niceness():
+    """With the default slice (1.4 ms on 2 cores) a waking write loop waited for the inference
+    thread's slice to end on its core: ticks 1.2-1.8 ms late at one phase of the camera."""
+    from plcbridge.threads import WRITE_LOOP_SLICE_S
+
+    loop = _loop(station_config(1, "triggered"), FakeLink(), Metrics()).start()
+    try:
+        wait_for(lambda: loop.ticks > 2, 5, "the loop ticking")
+        tid = loop._thread.native_id
+        assert _sched_runtime_ns(tid) == round(WRITE_LOOP_SLICE_S * 1e9)
+        assert os.sched_getscheduler(tid) == os.SCHED_OTHER
+        assert os.getpriority(os.PRIO_PROCESS, tid) == os.getpriority(os.PRIO_PROCESS, 0)
+        # The test's own thread is left at the kernel's default slice.
+        assert _sched_runtime_ns(threading.get_native_id()) != round(WRITE_LOOP_SLICE_S * 1e9)
+    finally:
+        loop.stop()
 
 
 def test_inputs_older_than_the_limit_clear_ready_and_say_plc_inputs_stale_then_recover():
