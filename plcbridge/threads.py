@@ -22,7 +22,8 @@ _POOL_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUM
 
 # Producer threads run this much nicer than the write loop (raising niceness needs no privilege).
 # Both are relative to the niceness the process was started with: the systemd unit starts it
-# at Nice=-10, so the model (then at -5) outranks a browser or an HMI at 0 on the same cores.
+# at Nice=-10, so the model (then at -5) outranks a process at 0 in the daemon's control group
+# (niceness ranks threads within one group only: a desktop's browser, in user.slice, it does not).
 PRODUCER_NICENESS = 5
 # Side work (the archive's encoder, the station page, /metrics) runs nicer still: on a 2-core
 # line PC it gets what the write loop and the producers leave, never an equal share with the
