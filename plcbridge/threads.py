@@ -87,7 +87,8 @@ def lower_this_thread(niceness: int = PRODUCER_NICENESS) -> None:
 # late, measured with `perf sched`) although its niceness was 5 better. A slice this short
 # lets it preempt at once (PREEMPT_SHORT); it needs no privilege, and the loop runs ~0.2 ms a tick.
 WRITE_LOOP_SLICE_S = 0.0001
-_SYS_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274}.get(platform.machine())
+# (sched_setattr, sched_getattr) by architecture; os has neither.
+_SCHED_ATTR_CALLS = {"x86_64": (314, 315), "aarch64": (274, 275)}.get(platform.machine())
 
 
 class _SchedAttr(ctypes.Structure):
@@ -99,21 +100,40 @@ class _SchedAttr(ctypes.Structure):
                 ("sched_period", ctypes.c_uint64)]
 
 
-def shorten_this_threads_slice(seconds: float = WRITE_LOOP_SLICE_S) -> bool:
-    """Ask for a `seconds` time slice for the calling SCHED_OTHER thread (its niceness kept).
+def thread_slice_s(tid: int) -> float | None:
+    """The time slice the kernel gives SCHED_OTHER thread `tid`, in seconds; None where it
+    reports none (kernels before 6.12, other architectures) or cannot be asked."""
+    if _SCHED_ATTR_CALLS is None:
+        return None
+    attr = _SchedAttr()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syscall(_SCHED_ATTR_CALLS[1], tid, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return attr.sched_runtime / 1e9 if attr.sched_policy == os.SCHED_OTHER and attr.sched_runtime else None
 
-    False where it does not apply: not Linux on x86_64/aarch64, a real-time thread (the
-    realtime drop-in's SCHED_FIFO already preempts at once), or a refusal. Kernels before 6.12
-    accept the call and ignore the slice."""
-    if _SYS_SCHED_SETATTR is None:
-        return False
+
+def shorten_this_threads_slice(seconds: float = WRITE_LOOP_SLICE_S) -> float | None:
+    """Ask for a `seconds` time slice for the calling SCHED_OTHER thread (its niceness kept),
+    and return the slice the kernel then reports for it.
+
+    None where it does not apply: a kernel that ignores the request (before 6.12), not Linux
+    on x86_64/aarch64, a real-time thread (the realtime drop-in's SCHED_FIFO already preempts
+    at once), or a refusal."""
+    if _SCHED_ATTR_CALLS is None:
+        return None
     tid = threading.get_native_id()
     try:
         if os.sched_getscheduler(tid) != os.SCHED_OTHER:
-            return False
+            return None
         attr = _SchedAttr(size=ctypes.sizeof(_SchedAttr), sched_policy=os.SCHED_OTHER,
-                          sched_nice=os.getpriority(os.PRIO_PROCESS, tid), sched_runtime=int(seconds * 1e9))
+                          sched_nice=os.getpriority(os.PRIO_PROCESS, tid), sched_runtime=round(seconds * 1e9))
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.syscall(_SYS_SCHED_SETATTR, tid, ctypes.byref(attr), 0) == 0
+        if libc.syscall(_SCHED_ATTR_CALLS[0], tid, ctypes.byref(attr), 0) != 0:
+            return None
     except (OSError, AttributeError):
-        return False
+        return None
+    granted = thread_slice_s(tid)
+    return granted if granted is not None and abs(granted - seconds) < 1e-6 else None

@@ -334,10 +334,10 @@ class WriteLoop:
 
     def _run(self) -> None:
         # Preempt whatever runs on the core at each wake-up, instead of waiting out its slice.
-        short_slice = shorten_this_threads_slice(WRITE_LOOP_SLICE_S)
+        granted = shorten_this_threads_slice(WRITE_LOOP_SLICE_S)
         log_event(log, "write_loop_started", logging.INFO, period_ms=self.config.timing.period_ms,
                   max_input_age_ms=self.config.plc.max_input_age_ms, link_timeout_ms=self.config.plc.link_timeout_ms,
-                  slice_ms=WRITE_LOOP_SLICE_S * 1000 if short_slice else None)
+                  slice_ms=None if granted is None else round(granted * 1000, 3))
         schedule = self.schedule
         self._started = schedule.start()
         # Extra blocks stop this long before a tick: the tick carries the answer instead of

@@ -2,10 +2,8 @@
 bunched; the age of the newest inputs judged on every tick, and blindness said in the blocks.
 The schedule itself is tested on a fake clock in test_schedule.py."""
 
+import logging
 import os
-import platform
-import re
-import sys
 import threading
 import time
 
@@ -17,6 +15,7 @@ from plcbridge.inspection import Health, TriggeredInspection
 from plcbridge.journal import Journal
 from plcbridge.link import Reply, Written
 from plcbridge.metrics import Metrics
+from plcbridge.threads import WRITE_LOOP_SLICE_S, thread_slice_s
 from plcbridge.writeloop import WriteLoop, status_word
 
 
@@ -89,41 +88,25 @@ def test_late_tick_is_counted_and_the_schedule_skips_ahead():
     assert link.final.fault_code == FaultCode.SHUTTING_DOWN
 
 
-def _sched_runtime_ns(tid: int) -> int:
-    """The thread's sched_attr.sched_runtime (for SCHED_OTHER on EEVDF: its time slice)."""
-    import ctypes
-
-    from plcbridge.threads import _SchedAttr
-
-    nr = {"x86_64": 315, "aarch64": 275}[platform.machine()]
-    attr = _SchedAttr()
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.syscall(nr, tid, ctypes.byref(attr), ctypes.sizeof(attr), 0) == 0, ctypes.get_errno()
-    return attr.sched_runtime
-
-
-def _eevdf_custom_slices() -> bool:
-    release = tuple(int(x) for x in re.findall(r"\d+", platform.release())[:2])
-    return sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64") and release >= (6, 12)
-
-
-@pytest.mark.skipif(not _eevdf_custom_slices(), reason="time slices per thread need Linux 6.12 or later on x86_64/aarch64")
-def test_the_write_loop_asks_for_a_short_time_slice_and_keeps_its_niceness():
+@pytest.mark.skipif(thread_slice_s(threading.get_native_id()) is None,
+                    reason="this kernel reports no time slice per thread (Linux 6.12 and later on x86_64/aarch64 do)")
+def test_the_write_loop_asks_for_a_short_time_slice_and_keeps_its_niceness(caplog):
     """With the default slice (1.4 ms on 2 cores) a waking write loop waited for the inference
     thread's slice to end on its core: ticks 1.2-1.8 ms late at one phase of the camera."""
-    from plcbridge.threads import WRITE_LOOP_SLICE_S
-
+    caplog.set_level(logging.INFO, logger="plcbridge.writeloop")
     loop = _loop(station_config(1, "triggered"), FakeLink(), Metrics()).start()
     try:
         wait_for(lambda: loop.ticks > 2, 5, "the loop ticking")
         tid = loop._thread.native_id
-        assert _sched_runtime_ns(tid) == round(WRITE_LOOP_SLICE_S * 1e9)
+        assert thread_slice_s(tid) == WRITE_LOOP_SLICE_S
         assert os.sched_getscheduler(tid) == os.SCHED_OTHER
         assert os.getpriority(os.PRIO_PROCESS, tid) == os.getpriority(os.PRIO_PROCESS, 0)
-        # The test's own thread is left at the kernel's default slice.
-        assert _sched_runtime_ns(threading.get_native_id()) != round(WRITE_LOOP_SLICE_S * 1e9)
+        # The test's own thread keeps the kernel's default slice.
+        assert thread_slice_s(threading.get_native_id()) > WRITE_LOOP_SLICE_S
     finally:
         loop.stop()
+    started = [r for r in caplog.records if getattr(r, "event", None) == "write_loop_started"]
+    assert [r.slice_ms for r in started] == [WRITE_LOOP_SLICE_S * 1000], started  # the log says what the kernel gave
 
 
 def test_inputs_older_than_the_limit_clear_ready_and_say_plc_inputs_stale_then_recover():
