@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -82,42 +81,42 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from plcbridge.daemon import Daemon
     from plcbridge.logs import LogPipeline, get_logger, log_event
     from plcbridge.sdnotify import Notifier
+    from plcbridge.signals import SignalWaiter
 
     logs = LogPipeline(cfg.logging.format, cfg.logging.level, cfg.logging.rate_limit_s).start()
     log = get_logger("daemon")
     for source, where, why in warnings:
         log_event(log, "config_warning", 30, config=source, field=where, reason=why)
-    stop, hup = threading.Event(), threading.Event()
-    # Handlers only set flags: the work happens on the main thread, never in a signal handler.
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: hup.set())
-    notifier = Notifier()
-    try:
-        daemon = Daemon(cfg, config_path=args.config, notifier=notifier, log_pipeline=logs)
+    # The handlers take no lock (plcbridge/signals.py): the work happens on the main thread.
+    with SignalWaiter(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        notifier = Notifier()
         try:
-            daemon.start()
-        except OSError as e:
-            # The metrics/health endpoint listens first: no http server yet means it is what failed.
-            metrics = cfg.metrics.enabled and daemon.http is None
-            reason = metrics_bind_message(cfg, e) if metrics else str(e)
-            log_event(log, "start_failed", 40, reason=reason)
-            print(f"plcbridge: {args.config or '<embedded default.toml>'}: {reason}", file=sys.stderr)
-            return 2 if metrics else 1
-        # Every 20 ms until READY=1 has gone out (so systemd hears it promptly), then 0.2 s.
-        while not stop.wait(0.2 if daemon.ready_sent else 0.02):
-            if hup.is_set():
-                hup.clear()
-                log_event(log, "reload_requested", 20, signal="SIGHUP", config=str(args.config or "<embedded default>"))
-                daemon.request_reload()  # in the background: SIGTERM is still seen at once
-            daemon.poll()
-        daemon.stop()
-        if args.summary_json is not None:
-            _write_run_summary(args.summary_json, daemon)
-        return 0
-    finally:
-        notifier.close()
-        logs.stop()
+            daemon = Daemon(cfg, config_path=args.config, notifier=notifier, log_pipeline=logs)
+            try:
+                daemon.start()
+            except OSError as e:
+                # The metrics/health endpoint listens first: no http server yet means it is what failed.
+                metrics = cfg.metrics.enabled and daemon.http is None
+                reason = metrics_bind_message(cfg, e) if metrics else str(e)
+                log_event(log, "start_failed", 40, reason=reason)
+                print(f"plcbridge: {args.config or '<embedded default.toml>'}: {reason}", file=sys.stderr)
+                return 2 if metrics else 1
+            # Every 20 ms until READY=1 has gone out (so systemd hears it promptly), then 0.2 s.
+            while True:
+                got = signals.wait(0.2 if daemon.ready_sent else 0.02)
+                if signal.SIGTERM in got or signal.SIGINT in got:
+                    break
+                if signal.SIGHUP in got:
+                    log_event(log, "reload_requested", 20, signal="SIGHUP", config=str(args.config or "<embedded default>"))
+                    daemon.request_reload()  # in the background: SIGTERM is still seen at once
+                daemon.poll()
+            daemon.stop()
+            if args.summary_json is not None:
+                _write_run_summary(args.summary_json, daemon)
+            return 0
+        finally:
+            notifier.close()
+            logs.stop()
 
 
 def _write_run_summary(path: Path, daemon) -> None:

@@ -24,18 +24,17 @@ import json
 import logging
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
 from plcbridge import protocols
 from plcbridge.cliargs import positive
 from plcbridge.contract import OPTIONAL_INPUT_SIGNALS, OPTIONAL_OUTPUT_SIGNALS, RECIPE_NONE, Signal
+from plcbridge.signals import SignalWaiter
 
-from .device import DeviceFileError, load_device
+from .device import DeviceFileError, DeviceSettings, load_device
 from .program import SimulatedPlc
 from .trace import TracingPlc
 
@@ -189,16 +188,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"plcbridge sim: {e}", file=sys.stderr)
         return 2
 
-    stop = threading.Event()
-    previous: dict[signal.Signals, Any] = {}
-    if threading.current_thread() is threading.main_thread():
+    # No lock in a signal handler (plcbridge/signals.py); outside the main thread, no handlers.
+    with SignalWaiter(signal.SIGINT, signal.SIGTERM) as signals:
+        return _serve(args, settings, signals)
 
-        def _on_signal(_signum: int, _frame: FrameType | None) -> None:
-            stop.set()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, _on_signal)
-
+def _serve(args: argparse.Namespace, settings: DeviceSettings, signals: SignalWaiter) -> int:
+    """Run the simulator until a stop signal or --seconds; print (and write) the summary."""
     trace = getattr(args, "trace", None)
     try:
         section = getattr(settings, args.frontend)
@@ -232,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         deadline = None if args.seconds is None else time.monotonic() + args.seconds
         while sim.running:
             wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
-            if wait <= 0 or stop.wait(wait):
+            if wait <= 0 or signals.wait(wait):
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
@@ -244,8 +240,6 @@ def run(args: argparse.Namespace) -> int:
             program.close()
         if status is not None:
             status.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
     summary = sim.summary()
     text = json.dumps(summary, indent=2)

@@ -218,7 +218,7 @@ def run_demo(seconds: float, mode: str, trigger_hz: float, protocol: str = "modb
                 daemon.start()
                 t0 = time.monotonic()
                 while (elapsed := time.monotonic() - t0) < seconds:
-                    if stop.event.wait(min(1.0, seconds - elapsed)):
+                    if stop.wait(min(1.0, seconds - elapsed)):
                         break
                     print(progress_line(time.monotonic() - t0, seconds, daemon.journal.summary()["results"],
                                         list(timeline.capture_to_decision_ms), daemon.loop.lateness.summary_ms()["p99"],

@@ -36,6 +36,7 @@ from typing import Any, Callable
 from plcbridge import protocols
 from plcbridge.cliargs import positive
 from plcbridge.sdnotify import NotifyListener
+from plcbridge.signals import SignalWaiter
 from plcbridge.tools.bench.browser import tree_cpu_seconds
 
 READY_TIMEOUT_S = 60.0
@@ -100,20 +101,28 @@ class Interrupted(Exception):
 
 
 class StopSignals:
-    """`with StopSignals() as stop:` SIGINT and SIGTERM only set `stop.event` (and record
-    which came first in `stop.signum`), so an orchestrator (demo, bench, gate) notices at its
-    next check, stops its children in order and exits instead of dying with them left behind.
-    The previous handlers come back on exit. Outside the main thread it installs nothing."""
+    """`with StopSignals() as stop:` SIGINT and SIGTERM are only recorded (the first in
+    `stop.signum`), so an orchestrator (demo, bench, gate) notices at its next check or wait,
+    stops its children in order and exits instead of dying with them left behind. No lock is
+    taken in the handler (plcbridge/signals.py). The previous handlers come back on exit.
+    Outside the main thread it installs nothing."""
 
     def __init__(self) -> None:
-        self.event = threading.Event()
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
+        self._waiter = SignalWaiter(signal.SIGINT, signal.SIGTERM)
+        self._signum: int | None = None
 
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.signum is None:
-            self.signum = signum
-        self.event.set()
+    @property
+    def signum(self) -> int | None:
+        """The first stop signal that arrived, or None."""
+        return self._signum if self.wait(0) else None
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a stop signal; True once one has arrived."""
+        if self._signum is None:
+            got = self._waiter.wait(timeout)
+            if got:
+                self._signum = got[0]
+        return self._signum is not None
 
     def check(self) -> None:
         """Raise Interrupted if a stop signal has arrived."""
@@ -121,14 +130,11 @@ class StopSignals:
             raise Interrupted(self.signum)
 
     def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+        self._waiter.__enter__()
         return self
 
-    def __exit__(self, *_exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+    def __exit__(self, *exc: object) -> None:
+        self._waiter.__exit__(*exc)
 
 
 class _DaemonLog:
