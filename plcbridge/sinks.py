@@ -17,6 +17,14 @@ A sink that never looks at the frame (MQTT: `images = False`) is handed the reco
 (`DecisionRecord.without_image`, one copy per decision shared by all such sinks, made only
 for a decision that judged a frame): its queue, however far behind, then pins no frames in
 memory (256 records of 5-megapixel frames would be gigabytes).
+
+A sink thread starts on a record no sooner than SINK_HOLD_S after it was offered. The
+moments after a decision belong to the control path: the write loop composes and posts the
+block that carries it, and the link's exchange delivers it (p99 about 2 ms on a 2-core line
+PC). Side work started at once competes with both for the GIL and the cores: with the
+archive keeping every frame, decision -> PLC p99 was 3.4 ms against 2.1 ms without it; held
+3 ms, 2.1 ms (docs/benchmarks.md, seventeenth sitting). A sink that is behind is not held
+again: its older records are past the hold already.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -35,6 +44,7 @@ from plcbridge.threads import SIDE_WORK_NICENESS, lower_this_thread
 log = get_logger("sinks")
 
 DEFAULT_QUEUE = 64  # records a sink may lag behind before it drops
+SINK_HOLD_S = 0.003  # a record waits this long after its decision before a sink starts on it
 
 
 @dataclass(frozen=True)
@@ -79,16 +89,18 @@ class Sink(Protocol):
 class _Feed:
     """One sink's queue and thread."""
 
-    def __init__(self, sink: Sink, metrics: Metrics, size: int) -> None:
+    def __init__(self, sink: Sink, metrics: Metrics, size: int, hold_s: float) -> None:
         self.sink = sink
         self.metrics = metrics
-        self.queue: queue.Queue[DecisionRecord | None] = queue.Queue(maxsize=size)
+        self.hold_s = hold_s
+        # (when offered, record); None: close.
+        self.queue: queue.Queue[tuple[float, DecisionRecord] | None] = queue.Queue(maxsize=size)
         self.images = bool(getattr(sink, "images", True))
         self.thread = threading.Thread(target=self._run, name=f"sink-{sink.name}", daemon=True)
 
     def offer(self, record: DecisionRecord) -> None:
         try:
-            self.queue.put_nowait(record)
+            self.queue.put_nowait((time.monotonic(), record))
         except queue.Full:
             self.metrics.sink_dropped.labels(self.sink.name, "queue_full").inc()
             log_event(log, "sink_dropped", logging.WARNING, sink=self.sink.name, decision_id=record.decision_id,
@@ -98,9 +110,13 @@ class _Feed:
     def _run(self) -> None:
         lower_this_thread(SIDE_WORK_NICENESS)
         while True:
-            record = self.queue.get()
-            if record is None:
+            item = self.queue.get()
+            if item is None:
                 return
+            offered, record = item
+            hold = self.hold_s - (time.monotonic() - offered)
+            if hold > 0:
+                time.sleep(hold)
             try:
                 self.sink.write(record)
             except Exception as e:  # noqa: BLE001 - a sink's failure must never reach the control path
@@ -123,12 +139,13 @@ class _Feed:
 class SinkFanout:
     """The journal's side of the seam: offers each record to every sink, never blocking."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, hold_s: float = SINK_HOLD_S) -> None:
         self.metrics = metrics
+        self.hold_s = hold_s
         self._feeds: list[_Feed] = []
 
     def add(self, sink: Sink, queue_size: int = DEFAULT_QUEUE) -> None:
-        feed = _Feed(sink, self.metrics, queue_size)
+        feed = _Feed(sink, self.metrics, queue_size, self.hold_s)
         self._feeds.append(feed)
         feed.thread.start()
 

@@ -88,6 +88,33 @@ def test_a_failing_sink_is_counted_and_goes_on_with_the_next_record():
     assert read_metric(m, "plcbridge_sink_dropped_total", sink="recorder", reason="error") == 10
 
 
+def test_a_sink_starts_on_a_record_only_after_the_hold_and_a_backlog_is_not_held_again():
+    """The moments after a decision are the control path's (the block that carries it, the
+    exchange): a sink starts no sooner than the hold. Records already older than the hold when
+    their turn comes (a sink behind) are written at once, not held each again."""
+    m = Metrics()
+    fanout = SinkFanout(m, hold_s=0.2)
+    written: list[float] = []
+
+    class Timed(Recorder):
+        def write(self, record: DecisionRecord) -> None:
+            written.append(time.monotonic())
+            if len(written) == 1:
+                time.sleep(0.5)  # the first write is slow: the next four wait behind it
+
+    fanout.add(Timed("timed"))
+    journal = Journal(m, "st", fanout)
+    t0 = time.monotonic()
+    for i in range(5):
+        journal.decision(_verdict(i))
+    wait_for(lambda: len(written) == 5, 10, "five writes")
+    fanout.close()
+    assert written[0] - t0 >= 0.2, written[0] - t0  # held
+    # The other four were offered with the first and are past their hold when its write ends:
+    # written back to back (held each again, they would span 0.6 s).
+    assert written[4] - written[1] < 0.3, [round(t - t0, 3) for t in written]
+
+
 def test_a_record_is_the_journal_line_with_its_id_the_decision_and_its_frame(caplog):
     caplog.set_level(logging.INFO)
     m = Metrics()
