@@ -102,7 +102,7 @@ def main(argv: list[str]) -> int:
         groups.append(group)
     ref = groups[0]
     for g in groups:  # the main figure (the first) and the lateness, against the first group
-        for figure in {next(k for k in g if k.endswith("_ms")), "write_lateness_ms"}:
+        for figure in dict.fromkeys((next(k for k in g if k.endswith("_ms")), "write_lateness_ms")):
             if figure in ref and g[figure]["n"] and ref[figure]["n"]:
                 g[f"{figure[:-3]}_against_{ref['group']}"] = {
                     **{f"{k}_ratio": round(g[figure][k] / ref[figure][k], 3) for k in ("p50", "p99")},
