@@ -36,6 +36,8 @@ from plcbridge.config import GenicamCameraSettings
 from plcbridge.metrics import Metrics
 
 ADDRESS = "127.0.0.1"
+# What a loaded loopback can cost a frame (Aravis ArvBufferStatus nicks): counted as failed, never returned.
+_LOSSES = {"cleared", "missing-packets", "timeout", "wrong-packet-id", "aborted"}
 
 
 class Fake:
@@ -123,7 +125,10 @@ def test_free_run_frames_are_bgr_with_increasing_frame_ids_and_meta(fake: Fake) 
         assert image.shape == (512, 512, 3) and image.dtype == np.uint8 and label is None
         assert (image[..., 0] == image[..., 2]).all()  # Mono8 -> grey BGR
         assert meta["pixel_format"] == "Mono8" and meta["camera_ts_ns"] > 0 and meta["camera_host_ts_ns"] > 0
-        assert meta["counts"]["buffers_failed"] == {}
+        # A loaded machine can drop a frame's leader packet on loopback: Aravis then hands the
+        # buffer back unfilled ("cleared"), or incomplete. Such a frame is counted, never returned.
+        failed = meta["counts"]["buffers_failed"]
+        assert set(failed) <= _LOSSES and all(isinstance(n, int) and n > 0 for n in failed.values()), failed
         ids.append(meta["camera_frame_id"])
     steps = [(b - a) % 65535 for a, b in itertools.pairwise(ids)]  # ids wrap 65535 -> 1
     assert all(s >= 1 for s in steps), ids
