@@ -100,17 +100,22 @@ class _SchedAttr(ctypes.Structure):
                 ("sched_period", ctypes.c_uint64)]
 
 
+def _sched_attr_call(which: int, *args: object) -> bool:
+    """sched_setattr (`which` 0) or sched_getattr (1) through libc's syscall(); False where
+    this architecture has no number for it, or the call fails."""
+    if _SCHED_ATTR_CALLS is None:
+        return False
+    try:
+        return ctypes.CDLL(None).syscall(_SCHED_ATTR_CALLS[which], *args) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def thread_slice_s(tid: int) -> float | None:
     """The time slice the kernel gives SCHED_OTHER thread `tid`, in seconds; None where it
     reports none (kernels before 6.12, other architectures) or cannot be asked."""
-    if _SCHED_ATTR_CALLS is None:
-        return None
     attr = _SchedAttr()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syscall(_SCHED_ATTR_CALLS[1], tid, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
-            return None
-    except (OSError, AttributeError):
+    if not _sched_attr_call(1, tid, ctypes.byref(attr), ctypes.sizeof(attr), 0):
         return None
     return attr.sched_runtime / 1e9 if attr.sched_policy == os.SCHED_OTHER and attr.sched_runtime else None
 
@@ -130,10 +135,9 @@ def shorten_this_threads_slice(seconds: float = WRITE_LOOP_SLICE_S) -> float | N
             return None
         attr = _SchedAttr(size=ctypes.sizeof(_SchedAttr), sched_policy=os.SCHED_OTHER,
                           sched_nice=os.getpriority(os.PRIO_PROCESS, tid), sched_runtime=round(seconds * 1e9))
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syscall(_SCHED_ATTR_CALLS[0], tid, ctypes.byref(attr), 0) != 0:
-            return None
-    except (OSError, AttributeError):
+    except (OSError, AttributeError):  # AttributeError: no os.sched_getscheduler (not Linux)
+        return None
+    if not _sched_attr_call(0, tid, ctypes.byref(attr), 0):
         return None
     granted = thread_slice_s(tid)
     return granted if granted is not None and abs(granted - seconds) < 1e-6 else None
