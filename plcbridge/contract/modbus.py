@@ -21,6 +21,7 @@ registers it always read, one that lists recipe_id reads five, still in one requ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -56,7 +57,8 @@ class RegisterMap:
     in the order of OUTPUT_SIGNALS / INPUT_SIGNALS. A u32 takes two registers in `word_order`.
     The output block is the base signals, then the optional ones up to the last one
     `optional_outputs` lists (none listed: the base block alone); the input block likewise
-    with `optional_inputs`.
+    with `optional_inputs`. The signal lists and counts are worked out once per map (the map
+    is frozen): the link uses them on every exchange, holding the GIL the write loop waits for.
     """
 
     outputs_base: int = 0
@@ -65,23 +67,23 @@ class RegisterMap:
     optional_outputs: tuple[str, ...] = ()
     optional_inputs: tuple[str, ...] = ()
 
-    @property
+    @cached_property
     def output_signals(self) -> tuple[Signal, ...]:
         """The signals of the output block, in register order."""
         last = max(OUTPUT_SIGNALS.index(s) for s in carried_outputs(self.optional_outputs))
         return OUTPUT_SIGNALS[: last + 1]
 
-    @property
+    @cached_property
     def outputs_count(self) -> int:
         return sum(s.words for s in self.output_signals)
 
-    @property
+    @cached_property
     def input_signals(self) -> tuple[Signal, ...]:
         """The signals of the input block, in register order."""
         last = max(INPUT_SIGNALS.index(s) for s in carried_inputs(self.optional_inputs))
         return INPUT_SIGNALS[: last + 1]
 
-    @property
+    @cached_property
     def inputs_count(self) -> int:
         return sum(s.words for s in self.input_signals)
 
