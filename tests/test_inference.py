@@ -187,6 +187,47 @@ def test_slow_run_is_terminated_at_the_timeout_and_the_model_recovers(slow_dir: 
         model.close()
 
 
+def test_the_watchdog_is_woken_only_for_a_deadline_earlier_than_its_own_and_fires_on_time() -> None:
+    """Arming does not wake the watchdog's thread while it already sleeps until no later than
+    the new deadline (the last run's: the next run's is later); it re-aims when it wakes.
+    Every deadline is still kept: the later one, and an earlier one, which does wake it."""
+    import onnxruntime as ort
+
+    from plcbridge.inference.session import _Watchdog
+
+    wd = _Watchdog("ort-watchdog-test")
+    woken: list[float] = []
+    notify = wd._cond.notify
+    wd._cond.notify = lambda n=1: (woken.append(time.monotonic()), notify(n))  # type: ignore[method-assign]
+    try:
+        t0 = time.monotonic()
+        first, second = ort.RunOptions(), ort.RunOptions()
+        wd.arm(first, t0 + 0.3)  # nothing armed before: woken
+        time.sleep(0.05)  # the thread now sleeps until t0 + 0.3
+        assert not wd.disarm()  # a fast run: done long before its deadline
+        wd.arm(second, t0 + 0.6)  # later than t0 + 0.3: not woken for it
+        assert len(woken) == 1
+        while not second.terminate and time.monotonic() - t0 < 5:
+            time.sleep(0.005)
+        fired_s = time.monotonic() - t0
+        assert 0.6 <= fired_s < 2.0, fired_s
+        assert wd.disarm() and not first.terminate
+
+        third, fourth = ort.RunOptions(), ort.RunOptions()
+        t1 = time.monotonic()
+        wd.arm(third, t1 + 30)  # a long budget (woken: nothing was armed) ...
+        time.sleep(0.05)
+        assert not wd.disarm()
+        wd.arm(fourth, t1 + 0.2)  # ... then a shorter one, before the thread would wake: woken
+        assert len(woken) == 3
+        while not fourth.terminate and time.monotonic() - t1 < 5:
+            time.sleep(0.005)
+        assert 0.2 <= time.monotonic() - t1 < 2.0
+        assert wd.disarm() and not third.terminate
+    finally:
+        wd.stop()
+
+
 def test_concurrent_judge_is_refused_not_queued(slow_dir: Path) -> None:
     with Model(slow_dir, timeout_ms=5_000) as model:
         frame = np.full((32, 32, 3), 100, np.uint8)
