@@ -5,13 +5,21 @@ journal to sinks (the image archive, the station page, MQTT), each a package of 
                                    [bounded queue] --> sink thread --> ...
 
 The journal is called on the write loop's thread (triggered answers) or the inference
-thread (free-run decisions): handing a record over is a `put_nowait` per sink and nothing
-else. Each sink has its own thread (at SIDE_WORK_NICENESS, below the producers) and
-its own bounded queue; a record that finds the queue full is dropped and counted
+thread (free-run decisions): handing a record over is an append to each sink's bounded queue
+and nothing else. Each sink has its own thread (at SIDE_WORK_NICENESS, below the producers);
+a record that finds its queue full is dropped and counted
 (`plcbridge_sink_dropped_total{sink, reason="queue_full"}`), never waited for. A sink that
 raises is counted (`reason="error"`) and logged once per log window; its thread goes on
 with the next record. So a full disk, a dead broker or a stalled browser changes nothing the
 PLC sees: at worst that sink misses records, and says how many.
+
+The producer never wakes a sink's thread: the thread looks at its queue every SINK_POLL_S
+and takes all that is there. Waking a sleeping thread (queue.Queue's notify) is a futex
+wake-up made with the GIL held, and on the 2-core line PC's VM it took 50 us at p50 and
+120 us at p99 (a cross-core interrupt); `py-spy --gil` found the inference thread spending
+a quarter of its GIL time there with two sinks, and every sink added one per decision. That
+is the GIL the write loop waits for at its deadline. The price is up to SINK_POLL_S more on
+the way to the archive, the page and MQTT, and a few idle wake-ups a second per sink.
 
 A sink that never looks at the frame (MQTT: `images = False`) is handed the record without it
 (`DecisionRecord.without_image`, one copy per decision shared by all such sinks, made only
@@ -30,9 +38,9 @@ again: its older records are past the hold already.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -45,6 +53,7 @@ log = get_logger("sinks")
 
 DEFAULT_QUEUE = 64  # records a sink may lag behind before it drops
 SINK_HOLD_S = 0.003  # a record waits this long after its decision before a sink starts on it
+SINK_POLL_S = 0.05  # how often a sink's thread looks for records (nothing wakes it)
 
 
 @dataclass(frozen=True)
@@ -87,48 +96,55 @@ class Sink(Protocol):
 
 
 class _Feed:
-    """One sink's queue and thread."""
+    """One sink's bounded queue and thread."""
 
-    def __init__(self, sink: Sink, metrics: Metrics, size: int, hold_s: float) -> None:
+    def __init__(self, sink: Sink, metrics: Metrics, size: int, hold_s: float, poll_s: float) -> None:
         self.sink = sink
         self.metrics = metrics
+        self.size = size
         self.hold_s = hold_s
-        # (when offered, record); None: close.
-        self.queue: queue.Queue[tuple[float, DecisionRecord] | None] = queue.Queue(maxsize=size)
+        self.poll_s = poll_s
+        # (when offered, record), oldest first. Appended by the producers, taken by the sink's
+        # thread; a deque's append, popleft and len are atomic, and nothing here blocks.
+        self.queue: deque[tuple[float, DecisionRecord]] = deque()
+        self._closing = threading.Event()
         self.images = bool(getattr(sink, "images", True))
         self.thread = threading.Thread(target=self._run, name=f"sink-{sink.name}", daemon=True)
 
     def offer(self, record: DecisionRecord) -> None:
-        try:
-            self.queue.put_nowait((time.monotonic(), record))
-        except queue.Full:
-            self.metrics.sink_dropped.labels(self.sink.name, "queue_full").inc()
-            log_event(log, "sink_dropped", logging.WARNING, sink=self.sink.name, decision_id=record.decision_id,
-                      reason=f"the {self.sink.name} sink is {self.queue.maxsize} records behind: this one is "
-                             "left out (the PLC and the journal are not affected)", rate_key=f"drop-{self.sink.name}")
+        if len(self.queue) < self.size:
+            self.queue.append((time.monotonic(), record))
+            return
+        self.metrics.sink_dropped.labels(self.sink.name, "queue_full").inc()
+        log_event(log, "sink_dropped", logging.WARNING, sink=self.sink.name, decision_id=record.decision_id,
+                  reason=f"the {self.sink.name} sink is {self.size} records behind: this one is "
+                         "left out (the PLC and the journal are not affected)", rate_key=f"drop-{self.sink.name}")
 
     def _run(self) -> None:
         lower_this_thread(SIDE_WORK_NICENESS)
         while True:
-            item = self.queue.get()
-            if item is None:
+            closing = self._closing.wait(self.poll_s)
+            while self.queue:
+                offered, record = self.queue.popleft()
+                hold = self.hold_s - (time.monotonic() - offered)
+                if hold > 0 and not closing:
+                    time.sleep(hold)
+                self._write(record)
+            if closing:
                 return
-            offered, record = item
-            hold = self.hold_s - (time.monotonic() - offered)
-            if hold > 0:
-                time.sleep(hold)
-            try:
-                self.sink.write(record)
-            except Exception as e:  # noqa: BLE001 - a sink's failure must never reach the control path
-                self.metrics.sink_dropped.labels(self.sink.name, "error").inc()
-                log_event(log, "sink_failed", logging.ERROR, sink=self.sink.name, decision_id=record.decision_id,
-                          reason=f"{type(e).__name__}: {e}", rate_key=f"fail-{self.sink.name}")
+
+    def _write(self, record: DecisionRecord) -> None:
+        try:
+            self.sink.write(record)
+        except Exception as e:  # noqa: BLE001 - a sink's failure must never reach the control path
+            self.metrics.sink_dropped.labels(self.sink.name, "error").inc()
+            log_event(log, "sink_failed", logging.ERROR, sink=self.sink.name, decision_id=record.decision_id,
+                      reason=f"{type(e).__name__}: {e}", rate_key=f"fail-{self.sink.name}")
 
     def close(self, timeout: float) -> None:
-        try:
-            self.queue.put(None, timeout=timeout)
-        except queue.Full:
-            pass  # behind and full: its thread is a daemon, the process ends anyway
+        """Write what is queued (within `timeout`), then close the sink. A sink still stuck
+        in a write after that is left to it: its thread is a daemon, the process ends anyway."""
+        self._closing.set()
         self.thread.join(timeout)
         try:
             self.sink.close()
@@ -139,13 +155,14 @@ class _Feed:
 class SinkFanout:
     """The journal's side of the seam: offers each record to every sink, never blocking."""
 
-    def __init__(self, metrics: Metrics, hold_s: float = SINK_HOLD_S) -> None:
+    def __init__(self, metrics: Metrics, hold_s: float = SINK_HOLD_S, poll_s: float = SINK_POLL_S) -> None:
         self.metrics = metrics
         self.hold_s = hold_s
+        self.poll_s = poll_s
         self._feeds: list[_Feed] = []
 
     def add(self, sink: Sink, queue_size: int = DEFAULT_QUEUE) -> None:
-        feed = _Feed(sink, self.metrics, queue_size, self.hold_s)
+        feed = _Feed(sink, self.metrics, queue_size, self.hold_s, self.poll_s)
         self._feeds.append(feed)
         feed.thread.start()
 

@@ -58,7 +58,8 @@ def get_json(port: int, path: str) -> Any:
 
 
 def decided(d: Any, n: int) -> bool:
-    return sum(d.journal.summary()["results"].values()) >= n
+    """n decisions journaled, and on the page: its sink takes them at its next look."""
+    return sum(d.journal.summary()["results"].values()) >= n and len(d.page.recent(n)) >= n
 
 
 def test_status_names_the_blocks_the_plc_saw_and_says_why_not_ready(make_sim) -> None:

@@ -115,6 +115,28 @@ def test_a_sink_starts_on_a_record_only_after_the_hold_and_a_backlog_is_not_held
     assert written[4] - written[1] < 0.3, [round(t - t0, 3) for t in written]
 
 
+def test_handing_a_record_over_wakes_no_thread_the_sink_takes_it_at_its_next_look():
+    """The producer only appends (a wake-up would be a futex call made with the GIL the write
+    loop waits for): the sink's thread finds the record when it next looks, every poll_s.
+    Closing does not wait for that look, and what was queued is written first."""
+    m = Metrics()
+    fanout = SinkFanout(m, hold_s=0.0, poll_s=1.0)
+    sink = Recorder()
+    fanout.add(sink)
+    journal = Journal(m, "st", fanout)
+    time.sleep(0.05)  # the thread is asleep until about 1 s after it started
+    t0 = time.monotonic()
+    journal.decision(_verdict(1))
+    time.sleep(0.2)
+    assert sink.records == []  # a queue that woke its consumer would have it written by now
+    wait_for(lambda: len(sink.records) == 1, 5, "the record at the sink's next look")
+    assert time.monotonic() - t0 >= 0.3
+    journal.decision(_verdict(2))
+    t1 = time.monotonic()
+    fanout.close()
+    assert time.monotonic() - t1 < 0.4 and len(sink.records) == 2 and sink.closed
+
+
 def test_a_record_is_the_journal_line_with_its_id_the_decision_and_its_frame(caplog):
     caplog.set_level(logging.INFO)
     m = Metrics()
