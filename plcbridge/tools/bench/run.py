@@ -561,7 +561,10 @@ def add_run_arguments(p: argparse.ArgumentParser, *, for_gate: bool = False) -> 
         p.add_argument("--sim-niceness", type=int, default=None, choices=range(-20, 20), metavar="-20..19",
                        help="start the PLC simulator at this niceness (default: the daemon's; it stands for a "
                             "PLC on another machine, and below the daemon its receive times would carry its "
-                            "wait for a CPU behind the daemon's side work)")
+                            "wait for a CPU behind the daemon's side work). It runs in a session of its own: "
+                            "where the kernel's autogroup is on (/proc/sys/kernel/sched_autogroup_enabled), "
+                            "that session is a scheduling group of its own, and a niceness ranks the "
+                            "simulator's threads among themselves, not against the daemon's")
 
 
 def cpu_list(text: str) -> tuple[int, ...]:
