@@ -17,7 +17,8 @@ The producer never wakes a sink's thread: the thread looks at its queue every SI
 and takes all that is there. Waking a sleeping thread (queue.Queue's notify) is a futex
 wake-up made with the GIL held, and on the 2-core line PC's VM it took 50 us at p50 and
 120 us at p99 (a cross-core interrupt); `py-spy --gil` found the inference thread spending
-a quarter of its GIL time there with two sinks, and every sink added one per decision. That
+a fifth to a quarter of its GIL time there with two or three sinks, each sink adding one
+wake-up per decision (docs/benchmarks.md, sittings 23-24). That
 is the GIL the write loop waits for at its deadline. The price is up to SINK_POLL_S more on
 the way to the archive, the page and MQTT, and a few idle wake-ups a second per sink.
 

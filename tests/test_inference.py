@@ -195,6 +195,13 @@ def test_the_watchdog_is_woken_only_for_a_deadline_earlier_than_its_own_and_fire
 
     from plcbridge.inference.session import _Watchdog
 
+    def asleep_until(wd: _Watchdog, deadline: float) -> None:
+        """Wait for the thread to have taken the armed run and gone to sleep until its deadline."""
+        end = time.monotonic() + 5
+        while wd._wakes_at != deadline and time.monotonic() < end:
+            time.sleep(0.002)
+        assert wd._wakes_at == deadline
+
     wd = _Watchdog("ort-watchdog-test")
     woken: list[float] = []
     notify = wd._cond.notify
@@ -203,7 +210,7 @@ def test_the_watchdog_is_woken_only_for_a_deadline_earlier_than_its_own_and_fire
         t0 = time.monotonic()
         first, second = ort.RunOptions(), ort.RunOptions()
         wd.arm(first, t0 + 0.3)  # nothing armed before: woken
-        time.sleep(0.05)  # the thread now sleeps until t0 + 0.3
+        asleep_until(wd, t0 + 0.3)
         assert not wd.disarm()  # a fast run: done long before its deadline
         wd.arm(second, t0 + 0.6)  # later than t0 + 0.3: not woken for it
         assert len(woken) == 1
@@ -216,7 +223,7 @@ def test_the_watchdog_is_woken_only_for_a_deadline_earlier_than_its_own_and_fire
         third, fourth = ort.RunOptions(), ort.RunOptions()
         t1 = time.monotonic()
         wd.arm(third, t1 + 30)  # a long budget (woken: nothing was armed) ...
-        time.sleep(0.05)
+        asleep_until(wd, t1 + 30)
         assert not wd.disarm()
         wd.arm(fourth, t1 + 0.2)  # ... then a shorter one, before the thread would wake: woken
         assert len(woken) == 3
