@@ -106,7 +106,10 @@ class _Feed:
         self.hold_s = hold_s
         self.poll_s = poll_s
         # (when offered, record), oldest first. Appended by the producers, taken by the sink's
-        # thread; a deque's append, popleft and len are atomic, and nothing here blocks.
+        # thread; a deque's append, popleft and len are atomic, and nothing here blocks. Producers
+        # on different threads (the write loop, the inference thread) may pass offer's length
+        # check at once: the bound can be passed by one record per such producer; no lock is
+        # taken to prevent it.
         self.queue: deque[tuple[float, DecisionRecord]] = deque()
         self._closing = threading.Event()
         self.images = bool(getattr(sink, "images", True))
